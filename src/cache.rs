@@ -1,0 +1,329 @@
+//! The local model store.
+//!
+//! ```text
+//! <root>/CACHEDIR.TAG
+//! <root>/models/<Model>                          symlink, swapped atomically, to a version dir
+//! <root>/models/.versions/<Model>@<sha12>/       a complete, verified model (never modified)
+//! <root>/models/.versions/<Model>@<sha12>.manifest.json
+//! <root>/.staging/<Model>@<rand>/                extraction in progress (same filesystem)
+//! <root>/.locks/<Model>.lock                     flock: one download of a model per machine
+//! ```
+//!
+//! **A version directory appears only by `rename` after verification, and the ready link only by
+//! `rename` of a new link over the old one**, so no reader ever sees a half-written model.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::names::{ModelName, Sha256Hex};
+
+const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n# This file is a cache directory tag created by crowecode-cloud.\n# For information about cache directory tags see https://bford.info/cachedir/\n";
+
+/// A model version present in the cache.
+#[derive(Clone, Debug, Serialize)]
+pub struct CachedVersion {
+    pub model: ModelName,
+    /// The version directory (immutable; safe to hand to a server).
+    pub path: PathBuf,
+    /// The archive sha256 this version came from, when its manifest copy is present.
+    pub sha256: Option<Sha256Hex>,
+    /// Whether `models/<Model>` points at it.
+    pub current: bool,
+    /// Sum of file sizes per its manifest.
+    pub size: Option<u64>,
+    /// Number of files per its manifest.
+    pub files: Option<usize>,
+}
+
+/// An exclusive per-model lock; released on drop (and by the kernel if the process dies).
+#[derive(Debug)]
+pub struct ModelLock {
+    _file: File,
+}
+
+/// The cache rooted at one directory.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+impl Cache {
+    /// A cache at `root` (created on first use).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Default root: `$CROWECODE_HOME`, else `$XDG_CACHE_HOME/crowecode`, else `~/.cache/crowecode`.
+    pub fn default_root(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+        if let Some(h) = env("CROWECODE_HOME").filter(|s| !s.is_empty()) {
+            return PathBuf::from(h);
+        }
+        if let Some(x) = env("XDG_CACHE_HOME").filter(|s| !s.is_empty()) {
+            return PathBuf::from(x).join("crowecode");
+        }
+        let home = env("HOME").filter(|s| !s.is_empty()).unwrap_or_else(|| ".".into());
+        PathBuf::from(home).join(".cache").join("crowecode")
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<root>/models`, where ready models are.
+    pub fn models_dir(&self) -> PathBuf {
+        self.root.join("models")
+    }
+
+    fn versions_dir(&self) -> PathBuf {
+        self.models_dir().join(".versions")
+    }
+
+    fn staging_root(&self) -> PathBuf {
+        self.root.join(".staging")
+    }
+
+    /// Creates the directory layout and the `CACHEDIR.TAG`.
+    pub fn ensure_layout(&self) -> Result<()> {
+        for dir in [self.versions_dir(), self.staging_root(), self.root.join(".locks")] {
+            fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create cache directory", &dir, e))?;
+        }
+        let tag = self.root.join("CACHEDIR.TAG");
+        if !tag.exists() {
+            fs::write(&tag, CACHEDIR_TAG).map_err(|e| Error::io("cannot write", &tag, e))?;
+        }
+        Ok(())
+    }
+
+    /// `models/<Model>`: the stable path that always points at the newest ready version.
+    pub fn link_path(&self, model: &ModelName) -> PathBuf {
+        self.models_dir().join(model.as_str())
+    }
+
+    /// The directory of one version.
+    pub fn version_path(&self, model: &ModelName, sha: &Sha256Hex) -> PathBuf {
+        self.versions_dir().join(format!("{model}@{}", sha.short()))
+    }
+
+    fn manifest_copy_path(&self, version_dir: &Path) -> PathBuf {
+        let mut name = version_dir.file_name().unwrap_or_default().to_os_string();
+        name.push(".manifest.json");
+        version_dir.with_file_name(name)
+    }
+
+    /// The manifest a cached version was installed from.
+    pub fn read_manifest_copy(&self, version_dir: &Path, model: &ModelName) -> Option<Manifest> {
+        let path = self.manifest_copy_path(version_dir);
+        let bytes = fs::read(&path).ok()?;
+        Manifest::parse(&bytes, model, &path.display().to_string()).ok()
+    }
+
+    /// The version `models/<Model>` points at, if any.
+    pub fn current(&self, model: &ModelName) -> Result<Option<PathBuf>> {
+        let link = self.link_path(model);
+        match fs::read_link(&link) {
+            Ok(target) => {
+                let abs = self.models_dir().join(target);
+                Ok(abs.is_dir().then_some(abs))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => Err(not_ours(&link)),
+            Err(e) => Err(Error::io("cannot read", &link, e)),
+        }
+    }
+
+    /// Takes the model's lock, calling `on_wait` first if another process holds it. Blocking.
+    pub fn lock(&self, model: &ModelName, on_wait: impl FnOnce()) -> Result<ModelLock> {
+        let path = self.root.join(".locks").join(format!("{model}.lock"));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("cannot open lock file", &path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                on_wait();
+                file.lock().map_err(|e| Error::io("cannot lock", &path, e))?;
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(Error::Io {
+                    context: format!("cannot lock {} (file locks may not work on this filesystem)", path.display()),
+                    source: e,
+                });
+            }
+        }
+        Ok(ModelLock { _file: file })
+    }
+
+    /// Removes staging leftovers of `model` from runs that died. Call with the lock held.
+    pub fn clean_staging(&self, model: &ModelName, _lock: &ModelLock) -> Result<usize> {
+        let mut removed = 0;
+        let prefix = format!("{model}@");
+        let Ok(rd) = fs::read_dir(self.staging_root()) else { return Ok(0) };
+        for entry in rd.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                remove_tree(&entry.path())?;
+                removed += 1;
+            }
+        }
+        let link_tmp = format!(".{model}.link.");
+        if let Ok(rd) = fs::read_dir(self.models_dir()) {
+            for entry in rd.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&link_tmp) {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// A fresh, empty staging directory for `model`.
+    pub fn new_staging(&self, model: &ModelName, _lock: &ModelLock) -> Result<PathBuf> {
+        let dir = self.staging_root().join(format!("{model}@{:016x}", fastrand::u64(..)));
+        fs::create_dir(&dir).map_err(|e| Error::io("cannot create staging directory", &dir, e))?;
+        Ok(dir)
+    }
+
+    /// Moves a verified staging directory into place as the version of `manifest`, then points
+    /// `models/<Model>` at it. Returns the version directory.
+    pub fn install(&self, staging: &Path, manifest: &Manifest, lock: &ModelLock) -> Result<PathBuf> {
+        let version = self.version_path(&manifest.model, &manifest.archive_sha256);
+        let copy = self.manifest_copy_path(&version);
+        let tmp = copy.with_extension("json.tmp");
+        fs::write(&tmp, manifest.to_bytes()).map_err(|e| Error::io("cannot write", &tmp, e))?;
+        fs::rename(&tmp, &copy).map_err(|e| Error::io("cannot write", &copy, e))?;
+        if version.is_dir() {
+            // The same version is already complete (an earlier run); keep it.
+            remove_tree(staging)?;
+        } else {
+            fs::rename(staging, &version).map_err(|e| Error::io("cannot move the verified model into", &version, e))?;
+        }
+        self.point_to(&manifest.model, &version, lock)?;
+        Ok(version)
+    }
+
+    /// Atomically points `models/<Model>` at an existing version directory.
+    pub fn point_to(&self, model: &ModelName, version: &Path, _lock: &ModelLock) -> Result<()> {
+        let link = self.link_path(model);
+        if link.exists() && !link.is_symlink() {
+            return Err(not_ours(&link));
+        }
+        let name = version.file_name().expect("version dir has a name");
+        let target = Path::new(".versions").join(name);
+        let tmp = self.models_dir().join(format!(".{model}.link.{:016x}", fastrand::u64(..)));
+        std::os::unix::fs::symlink(&target, &tmp).map_err(|e| Error::io("cannot create link", &tmp, e))?;
+        fs::rename(&tmp, &link).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            Error::io("cannot update", &link, e)
+        })
+    }
+
+    /// Every version in the cache, newest-pointed first per model.
+    pub fn list(&self) -> Result<Vec<CachedVersion>> {
+        let mut out = Vec::new();
+        let Ok(rd) = fs::read_dir(self.versions_dir()) else { return Ok(out) };
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !entry.path().is_dir() {
+                continue;
+            }
+            let Some((model, _)) = name.split_once('@') else { continue };
+            let Ok(model) = ModelName::new(model) else { continue };
+            let current = self.current(&model).ok().flatten().is_some_and(|c| c == entry.path());
+            let manifest = self.read_manifest_copy(&entry.path(), &model);
+            out.push(CachedVersion {
+                model,
+                path: entry.path(),
+                sha256: manifest.as_ref().map(|m| m.archive_sha256.clone()),
+                current,
+                size: manifest.as_ref().map(|m| m.total_size),
+                files: manifest.as_ref().map(|m| m.files.len()),
+            });
+        }
+        out.sort_by(|a, b| a.model.cmp(&b.model).then(b.current.cmp(&a.current)).then(a.path.cmp(&b.path)));
+        Ok(out)
+    }
+
+    /// Total bytes of regular files under the root.
+    pub fn disk_usage(&self) -> u64 {
+        walkdir::WalkDir::new(&self.root)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    }
+}
+
+fn not_ours(link: &Path) -> Error {
+    Error::other(
+        format!("{} exists and is not a link managed by crowecode-cloud", link.display()),
+        Some("move it away, or use another --cache-dir".into()),
+    )
+}
+
+/// Removes a tree even where read-only directories would block it.
+pub(crate) fn remove_tree(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            for entry in walkdir::WalkDir::new(path).into_iter().flatten() {
+                if entry.file_type().is_dir() {
+                    let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o700));
+                }
+            }
+            fs::remove_dir_all(path).map_err(|e| Error::io("cannot remove", path, e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_is_exclusive_between_handles() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        cache.ensure_layout().unwrap();
+        let m = ModelName::new("Alpha").unwrap();
+        let held = cache.lock(&m, || panic!("first lock must not wait")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c2 = cache.clone();
+        let m2 = m.clone();
+        let t = std::thread::spawn(move || {
+            let waited = std::cell::Cell::new(false);
+            let _l = c2.lock(&m2, || waited.set(true)).unwrap();
+            tx.send(waited.get()).unwrap();
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(rx.try_recv().is_err(), "second lock must wait");
+        drop(held);
+        assert!(rx.recv().unwrap(), "second lock reported waiting");
+        t.join().unwrap();
+        assert!(dir.path().join("CACHEDIR.TAG").exists());
+    }
+
+    #[test]
+    fn a_real_directory_in_place_of_the_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        cache.ensure_layout().unwrap();
+        let m = ModelName::new("Alpha").unwrap();
+        fs::create_dir_all(cache.link_path(&m)).unwrap();
+        let lock = cache.lock(&m, || {}).unwrap();
+        let v = dir.path().join("models/.versions/Alpha@000000000000");
+        fs::create_dir_all(&v).unwrap();
+        assert!(cache.point_to(&m, &v, &lock).unwrap_err().to_string().contains("not a link managed"));
+    }
+}

@@ -1,0 +1,358 @@
+//! The command-line front end. **Only this module knows clap and the terminal.** It parses,
+//! resolves flags and environment into a [`Context`], runs one command, prints its outcome and
+//! turns errors into exit codes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+
+use crate::archive::Compression;
+use crate::cache::Cache;
+use crate::commands::{self, Context};
+use crate::config::{self, FileLocation, Overrides};
+use crate::error::{Error, exit};
+use crate::manager::UploadOptions;
+use crate::provider::RetryPolicy;
+use crate::transfer::TransferOptions;
+
+mod printer;
+
+pub use printer::{Printer, fmt_bytes};
+
+const EXAMPLES: &str = "\
+Examples:
+  crowecode-cloud setup --provider s3 --bucket my-models --region us-west-2
+  eval \"$(crowecode-cloud setup --provider gcs --bucket my-models)\"
+  crowecode-cloud upload Alpha Beta --models-dir ./models
+  MODEL=$(crowecode-cloud download Alpha) && exec server --model \"$MODEL\"
+  crowecode-cloud list --json
+
+Exit codes: 0 ok, 1 other failure, 2 usage, 3 not configured, 4 credentials or permission,
+5 model not found, 6 integrity failure, 7 network still failing after retries.";
+
+/// Keep ML model directories in one S3, GCS or Azure bucket; download them once per machine,
+/// fast and verified.
+#[derive(Debug, Parser)]
+#[command(name = "crowecode-cloud", version = version_text(), after_help = EXAMPLES, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(flatten)]
+    storage: StorageArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn version_text() -> &'static str {
+    const PROVIDERS: &str = if cfg!(feature = "s3") { "s3, local" } else { "local" };
+    // Leaked once: clap wants a 'static str and this runs once per process.
+    Box::leak(format!("{} (providers: {PROVIDERS})", env!("CARGO_PKG_VERSION")).into_boxed_str())
+}
+
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// Config file [default: $XDG_CONFIG_HOME/crowecode/cloud.json]
+    #[arg(long, global = true, env = "CROWECODE_CONFIG", value_name = "PATH", hide_env_values = true)]
+    config: Option<PathBuf>,
+    /// Cache directory [default: $XDG_CACHE_HOME/crowecode]
+    #[arg(long, global = true, env = "CROWECODE_HOME", value_name = "DIR", hide_env_values = true)]
+    cache_dir: Option<PathBuf>,
+    /// Print only errors
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// More detail on stderr (-vv for the storage SDKs too)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Print one JSON object on stdout
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress bars or progress lines
+    #[arg(long, global = true)]
+    no_progress: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Storage (overrides the config)")]
+struct StorageArgs {
+    /// Storage provider
+    #[arg(long, global = true, value_name = "NAME", value_parser = ["s3", "gcs", "azure", "local"])]
+    provider: Option<String>,
+    /// Bucket (S3, GCS), container (Azure) or directory (local)
+    #[arg(long, global = true, value_name = "NAME")]
+    bucket: Option<String>,
+    /// Key prefix inside the bucket, e.g. crowecode-models/
+    #[arg(long, global = true, value_name = "PREFIX")]
+    prefix: Option<String>,
+    /// AWS region
+    #[arg(long, global = true, value_name = "REGION")]
+    region: Option<String>,
+    /// Endpoint URL (S3-compatible stores, emulators)
+    #[arg(long, global = true, value_name = "URL")]
+    endpoint: Option<String>,
+    /// Azure storage account
+    #[arg(long, global = true, value_name = "NAME")]
+    account: Option<String>,
+    /// GCP project (bucket creation)
+    #[arg(long, global = true, value_name = "ID")]
+    project: Option<String>,
+    /// S3 server-side encryption
+    #[arg(long, global = true, value_name = "MODE", value_parser = ["AES256", "aws:kms"])]
+    sse: Option<String>,
+    /// S3 KMS key id (with --sse aws:kms)
+    #[arg(long, global = true, value_name = "ID")]
+    kms_key_id: Option<String>,
+    /// GCS customer-managed encryption key
+    #[arg(long, global = true, value_name = "NAME")]
+    kms_key: Option<String>,
+    /// Azure encryption scope
+    #[arg(long, global = true, value_name = "NAME")]
+    encryption_scope: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct TransferArgs {
+    /// Parts in flight [default: 8]
+    #[arg(long, value_name = "N", env = "CROWECODE_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: Option<u16>,
+    /// Part size, e.g. 16MiB, 64M [default: 16MiB, grown for huge models]
+    #[arg(long, value_name = "SIZE", env = "CROWECODE_PART_SIZE", value_parser = parse_size)]
+    part_size: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate and save the bucket configuration; print the CROWECODE_CLOUD_CONFIG_B64 export
+    #[command(after_help = "Writes the config file (mode 0600) and prints `export CROWECODE_CLOUD_CONFIG_B64='...'` on stdout,\nso `eval \"$(crowecode-cloud setup ...)\"` works. Credentials never go into the config.")]
+    Setup {
+        /// Create the bucket if it does not exist
+        #[arg(long)]
+        create_bucket: bool,
+        /// Do not write the config file; only print the export line
+        #[arg(long)]
+        no_write: bool,
+    },
+    /// Show configuration, credentials, bucket reachability and the local cache
+    Status,
+    /// List the models in the bucket
+    List {
+        /// List the local cache instead (no bucket access)
+        #[arg(long)]
+        local: bool,
+    },
+    /// Upload model directories to the bucket
+    #[command(after_help = "Uploads <models-dir>/<MODEL> for each MODEL, or --from DIR for one model.\nA tree identical to the bucket's current version uploads nothing (use --force to upload anyway).")]
+    Upload {
+        /// Model names
+        #[arg(required = true, value_name = "MODEL")]
+        models: Vec<String>,
+        /// Folder holding one directory per model [default: $CROWECODE_HOME/models]
+        #[arg(long, value_name = "DIR", env = "CROWECODE_MODELS_DIR", hide_env_values = true, conflicts_with = "from")]
+        models_dir: Option<PathBuf>,
+        /// The directory to upload, for a single MODEL
+        #[arg(long, value_name = "DIR")]
+        from: Option<PathBuf>,
+        /// Archive compression (dense weights barely compress; none is fastest)
+        #[arg(long, value_enum, default_value_t = Compression::None)]
+        compression: Compression,
+        /// Upload even if the bucket already holds this exact tree
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        transfer: TransferArgs,
+    },
+    /// Download models into the cache (verified) and print their paths, one per line
+    #[command(after_help = "Prints each ready model's directory on stdout: MODEL=$(crowecode-cloud download Alpha)\nConcurrent downloads of one model on a machine wait for the first; a cached current model costs one manifest read.")]
+    Download {
+        /// Model names
+        #[arg(required = true, value_name = "MODEL")]
+        models: Vec<String>,
+        #[command(flatten)]
+        transfer: TransferArgs,
+    },
+}
+
+/// Parses a byte size: `123`, `64K`, `16M`, `16MiB`, `1.5G`, `2GB` (K/M/G/T are powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("{s:?} is not a size (try 16MiB, 64M or 1G)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?} (use K, M, G or T)")),
+    };
+    let bytes = value * mult as f64;
+    if !(1.0..=(1u64 << 50) as f64).contains(&bytes) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+fn env_reader() -> Arc<dyn Fn(&str) -> Option<String> + Send + Sync> {
+    Arc::new(|k: &str| std::env::var(k).ok().filter(|v| !v.is_empty()))
+}
+
+/// Runs the CLI with the process's arguments and environment; returns the exit code.
+pub fn main() -> std::process::ExitCode {
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = e.print();
+            return std::process::ExitCode::from(if e.use_stderr() { exit::USAGE as u8 } else { 0 });
+        }
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return std::process::ExitCode::from(exit::USAGE as u8);
+        }
+    };
+    init_tracing(cli.global.verbose, cli.global.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(exit::FAILURE as u8);
+        }
+    };
+    let code = runtime.block_on(run(cli));
+    // Do not wait for lingering blocking tasks (a stalled read) once the answer is known.
+    runtime.shutdown_background();
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn init_tracing(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (_, 0) => "crowecode_cloud=warn",
+        (_, 1) => "crowecode_cloud=debug",
+        _ => "debug",
+    };
+    let filter = std::env::var("CROWECODE_LOG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| default.to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_target(verbose > 1)
+        .without_time()
+        .try_init();
+}
+
+async fn run(cli: Cli) -> i32 {
+    let env = env_reader();
+    let printer = Arc::new(Printer::new(cli.global.json, cli.global.quiet, cli.global.no_progress, &*env));
+    let ctx = build_context(&cli, env, printer.clone());
+    let result = tokio::select! {
+        r = dispatch(&cli.command, &ctx, &printer) => r,
+        _ = tokio::signal::ctrl_c() => {
+            printer.error(&Error::other("interrupted", Some("run the same command again: downloads and uploads restart cleanly".into())));
+            return 130;
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            printer.error(&e);
+            e.exit_code()
+        }
+    }
+}
+
+fn build_context(cli: &Cli, env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>, printer: Arc<Printer>) -> Context {
+    let s = &cli.storage;
+    let overrides = Overrides {
+        provider: s.provider.clone(),
+        bucket: s.bucket.clone(),
+        prefix: s.prefix.clone(),
+        region: s.region.clone(),
+        endpoint: s.endpoint.clone(),
+        account: s.account.clone(),
+        project: s.project.clone(),
+        sse: s.sse.clone(),
+        kms_key_id: s.kms_key_id.clone(),
+        kms_key: s.kms_key.clone(),
+        encryption_scope: s.encryption_scope.clone(),
+    };
+    let config_file = match &cli.global.config {
+        Some(p) => FileLocation { path: p.clone(), explicit: true },
+        None => FileLocation { path: config::default_config_path(&*env), explicit: false },
+    };
+    let cache_root = cli.global.cache_dir.clone().unwrap_or_else(|| Cache::default_root(&*env));
+    let transfer = match &cli.command {
+        Command::Upload { transfer, .. } | Command::Download { transfer, .. } => TransferOptions {
+            part_size: transfer.part_size,
+            concurrency: transfer.concurrency.map_or(crate::transfer::DEFAULT_CONCURRENCY, usize::from),
+        },
+        _ => TransferOptions::default(),
+    };
+    let retry = RetryPolicy::from_env(&*env);
+    Context { env, config_file, overrides, cache_root, transfer, retry, reporter: printer }
+}
+
+async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate::Result<i32> {
+    match command {
+        Command::Setup { create_bucket, no_write } => {
+            let opts = commands::setup::SetupOptions { create_bucket: *create_bucket, write: !*no_write };
+            let out = commands::setup::run(ctx, &opts).await?;
+            printer.setup(&out);
+            Ok(exit::OK)
+        }
+        Command::Status => {
+            let report = commands::status::run(ctx).await?;
+            printer.status(&report);
+            Ok(report.exit_code)
+        }
+        Command::List { local: true } => {
+            let out = commands::list::local(ctx)?;
+            printer.list_local(&out);
+            Ok(exit::OK)
+        }
+        Command::List { local: false } => {
+            let out = commands::list::remote(ctx).await?;
+            printer.list_remote(&out);
+            Ok(exit::OK)
+        }
+        Command::Upload { models, models_dir, from, compression, force, .. } => {
+            let source = match (from, models_dir) {
+                (Some(dir), _) => commands::upload::Source::Dir(dir.clone()),
+                (None, Some(dir)) => commands::upload::Source::ModelsDir(dir.clone()),
+                (None, None) => commands::upload::Source::ModelsDir(Cache::new(&ctx.cache_root).models_dir()),
+            };
+            let opts = UploadOptions { compression: *compression, force: *force };
+            let batch = commands::upload::run(ctx, models, &source, &opts).await?;
+            printer.uploads(&batch);
+            Ok(batch.exit_code())
+        }
+        Command::Download { models, .. } => {
+            let batch = commands::download::run(ctx, models).await?;
+            printer.downloads(&batch);
+            Ok(batch.exit_code())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5X").is_err());
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,425 @@
+//! Everything the user sees: results on stdout (text or `--json`), notes, warnings, errors and
+//! progress on stderr. Progress is a bar on a terminal and a plain line every few seconds
+//! elsewhere (container logs, CI).
+
+use std::collections::HashMap;
+use std::io::{IsTerminal as _, Write as _};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use crate::commands::Batch;
+use crate::commands::list::{Local, Remote};
+use crate::commands::setup::SetupOutcome;
+use crate::error::Error;
+use crate::manager::{DownloadStatus, Downloaded, StatusReport, UploadStatus, Uploaded};
+use crate::progress::{Direction, Event, Reporter};
+
+enum Mode {
+    Off,
+    Bars(MultiProgress),
+    Lines(Duration),
+}
+
+struct Transfer {
+    direction: Direction,
+    total: u64,
+    done: u64,
+    started: Instant,
+    last_line: Instant,
+    bar: Option<ProgressBar>,
+}
+
+/// The one place that writes to the terminal.
+pub struct Printer {
+    json: bool,
+    quiet: bool,
+    mode: Mode,
+    transfers: Mutex<HashMap<String, Transfer>>,
+}
+
+/// `1.5 GiB`, `12.0 MiB`, `512 B`.
+pub fn fmt_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+fn fmt_secs(s: f64) -> String {
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else {
+        let s = s.round() as u64;
+        if s < 3600 { format!("{}m{:02}s", s / 60, s % 60) } else { format!("{}h{:02}m", s / 3600, (s % 3600) / 60) }
+    }
+}
+
+fn rate(bytes: u64, secs: f64) -> String {
+    if secs <= 0.0 { "-".into() } else { format!("{}/s", fmt_bytes((bytes as f64 / secs) as u64)) }
+}
+
+impl Printer {
+    /// A printer for the given output options; `env` is read for `CROWECODE_PROGRESS_INTERVAL`.
+    pub fn new(json: bool, quiet: bool, no_progress: bool, env: &dyn Fn(&str) -> Option<String>) -> Self {
+        let mode = if quiet || no_progress {
+            Mode::Off
+        } else if std::io::stderr().is_terminal() {
+            Mode::Bars(MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8)))
+        } else {
+            let secs = env("CROWECODE_PROGRESS_INTERVAL").and_then(|v| v.parse::<f64>().ok()).filter(|v| *v > 0.0).unwrap_or(5.0);
+            Mode::Lines(Duration::from_secs_f64(secs))
+        };
+        Self { json, quiet, mode, transfers: Mutex::new(HashMap::new()) }
+    }
+
+    fn out(&self, text: &str) {
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                // `crowecode-cloud list | head` is fine.
+                std::process::exit(0);
+            }
+        }
+    }
+
+    fn json_out<T: Serialize>(&self, value: &T) {
+        self.out(&serde_json::to_string_pretty(value).expect("output serialises"));
+    }
+
+    /// A note on stderr (not with `--quiet`).
+    pub fn note(&self, text: &str) {
+        if !self.quiet {
+            self.err_line(text);
+        }
+    }
+
+    fn err_line(&self, text: &str) {
+        match &self.mode {
+            Mode::Bars(mp) => {
+                let _ = mp.println(text);
+            }
+            _ => eprintln!("{text}"),
+        }
+    }
+
+    /// A warning on stderr.
+    pub fn warn(&self, text: &str) {
+        if !self.quiet {
+            self.err_line(&format!("warning: {text}"));
+        }
+    }
+
+    /// An error: the message, its causes and a hint on stderr; with `--json` also an object on stdout.
+    pub fn error(&self, e: &Error) {
+        let mut text = format!("error: {e}");
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            let line = s.to_string();
+            if !text.contains(&line) {
+                text.push_str(&format!("\n  caused by: {line}"));
+            }
+            source = s.source();
+        }
+        if let Error::Integrity { expected: Some(x), computed: Some(c), .. } = e {
+            text.push_str(&format!("\n  expected: {x}\n  computed: {c}"));
+        }
+        if let Some(h) = e.hint() {
+            text.push_str(&format!("\nhint: {h}"));
+        }
+        self.err_line(&text);
+        if self.json {
+            #[derive(Serialize)]
+            struct JsonError<'a> {
+                error: String,
+                hint: Option<String>,
+                exit_code: i32,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                expected: Option<&'a str>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                computed: Option<&'a str>,
+            }
+            let (expected, computed) = match e {
+                Error::Integrity { expected, computed, .. } => (expected.as_deref(), computed.as_deref()),
+                _ => (None, None),
+            };
+            self.json_out(&JsonError { error: e.to_string(), hint: e.hint(), exit_code: e.exit_code(), expected, computed });
+        }
+    }
+
+    fn model_errors<T>(&self, batch: &Batch<T>) {
+        for e in &batch.errors {
+            let mut text = format!("error: {}: {}", e.model, e.error);
+            if let Some(h) = &e.hint {
+                text.push_str(&format!("\nhint: {h}"));
+            }
+            self.err_line(&text);
+        }
+    }
+
+    /// Output of `setup`.
+    pub fn setup(&self, out: &SetupOutcome) {
+        for w in &out.warnings {
+            self.warn(w);
+        }
+        if self.json {
+            return self.json_out(out);
+        }
+        self.out(&format!("export CROWECODE_CLOUD_CONFIG_B64='{}'", out.config_b64));
+        if let Some(created) = out.bucket_created {
+            let what = if created { "created bucket" } else { "bucket already exists:" };
+            self.note(&format!("{what} {}", out.config.bucket));
+        }
+        match &out.config_file {
+            Some(p) => self.note(&format!("wrote {} ({} bucket {})", p.display(), out.provider, out.config.location())),
+            None => self.note("config file not written (--no-write)"),
+        }
+        self.note("next: `crowecode-cloud status` checks credentials and access; in containers set CROWECODE_CLOUD_CONFIG_B64 to the value above");
+    }
+
+    /// Output of `status`.
+    pub fn status(&self, r: &StatusReport) {
+        for w in &r.warnings {
+            self.warn(w);
+        }
+        if self.json {
+            return self.json_out(r);
+        }
+        let mut lines = vec![
+            format!("config:       {}", r.config_source),
+            format!("provider:     {}", r.provider),
+            format!("location:     {}", r.location),
+        ];
+        if let Some(region) = &r.region {
+            lines.push(format!("region:       {region}"));
+        }
+        if let Some(endpoint) = &r.endpoint {
+            lines.push(format!("endpoint:     {endpoint}"));
+        }
+        lines.push(format!("credentials:  {}", r.credentials));
+        match &r.error {
+            None => lines.push(format!(
+                "bucket:       reachable{}",
+                r.models_in_bucket.map(|n| format!(", {n} model{}", if n == 1 { "" } else { "s" })).unwrap_or_default()
+            )),
+            Some(e) => lines.push(format!("bucket:       NOT reachable: {e}")),
+        }
+        if !r.pending_uploads.is_empty() {
+            lines.push(format!("unfinished uploads: {} ({})", r.pending_uploads.len(), r.pending_uploads.join(", ")));
+        }
+        lines.push(format!("cache:        {} ({})", r.cache_dir.display(), fmt_bytes(r.cache_bytes)));
+        lines.push(format!(
+            "cached:       {}",
+            if r.models_cached.is_empty() { "no models".to_string() } else { r.models_cached.join(", ") }
+        ));
+        self.out(&lines.join("\n"));
+    }
+
+    /// Output of `list`.
+    pub fn list_remote(&self, out: &Remote) {
+        if self.json {
+            return self.json_out(out);
+        }
+        if out.models.is_empty() {
+            self.note(&format!("no models in {}", out.location));
+            return;
+        }
+        let mut rows = vec![["MODEL", "SIZE", "FILES", "SHA256", "UPLOADED", "CACHED"].map(String::from).to_vec()];
+        for m in &out.models {
+            if let Some(err) = &m.error {
+                rows.push(vec![m.model.to_string(), "?".into(), "?".into(), "?".into(), format!("unreadable: {err}"), String::new()]);
+                continue;
+            }
+            let cached = match (&m.cached, m.cached_current) {
+                (Some(_), true) => "yes".to_string(),
+                (Some(v), false) => format!("older ({v})"),
+                (None, _) => "no".to_string(),
+            };
+            rows.push(vec![
+                m.model.to_string(),
+                m.size.map(fmt_bytes).unwrap_or_default(),
+                m.files.map(|n| n.to_string()).unwrap_or_default(),
+                m.sha256.as_ref().map(|s| s.short().to_string()).unwrap_or_default(),
+                m.uploaded_at.clone().unwrap_or_default(),
+                cached,
+            ]);
+        }
+        self.out(&table(&rows));
+    }
+
+    /// Output of `list --local`.
+    pub fn list_local(&self, out: &Local) {
+        if self.json {
+            return self.json_out(out);
+        }
+        if out.models.is_empty() {
+            self.note(&format!("no models cached in {}", out.cache_dir.display()));
+            return;
+        }
+        let mut rows = vec![["MODEL", "SIZE", "FILES", "SHA256", "CURRENT", "PATH"].map(String::from).to_vec()];
+        for v in &out.models {
+            rows.push(vec![
+                v.model.to_string(),
+                v.size.map(fmt_bytes).unwrap_or_else(|| "?".into()),
+                v.files.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
+                v.sha256.as_ref().map(|s| s.short().to_string()).unwrap_or_else(|| "?".into()),
+                if v.current { "yes".into() } else { "no".into() },
+                v.path.display().to_string(),
+            ]);
+        }
+        self.out(&table(&rows));
+    }
+
+    /// Output of `upload`.
+    pub fn uploads(&self, batch: &Batch<Uploaded>) {
+        for u in &batch.models {
+            match u.status {
+                UploadStatus::UpToDate => self.note(&format!("{}: up to date (sha256 {}), nothing uploaded", u.model, u.sha256.short())),
+                UploadStatus::Uploaded => self.note(&format!(
+                    "{}: uploaded {} files, {} in {} part{} in {} ({}), sha256 {}",
+                    u.model,
+                    u.files,
+                    fmt_bytes(u.archive_size),
+                    u.parts,
+                    if u.parts == 1 { "" } else { "s" },
+                    fmt_secs(u.seconds),
+                    rate(u.archive_size, u.seconds),
+                    u.sha256.short()
+                )),
+            }
+        }
+        self.model_errors(batch);
+        if self.json {
+            self.json_out(batch);
+        }
+    }
+
+    /// Output of `download`: paths on stdout, one per line.
+    pub fn downloads(&self, batch: &Batch<Downloaded>) {
+        for d in &batch.models {
+            match d.status {
+                DownloadStatus::Cached => self.note(&format!("{}: already current (sha256 {})", d.model, d.sha256.short())),
+                DownloadStatus::Downloaded => self.note(&format!(
+                    "{}: downloaded and verified {} files, {} in {} ({}), sha256 {}",
+                    d.model,
+                    d.files,
+                    fmt_bytes(d.transferred),
+                    fmt_secs(d.seconds),
+                    rate(d.transferred, d.seconds),
+                    d.sha256.short()
+                )),
+            }
+        }
+        self.model_errors(batch);
+        if self.json {
+            self.json_out(batch);
+        } else {
+            for d in &batch.models {
+                self.out(&d.path.display().to_string());
+            }
+        }
+    }
+
+    fn progress_line(&self, model: &str, t: &Transfer) {
+        let secs = t.started.elapsed().as_secs_f64();
+        let pct = if t.total > 0 { t.done as f64 * 100.0 / t.total as f64 } else { 100.0 };
+        let speed = if secs > 0.0 { t.done as f64 / secs } else { 0.0 };
+        let eta = if speed > 0.0 && t.total > t.done { fmt_secs((t.total - t.done) as f64 / speed) } else { "-".into() };
+        eprintln!(
+            "{} {model}: {} / {} ({pct:.0}%), {}, ETA {eta}",
+            t.direction.as_str(),
+            fmt_bytes(t.done),
+            fmt_bytes(t.total),
+            rate(t.done, secs)
+        );
+    }
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0)).collect();
+    rows.iter()
+        .map(|r| {
+            let cells: Vec<String> = r.iter().enumerate().map(|(i, s)| format!("{s:<w$}", w = widths[i])).collect();
+            cells.join("  ").trim_end().to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Reporter for Printer {
+    fn report(&self, event: Event<'_>) {
+        match event {
+            Event::Info { model, message } => self.note(&format!("{model}: {message}")),
+            Event::Started { model, direction, total } => {
+                let bar = match &self.mode {
+                    Mode::Off => return,
+                    Mode::Bars(mp) => {
+                        let bar = mp.add(ProgressBar::new(total));
+                        bar.set_style(
+                            ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+                                .expect("valid template")
+                                .progress_chars("=> "),
+                        );
+                        bar.set_prefix(format!("{} {model}", direction.as_str()));
+                        Some(bar)
+                    }
+                    Mode::Lines(_) => None,
+                };
+                let now = Instant::now();
+                let t = Transfer { direction, total, done: 0, started: now, last_line: now, bar };
+                self.transfers.lock().expect("progress lock").insert(model.to_string(), t);
+            }
+            Event::Advanced { model, bytes } => {
+                let mut map = self.transfers.lock().expect("progress lock");
+                let Some(t) = map.get_mut(model) else { return };
+                t.done += bytes;
+                if let Some(bar) = &t.bar {
+                    bar.inc(bytes);
+                } else if let Mode::Lines(every) = self.mode {
+                    if t.last_line.elapsed() >= every {
+                        t.last_line = Instant::now();
+                        self.progress_line(model, t);
+                    }
+                }
+            }
+            Event::Finished { model } => {
+                if let Some(t) = self.transfers.lock().expect("progress lock").remove(model) {
+                    if let Some(bar) = t.bar {
+                        bar.finish_and_clear();
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_and_durations_read_well() {
+        assert_eq!(fmt_bytes(512), "512 B");
+        assert_eq!(fmt_bytes(1536), "1.5 KiB");
+        assert_eq!(fmt_bytes(15 << 30), "15.0 GiB");
+        assert_eq!(fmt_secs(3.25), "3.2s");
+        assert_eq!(fmt_secs(77.0), "1m17s");
+        assert_eq!(fmt_secs(7300.0), "2h01m");
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(&[vec!["A".into(), "BB".into()], vec!["ccc".into(), "d".into()]]);
+        assert_eq!(t, "A    BB\nccc  d");
+    }
+}

@@ -1,0 +1,23 @@
+//! `download MODEL...`: make models ready in the cache, one after the other.
+
+use super::{Batch, Context, ModelError};
+use crate::error::Result;
+use crate::manager::Downloaded;
+use crate::names::ModelName;
+
+/// Downloads each model; a failure of one does not stop the others. Names are all validated
+/// before any I/O.
+pub async fn run(ctx: &Context, models: &[String]) -> Result<Batch<Downloaded>> {
+    for m in models {
+        ModelName::new(m)?;
+    }
+    let manager = ctx.manager().await?;
+    let mut batch = Batch { models: Vec::new(), errors: Vec::new() };
+    for m in models {
+        match manager.download_model(m).await {
+            Ok(d) => batch.models.push(d),
+            Err(e) => batch.errors.push(ModelError::new(m, &e)),
+        }
+    }
+    Ok(batch)
+}

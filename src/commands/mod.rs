@@ -1,0 +1,78 @@
+//! One module per command, each a thin wrapper over [`CloudManager`](crate::CloudManager)
+//! operations. Commands receive a resolved [`Context`] (no clap types) and return typed outcomes
+//! (which the CLI prints as text or JSON).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::cache::Cache;
+use crate::config::{self, FileLocation, Overrides};
+use crate::error::{Error, Result};
+use crate::manager::CloudManager;
+use crate::progress::Reporter;
+use crate::provider::RetryPolicy;
+use crate::transfer::TransferOptions;
+
+pub mod download;
+pub mod list;
+pub mod setup;
+pub mod status;
+pub mod upload;
+
+/// Everything a command needs, resolved from flags, environment and defaults.
+pub struct Context {
+    /// Reads an environment variable.
+    pub env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    /// Where the config file is.
+    pub config_file: FileLocation,
+    /// Config keys given on the command line.
+    pub overrides: Overrides,
+    /// Cache root.
+    pub cache_root: PathBuf,
+    pub transfer: TransferOptions,
+    pub retry: RetryPolicy,
+    pub reporter: Arc<dyn Reporter>,
+}
+
+impl Context {
+    /// Resolves the configuration and builds a manager.
+    pub async fn manager(&self) -> Result<CloudManager> {
+        let env = self.env.clone();
+        let resolved = config::resolve(&move |k| env(k), &self.config_file, &self.overrides)?;
+        Ok(CloudManager::new(resolved, Cache::new(&self.cache_root), self.transfer.clone(), self.retry.clone())
+            .await?
+            .with_reporter(self.reporter.clone()))
+    }
+}
+
+/// A per-model failure inside a multi-model command.
+#[derive(Debug, Serialize)]
+pub struct ModelError {
+    pub model: String,
+    pub error: String,
+    pub hint: Option<String>,
+    pub exit_code: i32,
+}
+
+impl ModelError {
+    /// Records `err` for `model`.
+    pub fn new(model: &str, err: &Error) -> Self {
+        Self { model: model.to_string(), error: err.to_string(), hint: err.hint(), exit_code: err.exit_code() }
+    }
+}
+
+/// Outcome of a command over several models: what worked and what did not.
+#[derive(Debug, Serialize)]
+pub struct Batch<T> {
+    pub models: Vec<T>,
+    pub errors: Vec<ModelError>,
+}
+
+impl<T> Batch<T> {
+    /// The exit code: that of the first failure, or 0.
+    pub fn exit_code(&self) -> i32 {
+        self.errors.first().map_or(0, |e| e.exit_code)
+    }
+}

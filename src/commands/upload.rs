@@ -1,0 +1,40 @@
+//! `upload MODEL...`: upload model directories.
+
+use std::path::PathBuf;
+
+use super::{Batch, Context, ModelError};
+use crate::error::{Error, Result};
+use crate::manager::{UploadOptions, Uploaded};
+use crate::names::ModelName;
+
+/// Where the model directories are.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// `<dir>/<MODEL>` for each model.
+    ModelsDir(PathBuf),
+    /// This directory, for the single model named.
+    Dir(PathBuf),
+}
+
+/// Uploads each model; a failure of one does not stop the others.
+pub async fn run(ctx: &Context, models: &[String], source: &Source, opts: &UploadOptions) -> Result<Batch<Uploaded>> {
+    for m in models {
+        ModelName::new(m)?;
+    }
+    if matches!(source, Source::Dir(_)) && models.len() != 1 {
+        return Err(Error::usage("--from takes exactly one model", "upload several models with --models-dir DIR instead"));
+    }
+    let manager = ctx.manager().await?;
+    let mut batch = Batch { models: Vec::new(), errors: Vec::new() };
+    for m in models {
+        let dir = match source {
+            Source::ModelsDir(d) => d.join(m),
+            Source::Dir(d) => d.clone(),
+        };
+        match manager.upload_model(m, &dir, opts).await {
+            Ok(u) => batch.models.push(u),
+            Err(e) => batch.errors.push(ModelError::new(m, &e)),
+        }
+    }
+    Ok(batch)
+}

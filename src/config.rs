@@ -1,0 +1,683 @@
+//! Configuration: the seed-compatible JSON document, where it comes from, and its validation.
+//!
+//! The document is `{"enabled":true,"provider":"s3","config":{"bucket":..,"region":..,"prefix":..}}`,
+//! found (highest precedence first) in command-line flags, `CROWECODE_CLOUD_CONFIG_B64`, or the config
+//! file. Credentials never belong here: each cloud's own credential chain supplies them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// Name of the environment variable holding the base64 config.
+pub const ENV_CONFIG_B64: &str = "CROWECODE_CLOUD_CONFIG_B64";
+/// Name of the environment variable naming the config file.
+pub const ENV_CONFIG_PATH: &str = "CROWECODE_CONFIG";
+
+/// Which storage service holds the bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Amazon S3 or an S3-compatible store (`endpoint`).
+    S3,
+    /// Google Cloud Storage.
+    Gcs,
+    /// Azure Blob Storage (`bucket` is the container).
+    Azure,
+    /// A directory on this machine, with the same semantics as a bucket.
+    Local,
+}
+
+impl ProviderKind {
+    /// All kinds, in the order the help lists them.
+    pub const ALL: [ProviderKind; 4] = [Self::S3, Self::Gcs, Self::Azure, Self::Local];
+
+    /// The name used in config and flags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::S3 => "s3",
+            Self::Gcs => "gcs",
+            Self::Azure => "azure",
+            Self::Local => "local",
+        }
+    }
+
+    /// Parses a provider name (case-insensitive; `aws`, `gs`, `google` and `blob` are accepted aliases).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "s3" | "aws" => Some(Self::S3),
+            "gcs" | "gs" | "google" => Some(Self::Gcs),
+            "azure" | "blob" | "az" => Some(Self::Azure),
+            "local" | "file" | "fs" => Some(Self::Local),
+            _ => None,
+        }
+    }
+
+    /// The config keys this provider reads.
+    pub fn keys(self) -> &'static [&'static str] {
+        match self {
+            Self::S3 => &["bucket", "prefix", "region", "endpoint", "sse", "kms_key_id"],
+            Self::Gcs => &["bucket", "prefix", "project", "endpoint", "kms_key"],
+            Self::Azure => &["bucket", "prefix", "account", "endpoint", "encryption_scope"],
+            Self::Local => &["bucket", "prefix"],
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every key any provider reads, besides provider-independent ones.
+const KNOWN_KEYS: &[&str] =
+    &["bucket", "prefix", "region", "endpoint", "account", "project", "sse", "kms_key_id", "kms_key", "encryption_scope"];
+
+/// A validated configuration.
+///
+/// Holds no secrets by construction; unknown keys are kept (so `setup` can write them back) but only
+/// their names are ever shown.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct CloudConfig {
+    /// Which service.
+    #[serde(skip)]
+    pub provider: ProviderKind,
+    /// Bucket (S3, GCS), container (Azure) or directory (local).
+    pub bucket: String,
+    /// AWS region.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Key prefix inside the bucket; empty or ending in `/`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    /// Endpoint URL for S3-compatible stores, emulators, sovereign clouds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Azure storage account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// GCP project (for bucket creation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// S3 server-side encryption: `AES256` or `aws:kms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sse: Option<String>,
+    /// S3 KMS key id for `aws:kms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+    /// GCS customer-managed encryption key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kms_key: Option<String>,
+    /// Azure encryption scope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption_scope: Option<String>,
+    /// Keys this version does not know, kept as they were.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+impl fmt::Debug for CloudConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Hand-written so that unknown keys, which could hold anything, show by name only.
+        f.debug_struct("CloudConfig")
+            .field("provider", &self.provider)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("account", &self.account)
+            .field("project", &self.project)
+            .field("sse", &self.sse)
+            .field("kms_key_id", &self.kms_key_id.as_ref().map(|_| "<set>"))
+            .field("kms_key", &self.kms_key.as_ref().map(|_| "<set>"))
+            .field("encryption_scope", &self.encryption_scope)
+            .field("extra_keys", &self.extra.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Where the effective configuration came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "path", rename_all = "lowercase")]
+pub enum ConfigSource {
+    /// Command-line flags alone.
+    Flags,
+    /// `CROWECODE_CLOUD_CONFIG_B64`.
+    Env,
+    /// A config file.
+    File(PathBuf),
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Flags => f.write_str("command-line flags"),
+            Self::Env => f.write_str(ENV_CONFIG_B64),
+            Self::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Per-key overrides from the command line (`--provider`, `--bucket`, ...).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub provider: Option<String>,
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub account: Option<String>,
+    pub project: Option<String>,
+    pub sse: Option<String>,
+    pub kms_key_id: Option<String>,
+    pub kms_key: Option<String>,
+    pub encryption_scope: Option<String>,
+}
+
+impl Overrides {
+    fn is_empty(&self) -> bool {
+        self.pairs().iter().all(|(_, v)| v.is_none()) && self.provider.is_none()
+    }
+
+    fn pairs(&self) -> [(&'static str, &Option<String>); 10] {
+        [
+            ("bucket", &self.bucket),
+            ("prefix", &self.prefix),
+            ("region", &self.region),
+            ("endpoint", &self.endpoint),
+            ("account", &self.account),
+            ("project", &self.project),
+            ("sse", &self.sse),
+            ("kms_key_id", &self.kms_key_id),
+            ("kms_key", &self.kms_key),
+            ("encryption_scope", &self.encryption_scope),
+        ]
+    }
+}
+
+/// The outcome of resolving flags, environment and file.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub config: CloudConfig,
+    pub source: ConfigSource,
+    /// Things worth telling the user (unknown keys, ignored keys); never values.
+    pub warnings: Vec<String>,
+}
+
+/// The default config file: `$XDG_CONFIG_HOME/crowecode/cloud.json`, else `~/.config/crowecode/cloud.json`.
+pub fn default_config_path(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    if let Some(x) = env("XDG_CONFIG_HOME").filter(|s| !s.is_empty()) {
+        return PathBuf::from(x).join("crowecode").join("cloud.json");
+    }
+    let home = env("HOME").filter(|s| !s.is_empty()).unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".config").join("crowecode").join("cloud.json")
+}
+
+/// Where to look for a config file, and whether the user named it explicitly.
+#[derive(Clone, Debug)]
+pub struct FileLocation {
+    pub path: PathBuf,
+    pub explicit: bool,
+}
+
+/// Resolves the effective configuration: flags > `CROWECODE_CLOUD_CONFIG_B64` > file.
+///
+/// `env` reads an environment variable (injected so tests need not touch the process environment).
+pub fn resolve(env: &dyn Fn(&str) -> Option<String>, file: &FileLocation, overrides: &Overrides) -> Result<Resolved> {
+    let mut warnings = Vec::new();
+    let base: Option<(Document, ConfigSource)> = if let Some(b64) = env(ENV_CONFIG_B64).filter(|s| !s.trim().is_empty()) {
+        Some((Document::from_b64(&b64)?, ConfigSource::Env))
+    } else {
+        match std::fs::read(&file.path) {
+            Ok(bytes) => {
+                let origin = file.path.display().to_string();
+                Some((Document::from_json(&bytes, &origin)?, ConfigSource::File(file.path.clone())))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !file.explicit => None,
+            Err(e) => {
+                return Err(Error::config(
+                    file.path.display().to_string(),
+                    format!("cannot read the config file: {e}"),
+                    "check the path given by --config or CROWECODE_CONFIG, or create it with `crowecode-cloud setup`",
+                ));
+            }
+        }
+    };
+
+    let (doc, source) = match base {
+        // A different provider on the command line starts from a clean slate: mixing an S3
+        // region into an Azure config would only confuse.
+        Some((doc, src))
+            if overrides.provider.as_deref().is_none_or(|p| ProviderKind::parse(p) == doc.provider_kind()) =>
+        {
+            (doc, src)
+        }
+        _ if !overrides.is_empty() => (Document::default(), ConfigSource::Flags),
+        Some((doc, src)) => (doc, src),
+        None => return Err(Error::NotConfigured { looked_at: file.path.display().to_string() }),
+    };
+    let origin = source.to_string();
+    if doc.enabled == Some(false) && overrides.is_empty() {
+        return Err(Error::config(
+            origin,
+            "cloud storage is disabled (\"enabled\": false)",
+            "set \"enabled\": true, or run `crowecode-cloud setup` again",
+        ));
+    }
+    let config = doc.into_config(overrides, &origin, &mut warnings)?;
+    Ok(Resolved { config, source, warnings })
+}
+
+/// The raw document, before validation.
+#[derive(Clone, Debug, Default)]
+struct Document {
+    enabled: Option<bool>,
+    provider: Option<String>,
+    keys: Map<String, Value>,
+}
+
+impl Document {
+    fn provider_kind(&self) -> Option<ProviderKind> {
+        self.provider.as_deref().and_then(ProviderKind::parse)
+    }
+
+    fn from_b64(raw: &str) -> Result<Self> {
+        let cleaned: String = raw.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let lenient = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+        let bytes = GeneralPurpose::new(&base64::alphabet::STANDARD, lenient)
+            .decode(&cleaned)
+            .or_else(|_| GeneralPurpose::new(&base64::alphabet::URL_SAFE, lenient).decode(&cleaned))
+            .map_err(|e| {
+                Error::config(
+                    ENV_CONFIG_B64,
+                    format!("not valid base64 ({e})"),
+                    "regenerate it with `crowecode-cloud setup ...`, or unset it to use the config file",
+                )
+            })?;
+        Self::from_json(&bytes, ENV_CONFIG_B64)
+    }
+
+    fn from_json(bytes: &[u8], origin: &str) -> Result<Self> {
+        let hint = "the format is {\"enabled\":true,\"provider\":\"s3\",\"config\":{\"bucket\":\"NAME\",\"prefix\":\"models/\"}}; `crowecode-cloud setup` writes it";
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| Error::config(origin, format!("not valid JSON ({e})"), hint))?;
+        let Value::Object(mut top) = value else {
+            return Err(Error::config(origin, "expected a JSON object at the top level", hint));
+        };
+        let enabled = match top.remove("enabled") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(b),
+            Some(_) => return Err(Error::config(origin, "\"enabled\" must be true or false", hint)),
+        };
+        let provider = match top.remove("provider") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(_) => return Err(Error::config(origin, "\"provider\" must be a string", hint)),
+        };
+        let keys = match top.remove("config") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(m)) => m,
+            Some(_) => return Err(Error::config(origin, "\"config\" must be an object", hint)),
+        };
+        Ok(Self { enabled, provider, keys })
+    }
+
+    fn into_config(self, ov: &Overrides, origin: &str, warnings: &mut Vec<String>) -> Result<CloudConfig> {
+        let provider_name = ov.provider.clone().or(self.provider).ok_or_else(|| {
+            Error::config(origin, "no provider given", "add \"provider\": \"s3\" (or gcs, azure, local), or pass --provider")
+        })?;
+        let provider = ProviderKind::parse(&provider_name).ok_or_else(|| {
+            Error::config(
+                origin,
+                format!("unknown provider {provider_name:?}"),
+                "use one of: s3, gcs, azure, local",
+            )
+        })?;
+
+        let mut strings: BTreeMap<&'static str, String> = BTreeMap::new();
+        let mut extra = BTreeMap::new();
+        for (k, v) in self.keys {
+            match KNOWN_KEYS.iter().find(|known| **known == k) {
+                Some(known) => match v {
+                    Value::Null => {}
+                    Value::String(s) if s.is_empty() => {}
+                    Value::String(s) => {
+                        strings.insert(known, s);
+                    }
+                    _ => {
+                        return Err(Error::config(origin, format!("\"config.{k}\" must be a string"), "quote the value in the JSON"));
+                    }
+                },
+                None => {
+                    if looks_like_secret(&k) {
+                        warnings.push(format!(
+                            "{origin}: ignoring config key {k:?}: credentials never belong in this config; use the cloud's own credential chain (see README, Credentials)"
+                        ));
+                    } else {
+                        warnings.push(format!("{origin}: unknown config key {k:?} kept and ignored"));
+                        extra.insert(k, v);
+                    }
+                }
+            }
+        }
+        for (k, v) in ov.pairs() {
+            if let Some(v) = v {
+                if v.is_empty() {
+                    strings.remove(k);
+                } else {
+                    strings.insert(k, v.clone());
+                }
+            }
+        }
+        for k in strings.keys() {
+            if !provider.keys().contains(k) {
+                warnings.push(format!("config key {k:?} does not apply to provider {provider} and is ignored"));
+            }
+        }
+        let mut take = |k: &str| strings.remove(k);
+        let bucket = take("bucket").ok_or_else(|| {
+            Error::config(origin, "no bucket given", "add \"bucket\" under \"config\", or pass --bucket NAME")
+        })?;
+        let config = CloudConfig {
+            provider,
+            bucket: bucket.trim().to_string(),
+            prefix: normalise_prefix(take("prefix").as_deref().unwrap_or(""), origin)?,
+            region: take("region"),
+            endpoint: take("endpoint").map(|e| normalise_endpoint(&e, origin)).transpose()?,
+            account: take("account"),
+            project: take("project"),
+            sse: take("sse"),
+            kms_key_id: take("kms_key_id"),
+            kms_key: take("kms_key"),
+            encryption_scope: take("encryption_scope"),
+            extra,
+        };
+        config.validate(origin)?;
+        Ok(config)
+    }
+}
+
+fn looks_like_secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["secret", "password", "token", "credential", "connection_string", "sas", "access_key", "account_key", "private"]
+        .iter()
+        .any(|w| k.contains(w))
+}
+
+/// Normalises a prefix: no leading `/`, a trailing `/` unless empty, no `.`/`..` segments.
+pub fn normalise_prefix(raw: &str, origin: &str) -> Result<String> {
+    let trimmed = raw.trim().trim_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    if trimmed.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") || trimmed.contains('\0') {
+        return Err(Error::config(
+            origin,
+            format!("invalid prefix {raw:?}: empty, '.' or '..' path segments are not allowed"),
+            "use a prefix like \"crowecode-models/\"",
+        ));
+    }
+    Ok(format!("{trimmed}/"))
+}
+
+fn normalise_endpoint(raw: &str, origin: &str) -> Result<String> {
+    let e = raw.trim().trim_end_matches('/');
+    if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() <= "https://".len() {
+        return Err(Error::config(
+            origin,
+            format!("invalid endpoint {raw:?}: expected an http:// or https:// URL"),
+            "for example --endpoint https://s3.example.com",
+        ));
+    }
+    Ok(e.to_string())
+}
+
+impl CloudConfig {
+    /// Checks the bucket name against the provider's rules and the encryption options for consistency.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        if let Some(problem) = bucket_problem(self.provider, &self.bucket) {
+            return Err(Error::config(
+                origin,
+                format!("invalid {} bucket name {:?}: {problem}", self.provider, self.bucket),
+                match self.provider {
+                    ProviderKind::Local => "give a directory path, e.g. --bucket /srv/model-bucket",
+                    ProviderKind::Azure => "container names are 3-63 lowercase letters, digits and single hyphens",
+                    _ => "bucket names are 3-63 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
+                },
+            ));
+        }
+        if let Some(sse) = &self.sse {
+            if sse != "AES256" && sse != "aws:kms" {
+                return Err(Error::config(origin, format!("invalid sse {sse:?}"), "use \"AES256\" or \"aws:kms\""));
+            }
+        }
+        if self.kms_key_id.is_some() && self.sse.as_deref() != Some("aws:kms") && self.provider == ProviderKind::S3 {
+            return Err(Error::config(origin, "kms_key_id is set but sse is not \"aws:kms\"", "add --sse aws:kms"));
+        }
+        Ok(())
+    }
+
+    /// The seed-compatible JSON document for this configuration.
+    pub fn to_document(&self) -> Value {
+        let mut top = Map::new();
+        top.insert("enabled".into(), Value::Bool(true));
+        top.insert("provider".into(), Value::String(self.provider.as_str().into()));
+        top.insert("config".into(), serde_json::to_value(self).expect("config serialises"));
+        Value::Object(top)
+    }
+
+    /// Base64 (standard, padded) of the compact document: the value for `CROWECODE_CLOUD_CONFIG_B64`.
+    pub fn to_b64(&self) -> String {
+        let json = document_string(self);
+        base64::engine::general_purpose::STANDARD.encode(json)
+    }
+
+    /// A short `scheme://bucket/prefix` description.
+    pub fn location(&self) -> String {
+        match self.provider {
+            ProviderKind::S3 => format!("s3://{}/{}", self.bucket, self.prefix),
+            ProviderKind::Gcs => format!("gs://{}/{}", self.bucket, self.prefix),
+            ProviderKind::Azure => format!("azure://{}/{}", self.bucket, self.prefix),
+            ProviderKind::Local => format!("{}/{}", self.bucket.trim_end_matches('/'), self.prefix),
+        }
+    }
+}
+
+/// The compact JSON text, keys in the seed's order (`enabled`, `provider`, `config`).
+fn document_string(cfg: &CloudConfig) -> String {
+    #[derive(Serialize)]
+    struct Doc<'a> {
+        enabled: bool,
+        provider: &'a str,
+        config: &'a CloudConfig,
+    }
+    serde_json::to_string(&Doc { enabled: true, provider: cfg.provider.as_str(), config: cfg }).expect("config serialises")
+}
+
+fn bucket_problem(kind: ProviderKind, b: &str) -> Option<String> {
+    let bytes = b.as_bytes();
+    let lower_digit = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    match kind {
+        ProviderKind::Local => (b.is_empty() || b.contains('\0')).then(|| "it must be a directory path".into()),
+        ProviderKind::S3 | ProviderKind::Gcs | ProviderKind::Azure => {
+            let max = if kind == ProviderKind::Gcs && b.contains('.') { 222 } else { 63 };
+            if b.len() < 3 || b.len() > max {
+                return Some(format!("it must be 3 to {max} characters long"));
+            }
+            let allowed = |c: u8| match kind {
+                ProviderKind::S3 => lower_digit(c) || c == b'-' || c == b'.',
+                ProviderKind::Gcs => lower_digit(c) || c == b'-' || c == b'.' || c == b'_',
+                _ => lower_digit(c) || c == b'-',
+            };
+            if let Some(c) = bytes.iter().find(|c| !allowed(**c)) {
+                return Some(format!("it contains {:?}", *c as char));
+            }
+            if !lower_digit(bytes[0]) || !lower_digit(bytes[bytes.len() - 1]) {
+                return Some("it must start and end with a lowercase letter or digit".into());
+            }
+            if b.contains("..") || b.contains("--") && kind == ProviderKind::Azure {
+                return Some("it contains consecutive '.' or '-'".into());
+            }
+            if kind != ProviderKind::Azure && b.split('.').count() == 4 && b.split('.').all(|p| p.parse::<u8>().is_ok()) {
+                return Some("it must not look like an IP address".into());
+            }
+            None
+        }
+    }
+}
+
+/// Writes the config file with mode 0600, atomically (temp file + rename), creating its directory.
+pub fn write_config_file(path: &Path, cfg: &CloudConfig) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create the config directory", dir, e))?;
+    let mut text = serde_json::to_string_pretty(&cfg.to_document()).expect("config serialises");
+    text.push('\n');
+    let tmp = dir.join(format!(".cloud.json.{}.tmp", std::process::id()));
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io("cannot write", &tmp, e))?;
+        f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| Error::io("cannot write", &tmp, e))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io("cannot write", path, e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED_B64: &str = "eyJlbmFibGVkIjp0cnVlLCJwcm92aWRlciI6InMzIiwiY29uZmlnIjp7ImJ1Y2tldCI6Im15LWNyb3dlY29kZS1tb2RlbHMiLCJyZWdpb24iOiJ1cy13ZXN0LTIiLCJwcmVmaXgiOiJjcm93ZWNvZGUtbW9kZWxzLyJ9fQ==";
+
+    fn env_with(b64: Option<&str>) -> impl Fn(&str) -> Option<String> {
+        let b64 = b64.map(str::to_string);
+        move |k: &str| if k == ENV_CONFIG_B64 { b64.clone() } else { None }
+    }
+
+    fn nowhere() -> FileLocation {
+        FileLocation { path: PathBuf::from("/nonexistent/crowecode/cloud.json"), explicit: false }
+    }
+
+    #[test]
+    fn seed_example_decodes_and_encodes_back_to_the_same_string() {
+        let r = resolve(&env_with(Some(SEED_B64)), &nowhere(), &Overrides::default()).unwrap();
+        assert_eq!(r.source, ConfigSource::Env);
+        assert_eq!(r.config.provider, ProviderKind::S3);
+        assert_eq!(r.config.bucket, "my-crowecode-models");
+        assert_eq!(r.config.region.as_deref(), Some("us-west-2"));
+        assert_eq!(r.config.prefix, "crowecode-models/");
+        assert!(r.warnings.is_empty());
+        assert_eq!(r.config.to_b64(), SEED_B64);
+    }
+
+    #[test]
+    fn flags_override_env_per_key() {
+        let ov = Overrides { bucket: Some("other-bucket".into()), ..Default::default() };
+        let r = resolve(&env_with(Some(SEED_B64)), &nowhere(), &ov).unwrap();
+        assert_eq!(r.config.bucket, "other-bucket");
+        assert_eq!(r.config.region.as_deref(), Some("us-west-2"));
+    }
+
+    #[test]
+    fn a_different_provider_flag_starts_from_flags_only() {
+        let ov = Overrides { provider: Some("local".into()), bucket: Some("/tmp/b".into()), ..Default::default() };
+        let r = resolve(&env_with(Some(SEED_B64)), &nowhere(), &ov).unwrap();
+        assert_eq!(r.source, ConfigSource::Flags);
+        assert_eq!(r.config.provider, ProviderKind::Local);
+        assert_eq!(r.config.region, None);
+    }
+
+    #[test]
+    fn missing_everything_is_not_configured() {
+        let err = resolve(&env_with(None), &nowhere(), &Overrides::default()).unwrap_err();
+        assert_eq!(err.exit_code(), 3);
+        assert!(matches!(err, Error::NotConfigured { .. }));
+    }
+
+    #[test]
+    fn malformed_inputs_name_their_source_and_exit_3() {
+        for (b64, needle) in [
+            ("!!!not base64", "not valid base64"),
+            ("bm90IGpzb24=", "not valid JSON"),
+            ("WzFd", "JSON object"),
+            ("eyJwcm92aWRlciI6InMzIn0=", "no bucket"),
+            ("eyJwcm92aWRlciI6ImZ0cCIsImNvbmZpZyI6eyJidWNrZXQiOiJ4eXoifX0=", "unknown provider"),
+            ("eyJlbmFibGVkIjpmYWxzZSwicHJvdmlkZXIiOiJzMyIsImNvbmZpZyI6eyJidWNrZXQiOiJ4eXoifX0=", "disabled"),
+        ] {
+            let err = resolve(&env_with(Some(b64)), &nowhere(), &Overrides::default()).unwrap_err();
+            let text = err.to_string();
+            assert_eq!(err.exit_code(), 3, "{b64}: {text}");
+            assert!(text.starts_with(ENV_CONFIG_B64), "{text}");
+            assert!(text.contains(needle), "{needle:?} not in {text:?}");
+            assert!(err.hint().is_some());
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_kept_secret_looking_ones_dropped() {
+        let json = r#"{"provider":"s3","config":{"bucket":"abc","colour":"blue","aws_secret_access_key":"SHOULD-NOT-LEAK"}}"#;
+        let doc = Document::from_json(json.as_bytes(), "test").unwrap();
+        let mut warnings = Vec::new();
+        let cfg = doc.into_config(&Overrides::default(), "test", &mut warnings).unwrap();
+        assert!(cfg.extra.contains_key("colour"));
+        assert!(!cfg.extra.contains_key("aws_secret_access_key"));
+        let all = format!("{warnings:?} {cfg:?} {}", cfg.to_document());
+        assert!(!all.contains("SHOULD-NOT-LEAK"), "{all}");
+        assert_eq!(warnings.len(), 2);
+    }
+
+    #[test]
+    fn prefixes_are_normalised() {
+        assert_eq!(normalise_prefix("models", "t").unwrap(), "models/");
+        assert_eq!(normalise_prefix("/a/b/", "t").unwrap(), "a/b/");
+        assert_eq!(normalise_prefix("", "t").unwrap(), "");
+        assert!(normalise_prefix("a/../b", "t").is_err());
+        assert!(normalise_prefix("a//b", "t").is_err());
+    }
+
+    #[test]
+    fn bucket_rules_follow_each_provider() {
+        assert!(bucket_problem(ProviderKind::S3, "my-models.v2").is_none());
+        assert!(bucket_problem(ProviderKind::S3, "My_Models").is_some());
+        assert!(bucket_problem(ProviderKind::S3, "ab").is_some());
+        assert!(bucket_problem(ProviderKind::S3, "192.168.1.1").is_some());
+        assert!(bucket_problem(ProviderKind::Gcs, "my_models").is_none());
+        assert!(bucket_problem(ProviderKind::Azure, "models").is_none());
+        assert!(bucket_problem(ProviderKind::Azure, "my.models").is_some());
+        assert!(bucket_problem(ProviderKind::Azure, "a--b").is_some());
+        assert!(bucket_problem(ProviderKind::Local, "/tmp/x").is_none());
+    }
+
+    #[test]
+    fn endpoint_loses_trailing_slash_and_must_be_a_url() {
+        assert_eq!(normalise_endpoint("http://127.0.0.1:10000/devstoreaccount1/", "t").unwrap(), "http://127.0.0.1:10000/devstoreaccount1");
+        assert!(normalise_endpoint("127.0.0.1:4566", "t").is_err());
+    }
+
+    #[test]
+    fn file_written_with_mode_0600_round_trips() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/cloud.json");
+        let cfg = resolve(&env_with(Some(SEED_B64)), &nowhere(), &Overrides::default()).unwrap().config;
+        write_config_file(&path, &cfg).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let again = resolve(&env_with(None), &FileLocation { path: path.clone(), explicit: true }, &Overrides::default()).unwrap();
+        assert_eq!(again.config, cfg);
+        assert_eq!(again.source, ConfigSource::File(path));
+    }
+}

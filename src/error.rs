@@ -1,0 +1,161 @@
+//! The library's error type and the exit codes it maps to.
+//!
+//! Every error carries the context a user needs (model, bucket, key, path) and most carry a hint:
+//! the command or flag to try next. The CLI renders them in one place (`cli::render_error`).
+
+use std::io;
+use std::path::Path;
+
+use crate::provider::{ProviderError, ProviderErrorKind};
+
+/// Process exit codes, documented in the README. Stable: scripts depend on them.
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// Anything not covered below.
+    pub const FAILURE: i32 = 1;
+    /// Bad command line: unknown flag, invalid model name, bad size.
+    pub const USAGE: i32 = 2;
+    /// No usable configuration: none found, malformed, disabled, or the bucket does not exist.
+    pub const NOT_CONFIGURED: i32 = 3;
+    /// Credentials missing or rejected, or permission denied.
+    pub const ACCESS: i32 = 4;
+    /// The model is not in the bucket.
+    pub const NOT_FOUND: i32 = 5;
+    /// A checksum, size or archive-safety check failed; nothing was installed.
+    pub const INTEGRITY: i32 = 6;
+    /// The network was still failing after retries.
+    pub const NETWORK: i32 = 7;
+}
+
+/// Everything that can go wrong in `crowecode_cloud`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong (exit 2).
+    #[error("{message}")]
+    Usage { message: String, hint: Option<String> },
+
+    /// The configuration is missing, malformed or unusable (exit 3). `origin` names where it came
+    /// from: a file path, `CROWECODE_CLOUD_CONFIG_B64`, or a flag.
+    #[error("{origin}: {message}")]
+    Config { origin: String, message: String, hint: Option<String> },
+
+    /// No configuration at all (exit 3).
+    #[error("cloud storage is not configured (no --provider/--bucket flags, no CROWECODE_CLOUD_CONFIG_B64, no config file at {looked_at})")]
+    NotConfigured { looked_at: String },
+
+    /// Credentials missing or rejected, or an action denied (exit 4).
+    #[error("{message}")]
+    Access { message: String, hint: Option<String>, #[source] source: Option<ProviderError> },
+
+    /// The model has no manifest in the bucket (exit 5).
+    #[error("model {model} not found in {location}")]
+    ModelNotFound { model: String, location: String },
+
+    /// Bytes did not match what the manifest promised, or an archive was unsafe (exit 6).
+    #[error("integrity check failed for {object}: {what}")]
+    Integrity { object: String, what: String, expected: Option<String>, computed: Option<String> },
+
+    /// Still failing after the retries (exit 7).
+    #[error("{context}: still failing after {attempts} attempts")]
+    Network { context: String, attempts: u32, #[source] source: ProviderError },
+
+    /// A local file-system operation failed (exit 1).
+    #[error("{context}")]
+    Io { context: String, #[source] source: io::Error },
+
+    /// A storage call failed for a reason without a more specific code (exit 1).
+    #[error("{context}")]
+    Provider { context: String, #[source] source: ProviderError },
+
+    /// Anything else (exit 1).
+    #[error("{message}")]
+    Other { message: String, hint: Option<String> },
+}
+
+impl Error {
+    /// A usage error with a hint.
+    pub fn usage(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self::Usage { message: message.into(), hint: Some(hint.into()) }
+    }
+
+    /// A config error from `origin` with a hint.
+    pub fn config(origin: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self::Config { origin: origin.into(), message: message.into(), hint: Some(hint.into()) }
+    }
+
+    /// An I/O error with what was being done to which path.
+    pub fn io(what: &str, path: &Path, source: io::Error) -> Self {
+        Self::Io { context: format!("{what} {}", path.display()), source }
+    }
+
+    /// A failure without a more specific kind.
+    pub fn other(message: impl Into<String>, hint: Option<String>) -> Self {
+        Self::Other { message: message.into(), hint }
+    }
+
+    /// An integrity failure with the expected and computed values.
+    pub fn integrity(object: impl Into<String>, what: impl Into<String>, expected: Option<String>, computed: Option<String>) -> Self {
+        Self::Integrity { object: object.into(), what: what.into(), expected, computed }
+    }
+
+    /// Maps a provider error to the error users see, by its kind: this is where the storage
+    /// failure kinds become exit codes.
+    pub fn from_provider(context: impl Into<String>, err: ProviderError) -> Self {
+        let context = context.into();
+        match err.kind {
+            ProviderErrorKind::Unauthenticated | ProviderErrorKind::PermissionDenied => {
+                let hint = err.hint.clone();
+                Self::Access { message: format!("{context}: {err}"), hint, source: None }
+            }
+            ProviderErrorKind::BucketNotFound => Self::Config {
+                origin: "bucket".into(),
+                message: format!("{context}: {err}"),
+                hint: Some(err.hint.clone().unwrap_or_else(|| {
+                    "check the bucket name with `crowecode-cloud status`, or create it with `crowecode-cloud setup --create-bucket ...`".into()
+                })),
+            },
+            _ if err.temporary => Self::Network { context, attempts: err.attempts.max(1), source: err },
+            _ => Self::Provider { context, source: err },
+        }
+    }
+
+    /// The process exit code for this error (see [`exit`]).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Usage { .. } => exit::USAGE,
+            Self::Config { .. } | Self::NotConfigured { .. } => exit::NOT_CONFIGURED,
+            Self::Access { .. } => exit::ACCESS,
+            Self::ModelNotFound { .. } => exit::NOT_FOUND,
+            Self::Integrity { .. } => exit::INTEGRITY,
+            Self::Network { .. } => exit::NETWORK,
+            Self::Io { .. } | Self::Provider { .. } | Self::Other { .. } => exit::FAILURE,
+        }
+    }
+
+    /// What to do next, when there is something useful to say.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::Usage { hint, .. } | Self::Config { hint, .. } | Self::Access { hint, .. } | Self::Other { hint, .. } => hint.clone(),
+            Self::NotConfigured { .. } => Some(
+                "run `crowecode-cloud setup --provider s3 --bucket NAME`, or set CROWECODE_CLOUD_CONFIG_B64".into(),
+            ),
+            Self::ModelNotFound { .. } => Some("run `crowecode-cloud list` to see the models in the bucket".into()),
+            Self::Integrity { .. } => Some(
+                "nothing was installed and the previous version is untouched; run the command again, and if it fails the same way re-upload the model".into(),
+            ),
+            Self::Network { source, .. } => Some(source.hint.clone().unwrap_or_else(|| {
+                "check the network path to the storage endpoint (proxy, DNS, firewall); the command resumes where it stopped when run again".into()
+            })),
+            Self::Provider { source, .. } => source.hint.clone(),
+            Self::Io { source, .. } => match source.kind() {
+                io::ErrorKind::StorageFull => Some("free disk space, or point --cache-dir at a larger filesystem".into()),
+                io::ErrorKind::PermissionDenied => Some("check the directory's owner and mode, or choose another with --cache-dir".into()),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Short alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

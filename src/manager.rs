@@ -1,0 +1,555 @@
+//! `CloudManager`: the library API. Holds the configuration, the provider, the cache and the
+//! transfer options, and implements download, upload, list and status on top of them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use futures::{StreamExt as _, TryStreamExt as _, stream};
+use serde::Serialize;
+
+use crate::archive::{self, ArchivePlan, Compression, Extractor};
+use crate::cache::{Cache, remove_tree};
+use crate::config::{self, CloudConfig, ConfigSource, FileLocation, Overrides, Resolved};
+use crate::error::{Error, Result};
+use crate::manifest::{DirEntry, FileEntry, FORMAT_VERSION, Layout, Manifest};
+use crate::names::{ModelName, Sha256Hex};
+use crate::progress::{Event, Reporter, Silent};
+use crate::provider::{self, Provider, ProviderErrorKind, ProviderExt as _, PutMode, RetryPolicy};
+use crate::transfer::{self, Progress, TransferOptions};
+
+/// What `download_model` did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DownloadStatus {
+    /// Bytes were transferred and installed.
+    Downloaded,
+    /// The cached version was already current.
+    Cached,
+}
+
+/// The result of one model download.
+#[derive(Clone, Debug, Serialize)]
+pub struct Downloaded {
+    pub model: ModelName,
+    /// The ready, verified version directory.
+    pub path: PathBuf,
+    pub status: DownloadStatus,
+    /// Archive sha256 of the installed version.
+    pub sha256: Sha256Hex,
+    /// Sum of file sizes.
+    pub size: u64,
+    pub files: usize,
+    /// Bytes fetched from the bucket by this call.
+    pub transferred: u64,
+    pub seconds: f64,
+}
+
+/// What `upload_model` did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UploadStatus {
+    /// A new version was uploaded and its manifest committed.
+    Uploaded,
+    /// The bucket already held exactly this tree; nothing was uploaded.
+    UpToDate,
+}
+
+/// The result of one model upload.
+#[derive(Clone, Debug, Serialize)]
+pub struct Uploaded {
+    pub model: ModelName,
+    pub status: UploadStatus,
+    pub archive_key: String,
+    pub sha256: Sha256Hex,
+    /// Archive size in bytes.
+    pub archive_size: u64,
+    /// Sum of file sizes.
+    pub size: u64,
+    pub files: usize,
+    pub compression: Compression,
+    /// Parts the archive was uploaded in (0 when up to date).
+    pub parts: u32,
+    pub seconds: f64,
+}
+
+/// Options for `upload_model`.
+#[derive(Clone, Debug, Default)]
+pub struct UploadOptions {
+    pub compression: Compression,
+    /// Upload even if the bucket already holds the same tree.
+    pub force: bool,
+}
+
+/// One model in the bucket.
+#[derive(Clone, Debug, Serialize)]
+pub struct RemoteModel {
+    pub model: ModelName,
+    pub size: Option<u64>,
+    pub files: Option<usize>,
+    pub sha256: Option<Sha256Hex>,
+    pub uploaded_at: Option<String>,
+    pub compression: Option<Compression>,
+    /// The cached version's short sha, when this machine has one.
+    pub cached: Option<String>,
+    /// Whether the cached version is the bucket's current one.
+    pub cached_current: bool,
+    /// Why the manifest could not be read, if it could not.
+    pub error: Option<String>,
+}
+
+/// A readable account of the setup, for `status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusReport {
+    pub config_source: String,
+    pub provider: String,
+    pub location: String,
+    pub bucket: String,
+    pub prefix: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub credentials: String,
+    pub reachable: bool,
+    pub error: Option<String>,
+    /// The exit code `status` ends with when the bucket is not reachable.
+    pub exit_code: i32,
+    pub models_in_bucket: Option<usize>,
+    pub pending_uploads: Vec<String>,
+    pub cache_dir: PathBuf,
+    pub cache_bytes: u64,
+    pub models_cached: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// The library's entry point.
+pub struct CloudManager {
+    config: CloudConfig,
+    source: ConfigSource,
+    warnings: Vec<String>,
+    provider: Arc<dyn Provider>,
+    layout: Layout,
+    cache: Cache,
+    transfer: TransferOptions,
+    reporter: Arc<dyn Reporter>,
+}
+
+impl std::fmt::Debug for CloudManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloudManager").field("config", &self.config).field("source", &self.source).field("cache", &self.cache).finish()
+    }
+}
+
+fn process_env(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+impl CloudManager {
+    /// Configuration from `CROWECODE_CLOUD_CONFIG_B64` or the config file, cache from
+    /// `CROWECODE_HOME` (or the XDG default), default transfer options.
+    pub async fn from_env() -> Result<Self> {
+        let explicit = process_env(config::ENV_CONFIG_PATH).filter(|s| !s.is_empty());
+        let file = FileLocation {
+            path: explicit.clone().map(PathBuf::from).unwrap_or_else(|| config::default_config_path(&process_env)),
+            explicit: explicit.is_some(),
+        };
+        let resolved = config::resolve(&process_env, &file, &Overrides::default())?;
+        Self::new(resolved, Cache::new(Cache::default_root(&process_env)), TransferOptions::default(), RetryPolicy::from_env(&process_env)).await
+    }
+
+    /// A manager over an already resolved configuration.
+    pub async fn new(resolved: Resolved, cache: Cache, transfer: TransferOptions, retry: RetryPolicy) -> Result<Self> {
+        let provider = provider::from_config(&resolved.config, retry).await?;
+        Ok(Self::with_provider(resolved, provider, cache, transfer))
+    }
+
+    /// A manager over a given provider (tests, custom backends).
+    pub fn with_provider(resolved: Resolved, provider: Arc<dyn Provider>, cache: Cache, transfer: TransferOptions) -> Self {
+        Self {
+            layout: Layout::new(&resolved.config.prefix),
+            config: resolved.config,
+            source: resolved.source,
+            warnings: resolved.warnings,
+            provider,
+            cache,
+            transfer,
+            reporter: Arc::new(Silent),
+        }
+    }
+
+    /// Sends progress events to `reporter`.
+    #[must_use]
+    pub fn with_reporter(mut self, reporter: Arc<dyn Reporter>) -> Self {
+        self.reporter = reporter;
+        self
+    }
+
+    /// The effective configuration.
+    pub fn get_cloud_config(&self) -> &CloudConfig {
+        &self.config
+    }
+
+    /// Where the configuration came from.
+    pub fn config_source(&self) -> &ConfigSource {
+        &self.source
+    }
+
+    /// Warnings found while reading the configuration.
+    pub fn config_warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The local cache.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// The storage provider (with retries).
+    pub fn provider(&self) -> &Arc<dyn Provider> {
+        &self.provider
+    }
+
+    fn info(&self, model: &ModelName, message: String) {
+        self.reporter.report(Event::Info { model: model.as_str(), message });
+    }
+
+    /// The model's current manifest, or `None` if the bucket has none.
+    pub async fn fetch_manifest(&self, model: &ModelName) -> Result<Option<Manifest>> {
+        let key = self.layout.manifest_key(model);
+        match self.provider.get_bytes(&key).await {
+            Ok(bytes) => Ok(Some(Manifest::parse(&bytes, model, &key)?)),
+            Err(e) if e.kind == ProviderErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::from_provider(format!("reading {key}"), e)),
+        }
+    }
+
+    /// Returns the cached model if there is one, without contacting the bucket; downloads it otherwise.
+    pub async fn ensure_model(&self, name: &str) -> Result<PathBuf> {
+        let model = ModelName::new(name)?;
+        if let Some(path) = self.cache.current(&model)? {
+            return Ok(path);
+        }
+        Ok(self.download_model(name).await?.path)
+    }
+
+    /// Makes the bucket's current version of `name` ready in the cache: downloads, verifies and
+    /// installs it unless it is already there. One download per model per machine: concurrent
+    /// calls wait for the first and then find the model ready.
+    pub async fn download_model(&self, name: &str) -> Result<Downloaded> {
+        let started = Instant::now();
+        let model = ModelName::new(name)?;
+        let manifest = self
+            .fetch_manifest(&model)
+            .await?
+            .ok_or_else(|| Error::ModelNotFound { model: model.to_string(), location: self.config.location() })?;
+        self.cache.ensure_layout()?;
+        let version = self.cache.version_path(&model, &manifest.archive_sha256);
+        let done = |status, transferred| Downloaded {
+            model: model.clone(),
+            path: version.clone(),
+            status,
+            sha256: manifest.archive_sha256.clone(),
+            size: manifest.total_size,
+            files: manifest.files.len(),
+            transferred,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        if self.cache.current(&model)?.as_deref() == Some(version.as_path()) {
+            return Ok(done(DownloadStatus::Cached, 0));
+        }
+
+        let lock = {
+            let cache = self.cache.clone();
+            let m = model.clone();
+            let reporter = self.reporter.clone();
+            tokio::task::spawn_blocking(move || {
+                cache.lock(&m, || {
+                    reporter.report(Event::Info { model: m.as_str(), message: "another process is downloading this model; waiting for it".into() });
+                })
+            })
+            .await
+            .map_err(|e| Error::other(format!("lock task failed: {e}"), None))??
+        };
+        // Whoever held the lock may have installed exactly this version.
+        if self.cache.current(&model)?.as_deref() == Some(version.as_path()) {
+            return Ok(done(DownloadStatus::Cached, 0));
+        }
+        let removed = self.cache.clean_staging(&model, &lock)?;
+        if removed > 0 {
+            tracing::info!(%model, removed, "removed leftovers of an interrupted download");
+        }
+        if version.is_dir() && self.cache.read_manifest_copy(&version, &model).is_some() {
+            // This version was installed before (and the link moved on since): point back at it.
+            self.cache.point_to(&model, &version, &lock)?;
+            return Ok(done(DownloadStatus::Cached, 0));
+        }
+
+        let staging = self.cache.new_staging(&model, &lock)?;
+        let result = self.fetch_into(&model, &manifest, &staging).await;
+        if let Err(e) = result {
+            let _ = remove_tree(&staging);
+            return Err(e);
+        }
+        self.cache.install(&staging, &manifest, &lock)?;
+        drop(lock);
+        Ok(done(DownloadStatus::Downloaded, manifest.archive_size))
+    }
+
+    async fn fetch_into(&self, model: &ModelName, manifest: &Manifest, staging: &Path) -> Result<()> {
+        let extractor = Extractor::new(staging.to_path_buf(), manifest.expected_entries(), false);
+        let progress = Progress::new(self.reporter.clone(), model.as_str());
+        let key = &manifest.archive_key;
+        let sha = transfer::download_archive(
+            self.provider.clone(),
+            key,
+            manifest.archive_size,
+            manifest.compression,
+            extractor,
+            &self.transfer,
+            &progress,
+        )
+        .await;
+        progress.finished();
+        let sha = match sha {
+            Err(Error::Provider { source, .. }) if source.kind == ProviderErrorKind::NotFound => {
+                return Err(Error::integrity(
+                    key,
+                    "the archive the manifest names is missing from the bucket",
+                    None,
+                    None,
+                ));
+            }
+            other => other?,
+        };
+        if sha != manifest.archive_sha256 {
+            return Err(Error::integrity(
+                key,
+                "archive sha256 differs from the manifest",
+                Some(manifest.archive_sha256.to_string()),
+                Some(sha.to_string()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Uploads the directory `dir` as model `name`, unless the bucket already holds the same tree.
+    /// The manifest is written last, conditionally, so readers see the old version or the new one.
+    pub async fn upload_model(&self, name: &str, dir: &Path, opts: &UploadOptions) -> Result<Uploaded> {
+        let started = Instant::now();
+        let model = ModelName::new(name)?;
+        let dir_owned = dir.to_path_buf();
+        let plan = tokio::task::spawn_blocking(move || archive::scan_tree(&dir_owned))
+            .await
+            .map_err(|e| Error::other(format!("scan task failed: {e}"), None))??;
+        let manifest_key = self.layout.manifest_key(&model);
+        let current = match self.provider.head(&manifest_key).await {
+            Ok(meta) => Some(meta),
+            Err(e) if e.kind == ProviderErrorKind::NotFound => None,
+            Err(e) => return Err(Error::from_provider(format!("reading {manifest_key}"), e)),
+        };
+        let existing = match &current {
+            Some(_) => match self.fetch_manifest(&model).await {
+                Ok(m) => m,
+                Err(e @ Error::Integrity { .. }) => {
+                    self.info(&model, format!("the current manifest is unreadable and will be replaced ({e})"));
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        if let Some(old) = existing.as_ref().filter(|_| !opts.force) {
+            if let Some(same) = self.unchanged(&plan, old).await? {
+                return Ok(Uploaded {
+                    model,
+                    status: UploadStatus::UpToDate,
+                    archive_key: same.archive_key.clone(),
+                    sha256: same.archive_sha256.clone(),
+                    archive_size: same.archive_size,
+                    size: same.total_size,
+                    files: same.files.len(),
+                    compression: same.compression,
+                    parts: 0,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+        }
+
+        let archive_key = self.layout.new_archive_key(&model, SystemTime::now(), opts.compression);
+        let progress = Progress::new(self.reporter.clone(), model.as_str());
+        let up = transfer::upload_archive(self.provider.clone(), &archive_key, plan, opts.compression, &self.transfer, &progress).await;
+        progress.finished();
+        let up = up?;
+        let manifest = build_manifest(&model, &archive_key, opts.compression, &up);
+        let mode = match &current {
+            Some(meta) => meta.etag.clone().map_or(PutMode::Overwrite, PutMode::IfMatch),
+            None => PutMode::Create,
+        };
+        if let Err(e) = self.provider.put(&manifest_key, manifest.to_bytes().into(), mode).await {
+            // The archive is unreferenced now; do not leave it behind.
+            let _ = self.provider.delete(&archive_key).await;
+            if e.kind == ProviderErrorKind::Precondition {
+                return Err(Error::other(
+                    format!("another upload of {model} committed while this one ran; its version was kept and this one discarded"),
+                    Some(format!("run `crowecode-cloud upload {model}` again if this tree should win")),
+                ));
+            }
+            return Err(Error::from_provider(format!("writing {manifest_key}"), e));
+        }
+        Ok(Uploaded {
+            model,
+            status: UploadStatus::Uploaded,
+            archive_key,
+            sha256: manifest.archive_sha256.clone(),
+            archive_size: manifest.archive_size,
+            size: manifest.total_size,
+            files: manifest.files.len(),
+            compression: opts.compression,
+            parts: up.parts,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// `Some(old)` when the tree in `plan` is exactly the one `old` describes (hashing only when
+    /// paths, sizes and modes already agree).
+    async fn unchanged<'a>(&self, plan: &ArchivePlan, old: &'a Manifest) -> Result<Option<&'a Manifest>> {
+        let shape = |m: &Manifest| {
+            let mut v: Vec<(String, Option<u64>, u32)> = m.files.iter().map(|f| (f.path.clone(), Some(f.size), f.mode)).collect();
+            v.extend(m.dirs.iter().map(|d| (d.path.clone(), None, d.mode)));
+            v.sort();
+            v
+        };
+        let mut local: Vec<(String, Option<u64>, u32)> = plan.entries.iter().map(|e| (e.path.clone(), e.size, e.mode)).collect();
+        local.sort();
+        if local != shape(old) {
+            return Ok(None);
+        }
+        let files: Vec<(String, PathBuf)> = plan.entries.iter().filter(|e| e.size.is_some()).map(|e| (e.path.clone(), e.source.clone())).collect();
+        let hashes: Vec<(String, Sha256Hex)> = stream::iter(files)
+            .map(|(path, source)| async move {
+                tokio::task::spawn_blocking(move || archive::sha256_file(&source).map(|(h, _)| (path, h)).map_err(|e| Error::io("cannot read", &source, e)))
+                    .await
+                    .map_err(|e| Error::other(format!("hash task failed: {e}"), None))?
+            })
+            .buffer_unordered(2)
+            .try_collect()
+            .await?;
+        let by_path: std::collections::HashMap<&str, &Sha256Hex> = old.files.iter().map(|f| (f.path.as_str(), &f.sha256)).collect();
+        Ok(hashes.iter().all(|(p, h)| by_path.get(p.as_str()) == Some(&h)).then_some(old))
+    }
+
+    /// Every model in the bucket, with its manifest's summary and this machine's cached version.
+    pub async fn list_cloud_models(&self) -> Result<Vec<RemoteModel>> {
+        let objects = self
+            .provider
+            .list(self.layout.prefix())
+            .await
+            .map_err(|e| Error::from_provider(format!("listing {}", self.config.location()), e))?;
+        let models: Vec<ModelName> = objects.iter().filter_map(|o| self.layout.model_of_manifest_key(&o.key)).collect();
+        stream::iter(models)
+            .map(|model| async move {
+                let cached_path = self.cache.current(&model).ok().flatten();
+                let cached = cached_path.as_ref().and_then(|p| p.file_name()).and_then(|n| n.to_str()).and_then(|n| n.split_once('@')).map(|(_, s)| s.to_string());
+                match self.fetch_manifest(&model).await {
+                    Ok(Some(m)) => Ok(RemoteModel {
+                        cached_current: cached.as_deref() == Some(m.archive_sha256.short()),
+                        model,
+                        size: Some(m.total_size),
+                        files: Some(m.files.len()),
+                        sha256: Some(m.archive_sha256),
+                        uploaded_at: Some(m.created_at),
+                        compression: Some(m.compression),
+                        cached,
+                        error: None,
+                    }),
+                    Ok(None) => Ok(RemoteModel { model, size: None, files: None, sha256: None, uploaded_at: None, compression: None, cached, cached_current: false, error: Some("manifest vanished while listing".into()) }),
+                    Err(e @ (Error::Integrity { .. } | Error::Other { .. })) => Ok(RemoteModel {
+                        model,
+                        size: None,
+                        files: None,
+                        sha256: None,
+                        uploaded_at: None,
+                        compression: None,
+                        cached,
+                        cached_current: false,
+                        error: Some(e.to_string()),
+                    }),
+                    Err(e) => Err(e),
+                }
+            })
+            .buffered(8)
+            .try_collect()
+            .await
+    }
+
+    /// Configuration, credentials, reachability and cache, in one report. Never fails on a
+    /// storage error: it reports it.
+    pub async fn status(&self) -> StatusReport {
+        let credentials = self.provider.credential_source().await;
+        let (reachable, error, exit_code) = match self.provider.check_bucket().await {
+            Ok(()) => (true, None, 0),
+            Err(e) => {
+                let err = Error::from_provider(format!("checking {}", self.config.location()), e);
+                let hint = err.hint().map(|h| format!(" (hint: {h})")).unwrap_or_default();
+                (false, Some(format!("{err}{hint}")), err.exit_code())
+            }
+        };
+        let (models_in_bucket, pending_uploads) = if reachable {
+            let models = self.provider.list(self.layout.prefix()).await.ok().map(|objs| objs.iter().filter(|o| self.layout.model_of_manifest_key(&o.key).is_some()).count());
+            let pending = self.provider.list_pending_uploads(self.layout.prefix()).await.unwrap_or_default().into_iter().map(|p| p.key).collect();
+            (models, pending)
+        } else {
+            (None, Vec::new())
+        };
+        let mut models_cached: Vec<String> = self.cache.list().unwrap_or_default().into_iter().filter(|v| v.current).map(|v| v.model.to_string()).collect();
+        models_cached.dedup();
+        StatusReport {
+            config_source: self.source.to_string(),
+            provider: self.config.provider.to_string(),
+            location: self.config.location(),
+            bucket: self.config.bucket.clone(),
+            prefix: self.config.prefix.clone(),
+            region: self.config.region.clone(),
+            endpoint: self.config.endpoint.clone(),
+            credentials,
+            reachable,
+            error,
+            exit_code,
+            models_in_bucket,
+            pending_uploads,
+            cache_dir: self.cache.root().to_path_buf(),
+            cache_bytes: self.cache.disk_usage(),
+            models_cached,
+            warnings: self.warnings.clone(),
+        }
+    }
+}
+
+fn build_manifest(model: &ModelName, archive_key: &str, compression: Compression, up: &transfer::UploadedArchive) -> Manifest {
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    for (entry, hash) in up.plan.entries.iter().zip(&up.file_hashes) {
+        match (entry.size, hash) {
+            (Some(size), Some(sha256)) => files.push(FileEntry {
+                path: entry.path.clone(),
+                size,
+                sha256: sha256.clone(),
+                mode: entry.mode,
+                offset: (compression == Compression::None).then_some(entry.data_offset),
+            }),
+            _ => dirs.push(DirEntry { path: entry.path.clone(), mode: entry.mode }),
+        }
+    }
+    Manifest {
+        format: FORMAT_VERSION,
+        model: model.clone(),
+        archive_key: archive_key.to_string(),
+        archive_sha256: up.sha256.clone(),
+        archive_size: up.size,
+        compression,
+        total_size: up.plan.file_bytes,
+        files,
+        dirs,
+        created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}

@@ -1,0 +1,248 @@
+//! The manifest (the commit point of an upload) and the bucket layout.
+//!
+//! ```text
+//! <prefix><Model>/manifest.json                   written last: a model exists when this does
+//! <prefix><Model>/archives/<utc-stamp>-<rand>.tar  one archive per uploaded version
+//! ```
+
+use std::collections::HashSet;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::archive::{Compression, check_relative_path};
+use crate::archive::extract::Expected;
+use crate::error::{Error, Result};
+use crate::names::{ModelName, Sha256Hex};
+
+/// The manifest format this version writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// The largest manifest accepted (a model with ~100k files).
+pub const MAX_MANIFEST_BYTES: usize = 64 << 20;
+
+/// A regular file of the model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Relative, `/`-separated.
+    pub path: String,
+    pub size: u64,
+    pub sha256: Sha256Hex,
+    /// Permission bits.
+    pub mode: u32,
+    /// Offset of the file's bytes inside the archive (uncompressed archives only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+/// A directory of the model (kept so empty directories and modes round-trip).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub path: String,
+    pub mode: u32,
+}
+
+/// What one uploaded version of a model is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Manifest format version.
+    pub format: u32,
+    pub model: ModelName,
+    /// Key of the archive object.
+    pub archive_key: String,
+    pub archive_sha256: Sha256Hex,
+    pub archive_size: u64,
+    pub compression: Compression,
+    /// Files in archive order.
+    pub files: Vec<FileEntry>,
+    /// Directories in archive order.
+    #[serde(default)]
+    pub dirs: Vec<DirEntry>,
+    /// Sum of file sizes.
+    pub total_size: u64,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+    /// The `crowecode-cloud` version that wrote it.
+    pub tool_version: String,
+}
+
+impl Manifest {
+    /// Parses and validates a manifest read from `key`, which must describe `model`.
+    pub fn parse(bytes: &[u8], model: &ModelName, key: &str) -> Result<Self> {
+        let bad = |what: String| Error::integrity(key, what, None, None);
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(bad(format!("manifest of {} bytes exceeds the {MAX_MANIFEST_BYTES}-byte limit", bytes.len())));
+        }
+        #[derive(Deserialize)]
+        struct Probe {
+            format: Option<u32>,
+        }
+        if let Ok(Probe { format: Some(f) }) = serde_json::from_slice::<Probe>(bytes) {
+            if f > FORMAT_VERSION {
+                return Err(Error::other(
+                    format!("{key}: manifest format {f} is newer than this crowecode-cloud understands ({FORMAT_VERSION})"),
+                    Some("upgrade crowecode-cloud".into()),
+                ));
+            }
+        }
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(format!("unreadable manifest: {e}")))?;
+        if &m.model != model {
+            return Err(bad(format!("manifest is for model {}, not {model}", m.model)));
+        }
+        m.validate().map_err(bad)?;
+        Ok(m)
+    }
+
+    /// Internal consistency: safe unique paths, sizes adding up, offsets inside the archive.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.format != FORMAT_VERSION {
+            return Err(format!("unsupported manifest format {}", self.format));
+        }
+        let mut seen = HashSet::new();
+        for path in self.files.iter().map(|f| &f.path).chain(self.dirs.iter().map(|d| &d.path)) {
+            check_relative_path(path)?;
+            if !seen.insert(path.as_str()) {
+                return Err(format!("path {path} listed twice"));
+            }
+        }
+        let total = self.files.iter().try_fold(0u64, |acc, f| acc.checked_add(f.size)).ok_or("file sizes overflow")?;
+        if total != self.total_size {
+            return Err(format!("total_size {} is not the sum of file sizes {total}", self.total_size));
+        }
+        if self.compression == Compression::None {
+            for f in &self.files {
+                let end = f.offset.and_then(|o| o.checked_add(f.size));
+                if end.is_none_or(|e| e > self.archive_size) {
+                    return Err(format!("offset of {} lies outside the archive", f.path));
+                }
+            }
+            if self.total_size > self.archive_size {
+                return Err("files are larger than the archive".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The entries the archive holds, in archive order (sorted by path, as the writer emits them).
+    pub fn expected_entries(&self) -> Vec<Expected> {
+        let mut out: Vec<Expected> = self
+            .files
+            .iter()
+            .map(|f| Expected { path: f.path.clone(), size: Some(f.size), mode: f.mode, sha256: Some(f.sha256.clone()) })
+            .chain(self.dirs.iter().map(|d| Expected { path: d.path.clone(), size: None, mode: d.mode, sha256: None }))
+            .collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+
+    /// Whether `other` describes the same tree (paths, sizes, digests, modes), whatever the archive.
+    pub fn same_tree(&self, other: &Manifest) -> bool {
+        let files = |m: &Manifest| m.files.iter().map(|f| (f.path.clone(), f.size, f.sha256.clone(), f.mode)).collect::<Vec<_>>();
+        files(self) == files(other) && self.dirs == other.dirs
+    }
+
+    /// Serialised form (pretty, stable key order).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("manifest serialises");
+        v.push(b'\n');
+        v
+    }
+}
+
+/// Where a model's objects live in the bucket.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    prefix: String,
+}
+
+impl Layout {
+    /// Layout under `prefix` (empty or ending in `/`).
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_string() }
+    }
+
+    /// `<prefix><Model>/manifest.json`.
+    pub fn manifest_key(&self, model: &ModelName) -> String {
+        format!("{}{model}/manifest.json", self.prefix)
+    }
+
+    /// `<prefix><Model>/archives/`.
+    pub fn archives_prefix(&self, model: &ModelName) -> String {
+        format!("{}{model}/archives/", self.prefix)
+    }
+
+    /// A fresh archive key: `<prefix><Model>/archives/<utc-stamp>-<rand>.<ext>`.
+    pub fn new_archive_key(&self, model: &ModelName, now: SystemTime, compression: Compression) -> String {
+        let stamp = humantime::format_rfc3339_seconds(now).to_string().replace([':', '-'], "");
+        format!("{}{stamp}-{:08x}.{}", self.archives_prefix(model), fastrand::u32(..), compression.extension())
+    }
+
+    /// The model a listed key is the manifest of, if it is one.
+    pub fn model_of_manifest_key(&self, key: &str) -> Option<ModelName> {
+        let rest = key.strip_prefix(&self.prefix)?;
+        let name = rest.strip_suffix("/manifest.json")?;
+        ModelName::new(name).ok()
+    }
+
+    /// The prefix every model key starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest {
+            format: 1,
+            model: ModelName::new("Alpha").unwrap(),
+            archive_key: "p/Alpha/archives/x.tar".into(),
+            archive_sha256: Sha256Hex::parse(&"a".repeat(64)).unwrap(),
+            archive_size: 4096,
+            compression: Compression::None,
+            files: vec![FileEntry { path: "w.bin".into(), size: 10, sha256: Sha256Hex::parse(&"b".repeat(64)).unwrap(), mode: 0o644, offset: Some(512) }],
+            dirs: vec![DirEntry { path: "sub".into(), mode: 0o755 }],
+            total_size: 10,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            tool_version: "0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_validates() {
+        let m = sample();
+        let model = m.model.clone();
+        assert_eq!(Manifest::parse(&m.to_bytes(), &model, "k").unwrap(), m);
+    }
+
+    #[test]
+    fn refuses_lies_and_escapes() {
+        let model = ModelName::new("Alpha").unwrap();
+        let mut m = sample();
+        m.files[0].path = "../../etc/passwd".into();
+        assert_eq!(Manifest::parse(&m.to_bytes(), &model, "k").unwrap_err().exit_code(), 6);
+        let mut m = sample();
+        m.total_size = 11;
+        assert!(Manifest::parse(&m.to_bytes(), &model, "k").is_err());
+        let mut m = sample();
+        m.files[0].offset = Some(4090);
+        assert!(Manifest::parse(&m.to_bytes(), &model, "k").is_err());
+        let m = sample();
+        assert!(Manifest::parse(&m.to_bytes(), &ModelName::new("Beta").unwrap(), "k").is_err());
+        assert!(Manifest::parse(b"{not json", &model, "k").is_err());
+        let newer = String::from_utf8(sample().to_bytes()).unwrap().replace("\"format\": 1", "\"format\": 9");
+        assert!(Manifest::parse(newer.as_bytes(), &model, "k").unwrap_err().to_string().contains("newer"));
+    }
+
+    #[test]
+    fn layout_keys() {
+        let l = Layout::new("models/");
+        let m = ModelName::new("Alpha").unwrap();
+        assert_eq!(l.manifest_key(&m), "models/Alpha/manifest.json");
+        assert_eq!(l.model_of_manifest_key("models/Alpha/manifest.json"), Some(m.clone()));
+        assert_eq!(l.model_of_manifest_key("models/a/b/manifest.json"), None);
+        let k = l.new_archive_key(&m, SystemTime::UNIX_EPOCH, Compression::Zstd);
+        assert!(k.starts_with("models/Alpha/archives/19700101T000000Z-") && k.ends_with(".tar.zst"), "{k}");
+    }
+}

@@ -1,0 +1,291 @@
+//! Storage backends: one small async trait, thin adapters behind it, and the retry layer that
+//! wraps any of them.
+//!
+//! **Providers only move bytes.** They know nothing of models, manifests, part sizes, retries or
+//! checksums; everything that decides is above them and so behaves the same on every cloud.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
+
+use crate::config::{CloudConfig, ProviderKind};
+use crate::error::{Error, Result};
+
+pub mod local;
+mod retry;
+#[cfg(feature = "s3")]
+pub mod s3;
+
+pub use retry::{RetryPolicy, Retrying};
+
+/// What kind of failure a storage call had; retries and exit codes key on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderErrorKind {
+    /// The object does not exist.
+    NotFound,
+    /// The bucket (container, directory) does not exist.
+    BucketNotFound,
+    /// No credentials, or credentials the service rejects.
+    Unauthenticated,
+    /// Authenticated, but the action is not allowed.
+    PermissionDenied,
+    /// A conditional write lost (create-only target exists, or the ETag changed).
+    Precondition,
+    /// The service asked us to slow down.
+    RateLimited,
+    /// The operation is not supported by this backend.
+    Unsupported,
+    /// Connection reset, timeout, 5xx, or a stream that stalled.
+    Transport,
+    /// Anything else.
+    Other,
+}
+
+/// A failed storage call.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    /// What went wrong, provider-agnostically.
+    pub kind: ProviderErrorKind,
+    /// Whether trying again may help.
+    pub temporary: bool,
+    /// One line, including the service's own code when it gave one; never a secret.
+    pub message: String,
+    /// What the user can do, when the provider knows better than the caller.
+    pub hint: Option<String>,
+    /// How many attempts were made before giving up (set by the retry layer).
+    pub attempts: u32,
+    /// The underlying error.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ProviderError {
+    /// A new error; `temporary` follows from the kind (transport and rate limiting).
+    pub fn new(kind: ProviderErrorKind, message: impl Into<String>) -> Self {
+        let temporary = matches!(kind, ProviderErrorKind::Transport | ProviderErrorKind::RateLimited);
+        Self { kind, temporary, message: message.into(), hint: None, attempts: 0, source: None }
+    }
+
+    /// Adds a hint.
+    #[must_use]
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Adds the underlying error.
+    #[must_use]
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Whether this is a missing object.
+    pub fn is_not_found(&self) -> bool {
+        self.kind == ProviderErrorKind::NotFound
+    }
+}
+
+/// Shorthand for provider results.
+pub type PResult<T> = std::result::Result<T, ProviderError>;
+
+/// A stream of an object's bytes, in order.
+pub type ByteStream = BoxStream<'static, PResult<Bytes>>;
+
+/// What `list` and `head` return about an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The full key, prefix included.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// An opaque version tag for conditional writes; never used for integrity.
+    pub etag: Option<String>,
+    /// When it was last written, when the backend says.
+    pub last_modified: Option<SystemTime>,
+}
+
+/// Which bytes of an object to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GetRange {
+    /// The whole object.
+    All,
+    /// `start..end`, end exclusive.
+    Bounded(Range<u64>),
+    /// From an offset to the end.
+    From(u64),
+}
+
+impl GetRange {
+    /// The same range with the first `n` bytes already received.
+    pub fn advance(&self, n: u64) -> GetRange {
+        match self {
+            Self::All => Self::From(n),
+            Self::From(s) => Self::From(s + n),
+            Self::Bounded(r) => Self::Bounded(r.start + n..r.end),
+        }
+    }
+
+    /// The HTTP `Range` header value, if one is needed.
+    pub fn http_header(&self) -> Option<String> {
+        match self {
+            Self::All => None,
+            Self::From(s) => Some(format!("bytes={s}-")),
+            Self::Bounded(r) => Some(format!("bytes={}-{}", r.start, r.end.saturating_sub(1))),
+        }
+    }
+}
+
+/// How a small object is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PutMode {
+    /// Replace whatever is there.
+    Overwrite,
+    /// Only if nothing is there yet (`If-None-Match: *`).
+    Create,
+    /// Only if the current object still has this ETag (`If-Match`).
+    IfMatch(String),
+}
+
+/// One uploaded part of a multipart upload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartTag {
+    /// 1-based part number.
+    pub number: u32,
+    /// The backend's receipt for the part (ETag, block id).
+    pub tag: String,
+}
+
+/// An unfinished multipart upload found in the bucket.
+#[derive(Clone, Debug)]
+pub struct PendingUpload {
+    /// The key it would create.
+    pub key: String,
+    /// The backend's id for it.
+    pub upload_id: String,
+    /// When it started, when the backend says.
+    pub initiated: Option<SystemTime>,
+}
+
+/// Limits the transfer engine must respect.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Smallest part except the last.
+    pub min_part_size: u64,
+    /// Largest part.
+    pub max_part_size: u64,
+    /// Most parts in one upload.
+    pub max_parts: u32,
+    /// Every part but the last must be a multiple of this.
+    pub part_alignment: u64,
+    /// Whether parts may be uploaded concurrently (and so out of order).
+    pub concurrent_parts: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            min_part_size: 5 << 20,
+            max_part_size: 5 << 30,
+            max_parts: 10_000,
+            part_alignment: 1,
+            concurrent_parts: true,
+        }
+    }
+}
+
+/// A bucket on some storage service. Keys are full object keys (the caller adds the prefix).
+///
+/// Object safe, used as `Arc<dyn Provider>`; conveniences are in [`ProviderExt`].
+#[async_trait]
+pub trait Provider: Send + Sync + fmt::Debug {
+    /// `s3://bucket`, `gs://bucket`, a directory: for messages.
+    fn describe(&self) -> String;
+
+    /// Part-size and ordering limits for multipart uploads.
+    fn limits(&self) -> Limits {
+        Limits::default()
+    }
+
+    /// Size and version of one object.
+    async fn head(&self, key: &str) -> PResult<ObjectMeta>;
+
+    /// Every object whose key starts with `prefix`, all pages, sorted by key.
+    async fn list(&self, prefix: &str) -> PResult<Vec<ObjectMeta>>;
+
+    /// A byte range of an object as a stream.
+    async fn get(&self, key: &str, range: GetRange) -> PResult<ByteStream>;
+
+    /// Writes a small object in one request; returns its new ETag when the backend gives one.
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> PResult<Option<String>>;
+
+    /// Starts a multipart upload; returns its id.
+    async fn create_multipart(&self, key: &str) -> PResult<String>;
+
+    /// Uploads part `number` (1-based).
+    async fn put_part(&self, key: &str, upload_id: &str, number: u32, data: Bytes) -> PResult<PartTag>;
+
+    /// Makes the object visible from its parts, in part-number order.
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<PartTag>) -> PResult<()>;
+
+    /// Discards an unfinished multipart upload.
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> PResult<()>;
+
+    /// Unfinished multipart uploads under `prefix` (where the backend can list them).
+    async fn list_pending_uploads(&self, _prefix: &str) -> PResult<Vec<PendingUpload>> {
+        Ok(Vec::new())
+    }
+
+    /// Deletes an object; deleting a missing object succeeds.
+    async fn delete(&self, key: &str) -> PResult<()>;
+
+    /// Checks that the bucket exists and answers.
+    async fn check_bucket(&self) -> PResult<()>;
+
+    /// Creates the bucket; `Ok(false)` when it already existed.
+    async fn create_bucket(&self) -> PResult<bool>;
+
+    /// Where credentials come from (`environment`, `profile default`, `web identity`, `none`):
+    /// a name, never a secret.
+    async fn credential_source(&self) -> String;
+}
+
+/// Conveniences on top of [`Provider`].
+#[async_trait]
+pub trait ProviderExt: Provider {
+    /// Reads a whole (small) object into memory.
+    async fn get_bytes(&self, key: &str) -> PResult<Bytes> {
+        let mut stream = self.get(key, GetRange::All).await?;
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            buf.extend_from_slice(&chunk?);
+        }
+        Ok(buf.freeze())
+    }
+}
+
+impl<P: Provider + ?Sized> ProviderExt for P {}
+
+/// Builds the provider a configuration names, wrapped in the retry layer.
+pub async fn from_config(cfg: &CloudConfig, policy: RetryPolicy) -> Result<Arc<dyn Provider>> {
+    let inner: Arc<dyn Provider> = match cfg.provider {
+        ProviderKind::Local => Arc::new(local::LocalProvider::new(&cfg.bucket)),
+        #[cfg(feature = "s3")]
+        ProviderKind::S3 => Arc::new(s3::S3Provider::new(cfg).await?),
+        other => {
+            return Err(Error::config(
+                "provider",
+                format!("provider {other} is not available in this build"),
+                format!("`crowecode-cloud --version` lists the providers built in; rebuild with `--features {other}`"),
+            ));
+        }
+    };
+    Ok(Arc::new(Retrying::new(inner, policy)))
+}

@@ -1,0 +1,269 @@
+//! The retry layer: wraps any provider, retries calls that failed with a temporary error (with
+//! exponential backoff and jitter), and resumes interrupted or stalled reads from the last byte
+//! received. Written once, so every backend behaves the same.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{StreamExt as _, stream};
+
+use super::{ByteStream, GetRange, Limits, ObjectMeta, PResult, PartTag, PendingUpload, Provider, ProviderError, ProviderErrorKind, PutMode};
+
+/// How hard to try before giving up.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Attempts per call (and per stretch of a read without progress), the first included.
+    pub max_attempts: u32,
+    /// First backoff; doubles each time.
+    pub initial_backoff: Duration,
+    /// Largest backoff.
+    pub max_backoff: Duration,
+    /// A read that yields no bytes for this long is abandoned and resumed.
+    pub stall_timeout: Duration,
+    /// A request (other than reading a body) that takes longer than this is retried.
+    pub request_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The defaults, adjusted by `CROWECODE_MAX_ATTEMPTS`, `CROWECODE_STALL_TIMEOUT` and
+    /// `CROWECODE_REQUEST_TIMEOUT` (seconds, fractions allowed) when set.
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Self {
+        let mut p = Self::default();
+        let secs = |name: &str| env(name).and_then(|v| v.parse::<f64>().ok()).filter(|s| *s > 0.0).map(Duration::from_secs_f64);
+        if let Some(n) = env("CROWECODE_MAX_ATTEMPTS").and_then(|v| v.parse::<u32>().ok()).filter(|n| *n > 0) {
+            p.max_attempts = n;
+        }
+        if let Some(d) = secs("CROWECODE_STALL_TIMEOUT") {
+            p.stall_timeout = d;
+        }
+        if let Some(d) = secs("CROWECODE_REQUEST_TIMEOUT") {
+            p.request_timeout = d;
+        }
+        if let Some(d) = secs("CROWECODE_RETRY_BACKOFF") {
+            p.initial_backoff = d;
+        }
+        p
+    }
+
+    /// Backoff before attempt `attempt + 1` (1-based `attempt`), with ±25% jitter.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.initial_backoff.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(self.max_backoff);
+        base.mul_f64(0.75 + fastrand::f64() * 0.5)
+    }
+}
+
+/// A provider wrapped with retries.
+pub struct Retrying {
+    inner: Arc<dyn Provider>,
+    policy: RetryPolicy,
+}
+
+impl fmt::Debug for Retrying {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retrying").field("inner", &self.inner).field("policy", &self.policy).finish()
+    }
+}
+
+impl Retrying {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Provider>, policy: RetryPolicy) -> Self {
+        Self { inner, policy }
+    }
+
+    async fn call<T, F, Fut>(&self, what: &str, mut f: F) -> PResult<T>
+    where
+        F: FnMut() -> Fut + Send,
+        Fut: Future<Output = PResult<T>> + Send,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = match tokio::time::timeout(self.policy.request_timeout, f()).await {
+                Ok(r) => r,
+                Err(_) => Err(ProviderError::new(
+                    ProviderErrorKind::Transport,
+                    format!("{what}: no answer within {}s", self.policy.request_timeout.as_secs_f64()),
+                )),
+            };
+            match result {
+                Ok(v) => return Ok(v),
+                Err(e) if e.temporary && attempt < self.policy.max_attempts => {
+                    let wait = self.policy.backoff(attempt);
+                    tracing::debug!(attempt, ?wait, error = %e, "{what}: retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(mut e) => {
+                    e.attempts = attempt;
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+struct ReadState {
+    inner: Arc<dyn Provider>,
+    policy: RetryPolicy,
+    key: String,
+    range: GetRange,
+    received: u64,
+    failures: u32,
+    stream: Option<ByteStream>,
+}
+
+impl ReadState {
+    fn expected_len(&self) -> Option<u64> {
+        match &self.range {
+            GetRange::Bounded(r) => Some(r.end - r.start),
+            _ => None,
+        }
+    }
+
+    /// Records a temporary failure; errors out once the attempts are used up.
+    async fn failed(&mut self, err: ProviderError) -> PResult<()> {
+        self.failures += 1;
+        self.stream = None;
+        if !err.temporary || self.failures >= self.policy.max_attempts {
+            let mut err = err;
+            err.attempts = self.failures;
+            return Err(err);
+        }
+        let wait = self.policy.backoff(self.failures);
+        tracing::debug!(key = %self.key, received = self.received, ?wait, error = %err, "read interrupted; resuming");
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
+    async fn next_chunk(mut self) -> PResult<Option<(Bytes, Self)>> {
+        loop {
+            if self.expected_len() == Some(self.received) {
+                return Ok(None);
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                let range = self.range.advance(self.received);
+                match tokio::time::timeout(self.policy.request_timeout, self.inner.get(&self.key, range)).await {
+                    Ok(Ok(s)) => self.stream = Some(s),
+                    Ok(Err(e)) => self.failed(e).await?,
+                    Err(_) => self.failed(ProviderError::new(ProviderErrorKind::Transport, format!("GET {}: no answer", self.key))).await?,
+                }
+                continue;
+            };
+            match tokio::time::timeout(self.policy.stall_timeout, stream.next()).await {
+                Ok(Some(Ok(bytes))) => {
+                    let bytes = match self.expected_len() {
+                        // A server that sends more than asked is cut to the range.
+                        Some(len) if self.received + bytes.len() as u64 > len => bytes.slice(..(len - self.received) as usize),
+                        _ => bytes,
+                    };
+                    if bytes.is_empty() {
+                        continue;
+                    }
+                    self.received += bytes.len() as u64;
+                    self.failures = 0;
+                    return Ok(Some((bytes, self)));
+                }
+                Ok(None) => match self.expected_len() {
+                    Some(len) if self.received < len => {
+                        let msg = format!("GET {}: connection closed after {} of {len} bytes", self.key, self.received);
+                        self.failed(ProviderError::new(ProviderErrorKind::Transport, msg)).await?;
+                    }
+                    _ => return Ok(None),
+                },
+                Ok(Some(Err(e))) => self.failed(e).await?,
+                Err(_) => {
+                    let msg = format!("GET {}: no data for {}s (stalled)", self.key, self.policy.stall_timeout.as_secs_f64());
+                    self.failed(ProviderError::new(ProviderErrorKind::Transport, msg)).await?;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for Retrying {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn limits(&self) -> Limits {
+        self.inner.limits()
+    }
+
+    async fn head(&self, key: &str) -> PResult<ObjectMeta> {
+        self.call("HEAD", || self.inner.head(key)).await
+    }
+
+    async fn list(&self, prefix: &str) -> PResult<Vec<ObjectMeta>> {
+        self.call("LIST", || self.inner.list(prefix)).await
+    }
+
+    async fn get(&self, key: &str, range: GetRange) -> PResult<ByteStream> {
+        let first = self.call("GET", || self.inner.get(key, range.clone())).await?;
+        let state = ReadState {
+            inner: self.inner.clone(),
+            policy: self.policy.clone(),
+            key: key.to_string(),
+            range,
+            received: 0,
+            failures: 0,
+            stream: Some(first),
+        };
+        Ok(Box::pin(stream::try_unfold(state, ReadState::next_chunk)))
+    }
+
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> PResult<Option<String>> {
+        self.call("PUT", || self.inner.put(key, data.clone(), mode.clone())).await
+    }
+
+    async fn create_multipart(&self, key: &str) -> PResult<String> {
+        self.call("CreateMultipartUpload", || self.inner.create_multipart(key)).await
+    }
+
+    async fn put_part(&self, key: &str, upload_id: &str, number: u32, data: Bytes) -> PResult<PartTag> {
+        self.call("UploadPart", || self.inner.put_part(key, upload_id, number, data.clone())).await
+    }
+
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<PartTag>) -> PResult<()> {
+        self.call("CompleteMultipartUpload", || self.inner.complete_multipart(key, upload_id, parts.clone())).await
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> PResult<()> {
+        self.call("AbortMultipartUpload", || self.inner.abort_multipart(key, upload_id)).await
+    }
+
+    async fn list_pending_uploads(&self, prefix: &str) -> PResult<Vec<PendingUpload>> {
+        self.call("ListMultipartUploads", || self.inner.list_pending_uploads(prefix)).await
+    }
+
+    async fn delete(&self, key: &str) -> PResult<()> {
+        self.call("DELETE", || self.inner.delete(key)).await
+    }
+
+    async fn check_bucket(&self) -> PResult<()> {
+        self.call("HeadBucket", || self.inner.check_bucket()).await
+    }
+
+    async fn create_bucket(&self) -> PResult<bool> {
+        self.call("CreateBucket", || self.inner.create_bucket()).await
+    }
+
+    async fn credential_source(&self) -> String {
+        self.inner.credential_source().await
+    }
+}

@@ -1,0 +1,158 @@
+//! Download: K concurrent ranged GETs of the archive, reassembled in order, fed on a blocking
+//! thread to sha256 → decompressor → extractor. Interrupted ranges resume from the last byte
+//! received (in the provider's retry layer).
+
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt as _, stream};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+
+use super::{Progress, TransferOptions, choose_part_size};
+use crate::archive::{Compression, ExtractError, Extractor};
+use crate::error::{Error, Result};
+use crate::names::Sha256Hex;
+use crate::progress::Direction;
+use crate::provider::{GetRange, Provider, ProviderError, ProviderErrorKind};
+
+enum Msg {
+    Data(Bytes),
+    End,
+}
+
+enum Sink {
+    Plain(Extractor),
+    Zstd(Box<zstd::stream::write::Decoder<'static, Extractor>>),
+    Gzip(Box<flate2::write::GzDecoder<Extractor>>),
+}
+
+impl Sink {
+    fn new(extractor: Extractor, compression: Compression) -> io::Result<Self> {
+        Ok(match compression {
+            Compression::None => Self::Plain(extractor),
+            Compression::Zstd => Self::Zstd(Box::new(zstd::stream::write::Decoder::new(extractor)?)),
+            Compression::Gzip => Self::Gzip(Box::new(flate2::write::GzDecoder::new(extractor))),
+        })
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Plain(x) => x.write_all(data),
+            Self::Zstd(d) => d.write_all(data),
+            Self::Gzip(d) => d.write_all(data),
+        }
+    }
+
+    fn finish(self) -> io::Result<Extractor> {
+        match self {
+            Self::Plain(x) => Ok(x),
+            Self::Zstd(mut d) => {
+                d.flush()?;
+                Ok(d.into_inner())
+            }
+            Self::Gzip(d) => d.finish(),
+        }
+    }
+}
+
+/// Why the consuming side stopped.
+enum ConsumeError {
+    /// The producer went away without `End`: its own error explains why.
+    Aborted,
+    Extract(ExtractError),
+}
+
+fn consume(mut rx: mpsc::Receiver<Msg>, extractor: Extractor, compression: Compression) -> std::result::Result<Sha256Hex, ConsumeError> {
+    let mut sink = Sink::new(extractor, compression).map_err(|e| ConsumeError::Extract(ExtractError::from_io(e)))?;
+    let mut hasher = Sha256::new();
+    loop {
+        match rx.blocking_recv() {
+            Some(Msg::Data(b)) => {
+                hasher.update(&b);
+                sink.write_all(&b).map_err(|e| ConsumeError::Extract(ExtractError::from_io(e)))?;
+            }
+            Some(Msg::End) => break,
+            None => return Err(ConsumeError::Aborted),
+        }
+    }
+    let extractor = sink.finish().map_err(|e| ConsumeError::Extract(ExtractError::from_io(e)))?;
+    extractor.finish().map_err(ConsumeError::Extract)?;
+    Ok(Sha256Hex::from_digest(&hasher.finalize()))
+}
+
+async fn fetch(provider: &dyn Provider, key: &str, start: u64, end: u64, progress: &Progress) -> std::result::Result<Bytes, ProviderError> {
+    let len = (end - start) as usize;
+    let mut stream = provider.get(key, GetRange::Bounded(start..end)).await?;
+    let mut buf = BytesMut::with_capacity(len);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        progress.advanced(chunk.len() as u64);
+        buf.extend_from_slice(&chunk);
+    }
+    if buf.len() != len {
+        return Err(ProviderError::new(
+            ProviderErrorKind::Other,
+            format!("GET {key} bytes {start}-{end}: received {} bytes, expected {len}", buf.len()),
+        ));
+    }
+    Ok(buf.freeze())
+}
+
+/// Turns an extraction failure into the error users see.
+pub(crate) fn extract_error(key: &str, e: ExtractError) -> Error {
+    match e {
+        ExtractError::Io { path, source } => Error::io("cannot write", &path, source),
+        ExtractError::FileHash { path, expected, computed } => {
+            Error::integrity(format!("{key} ({path})"), "file sha256 differs from the manifest", Some(expected.to_string()), Some(computed.to_string()))
+        }
+        other => Error::integrity(key, other.to_string(), None, None),
+    }
+}
+
+/// Downloads `size` bytes of the archive at `key` into `extractor`; returns the archive's sha256
+/// (which the caller compares with the manifest before anything becomes visible).
+pub async fn download_archive(
+    provider: Arc<dyn Provider>,
+    key: &str,
+    size: u64,
+    compression: Compression,
+    extractor: Extractor,
+    opts: &TransferOptions,
+    progress: &Progress,
+) -> Result<Sha256Hex> {
+    let part = choose_part_size(opts.part_size, size, &crate::provider::Limits { min_part_size: 1, ..Default::default() });
+    let (tx, rx) = mpsc::channel::<Msg>(2);
+    let consumer = tokio::task::spawn_blocking(move || consume(rx, extractor, compression));
+    progress.started(Direction::Download, size);
+
+    let ranges = (0..size.div_ceil(part)).map(|i| (i * part, ((i + 1) * part).min(size)));
+    let mut fetches = stream::iter(ranges).map(|(s, e)| fetch(provider.as_ref(), key, s, e, progress)).buffered(opts.concurrency.max(1));
+    let mut network: Option<ProviderError> = None;
+    while let Some(res) = fetches.next().await {
+        match res {
+            Ok(bytes) => {
+                if tx.send(Msg::Data(bytes)).await.is_err() {
+                    break; // the consumer failed; its error says why
+                }
+            }
+            Err(e) => {
+                network = Some(e);
+                break;
+            }
+        }
+    }
+    drop(fetches);
+    if network.is_none() {
+        let _ = tx.send(Msg::End).await;
+    }
+    drop(tx);
+    let consumed = consumer.await.map_err(|e| Error::other(format!("extraction task failed: {e}"), None))?;
+    match (consumed, network) {
+        (Err(ConsumeError::Extract(e)), _) => Err(extract_error(key, e)),
+        (_, Some(e)) => Err(Error::from_provider(format!("downloading {key}"), e)),
+        (Ok(sha), None) => Ok(sha),
+        (Err(ConsumeError::Aborted), None) => Err(Error::other(format!("download of {key} stopped"), None)),
+    }
+}

@@ -1,0 +1,194 @@
+//! Upload: plan → deterministic tar → (compress) → sha256 → parts of N bytes → K in flight →
+//! complete. The archive is produced on a blocking thread and handed over a bounded channel, so
+//! at most K parts (plus one being filled and one queued) are in memory.
+
+use std::io::{self, Read as _, Write};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt as _, TryStreamExt as _, stream};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+
+use super::{Progress, TransferOptions, choose_part_size};
+use crate::archive::{ArchivePlan, Compression, TarStream};
+use crate::error::{Error, Result};
+use crate::names::Sha256Hex;
+use crate::progress::Direction;
+use crate::provider::{PartTag, Provider, PutMode};
+
+/// What an upload produced.
+#[derive(Debug)]
+pub struct UploadedArchive {
+    /// The plan, as archived.
+    pub plan: ArchivePlan,
+    /// Each entry's sha256 (`None` for directories), in plan order.
+    pub file_hashes: Vec<Option<Sha256Hex>>,
+    /// Digest of the archive object's bytes.
+    pub sha256: Sha256Hex,
+    /// Size of the archive object.
+    pub size: u64,
+    /// Parts uploaded (1 for a single PUT).
+    pub parts: u32,
+}
+
+/// Cuts what is written into parts and sends them, hashing on the way.
+struct PartSink {
+    tx: mpsc::Sender<Bytes>,
+    part_size: usize,
+    buf: BytesMut,
+    hasher: Sha256,
+    size: u64,
+    parts: u32,
+}
+
+impl PartSink {
+    fn send(&mut self) -> io::Result<()> {
+        let part = self.buf.split().freeze();
+        self.buf.reserve(self.part_size);
+        self.parts += 1;
+        self.tx.blocking_send(part).map_err(|_| io::Error::other("upload stopped"))
+    }
+}
+
+impl Write for PartSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = (self.part_size - self.buf.len()).min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        self.hasher.update(&data[..n]);
+        self.size += n as u64;
+        if self.buf.len() == self.part_size {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Produced {
+    stream: TarStream,
+    sha256: Sha256Hex,
+    size: u64,
+}
+
+fn produce(plan: ArchivePlan, compression: Compression, part_size: usize, tx: mpsc::Sender<Bytes>) -> io::Result<Produced> {
+    let mut sink = PartSink { tx, part_size, buf: BytesMut::with_capacity(part_size), hasher: Sha256::new(), size: 0, parts: 0 };
+    let mut tar = TarStream::new(plan);
+    let mut buf = vec![0u8; (1 << 20).min(part_size.max(64 << 10))];
+    let mut pump = |tar: &mut TarStream, w: &mut dyn Write| -> io::Result<()> {
+        loop {
+            let n = tar.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            w.write_all(&buf[..n])?;
+        }
+    };
+    match compression {
+        Compression::None => pump(&mut tar, &mut sink)?,
+        Compression::Zstd => {
+            let mut enc = zstd::stream::write::Encoder::new(&mut sink, 3)?;
+            pump(&mut tar, &mut enc)?;
+            enc.finish()?;
+        }
+        Compression::Gzip => {
+            let mut enc = flate2::write::GzEncoder::new(&mut sink, flate2::Compression::new(6));
+            pump(&mut tar, &mut enc)?;
+            enc.finish()?;
+        }
+    }
+    if !sink.buf.is_empty() {
+        sink.send()?;
+    }
+    let sha256 = Sha256Hex::from_digest(&sink.hasher.finalize());
+    Ok(Produced { stream: tar, sha256, size: sink.size })
+}
+
+/// Uploads the archive of `plan` to `key`. On any failure the multipart upload is aborted and
+/// nothing is left visible at `key`.
+pub async fn upload_archive(
+    provider: Arc<dyn Provider>,
+    key: &str,
+    plan: ArchivePlan,
+    compression: Compression,
+    opts: &TransferOptions,
+    progress: &Progress,
+) -> Result<UploadedArchive> {
+    let limits = provider.limits();
+    let part_size = choose_part_size(opts.part_size, plan.tar_size, &limits);
+    let concurrency = if limits.concurrent_parts { opts.concurrency.max(1) } else { 1 };
+    let estimate = plan.tar_size;
+    let (tx, mut rx) = mpsc::channel::<Bytes>(1);
+    let producer = tokio::task::spawn_blocking(move || produce(plan, compression, part_size as usize, tx));
+    let produced = |r: std::result::Result<io::Result<Produced>, tokio::task::JoinError>| -> Result<Produced> {
+        match r {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(Error::Io { context: "cannot read the model to upload".into(), source: e }),
+            Err(e) => Err(Error::other(format!("archive task failed: {e}"), None)),
+        }
+    };
+    progress.started(Direction::Upload, estimate);
+
+    let Some(first) = rx.recv().await else {
+        return Err(produced(producer.await).err().unwrap_or_else(|| Error::other("archive stream ended empty", None)));
+    };
+    let Some(second) = rx.recv().await else {
+        // A single part: one PUT, once the archive is known to be complete.
+        let p = produced(producer.await)?;
+        let len = first.len() as u64;
+        provider.put(key, first, PutMode::Overwrite).await.map_err(|e| Error::from_provider(format!("uploading {key}"), e))?;
+        progress.advanced(len);
+        let (plan, file_hashes) = p.stream.finish();
+        return Ok(UploadedArchive { plan, file_hashes, sha256: p.sha256, size: p.size, parts: 1 });
+    };
+
+    let upload_id = provider.create_multipart(key).await.map_err(|e| Error::from_provider(format!("starting the upload of {key}"), e))?;
+    let rest = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+    let max_parts = limits.max_parts;
+    let uploaded: std::result::Result<Vec<PartTag>, Error> = stream::iter([first, second])
+        .chain(rest)
+        .enumerate()
+        .map(|(i, data)| {
+            let provider = provider.clone();
+            let upload_id = upload_id.clone();
+            async move {
+                let number = u32::try_from(i + 1).ok().filter(|n| *n <= max_parts).ok_or_else(|| {
+                    Error::other(format!("the archive needs more than {max_parts} parts"), Some("raise --part-size".into()))
+                })?;
+                let len = data.len() as u64;
+                let tag = provider
+                    .put_part(key, &upload_id, number, data)
+                    .await
+                    .map_err(|e| Error::from_provider(format!("uploading part {number} of {key}"), e))?;
+                progress.advanced(len);
+                Ok(tag)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await;
+    // Whatever happened, the producer has stopped or will stop now that the receiver is gone.
+    let produced = produced(producer.await);
+    let result = match (uploaded, produced) {
+        (Ok(mut tags), Ok(p)) => {
+            tags.sort_by_key(|t| t.number);
+            let parts = tags.len() as u32;
+            match provider.complete_multipart(key, &upload_id, tags).await {
+                Ok(()) => {
+                    let (plan, file_hashes) = p.stream.finish();
+                    return Ok(UploadedArchive { plan, file_hashes, sha256: p.sha256, size: p.size, parts });
+                }
+                Err(e) => Err(Error::from_provider(format!("completing the upload of {key}"), e)),
+            }
+        }
+        // A read failure explains a stopped upload better than the upload's own error.
+        (_, Err(e)) | (Err(e), _) => Err(e),
+    };
+    if let Err(e) = provider.abort_multipart(key, &upload_id).await {
+        tracing::warn!(key, error = %e, "could not abort the multipart upload; `crowecode-cloud status` lists it");
+    }
+    result
+}
