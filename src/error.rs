@@ -33,20 +33,34 @@ pub mod exit {
 pub enum Error {
     /// The request itself is wrong (exit 2).
     #[error("{message}")]
-    Usage { message: String, hint: Option<String> },
+    Usage {
+        message: String,
+        hint: Option<String>,
+    },
 
     /// The configuration is missing, malformed or unusable (exit 3). `origin` names where it came
     /// from: a file path, `CROWECODE_CLOUD_CONFIG_B64`, or a flag.
     #[error("{origin}: {message}")]
-    Config { origin: String, message: String, hint: Option<String> },
+    Config {
+        origin: String,
+        message: String,
+        hint: Option<String>,
+    },
 
     /// No configuration at all (exit 3).
-    #[error("cloud storage is not configured (no --provider/--bucket flags, no CROWECODE_CLOUD_CONFIG_B64, no config file at {looked_at})")]
+    #[error(
+        "cloud storage is not configured (no --provider/--bucket flags, no CROWECODE_CLOUD_CONFIG_B64, no config file at {looked_at})"
+    )]
     NotConfigured { looked_at: String },
 
     /// Credentials missing or rejected, or an action denied (exit 4).
     #[error("{message}")]
-    Access { message: String, hint: Option<String>, #[source] source: Option<ProviderError> },
+    Access {
+        message: String,
+        hint: Option<String>,
+        #[source]
+        source: Option<ProviderError>,
+    },
 
     /// The model has no manifest in the bucket (exit 5).
     #[error("model {model} not found in {location}")]
@@ -54,49 +68,97 @@ pub enum Error {
 
     /// Bytes did not match what the manifest promised, or an archive was unsafe (exit 6).
     #[error("integrity check failed for {object}: {what}")]
-    Integrity { object: String, what: String, expected: Option<String>, computed: Option<String> },
+    Integrity {
+        object: String,
+        what: String,
+        expected: Option<String>,
+        computed: Option<String>,
+    },
 
     /// Still failing after the retries (exit 7).
     #[error("{context}: still failing after {attempts} attempts")]
-    Network { context: String, attempts: u32, #[source] source: ProviderError },
+    Network {
+        context: String,
+        attempts: u32,
+        #[source]
+        source: ProviderError,
+    },
 
     /// A local file-system operation failed (exit 1).
     #[error("{context}")]
-    Io { context: String, #[source] source: io::Error },
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
 
     /// A storage call failed for a reason without a more specific code (exit 1).
     #[error("{context}")]
-    Provider { context: String, #[source] source: ProviderError },
+    Provider {
+        context: String,
+        #[source]
+        source: ProviderError,
+    },
 
     /// Anything else (exit 1).
     #[error("{message}")]
-    Other { message: String, hint: Option<String> },
+    Other {
+        message: String,
+        hint: Option<String>,
+    },
 }
 
 impl Error {
     /// A usage error with a hint.
     pub fn usage(message: impl Into<String>, hint: impl Into<String>) -> Self {
-        Self::Usage { message: message.into(), hint: Some(hint.into()) }
+        Self::Usage {
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
     }
 
     /// A config error from `origin` with a hint.
-    pub fn config(origin: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Self {
-        Self::Config { origin: origin.into(), message: message.into(), hint: Some(hint.into()) }
+    pub fn config(
+        origin: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        Self::Config {
+            origin: origin.into(),
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
     }
 
     /// An I/O error with what was being done to which path.
     pub fn io(what: &str, path: &Path, source: io::Error) -> Self {
-        Self::Io { context: format!("{what} {}", path.display()), source }
+        Self::Io {
+            context: format!("{what} {}", path.display()),
+            source,
+        }
     }
 
     /// A failure without a more specific kind.
     pub fn other(message: impl Into<String>, hint: Option<String>) -> Self {
-        Self::Other { message: message.into(), hint }
+        Self::Other {
+            message: message.into(),
+            hint,
+        }
     }
 
     /// An integrity failure with the expected and computed values.
-    pub fn integrity(object: impl Into<String>, what: impl Into<String>, expected: Option<String>, computed: Option<String>) -> Self {
-        Self::Integrity { object: object.into(), what: what.into(), expected, computed }
+    pub fn integrity(
+        object: impl Into<String>,
+        what: impl Into<String>,
+        expected: Option<String>,
+        computed: Option<String>,
+    ) -> Self {
+        Self::Integrity {
+            object: object.into(),
+            what: what.into(),
+            expected,
+            computed,
+        }
     }
 
     /// Maps a provider error to the error users see, by its kind: this is where the storage

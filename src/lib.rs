@@ -26,5 +26,5 @@ pub mod provider;
 pub mod transfer;
 
 pub use error::{Error, Result};
-pub use manager::{CloudManager, Downloaded, Uploaded, UploadOptions};
+pub use manager::{CloudManager, Downloaded, UploadOptions, Uploaded};
 pub use names::{ModelName, Sha256Hex};

@@ -12,7 +12,7 @@ use crate::archive::{self, ArchivePlan, Compression, Extractor};
 use crate::cache::{Cache, remove_tree};
 use crate::config::{self, CloudConfig, ConfigSource, FileLocation, Overrides, Resolved};
 use crate::error::{Error, Result};
-use crate::manifest::{DirEntry, FileEntry, FORMAT_VERSION, Layout, Manifest};
+use crate::manifest::{DirEntry, FORMAT_VERSION, FileEntry, Layout, Manifest};
 use crate::names::{ModelName, Sha256Hex};
 use crate::progress::{Event, Reporter, Silent};
 use crate::provider::{self, Provider, ProviderErrorKind, ProviderExt as _, PutMode, RetryPolicy};
@@ -135,7 +135,11 @@ pub struct CloudManager {
 
 impl std::fmt::Debug for CloudManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CloudManager").field("config", &self.config).field("source", &self.source).field("cache", &self.cache).finish()
+        f.debug_struct("CloudManager")
+            .field("config", &self.config)
+            .field("source", &self.source)
+            .field("cache", &self.cache)
+            .finish()
     }
 }
 
@@ -149,21 +153,40 @@ impl CloudManager {
     pub async fn from_env() -> Result<Self> {
         let explicit = process_env(config::ENV_CONFIG_PATH).filter(|s| !s.is_empty());
         let file = FileLocation {
-            path: explicit.clone().map(PathBuf::from).unwrap_or_else(|| config::default_config_path(&process_env)),
+            path: explicit
+                .clone()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| config::default_config_path(&process_env)),
             explicit: explicit.is_some(),
         };
         let resolved = config::resolve(&process_env, &file, &Overrides::default())?;
-        Self::new(resolved, Cache::new(Cache::default_root(&process_env)), TransferOptions::default(), RetryPolicy::from_env(&process_env)).await
+        Self::new(
+            resolved,
+            Cache::new(Cache::default_root(&process_env)),
+            TransferOptions::default(),
+            RetryPolicy::from_env(&process_env),
+        )
+        .await
     }
 
     /// A manager over an already resolved configuration.
-    pub async fn new(resolved: Resolved, cache: Cache, transfer: TransferOptions, retry: RetryPolicy) -> Result<Self> {
+    pub async fn new(
+        resolved: Resolved,
+        cache: Cache,
+        transfer: TransferOptions,
+        retry: RetryPolicy,
+    ) -> Result<Self> {
         let provider = provider::from_config(&resolved.config, retry).await?;
         Ok(Self::with_provider(resolved, provider, cache, transfer))
     }
 
     /// A manager over a given provider (tests, custom backends).
-    pub fn with_provider(resolved: Resolved, provider: Arc<dyn Provider>, cache: Cache, transfer: TransferOptions) -> Self {
+    pub fn with_provider(
+        resolved: Resolved,
+        provider: Arc<dyn Provider>,
+        cache: Cache,
+        transfer: TransferOptions,
+    ) -> Self {
         Self {
             layout: Layout::new(&resolved.config.prefix),
             config: resolved.config,
@@ -209,7 +232,10 @@ impl CloudManager {
     }
 
     fn info(&self, model: &ModelName, message: String) {
-        self.reporter.report(Event::Info { model: model.as_str(), message });
+        self.reporter.report(Event::Info {
+            model: model.as_str(),
+            message,
+        });
     }
 
     /// The model's current manifest, or `None` if the bucket has none.
@@ -240,7 +266,10 @@ impl CloudManager {
         let manifest = self
             .fetch_manifest(&model)
             .await?
-            .ok_or_else(|| Error::ModelNotFound { model: model.to_string(), location: self.config.location() })?;
+            .ok_or_else(|| Error::ModelNotFound {
+                model: model.to_string(),
+                location: self.config.location(),
+            })?;
         self.cache.ensure_layout()?;
         let version = self.cache.version_path(&model, &manifest.archive_sha256);
         let done = |status, transferred| Downloaded {
@@ -263,7 +292,10 @@ impl CloudManager {
             let reporter = self.reporter.clone();
             tokio::task::spawn_blocking(move || {
                 cache.lock(&m, || {
-                    reporter.report(Event::Info { model: m.as_str(), message: "another process is downloading this model; waiting for it".into() });
+                    reporter.report(Event::Info {
+                        model: m.as_str(),
+                        message: "another process is downloading this model; waiting for it".into(),
+                    });
                 })
             })
             .await
@@ -294,7 +326,12 @@ impl CloudManager {
         Ok(done(DownloadStatus::Downloaded, manifest.archive_size))
     }
 
-    async fn fetch_into(&self, model: &ModelName, manifest: &Manifest, staging: &Path) -> Result<()> {
+    async fn fetch_into(
+        &self,
+        model: &ModelName,
+        manifest: &Manifest,
+        staging: &Path,
+    ) -> Result<()> {
         let extractor = Extractor::new(staging.to_path_buf(), manifest.expected_entries(), false);
         let progress = Progress::new(self.reporter.clone(), model.as_str());
         let key = &manifest.archive_key;
@@ -333,7 +370,12 @@ impl CloudManager {
 
     /// Uploads the directory `dir` as model `name`, unless the bucket already holds the same tree.
     /// The manifest is written last, conditionally, so readers see the old version or the new one.
-    pub async fn upload_model(&self, name: &str, dir: &Path, opts: &UploadOptions) -> Result<Uploaded> {
+    pub async fn upload_model(
+        &self,
+        name: &str,
+        dir: &Path,
+        opts: &UploadOptions,
+    ) -> Result<Uploaded> {
         let started = Instant::now();
         let model = ModelName::new(name)?;
         let dir_owned = dir.to_path_buf();
@@ -350,47 +392,71 @@ impl CloudManager {
             Some(_) => match self.fetch_manifest(&model).await {
                 Ok(m) => m,
                 Err(e @ Error::Integrity { .. }) => {
-                    self.info(&model, format!("the current manifest is unreadable and will be replaced ({e})"));
+                    self.info(
+                        &model,
+                        format!("the current manifest is unreadable and will be replaced ({e})"),
+                    );
                     None
                 }
                 Err(e) => return Err(e),
             },
             None => None,
         };
-        if let Some(old) = existing.as_ref().filter(|_| !opts.force) {
-            if let Some(same) = self.unchanged(&plan, old).await? {
-                return Ok(Uploaded {
-                    model,
-                    status: UploadStatus::UpToDate,
-                    archive_key: same.archive_key.clone(),
-                    sha256: same.archive_sha256.clone(),
-                    archive_size: same.archive_size,
-                    size: same.total_size,
-                    files: same.files.len(),
-                    compression: same.compression,
-                    parts: 0,
-                    seconds: started.elapsed().as_secs_f64(),
-                });
-            }
+        if let Some(old) = existing.as_ref().filter(|_| !opts.force)
+            && let Some(same) = self.unchanged(&plan, old).await?
+        {
+            return Ok(Uploaded {
+                model,
+                status: UploadStatus::UpToDate,
+                archive_key: same.archive_key.clone(),
+                sha256: same.archive_sha256.clone(),
+                archive_size: same.archive_size,
+                size: same.total_size,
+                files: same.files.len(),
+                compression: same.compression,
+                parts: 0,
+                seconds: started.elapsed().as_secs_f64(),
+            });
         }
 
-        let archive_key = self.layout.new_archive_key(&model, SystemTime::now(), opts.compression);
+        let archive_key = self
+            .layout
+            .new_archive_key(&model, SystemTime::now(), opts.compression);
         let progress = Progress::new(self.reporter.clone(), model.as_str());
-        let up = transfer::upload_archive(self.provider.clone(), &archive_key, plan, opts.compression, &self.transfer, &progress).await;
+        let up = transfer::upload_archive(
+            self.provider.clone(),
+            &archive_key,
+            plan,
+            opts.compression,
+            &self.transfer,
+            &progress,
+        )
+        .await;
         progress.finished();
         let up = up?;
         let manifest = build_manifest(&model, &archive_key, opts.compression, &up);
         let mode = match &current {
-            Some(meta) => meta.etag.clone().map_or(PutMode::Overwrite, PutMode::IfMatch),
+            Some(meta) => meta
+                .etag
+                .clone()
+                .map_or(PutMode::Overwrite, PutMode::IfMatch),
             None => PutMode::Create,
         };
-        if let Err(e) = self.provider.put(&manifest_key, manifest.to_bytes().into(), mode).await {
+        if let Err(e) = self
+            .provider
+            .put(&manifest_key, manifest.to_bytes().into(), mode)
+            .await
+        {
             // The archive is unreferenced now; do not leave it behind.
             let _ = self.provider.delete(&archive_key).await;
             if e.kind == ProviderErrorKind::Precondition {
                 return Err(Error::other(
-                    format!("another upload of {model} committed while this one ran; its version was kept and this one discarded"),
-                    Some(format!("run `crowecode-cloud upload {model}` again if this tree should win")),
+                    format!(
+                        "another upload of {model} committed while this one ran; its version was kept and this one discarded"
+                    ),
+                    Some(format!(
+                        "run `crowecode-cloud upload {model}` again if this tree should win"
+                    )),
                 ));
             }
             return Err(Error::from_provider(format!("writing {manifest_key}"), e));
@@ -411,30 +477,58 @@ impl CloudManager {
 
     /// `Some(old)` when the tree in `plan` is exactly the one `old` describes (hashing only when
     /// paths, sizes and modes already agree).
-    async fn unchanged<'a>(&self, plan: &ArchivePlan, old: &'a Manifest) -> Result<Option<&'a Manifest>> {
+    async fn unchanged<'a>(
+        &self,
+        plan: &ArchivePlan,
+        old: &'a Manifest,
+    ) -> Result<Option<&'a Manifest>> {
         let shape = |m: &Manifest| {
-            let mut v: Vec<(String, Option<u64>, u32)> = m.files.iter().map(|f| (f.path.clone(), Some(f.size), f.mode)).collect();
+            let mut v: Vec<(String, Option<u64>, u32)> = m
+                .files
+                .iter()
+                .map(|f| (f.path.clone(), Some(f.size), f.mode))
+                .collect();
             v.extend(m.dirs.iter().map(|d| (d.path.clone(), None, d.mode)));
             v.sort();
             v
         };
-        let mut local: Vec<(String, Option<u64>, u32)> = plan.entries.iter().map(|e| (e.path.clone(), e.size, e.mode)).collect();
+        let mut local: Vec<(String, Option<u64>, u32)> = plan
+            .entries
+            .iter()
+            .map(|e| (e.path.clone(), e.size, e.mode))
+            .collect();
         local.sort();
         if local != shape(old) {
             return Ok(None);
         }
-        let files: Vec<(String, PathBuf)> = plan.entries.iter().filter(|e| e.size.is_some()).map(|e| (e.path.clone(), e.source.clone())).collect();
+        let files: Vec<(String, PathBuf)> = plan
+            .entries
+            .iter()
+            .filter(|e| e.size.is_some())
+            .map(|e| (e.path.clone(), e.source.clone()))
+            .collect();
         let hashes: Vec<(String, Sha256Hex)> = stream::iter(files)
             .map(|(path, source)| async move {
-                tokio::task::spawn_blocking(move || archive::sha256_file(&source).map(|(h, _)| (path, h)).map_err(|e| Error::io("cannot read", &source, e)))
-                    .await
-                    .map_err(|e| Error::other(format!("hash task failed: {e}"), None))?
+                tokio::task::spawn_blocking(move || {
+                    archive::sha256_file(&source)
+                        .map(|(h, _)| (path, h))
+                        .map_err(|e| Error::io("cannot read", &source, e))
+                })
+                .await
+                .map_err(|e| Error::other(format!("hash task failed: {e}"), None))?
             })
             .buffer_unordered(2)
             .try_collect()
             .await?;
-        let by_path: std::collections::HashMap<&str, &Sha256Hex> = old.files.iter().map(|f| (f.path.as_str(), &f.sha256)).collect();
-        Ok(hashes.iter().all(|(p, h)| by_path.get(p.as_str()) == Some(&h)).then_some(old))
+        let by_path: std::collections::HashMap<&str, &Sha256Hex> = old
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), &f.sha256))
+            .collect();
+        Ok(hashes
+            .iter()
+            .all(|(p, h)| by_path.get(p.as_str()) == Some(&h))
+            .then_some(old))
     }
 
     /// Every model in the bucket, with its manifest's summary and this machine's cached version.
@@ -444,11 +538,19 @@ impl CloudManager {
             .list(self.layout.prefix())
             .await
             .map_err(|e| Error::from_provider(format!("listing {}", self.config.location()), e))?;
-        let models: Vec<ModelName> = objects.iter().filter_map(|o| self.layout.model_of_manifest_key(&o.key)).collect();
+        let models: Vec<ModelName> = objects
+            .iter()
+            .filter_map(|o| self.layout.model_of_manifest_key(&o.key))
+            .collect();
         stream::iter(models)
             .map(|model| async move {
                 let cached_path = self.cache.current(&model).ok().flatten();
-                let cached = cached_path.as_ref().and_then(|p| p.file_name()).and_then(|n| n.to_str()).and_then(|n| n.split_once('@')).map(|(_, s)| s.to_string());
+                let cached = cached_path
+                    .as_ref()
+                    .and_then(|p| p.file_name())
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.split_once('@'))
+                    .map(|(_, s)| s.to_string());
                 match self.fetch_manifest(&model).await {
                     Ok(Some(m)) => Ok(RemoteModel {
                         cached_current: cached.as_deref() == Some(m.archive_sha256.short()),
@@ -461,7 +563,17 @@ impl CloudManager {
                         cached,
                         error: None,
                     }),
-                    Ok(None) => Ok(RemoteModel { model, size: None, files: None, sha256: None, uploaded_at: None, compression: None, cached, cached_current: false, error: Some("manifest vanished while listing".into()) }),
+                    Ok(None) => Ok(RemoteModel {
+                        model,
+                        size: None,
+                        files: None,
+                        sha256: None,
+                        uploaded_at: None,
+                        compression: None,
+                        cached,
+                        cached_current: false,
+                        error: Some("manifest vanished while listing".into()),
+                    }),
                     Err(e @ (Error::Integrity { .. } | Error::Other { .. })) => Ok(RemoteModel {
                         model,
                         size: None,
@@ -489,18 +601,44 @@ impl CloudManager {
             Ok(()) => (true, None, 0),
             Err(e) => {
                 let err = Error::from_provider(format!("checking {}", self.config.location()), e);
-                let hint = err.hint().map(|h| format!(" (hint: {h})")).unwrap_or_default();
+                let hint = err
+                    .hint()
+                    .map(|h| format!(" (hint: {h})"))
+                    .unwrap_or_default();
                 (false, Some(format!("{err}{hint}")), err.exit_code())
             }
         };
         let (models_in_bucket, pending_uploads) = if reachable {
-            let models = self.provider.list(self.layout.prefix()).await.ok().map(|objs| objs.iter().filter(|o| self.layout.model_of_manifest_key(&o.key).is_some()).count());
-            let pending = self.provider.list_pending_uploads(self.layout.prefix()).await.unwrap_or_default().into_iter().map(|p| p.key).collect();
+            let models = self
+                .provider
+                .list(self.layout.prefix())
+                .await
+                .ok()
+                .map(|objs| {
+                    objs.iter()
+                        .filter(|o| self.layout.model_of_manifest_key(&o.key).is_some())
+                        .count()
+                });
+            let pending = self
+                .provider
+                .list_pending_uploads(self.layout.prefix())
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p.key)
+                .collect();
             (models, pending)
         } else {
             (None, Vec::new())
         };
-        let mut models_cached: Vec<String> = self.cache.list().unwrap_or_default().into_iter().filter(|v| v.current).map(|v| v.model.to_string()).collect();
+        let mut models_cached: Vec<String> = self
+            .cache
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| v.current)
+            .map(|v| v.model.to_string())
+            .collect();
         models_cached.dedup();
         StatusReport {
             config_source: self.source.to_string(),
@@ -524,7 +662,12 @@ impl CloudManager {
     }
 }
 
-fn build_manifest(model: &ModelName, archive_key: &str, compression: Compression, up: &transfer::UploadedArchive) -> Manifest {
+fn build_manifest(
+    model: &ModelName,
+    archive_key: &str,
+    compression: Compression,
+    up: &transfer::UploadedArchive,
+) -> Manifest {
     let mut files = Vec::new();
     let mut dirs = Vec::new();
     for (entry, hash) in up.plan.entries.iter().zip(&up.file_hashes) {
@@ -536,7 +679,10 @@ fn build_manifest(model: &ModelName, archive_key: &str, compression: Compression
                 mode: entry.mode,
                 offset: (compression == Compression::None).then_some(entry.data_offset),
             }),
-            _ => dirs.push(DirEntry { path: entry.path.clone(), mode: entry.mode }),
+            _ => dirs.push(DirEntry {
+                path: entry.path.clone(),
+                mode: entry.mode,
+            }),
         }
     }
     Manifest {

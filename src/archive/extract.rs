@@ -31,7 +31,11 @@ pub enum ExtractError {
     Mismatch(String),
     /// A file whose bytes do not hash to the manifest's sha256.
     #[error("{path}: sha256 differs from the manifest")]
-    FileHash { path: String, expected: Sha256Hex, computed: Sha256Hex },
+    FileHash {
+        path: String,
+        expected: Sha256Hex,
+        computed: Sha256Hex,
+    },
     /// Not a well-formed tar stream.
     #[error("corrupt archive: {0}")]
     Corrupt(String),
@@ -55,8 +59,18 @@ pub struct Expected {
 
 enum State {
     Header,
-    Pax { remaining: u64, pad: u64, buf: Vec<u8> },
-    Data { file: File, remaining: u64, pad: u64, hasher: Option<Box<Sha256>>, idx: usize },
+    Pax {
+        remaining: u64,
+        pad: u64,
+        buf: Vec<u8>,
+    },
+    Data {
+        file: File,
+        remaining: u64,
+        pad: u64,
+        hasher: Option<Box<Sha256>>,
+        idx: usize,
+    },
     Skip(u64),
     End,
 }
@@ -77,7 +91,10 @@ pub struct Extractor {
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ExtractError + '_ {
-    move |source| ExtractError::Io { path: path.to_path_buf(), source }
+    move |source| ExtractError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl Extractor {
@@ -118,7 +135,11 @@ impl Extractor {
                         self.on_header()?;
                     }
                 }
-                State::Pax { remaining, pad, buf } => {
+                State::Pax {
+                    remaining,
+                    pad,
+                    buf,
+                } => {
                     let n = (*remaining).min(data.len() as u64) as usize;
                     buf.extend_from_slice(&data[..n]);
                     *remaining -= n as u64;
@@ -129,10 +150,20 @@ impl Extractor {
                         self.state = State::Skip(pad);
                     }
                 }
-                State::Data { file, remaining, pad, hasher, idx } => {
+                State::Data {
+                    file,
+                    remaining,
+                    pad,
+                    hasher,
+                    idx,
+                } => {
                     let n = (*remaining).min(data.len() as u64) as usize;
                     let path = &self.expected[*idx].path;
-                    file.write_all(&data[..n]).map_err(|source| ExtractError::Io { path: self.root.join(path), source })?;
+                    file.write_all(&data[..n])
+                        .map_err(|source| ExtractError::Io {
+                            path: self.root.join(path),
+                            source,
+                        })?;
                     if let Some(h) = hasher {
                         h.update(&data[..n]);
                     }
@@ -155,7 +186,9 @@ impl Extractor {
                 }
                 State::End => {
                     if data.iter().any(|b| *b != 0) {
-                        return Err(ExtractError::Corrupt("data after the end-of-archive marker".into()));
+                        return Err(ExtractError::Corrupt(
+                            "data after the end-of-archive marker".into(),
+                        ));
                     }
                     data = &[];
                 }
@@ -182,7 +215,9 @@ impl Extractor {
             )));
         }
         if !matches!(self.state, State::End) {
-            return Err(ExtractError::Corrupt("archive ended without its end-of-archive marker (truncated)".into()));
+            return Err(ExtractError::Corrupt(
+                "archive ended without its end-of-archive marker (truncated)".into(),
+            ));
         }
         // Deepest first, so that a read-only directory does not block setting its children.
         self.dirs.sort_by(|a, b| b.0.cmp(&a.0));
@@ -196,22 +231,40 @@ impl Extractor {
         let h = &*self.header;
         if h.iter().all(|b| *b == 0) {
             if self.pax_path.is_some() || self.pax_size.is_some() {
-                return Err(ExtractError::Corrupt("PAX header followed by the end of the archive".into()));
+                return Err(ExtractError::Corrupt(
+                    "PAX header followed by the end of the archive".into(),
+                ));
             }
             self.state = State::End;
             return Ok(());
         }
-        let stored = parse_octal(&h[148..156]).ok_or_else(|| ExtractError::Corrupt("unreadable header checksum".into()))?;
-        let sum: u64 = h.iter().enumerate().map(|(i, b)| if (148..156).contains(&i) { 32 } else { u64::from(*b) }).sum();
+        let stored = parse_octal(&h[148..156])
+            .ok_or_else(|| ExtractError::Corrupt("unreadable header checksum".into()))?;
+        let sum: u64 = h
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    u64::from(*b)
+                }
+            })
+            .sum();
         if stored != sum {
-            return Err(ExtractError::Corrupt(format!("header checksum mismatch (stored {stored}, computed {sum})")));
+            return Err(ExtractError::Corrupt(format!(
+                "header checksum mismatch (stored {stored}, computed {sum})"
+            )));
         }
         if &h[257..262] != b"ustar" {
             return Err(ExtractError::Corrupt("not a ustar header".into()));
         }
         let typeflag = h[156];
         let name = header_path(h)?;
-        let size_field = |name: &str| parse_octal(&h[124..136]).ok_or_else(|| ExtractError::Corrupt(format!("unreadable size for {name}")));
+        let size_field = |name: &str| {
+            parse_octal(&h[124..136])
+                .ok_or_else(|| ExtractError::Corrupt(format!("unreadable size for {name}")))
+        };
         match typeflag {
             b'x' => {
                 if self.pax_path.is_some() || self.pax_size.is_some() {
@@ -221,15 +274,34 @@ impl Extractor {
                 if size == 0 || size > MAX_PAX {
                     return Err(ExtractError::Unsafe(format!("PAX header of {size} bytes")));
                 }
-                self.state = State::Pax { remaining: size, pad: padded(size) - size, buf: Vec::with_capacity(size as usize) };
+                self.state = State::Pax {
+                    remaining: size,
+                    pad: padded(size) - size,
+                    buf: Vec::with_capacity(size as usize),
+                };
                 return Ok(());
             }
             b'0' | 0 | b'5' => {}
-            b'1' => return Err(ExtractError::Unsafe(format!("hard link {name} -> {}", link_name(h)))),
-            b'2' => return Err(ExtractError::Unsafe(format!("symbolic link {name} -> {}", link_name(h)))),
+            b'1' => {
+                return Err(ExtractError::Unsafe(format!(
+                    "hard link {name} -> {}",
+                    link_name(h)
+                )));
+            }
+            b'2' => {
+                return Err(ExtractError::Unsafe(format!(
+                    "symbolic link {name} -> {}",
+                    link_name(h)
+                )));
+            }
             b'3' | b'4' => return Err(ExtractError::Unsafe(format!("device file {name}"))),
             b'6' => return Err(ExtractError::Unsafe(format!("FIFO {name}"))),
-            other => return Err(ExtractError::Unsafe(format!("entry {name} of unsupported type {:?}", other as char))),
+            other => {
+                return Err(ExtractError::Unsafe(format!(
+                    "entry {name} of unsupported type {:?}",
+                    other as char
+                )));
+            }
         }
         let is_dir = typeflag == b'5';
         let mut path = self.pax_path.take().unwrap_or(name);
@@ -242,28 +314,51 @@ impl Extractor {
                 path.pop();
             }
             if size != 0 {
-                return Err(ExtractError::Corrupt(format!("directory {path} with a size")));
+                return Err(ExtractError::Corrupt(format!(
+                    "directory {path} with a size"
+                )));
             }
         }
         super::check_relative_path(&path).map_err(ExtractError::Unsafe)?;
-        let mode = parse_octal(&h[100..108]).ok_or_else(|| ExtractError::Corrupt(format!("unreadable mode for {path}")))? as u32 & 0o777;
+        let mode = parse_octal(&h[100..108])
+            .ok_or_else(|| ExtractError::Corrupt(format!("unreadable mode for {path}")))?
+            as u32
+            & 0o777;
 
         let Some(exp) = self.expected.get(self.next) else {
-            return Err(ExtractError::Mismatch(format!("entry {path} is not in the manifest")));
+            return Err(ExtractError::Mismatch(format!(
+                "entry {path} is not in the manifest"
+            )));
         };
         if exp.path != path {
-            return Err(ExtractError::Mismatch(format!("found {path} where the manifest has {}", exp.path)));
+            return Err(ExtractError::Mismatch(format!(
+                "found {path} where the manifest has {}",
+                exp.path
+            )));
         }
         match (exp.size, is_dir) {
-            (None, false) => return Err(ExtractError::Mismatch(format!("{path} is a file in the archive, a directory in the manifest"))),
-            (Some(_), true) => return Err(ExtractError::Mismatch(format!("{path} is a directory in the archive, a file in the manifest"))),
+            (None, false) => {
+                return Err(ExtractError::Mismatch(format!(
+                    "{path} is a file in the archive, a directory in the manifest"
+                )));
+            }
+            (Some(_), true) => {
+                return Err(ExtractError::Mismatch(format!(
+                    "{path} is a directory in the archive, a file in the manifest"
+                )));
+            }
             (Some(want), false) if want != size => {
-                return Err(ExtractError::Mismatch(format!("{path} is {size} bytes in the archive, {want} in the manifest")));
+                return Err(ExtractError::Mismatch(format!(
+                    "{path} is {size} bytes in the archive, {want} in the manifest"
+                )));
             }
             _ => {}
         }
         if exp.mode & 0o777 != mode {
-            return Err(ExtractError::Mismatch(format!("{path} has mode {mode:o} in the archive, {:o} in the manifest", exp.mode)));
+            return Err(ExtractError::Mismatch(format!(
+                "{path} has mode {mode:o} in the archive, {:o} in the manifest",
+                exp.mode
+            )));
         }
         let idx = self.next;
         self.next += 1;
@@ -276,9 +371,20 @@ impl Extractor {
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).map_err(io_at(parent))?;
         }
-        let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&target).map_err(io_at(&target))?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&target)
+            .map_err(io_at(&target))?;
         let hasher = self.verify_files.then(|| Box::new(Sha256::new()));
-        self.state = State::Data { file, remaining: size, pad: padded(size) - size, hasher, idx };
+        self.state = State::Data {
+            file,
+            remaining: size,
+            pad: padded(size) - size,
+            hasher,
+            idx,
+        };
         if size == 0 {
             self.finish_file()?;
             self.state = State::Header;
@@ -287,7 +393,10 @@ impl Extractor {
     }
 
     fn finish_file(&mut self) -> Result<(), ExtractError> {
-        let State::Data { file, hasher, idx, .. } = std::mem::replace(&mut self.state, State::Header) else {
+        let State::Data {
+            file, hasher, idx, ..
+        } = std::mem::replace(&mut self.state, State::Header)
+        else {
             return Ok(());
         };
         let exp = &self.expected[idx];
@@ -295,31 +404,53 @@ impl Extractor {
         if let (Some(h), Some(want)) = (hasher, &exp.sha256) {
             let got = Sha256Hex::from_digest(&h.finalize());
             if &got != want {
-                return Err(ExtractError::FileHash { path: exp.path.clone(), expected: want.clone(), computed: got });
+                return Err(ExtractError::FileHash {
+                    path: exp.path.clone(),
+                    expected: want.clone(),
+                    computed: got,
+                });
             }
         }
-        file.set_permissions(fs::Permissions::from_mode(exp.mode & 0o777)).map_err(io_at(&target))?;
+        file.set_permissions(fs::Permissions::from_mode(exp.mode & 0o777))
+            .map_err(io_at(&target))?;
         Ok(())
     }
 
     fn on_pax(&mut self, buf: &[u8]) -> Result<(), ExtractError> {
         let mut rest = buf;
         while !rest.is_empty() {
-            let space = rest.iter().position(|b| *b == b' ').ok_or_else(|| ExtractError::Corrupt("malformed PAX record".into()))?;
+            let space = rest
+                .iter()
+                .position(|b| *b == b' ')
+                .ok_or_else(|| ExtractError::Corrupt("malformed PAX record".into()))?;
             let len: usize = std::str::from_utf8(&rest[..space])
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .filter(|l| *l > space + 1 && *l <= rest.len())
                 .ok_or_else(|| ExtractError::Corrupt("malformed PAX record length".into()))?;
             let record = &rest[space + 1..len];
-            let record = record.strip_suffix(b"\n").ok_or_else(|| ExtractError::Corrupt("PAX record without newline".into()))?;
-            let eq = record.iter().position(|b| *b == b'=').ok_or_else(|| ExtractError::Corrupt("PAX record without '='".into()))?;
+            let record = record
+                .strip_suffix(b"\n")
+                .ok_or_else(|| ExtractError::Corrupt("PAX record without newline".into()))?;
+            let eq = record
+                .iter()
+                .position(|b| *b == b'=')
+                .ok_or_else(|| ExtractError::Corrupt("PAX record without '='".into()))?;
             let (key, value) = (&record[..eq], &record[eq + 1..]);
-            let value = std::str::from_utf8(value).map_err(|_| ExtractError::Unsafe("PAX value is not UTF-8".into()))?;
+            let value = std::str::from_utf8(value)
+                .map_err(|_| ExtractError::Unsafe("PAX value is not UTF-8".into()))?;
             match key {
                 b"path" => self.pax_path = Some(value.to_string()),
-                b"size" => self.pax_size = Some(value.parse().map_err(|_| ExtractError::Corrupt(format!("PAX size {value:?}")))?),
-                b"linkpath" => return Err(ExtractError::Unsafe(format!("PAX link path {value:?}"))),
+                b"size" => {
+                    self.pax_size = Some(
+                        value
+                            .parse()
+                            .map_err(|_| ExtractError::Corrupt(format!("PAX size {value:?}")))?,
+                    )
+                }
+                b"linkpath" => {
+                    return Err(ExtractError::Unsafe(format!("PAX link path {value:?}")));
+                }
                 _ => {} // mtime, atime and the like: we set none of them
             }
             rest = &rest[len..];
@@ -343,10 +474,10 @@ impl ExtractError {
     /// Recovers an extraction error that travelled through `io::Error` (via a decompressor).
     pub fn from_io(e: io::Error) -> Self {
         if e.get_ref().is_some_and(|inner| inner.is::<ExtractError>()) {
-            if let Some(inner) = e.into_inner() {
-                if let Ok(x) = inner.downcast::<ExtractError>() {
-                    return *x;
-                }
+            if let Some(inner) = e.into_inner()
+                && let Ok(x) = inner.downcast::<ExtractError>()
+            {
+                return *x;
             }
             unreachable!("checked above");
         }
@@ -374,7 +505,11 @@ fn cstr(field: &[u8]) -> &[u8] {
 fn header_path(h: &[u8; 512]) -> Result<String, ExtractError> {
     let name = cstr(&h[..100]);
     let prefix = cstr(&h[345..500]);
-    let joined = if prefix.is_empty() { name.to_vec() } else { [prefix, b"/", name].concat() };
+    let joined = if prefix.is_empty() {
+        name.to_vec()
+    } else {
+        [prefix, b"/", name].concat()
+    };
     String::from_utf8(joined).map_err(|_| ExtractError::Unsafe("entry name is not UTF-8".into()))
 }
 
@@ -402,16 +537,27 @@ mod tests {
     }
 
     fn expect(path: &str, size: u64) -> Vec<Expected> {
-        vec![Expected { path: path.into(), size: Some(size), mode: 0o644, sha256: None }]
+        vec![Expected {
+            path: path.into(),
+            size: Some(size),
+            mode: 0o644,
+            sha256: None,
+        }]
     }
 
-    fn run(entries: Vec<Expected>, archive: &[u8]) -> (tempfile::TempDir, Result<(), ExtractError>) {
+    fn run(
+        entries: Vec<Expected>,
+        archive: &[u8],
+    ) -> (tempfile::TempDir, Result<(), ExtractError>) {
         let dir = tempfile::tempdir().unwrap();
         let staging = dir.path().join("staging");
         fs::create_dir(&staging).unwrap();
         let mut x = Extractor::new(staging, entries, true);
         // Feed in awkward chunk sizes to exercise the state machine's boundaries.
-        let r = archive.chunks(7).try_for_each(|c| x.feed(c)).and_then(|()| x.finish());
+        let r = archive
+            .chunks(7)
+            .try_for_each(|c| x.feed(c))
+            .and_then(|()| x.finish());
         (dir, r)
     }
 
@@ -433,7 +579,10 @@ mod tests {
         exp[0].sha256 = Some(Sha256Hex::from_digest(&Sha256::digest(b"hello")));
         let (dir, r) = run(exp, &a);
         r.unwrap();
-        assert_eq!(fs::read(dir.path().join("staging/a.txt")).unwrap(), b"hello");
+        assert_eq!(
+            fs::read(dir.path().join("staging/a.txt")).unwrap(),
+            b"hello"
+        );
     }
 
     #[test]
@@ -452,7 +601,11 @@ mod tests {
             let err = r.unwrap_err();
             assert!(matches!(err, ExtractError::Unsafe(_)), "{err}");
             assert!(err.to_string().contains(needle), "{needle}: {err}");
-            assert_eq!(fs::read_dir(dir.path().join("staging")).unwrap().count(), 0, "nothing written for {needle}");
+            assert_eq!(
+                fs::read_dir(dir.path().join("staging")).unwrap().count(),
+                0,
+                "nothing written for {needle}"
+            );
             assert!(!dir.path().join("evil").exists());
         }
     }
@@ -461,9 +614,17 @@ mod tests {
     fn refuses_what_the_manifest_does_not_promise() {
         let h = header("a.txt", b'0', 5, "");
         let (_, r) = run(expect("a.txt", 4), &archive_of(&[(&h, b"hello")]));
-        assert!(r.unwrap_err().to_string().contains("5 bytes in the archive, 4 in the manifest"));
+        assert!(
+            r.unwrap_err()
+                .to_string()
+                .contains("5 bytes in the archive, 4 in the manifest")
+        );
         let (_, r) = run(expect("b.txt", 5), &archive_of(&[(&h, b"hello")]));
-        assert!(r.unwrap_err().to_string().contains("where the manifest has b.txt"));
+        assert!(
+            r.unwrap_err()
+                .to_string()
+                .contains("where the manifest has b.txt")
+        );
         let (_, r) = run(Vec::new(), &archive_of(&[(&h, b"hello")]));
         assert!(r.unwrap_err().to_string().contains("not in the manifest"));
         let mut exp = expect("a.txt", 5);
@@ -486,6 +647,10 @@ mod tests {
         let mut trailing = full;
         trailing.push(1);
         let (_, r) = run(expect("a.txt", 5), &trailing);
-        assert!(r.unwrap_err().to_string().contains("after the end-of-archive"));
+        assert!(
+            r.unwrap_err()
+                .to_string()
+                .contains("after the end-of-archive")
+        );
     }
 }

@@ -25,11 +25,17 @@ pub struct Local {
 pub async fn remote(ctx: &Context) -> Result<Remote> {
     let manager = ctx.manager().await?;
     let models = manager.list_cloud_models().await?;
-    Ok(Remote { location: manager.get_cloud_config().location(), models })
+    Ok(Remote {
+        location: manager.get_cloud_config().location(),
+        models,
+    })
 }
 
 /// Lists the cache; needs no configuration.
 pub fn local(ctx: &Context) -> Result<Local> {
     let cache = Cache::new(&ctx.cache_root);
-    Ok(Local { cache_dir: ctx.cache_root.clone(), models: cache.list()? })
+    Ok(Local {
+        cache_dir: ctx.cache_root.clone(),
+        models: cache.list()?,
+    })
 }

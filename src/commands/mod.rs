@@ -21,10 +21,13 @@ pub mod setup;
 pub mod status;
 pub mod upload;
 
+/// Reads an environment variable (injected, so tests and embedders control the environment).
+pub type EnvReader = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Everything a command needs, resolved from flags, environment and defaults.
 pub struct Context {
     /// Reads an environment variable.
-    pub env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    pub env: EnvReader,
     /// Where the config file is.
     pub config_file: FileLocation,
     /// Config keys given on the command line.
@@ -41,9 +44,14 @@ impl Context {
     pub async fn manager(&self) -> Result<CloudManager> {
         let env = self.env.clone();
         let resolved = config::resolve(&move |k| env(k), &self.config_file, &self.overrides)?;
-        Ok(CloudManager::new(resolved, Cache::new(&self.cache_root), self.transfer.clone(), self.retry.clone())
-            .await?
-            .with_reporter(self.reporter.clone()))
+        Ok(CloudManager::new(
+            resolved,
+            Cache::new(&self.cache_root),
+            self.transfer.clone(),
+            self.retry.clone(),
+        )
+        .await?
+        .with_reporter(self.reporter.clone()))
     }
 }
 
@@ -54,12 +62,31 @@ pub struct ModelError {
     pub error: String,
     pub hint: Option<String>,
     pub exit_code: i32,
+    /// For integrity failures: what the manifest promised.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    /// For integrity failures: what was computed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub computed: Option<String>,
 }
 
 impl ModelError {
     /// Records `err` for `model`.
     pub fn new(model: &str, err: &Error) -> Self {
-        Self { model: model.to_string(), error: err.to_string(), hint: err.hint(), exit_code: err.exit_code() }
+        let (expected, computed) = match err {
+            Error::Integrity {
+                expected, computed, ..
+            } => (expected.clone(), computed.clone()),
+            _ => (None, None),
+        };
+        Self {
+            model: model.to_string(),
+            error: err.to_string(),
+            hint: err.hint(),
+            exit_code: err.exit_code(),
+            expected,
+            computed,
+        }
     }
 }
 

@@ -17,15 +17,26 @@ pub enum Source {
 }
 
 /// Uploads each model; a failure of one does not stop the others.
-pub async fn run(ctx: &Context, models: &[String], source: &Source, opts: &UploadOptions) -> Result<Batch<Uploaded>> {
+pub async fn run(
+    ctx: &Context,
+    models: &[String],
+    source: &Source,
+    opts: &UploadOptions,
+) -> Result<Batch<Uploaded>> {
     for m in models {
         ModelName::new(m)?;
     }
     if matches!(source, Source::Dir(_)) && models.len() != 1 {
-        return Err(Error::usage("--from takes exactly one model", "upload several models with --models-dir DIR instead"));
+        return Err(Error::usage(
+            "--from takes exactly one model",
+            "upload several models with --models-dir DIR instead",
+        ));
     }
     let manager = ctx.manager().await?;
-    let mut batch = Batch { models: Vec::new(), errors: Vec::new() };
+    let mut batch = Batch {
+        models: Vec::new(),
+        errors: Vec::new(),
+    };
     for m in models {
         let dir = match source {
             Source::ModelsDir(d) => d.join(m),

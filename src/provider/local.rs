@@ -12,7 +12,10 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::stream;
 
-use super::{ByteStream, GetRange, ObjectMeta, PResult, PartTag, PendingUpload, Provider, ProviderError, ProviderErrorKind, PutMode};
+use super::{
+    ByteStream, GetRange, Limits, ObjectMeta, PResult, PartTag, PendingUpload, Provider,
+    ProviderError, ProviderErrorKind, PutMode,
+};
 
 /// Names under the root that hold our own bookkeeping, never objects.
 const TMP_DIR: &str = ".crowecode-tmp";
@@ -29,15 +32,22 @@ pub struct LocalProvider {
 impl LocalProvider {
     /// A provider over `root` (which must exist for anything but `create_bucket`).
     pub fn new(root: impl AsRef<Path>) -> Self {
-        Self { root: root.as_ref().to_path_buf() }
+        Self {
+            root: root.as_ref().to_path_buf(),
+        }
     }
 
     fn object_path(&self, key: &str) -> PResult<PathBuf> {
         let ok = !key.is_empty()
             && !key.starts_with('/')
-            && key.split('/').all(|s| !s.is_empty() && s != "." && s != ".." && !s.starts_with(".crowecode-"));
+            && key
+                .split('/')
+                .all(|s| !s.is_empty() && s != "." && s != ".." && !s.starts_with(".crowecode-"));
         if !ok {
-            return Err(ProviderError::new(ProviderErrorKind::Other, format!("invalid object key {key:?}")));
+            return Err(ProviderError::new(
+                ProviderErrorKind::Other,
+                format!("invalid object key {key:?}"),
+            ));
         }
         Ok(self.root.join(key))
     }
@@ -45,12 +55,18 @@ impl LocalProvider {
     fn ensure_root(&self) -> PResult<()> {
         match fs::metadata(&self.root) {
             Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(ProviderError::new(ProviderErrorKind::BucketNotFound, format!("{} is not a directory", self.root.display()))),
+            Ok(_) => Err(ProviderError::new(
+                ProviderErrorKind::BucketNotFound,
+                format!("{} is not a directory", self.root.display()),
+            )),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ProviderError::new(
                 ProviderErrorKind::BucketNotFound,
                 format!("bucket directory {} does not exist", self.root.display()),
             )
-            .with_hint(format!("create it with `mkdir -p {}` or `crowecode-cloud setup --create-bucket ...`", self.root.display()))),
+            .with_hint(format!(
+                "create it with `mkdir -p {}` or `crowecode-cloud setup --create-bucket ...`",
+                self.root.display()
+            ))),
             Err(e) => Err(io_err(e, &self.root)),
         }
     }
@@ -71,7 +87,8 @@ impl LocalProvider {
         let _guard = match mode {
             PutMode::Overwrite => None,
             _ => {
-                let lock = File::create(self.root.join(LOCK_FILE)).map_err(|e| io_err(e, &self.root))?;
+                let lock =
+                    File::create(self.root.join(LOCK_FILE)).map_err(|e| io_err(e, &self.root))?;
                 lock.lock().map_err(|e| io_err(e, &self.root))?;
                 Some(lock)
             }
@@ -84,12 +101,17 @@ impl LocalProvider {
         let refused = match (mode, &current) {
             (PutMode::Create, Some(_)) => Some("the object already exists"),
             (PutMode::IfMatch(_), None) => Some("the object no longer exists"),
-            (PutMode::IfMatch(want), Some(have)) if want != have => Some("the object changed since it was read"),
+            (PutMode::IfMatch(want), Some(have)) if want != have => {
+                Some("the object changed since it was read")
+            }
             _ => None,
         };
         if let Some(why) = refused {
             let _ = fs::remove_file(tmp);
-            return Err(ProviderError::new(ProviderErrorKind::Precondition, format!("conditional write of {key} refused: {why}")));
+            return Err(ProviderError::new(
+                ProviderErrorKind::Precondition,
+                format!("conditional write of {key} refused: {why}"),
+            ));
         }
         fs::rename(tmp, &dest).map_err(|e| io_err(e, &dest))?;
         let meta = fs::metadata(&dest).map_err(|e| io_err(e, &dest))?;
@@ -97,15 +119,28 @@ impl LocalProvider {
     }
 
     fn parts_dir(&self, upload_id: &str) -> PResult<PathBuf> {
-        if upload_id.is_empty() || !upload_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err(ProviderError::new(ProviderErrorKind::Other, format!("invalid upload id {upload_id:?}")));
+        if upload_id.is_empty()
+            || !upload_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(ProviderError::new(
+                ProviderErrorKind::Other,
+                format!("invalid upload id {upload_id:?}"),
+            ));
         }
         Ok(self.root.join(PARTS_DIR).join(upload_id))
     }
 }
 
 fn etag_of(m: &fs::Metadata) -> String {
-    format!("{:x}-{:x}-{:x}.{:x}", m.ino(), m.size(), m.mtime(), m.mtime_nsec())
+    format!(
+        "{:x}-{:x}-{:x}.{:x}",
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec()
+    )
 }
 
 fn io_err(e: io::Error, path: &Path) -> ProviderError {
@@ -118,19 +153,37 @@ fn io_err(e: io::Error, path: &Path) -> ProviderError {
 }
 
 fn meta_for(key: String, m: &fs::Metadata) -> ObjectMeta {
-    ObjectMeta { key, size: m.len(), etag: Some(etag_of(m)), last_modified: m.modified().ok() }
+    ObjectMeta {
+        key,
+        size: m.len(),
+        etag: Some(etag_of(m)),
+        last_modified: m.modified().ok(),
+    }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> PResult<T> + Send + 'static) -> PResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ProviderError::new(ProviderErrorKind::Other, format!("local storage task failed: {e}")))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> PResult<T> + Send + 'static,
+) -> PResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ProviderError::new(
+            ProviderErrorKind::Other,
+            format!("local storage task failed: {e}"),
+        )
+    })?
 }
 
 #[async_trait]
 impl Provider for LocalProvider {
     fn describe(&self) -> String {
         self.root.display().to_string()
+    }
+
+    fn limits(&self) -> Limits {
+        // No minimum part size: files of any size concatenate.
+        Limits {
+            min_part_size: 1,
+            ..Limits::default()
+        }
     }
 
     async fn head(&self, key: &str) -> PResult<ObjectMeta> {
@@ -141,7 +194,10 @@ impl Provider for LocalProvider {
             let path = this.object_path(&key)?;
             match fs::metadata(&path) {
                 Ok(m) if m.is_file() => Ok(meta_for(key, &m)),
-                Ok(_) => Err(ProviderError::new(ProviderErrorKind::NotFound, format!("{key} not found"))),
+                Ok(_) => Err(ProviderError::new(
+                    ProviderErrorKind::NotFound,
+                    format!("{key} not found"),
+                )),
                 Err(e) => Err(io_err(e, &path)),
             }
         })
@@ -155,20 +211,36 @@ impl Provider for LocalProvider {
             this.ensure_root()?;
             // Walk from the deepest directory the prefix names completely, then filter by string.
             let dir_part = prefix.rsplit_once('/').map_or("", |(d, _)| d);
-            let start = if dir_part.is_empty() { this.root.clone() } else { this.root.join(dir_part) };
+            let start = if dir_part.is_empty() {
+                this.root.clone()
+            } else {
+                this.root.join(dir_part)
+            };
             let mut out = Vec::new();
             if !start.is_dir() {
                 return Ok(out);
             }
             for entry in walkdir::WalkDir::new(&start).sort_by_file_name() {
-                let entry = entry.map_err(|e| ProviderError::new(ProviderErrorKind::Other, format!("listing {}: {e}", start.display())))?;
+                let entry = entry.map_err(|e| {
+                    ProviderError::new(
+                        ProviderErrorKind::Other,
+                        format!("listing {}: {e}", start.display()),
+                    )
+                })?;
                 if !entry.file_type().is_file() {
                     continue;
                 }
-                let Ok(rel) = entry.path().strip_prefix(&this.root) else { continue };
-                let Some(key) = rel.to_str().map(str::to_string) else { continue };
-                if key.starts_with(&prefix) && !key.split('/').any(|s| s.starts_with(".crowecode-")) {
-                    let m = entry.metadata().map_err(|e| ProviderError::new(ProviderErrorKind::Other, e.to_string()))?;
+                let Ok(rel) = entry.path().strip_prefix(&this.root) else {
+                    continue;
+                };
+                let Some(key) = rel.to_str().map(str::to_string) else {
+                    continue;
+                };
+                if key.starts_with(&prefix) && !key.split('/').any(|s| s.starts_with(".crowecode-"))
+                {
+                    let m = entry
+                        .metadata()
+                        .map_err(|e| ProviderError::new(ProviderErrorKind::Other, e.to_string()))?;
                     out.push(meta_for(key, &m));
                 }
             }
@@ -192,9 +264,13 @@ impl Provider for LocalProvider {
                 GetRange::Bounded(r) => (r.start, r.end.min(len)),
             };
             if start > len || (start == len && len > 0 && start >= end) {
-                return Err(ProviderError::new(ProviderErrorKind::Other, format!("range start {start} beyond the end of {key_owned} ({len} bytes)")));
+                return Err(ProviderError::new(
+                    ProviderErrorKind::Other,
+                    format!("range start {start} beyond the end of {key_owned} ({len} bytes)"),
+                ));
             }
-            f.seek(SeekFrom::Start(start)).map_err(|e| io_err(e, &path))?;
+            f.seek(SeekFrom::Start(start))
+                .map_err(|e| io_err(e, &path))?;
             Ok((f, start, end))
         })
         .await?;
@@ -206,7 +282,12 @@ impl Provider for LocalProvider {
             let want = remaining.min(READ_CHUNK as u64) as usize;
             let (f, buf) = blocking(move || {
                 let mut buf = BytesMut::zeroed(want);
-                f.read_exact(&mut buf).map_err(|e| ProviderError::new(ProviderErrorKind::Transport, format!("reading local object: {e}")))?;
+                f.read_exact(&mut buf).map_err(|e| {
+                    ProviderError::new(
+                        ProviderErrorKind::Transport,
+                        format!("reading local object: {e}"),
+                    )
+                })?;
                 Ok((f, buf.freeze()))
             })
             .await?;
@@ -244,22 +325,39 @@ impl Provider for LocalProvider {
         .await
     }
 
-    async fn put_part(&self, _key: &str, upload_id: &str, number: u32, data: Bytes) -> PResult<PartTag> {
+    async fn put_part(
+        &self,
+        _key: &str,
+        upload_id: &str,
+        number: u32,
+        data: Bytes,
+    ) -> PResult<PartTag> {
         let dir = self.parts_dir(upload_id)?;
         blocking(move || {
             if !dir.is_dir() {
-                return Err(ProviderError::new(ProviderErrorKind::NotFound, "no such multipart upload"));
+                return Err(ProviderError::new(
+                    ProviderErrorKind::NotFound,
+                    "no such multipart upload",
+                ));
             }
             let path = dir.join(format!("part-{number:05}"));
             let tmp = dir.join(format!("part-{number:05}.{:x}.tmp", fastrand::u64(..)));
             fs::write(&tmp, &data).map_err(|e| io_err(e, &tmp))?;
             fs::rename(&tmp, &path).map_err(|e| io_err(e, &path))?;
-            Ok(PartTag { number, tag: format!("{number}-{}", data.len()) })
+            Ok(PartTag {
+                number,
+                tag: format!("{number}-{}", data.len()),
+            })
         })
         .await
     }
 
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<PartTag>) -> PResult<()> {
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<PartTag>,
+    ) -> PResult<()> {
         let dir = self.parts_dir(upload_id)?;
         let this = self.clone();
         let key = key.to_string();
@@ -269,7 +367,10 @@ impl Provider for LocalProvider {
             for (i, part) in parts.iter().enumerate() {
                 if part.number as usize != i + 1 {
                     let _ = fs::remove_file(&tmp);
-                    return Err(ProviderError::new(ProviderErrorKind::Other, format!("part list out of order at part {}", part.number)));
+                    return Err(ProviderError::new(
+                        ProviderErrorKind::Other,
+                        format!("part list out of order at part {}", part.number),
+                    ));
                 }
                 let path = dir.join(format!("part-{:05}", part.number));
                 let mut f = File::open(&path).map_err(|e| io_err(e, &path))?;
@@ -298,12 +399,20 @@ impl Provider for LocalProvider {
         let prefix = prefix.to_string();
         blocking(move || {
             let mut out = Vec::new();
-            let Ok(rd) = fs::read_dir(&dir) else { return Ok(out) };
+            let Ok(rd) = fs::read_dir(&dir) else {
+                return Ok(out);
+            };
             for entry in rd.flatten() {
-                let Ok(key) = fs::read_to_string(entry.path().join("key")) else { continue };
+                let Ok(key) = fs::read_to_string(entry.path().join("key")) else {
+                    continue;
+                };
                 if key.starts_with(&prefix) {
                     let initiated = entry.metadata().ok().and_then(|m| m.modified().ok());
-                    out.push(PendingUpload { key, upload_id: entry.file_name().to_string_lossy().into_owned(), initiated });
+                    out.push(PendingUpload {
+                        key,
+                        upload_id: entry.file_name().to_string_lossy().into_owned(),
+                        initiated,
+                    });
                 }
             }
             out.sort_by(|a, b| a.key.cmp(&b.key));

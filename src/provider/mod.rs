@@ -69,8 +69,18 @@ pub struct ProviderError {
 impl ProviderError {
     /// A new error; `temporary` follows from the kind (transport and rate limiting).
     pub fn new(kind: ProviderErrorKind, message: impl Into<String>) -> Self {
-        let temporary = matches!(kind, ProviderErrorKind::Transport | ProviderErrorKind::RateLimited);
-        Self { kind, temporary, message: message.into(), hint: None, attempts: 0, source: None }
+        let temporary = matches!(
+            kind,
+            ProviderErrorKind::Transport | ProviderErrorKind::RateLimited
+        );
+        Self {
+            kind,
+            temporary,
+            message: message.into(),
+            hint: None,
+            attempts: 0,
+            source: None,
+        }
     }
 
     /// Adds a hint.
@@ -230,10 +240,21 @@ pub trait Provider: Send + Sync + fmt::Debug {
     async fn create_multipart(&self, key: &str) -> PResult<String>;
 
     /// Uploads part `number` (1-based).
-    async fn put_part(&self, key: &str, upload_id: &str, number: u32, data: Bytes) -> PResult<PartTag>;
+    async fn put_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        data: Bytes,
+    ) -> PResult<PartTag>;
 
     /// Makes the object visible from its parts, in part-number order.
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<PartTag>) -> PResult<()>;
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<PartTag>,
+    ) -> PResult<()>;
 
     /// Discards an unfinished multipart upload.
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> PResult<()>;
@@ -283,7 +304,9 @@ pub async fn from_config(cfg: &CloudConfig, policy: RetryPolicy) -> Result<Arc<d
             return Err(Error::config(
                 "provider",
                 format!("provider {other} is not available in this build"),
-                format!("`crowecode-cloud --version` lists the providers built in; rebuild with `--features {other}`"),
+                format!(
+                    "`crowecode-cloud --version` lists the providers built in; rebuild with `--features {other}`"
+                ),
             ));
         }
     };

@@ -11,7 +11,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt as _, stream};
 
-use super::{ByteStream, GetRange, Limits, ObjectMeta, PResult, PartTag, PendingUpload, Provider, ProviderError, ProviderErrorKind, PutMode};
+use super::{
+    ByteStream, GetRange, Limits, ObjectMeta, PResult, PartTag, PendingUpload, Provider,
+    ProviderError, ProviderErrorKind, PutMode,
+};
 
 /// How hard to try before giving up.
 #[derive(Clone, Debug)]
@@ -45,8 +48,16 @@ impl RetryPolicy {
     /// `CROWECODE_REQUEST_TIMEOUT` (seconds, fractions allowed) when set.
     pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Self {
         let mut p = Self::default();
-        let secs = |name: &str| env(name).and_then(|v| v.parse::<f64>().ok()).filter(|s| *s > 0.0).map(Duration::from_secs_f64);
-        if let Some(n) = env("CROWECODE_MAX_ATTEMPTS").and_then(|v| v.parse::<u32>().ok()).filter(|n| *n > 0) {
+        let secs = |name: &str| {
+            env(name)
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|s| *s > 0.0)
+                .map(Duration::from_secs_f64)
+        };
+        if let Some(n) = env("CROWECODE_MAX_ATTEMPTS")
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|n| *n > 0)
+        {
             p.max_attempts = n;
         }
         if let Some(d) = secs("CROWECODE_STALL_TIMEOUT") {
@@ -63,7 +74,10 @@ impl RetryPolicy {
 
     /// Backoff before attempt `attempt + 1` (1-based `attempt`), with ±25% jitter.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let base = self.initial_backoff.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(self.max_backoff);
+        let base = self
+            .initial_backoff
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.max_backoff);
         base.mul_f64(0.75 + fastrand::f64() * 0.5)
     }
 }
@@ -76,7 +90,10 @@ pub struct Retrying {
 
 impl fmt::Debug for Retrying {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Retrying").field("inner", &self.inner).field("policy", &self.policy).finish()
+        f.debug_struct("Retrying")
+            .field("inner", &self.inner)
+            .field("policy", &self.policy)
+            .finish()
     }
 }
 
@@ -98,7 +115,10 @@ impl Retrying {
                 Ok(r) => r,
                 Err(_) => Err(ProviderError::new(
                     ProviderErrorKind::Transport,
-                    format!("{what}: no answer within {}s", self.policy.request_timeout.as_secs_f64()),
+                    format!(
+                        "{what}: no answer within {}s",
+                        self.policy.request_timeout.as_secs_f64()
+                    ),
                 )),
             };
             match result {
@@ -157,10 +177,21 @@ impl ReadState {
             }
             let Some(stream) = self.stream.as_mut() else {
                 let range = self.range.advance(self.received);
-                match tokio::time::timeout(self.policy.request_timeout, self.inner.get(&self.key, range)).await {
+                match tokio::time::timeout(
+                    self.policy.request_timeout,
+                    self.inner.get(&self.key, range),
+                )
+                .await
+                {
                     Ok(Ok(s)) => self.stream = Some(s),
                     Ok(Err(e)) => self.failed(e).await?,
-                    Err(_) => self.failed(ProviderError::new(ProviderErrorKind::Transport, format!("GET {}: no answer", self.key))).await?,
+                    Err(_) => {
+                        self.failed(ProviderError::new(
+                            ProviderErrorKind::Transport,
+                            format!("GET {}: no answer", self.key),
+                        ))
+                        .await?
+                    }
                 }
                 continue;
             };
@@ -168,7 +199,9 @@ impl ReadState {
                 Ok(Some(Ok(bytes))) => {
                     let bytes = match self.expected_len() {
                         // A server that sends more than asked is cut to the range.
-                        Some(len) if self.received + bytes.len() as u64 > len => bytes.slice(..(len - self.received) as usize),
+                        Some(len) if self.received + bytes.len() as u64 > len => {
+                            bytes.slice(..(len - self.received) as usize)
+                        }
                         _ => bytes,
                     };
                     if bytes.is_empty() {
@@ -180,15 +213,24 @@ impl ReadState {
                 }
                 Ok(None) => match self.expected_len() {
                     Some(len) if self.received < len => {
-                        let msg = format!("GET {}: connection closed after {} of {len} bytes", self.key, self.received);
-                        self.failed(ProviderError::new(ProviderErrorKind::Transport, msg)).await?;
+                        let msg = format!(
+                            "GET {}: connection closed after {} of {len} bytes",
+                            self.key, self.received
+                        );
+                        self.failed(ProviderError::new(ProviderErrorKind::Transport, msg))
+                            .await?;
                     }
                     _ => return Ok(None),
                 },
                 Ok(Some(Err(e))) => self.failed(e).await?,
                 Err(_) => {
-                    let msg = format!("GET {}: no data for {}s (stalled)", self.key, self.policy.stall_timeout.as_secs_f64());
-                    self.failed(ProviderError::new(ProviderErrorKind::Transport, msg)).await?;
+                    let msg = format!(
+                        "GET {}: no data for {}s (stalled)",
+                        self.key,
+                        self.policy.stall_timeout.as_secs_f64()
+                    );
+                    self.failed(ProviderError::new(ProviderErrorKind::Transport, msg))
+                        .await?;
                 }
             }
         }
@@ -214,7 +256,9 @@ impl Provider for Retrying {
     }
 
     async fn get(&self, key: &str, range: GetRange) -> PResult<ByteStream> {
-        let first = self.call("GET", || self.inner.get(key, range.clone())).await?;
+        let first = self
+            .call("GET", || self.inner.get(key, range.clone()))
+            .await?;
         let state = ReadState {
             inner: self.inner.clone(),
             policy: self.policy.clone(),
@@ -228,27 +272,52 @@ impl Provider for Retrying {
     }
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> PResult<Option<String>> {
-        self.call("PUT", || self.inner.put(key, data.clone(), mode.clone())).await
+        self.call("PUT", || self.inner.put(key, data.clone(), mode.clone()))
+            .await
     }
 
     async fn create_multipart(&self, key: &str) -> PResult<String> {
-        self.call("CreateMultipartUpload", || self.inner.create_multipart(key)).await
+        self.call("CreateMultipartUpload", || self.inner.create_multipart(key))
+            .await
     }
 
-    async fn put_part(&self, key: &str, upload_id: &str, number: u32, data: Bytes) -> PResult<PartTag> {
-        self.call("UploadPart", || self.inner.put_part(key, upload_id, number, data.clone())).await
+    async fn put_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        data: Bytes,
+    ) -> PResult<PartTag> {
+        self.call("UploadPart", || {
+            self.inner.put_part(key, upload_id, number, data.clone())
+        })
+        .await
     }
 
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<PartTag>) -> PResult<()> {
-        self.call("CompleteMultipartUpload", || self.inner.complete_multipart(key, upload_id, parts.clone())).await
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<PartTag>,
+    ) -> PResult<()> {
+        self.call("CompleteMultipartUpload", || {
+            self.inner.complete_multipart(key, upload_id, parts.clone())
+        })
+        .await
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> PResult<()> {
-        self.call("AbortMultipartUpload", || self.inner.abort_multipart(key, upload_id)).await
+        self.call("AbortMultipartUpload", || {
+            self.inner.abort_multipart(key, upload_id)
+        })
+        .await
     }
 
     async fn list_pending_uploads(&self, prefix: &str) -> PResult<Vec<PendingUpload>> {
-        self.call("ListMultipartUploads", || self.inner.list_pending_uploads(prefix)).await
+        self.call("ListMultipartUploads", || {
+            self.inner.list_pending_uploads(prefix)
+        })
+        .await
     }
 
     async fn delete(&self, key: &str) -> PResult<()> {
@@ -260,7 +329,8 @@ impl Provider for Retrying {
     }
 
     async fn create_bucket(&self) -> PResult<bool> {
-        self.call("CreateBucket", || self.inner.create_bucket()).await
+        self.call("CreateBucket", || self.inner.create_bucket())
+            .await
     }
 
     async fn credential_source(&self) -> String {

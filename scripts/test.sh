@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: starts the local S3 test servers (installing them on first use),
+# runs unit, integration and doc tests against them, and stops the servers again.
+#
+#   scripts/test.sh                  everything
+#   scripts/test.sh -E 'test(cli)'   extra arguments go to cargo nextest (or cargo test)
+#
+# CROWECODE_KEEP_EMULATORS=1 leaves the servers running afterwards (faster reruns).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/emulators.sh start
+if [ "${CROWECODE_KEEP_EMULATORS:-0}" != 1 ]; then
+  trap 'scripts/emulators.sh stop' EXIT
+fi
+# shellcheck disable=SC1090
+source "$(scripts/emulators.sh env)"
+
+# The tests talk to 127.0.0.1 only: static test credentials stop the AWS credential chain
+# before it would probe an instance-metadata address, and nothing of the caller's AWS setup
+# (profiles, endpoints) leaks in.
+unset AWS_PROFILE AWS_DEFAULT_PROFILE AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 AWS_SESSION_TOKEN \
+      CROWECODE_CLOUD_CONFIG_B64 CROWECODE_CONFIG CROWECODE_HOME CROWECODE_MODELS_DIR
+export AWS_ACCESS_KEY_ID=crowecode-test AWS_SECRET_ACCESS_KEY=crowecode-test-secret AWS_REGION=us-east-1
+export AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast "$@"
+  cargo test --doc --quiet
+else
+  cargo test --no-fail-fast "$@"
+fi

@@ -1,0 +1,303 @@
+//! One conformance suite for the `Provider` trait, run on every backend: the local provider
+//! always, and S3 on moto. Each check names the behaviour the transfer engine relies on.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crowecode_cloud::config::{self, FileLocation, Overrides};
+use crowecode_cloud::provider::{
+    self, GetRange, Provider, ProviderErrorKind, ProviderExt as _, PutMode, RetryPolicy,
+};
+use futures::{StreamExt as _, TryStreamExt as _, stream};
+
+use crate::common::{noise, require_env};
+
+async fn provider_for(overrides: Overrides, dir: &std::path::Path) -> Arc<dyn Provider> {
+    let file = FileLocation {
+        path: dir.join("none.json"),
+        explicit: false,
+    };
+    let resolved = config::resolve(&|_| None, &file, &overrides).unwrap();
+    provider::from_config(
+        &resolved.config,
+        RetryPolicy {
+            max_attempts: 2,
+            ..RetryPolicy::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn read(p: &dyn Provider, key: &str, range: GetRange) -> Vec<u8> {
+    let mut s = p.get(key, range).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(chunk) = s.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    out
+}
+
+struct Expect {
+    /// The backend honours If-None-Match / If-Match on writes.
+    conditional: bool,
+    /// Smallest non-final multipart part.
+    min_part: usize,
+    /// Also check listing across pages (over 1,000 keys).
+    many_keys: bool,
+}
+
+async fn suite(p: Arc<dyn Provider>, expect: Expect) {
+    let p = p.as_ref();
+    // The bucket answers.
+    p.check_bucket().await.unwrap();
+
+    // A missing object is NotFound, for head and get alike; deleting it succeeds.
+    assert_eq!(
+        p.head("t/missing").await.unwrap_err().kind,
+        ProviderErrorKind::NotFound
+    );
+    let get_missing = p
+        .get("t/missing", GetRange::All)
+        .await
+        .err()
+        .expect("get of a missing key fails");
+    assert_eq!(
+        get_missing.kind,
+        ProviderErrorKind::NotFound,
+        "{get_missing}"
+    );
+    p.delete("t/missing").await.unwrap();
+
+    // put → head → get, whole and ranged.
+    let data = noise(100_000, 1);
+    p.put("t/obj.bin", Bytes::from(data.clone()), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let meta = p.head("t/obj.bin").await.unwrap();
+    assert_eq!(meta.size, 100_000);
+    assert_eq!(read(p, "t/obj.bin", GetRange::All).await, data);
+    assert_eq!(
+        read(p, "t/obj.bin", GetRange::Bounded(1000..5000)).await,
+        &data[1000..5000]
+    );
+    assert_eq!(
+        read(p, "t/obj.bin", GetRange::From(99_990)).await,
+        &data[99_990..]
+    );
+    assert_eq!(p.get_bytes("t/obj.bin").await.unwrap().len(), 100_000);
+
+    // Conditional writes: create-only refuses an existing key; If-Match needs the current ETag.
+    if expect.conditional {
+        let err = p
+            .put("t/obj.bin", Bytes::from_static(b"x"), PutMode::Create)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ProviderErrorKind::Precondition, "{err}");
+        let err = p
+            .put(
+                "t/obj.bin",
+                Bytes::from_static(b"x"),
+                PutMode::IfMatch("\"not-the-etag\"".into()),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ProviderErrorKind::Precondition, "{err}");
+        let etag = p.head("t/obj.bin").await.unwrap().etag.expect("etag");
+        p.put(
+            "t/obj.bin",
+            Bytes::from_static(b"new"),
+            PutMode::IfMatch(etag),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            p.get_bytes("t/obj.bin").await.unwrap(),
+            Bytes::from_static(b"new")
+        );
+        p.put("t/created.bin", Bytes::from_static(b"c"), PutMode::Create)
+            .await
+            .unwrap();
+    }
+
+    // Multipart: parts uploaded out of order, completed in order, read back whole.
+    let parts: Vec<Vec<u8>> = vec![
+        noise(expect.min_part, 2),
+        noise(expect.min_part, 3),
+        noise(777, 4),
+    ];
+    let id = p.create_multipart("t/multi.bin").await.unwrap();
+    let mut tags = Vec::new();
+    for n in [2u32, 1, 3] {
+        tags.push(
+            p.put_part(
+                "t/multi.bin",
+                &id,
+                n,
+                Bytes::from(parts[n as usize - 1].clone()),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    tags.sort_by_key(|t| t.number);
+    assert!(
+        p.head("t/multi.bin").await.is_err(),
+        "nothing visible before complete"
+    );
+    p.complete_multipart("t/multi.bin", &id, tags)
+        .await
+        .unwrap();
+    assert_eq!(read(p, "t/multi.bin", GetRange::All).await, parts.concat());
+
+    // An aborted upload leaves nothing behind, pending or visible.
+    let id = p.create_multipart("t/aborted.bin").await.unwrap();
+    p.put_part(
+        "t/aborted.bin",
+        &id,
+        1,
+        Bytes::from(noise(expect.min_part, 5)),
+    )
+    .await
+    .unwrap();
+    assert!(
+        p.list_pending_uploads("t/")
+            .await
+            .unwrap()
+            .iter()
+            .any(|u| u.upload_id == id),
+        "pending upload listed"
+    );
+    p.abort_multipart("t/aborted.bin", &id).await.unwrap();
+    assert!(
+        !p.list_pending_uploads("t/")
+            .await
+            .unwrap()
+            .iter()
+            .any(|u| u.upload_id == id)
+    );
+    assert_eq!(
+        p.head("t/aborted.bin").await.unwrap_err().kind,
+        ProviderErrorKind::NotFound
+    );
+
+    // Listing: by prefix, sorted, with sizes, nothing outside the prefix.
+    p.put("u/other.bin", Bytes::from_static(b"o"), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let keys: Vec<String> = p
+        .list("t/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    let mut expected = vec!["t/multi.bin".to_string(), "t/obj.bin".to_string()];
+    if expect.conditional {
+        expected.insert(0, "t/created.bin".into());
+    }
+    assert_eq!(keys, expected);
+    assert_eq!(
+        p.list("t/o").await.unwrap().len(),
+        1,
+        "prefixes need not end at a '/'"
+    );
+
+    // Listing crosses pages (S3 returns at most 1,000 keys a page).
+    if expect.many_keys {
+        stream::iter(0..1005)
+            .map(|i| async move {
+                p.put(
+                    &format!("many/k{i:05}"),
+                    Bytes::from_static(b"."),
+                    PutMode::Overwrite,
+                )
+                .await
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap();
+        let listed = p.list("many/").await.unwrap();
+        assert_eq!(listed.len(), 1005);
+        assert!(listed.windows(2).all(|w| w[0].key < w[1].key), "sorted");
+    }
+
+    // Delete makes an object disappear.
+    p.delete("t/obj.bin").await.unwrap();
+    assert_eq!(
+        p.head("t/obj.bin").await.unwrap_err().kind,
+        ProviderErrorKind::NotFound
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_provider_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    let overrides = Overrides {
+        provider: Some("local".into()),
+        bucket: Some(bucket.display().to_string()),
+        ..Default::default()
+    };
+    let p = provider_for(overrides, dir.path()).await;
+    assert_eq!(
+        p.check_bucket().await.unwrap_err().kind,
+        ProviderErrorKind::BucketNotFound
+    );
+    assert!(p.create_bucket().await.unwrap(), "created");
+    assert!(!p.create_bucket().await.unwrap(), "already there");
+    suite(
+        p,
+        Expect {
+            conditional: true,
+            min_part: 1000,
+            many_keys: true,
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_provider_conforms_on_moto() {
+    let endpoint = require_env("CROWECODE_TEST_S3_ENDPOINT");
+    require_env("AWS_ACCESS_KEY_ID");
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = format!("conformance-{:08x}", fastrand_u32());
+    let overrides = Overrides {
+        provider: Some("s3".into()),
+        bucket: Some(bucket),
+        endpoint: Some(endpoint),
+        region: Some("us-east-1".into()),
+        ..Default::default()
+    };
+    let p = provider_for(overrides, dir.path()).await;
+    assert_eq!(
+        p.check_bucket().await.unwrap_err().kind,
+        ProviderErrorKind::BucketNotFound
+    );
+    assert!(p.create_bucket().await.unwrap());
+    assert!(!p.create_bucket().await.unwrap());
+    suite(
+        p,
+        Expect {
+            conditional: true,
+            min_part: 5 << 20,
+            many_keys: true,
+        },
+    )
+    .await;
+}
+
+/// A random bucket suffix without another dependency.
+pub fn fastrand_u32() -> u32 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish() as u32
+}

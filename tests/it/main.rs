@@ -1,0 +1,9 @@
+//! One integration test binary: CLI behaviour in sealed environments, the provider conformance
+//! suite, hostile archives, property tests, and the S3 end-to-end tests against real servers.
+
+mod cli;
+mod common;
+mod conformance;
+mod hostile;
+mod roundtrip;
+mod s3;
