@@ -231,6 +231,30 @@ impl CloudManager {
         &self.provider
     }
 
+    /// Adds to a credentials or permission error which credentials were in use (a name and a
+    /// masked key id, never a secret): the first thing to check.
+    pub async fn explain(&self, err: Error) -> Error {
+        match err {
+            Error::Access {
+                message,
+                hint,
+                source,
+            } => {
+                let creds = self.provider.credential_source().await;
+                let hint = Some(match hint {
+                    Some(h) => format!("{h} (credentials in use: {creds})"),
+                    None => format!("credentials in use: {creds}"),
+                });
+                Error::Access {
+                    message,
+                    hint,
+                    source,
+                }
+            }
+            other => other,
+        }
+    }
+
     fn info(&self, model: &ModelName, message: String) {
         self.reporter.report(Event::Info {
             model: model.as_str(),

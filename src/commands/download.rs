@@ -19,7 +19,9 @@ pub async fn run(ctx: &Context, models: &[String]) -> Result<Batch<Downloaded>> 
     for m in models {
         match manager.download_model(m).await {
             Ok(d) => batch.models.push(d),
-            Err(e) => batch.errors.push(ModelError::new(m, &e)),
+            Err(e) => batch
+                .errors
+                .push(ModelError::new(m, &manager.explain(e).await)),
         }
     }
     Ok(batch)

@@ -24,7 +24,10 @@ pub struct Local {
 /// Lists the bucket.
 pub async fn remote(ctx: &Context) -> Result<Remote> {
     let manager = ctx.manager().await?;
-    let models = manager.list_cloud_models().await?;
+    let models = match manager.list_cloud_models().await {
+        Ok(m) => m,
+        Err(e) => return Err(manager.explain(e).await),
+    };
     Ok(Remote {
         location: manager.get_cloud_config().location(),
         models,

@@ -44,7 +44,9 @@ pub async fn run(
         };
         match manager.upload_model(m, &dir, opts).await {
             Ok(u) => batch.models.push(u),
-            Err(e) => batch.errors.push(ModelError::new(m, &e)),
+            Err(e) => batch
+                .errors
+                .push(ModelError::new(m, &manager.explain(e).await)),
         }
     }
     Ok(batch)

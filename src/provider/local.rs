@@ -5,7 +5,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
-use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -21,7 +21,7 @@ use super::{
 const TMP_DIR: &str = ".crowecode-tmp";
 const PARTS_DIR: &str = ".crowecode-multipart";
 const LOCK_FILE: &str = ".crowecode-lock";
-const READ_CHUNK: usize = 4 << 20;
+const READ_CHUNK: usize = 32 << 20;
 
 /// A bucket that is a directory.
 #[derive(Debug, Clone)]
@@ -130,6 +130,19 @@ impl LocalProvider {
             ));
         }
         Ok(self.root.join(PARTS_DIR).join(upload_id))
+    }
+}
+
+fn read_part_size(dir: &Path) -> PResult<u64> {
+    match fs::read_to_string(dir.join("part_size")) {
+        Ok(s) => s.trim().parse().map_err(|_| {
+            ProviderError::new(ProviderErrorKind::Other, "corrupt multipart upload state")
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ProviderError::new(
+            ProviderErrorKind::NotFound,
+            "no such multipart upload",
+        )),
+        Err(e) => Err(io_err(e, dir)),
     }
 }
 
@@ -310,16 +323,24 @@ impl Provider for LocalProvider {
         .await
     }
 
-    async fn create_multipart(&self, key: &str) -> PResult<String> {
+    async fn create_multipart(&self, key: &str, part_size: u64) -> PResult<String> {
         let this = self.clone();
         let key = key.to_string();
         blocking(move || {
             this.ensure_root()?;
             this.object_path(&key)?;
+            if part_size == 0 {
+                return Err(ProviderError::new(
+                    ProviderErrorKind::Other,
+                    "part size must be positive",
+                ));
+            }
             let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
             let dir = this.parts_dir(&id)?;
             fs::create_dir_all(&dir).map_err(|e| io_err(e, &dir))?;
             fs::write(dir.join("key"), key.as_bytes()).map_err(|e| io_err(e, &dir))?;
+            fs::write(dir.join("part_size"), part_size.to_string()).map_err(|e| io_err(e, &dir))?;
+            File::create(dir.join("data")).map_err(|e| io_err(e, &dir))?;
             Ok(id)
         })
         .await
@@ -332,18 +353,33 @@ impl Provider for LocalProvider {
         number: u32,
         data: Bytes,
     ) -> PResult<PartTag> {
+        // Parts are written in place, at (number - 1) × part size of one data file, so that
+        // completing the upload is a rename rather than a copy of the whole object.
         let dir = self.parts_dir(upload_id)?;
         blocking(move || {
-            if !dir.is_dir() {
+            let part_size = read_part_size(&dir)?;
+            if number == 0 || data.len() as u64 > part_size {
                 return Err(ProviderError::new(
-                    ProviderErrorKind::NotFound,
-                    "no such multipart upload",
+                    ProviderErrorKind::Other,
+                    format!(
+                        "part {number} of {} bytes exceeds the part size {part_size}",
+                        data.len()
+                    ),
                 ));
             }
-            let path = dir.join(format!("part-{number:05}"));
-            let tmp = dir.join(format!("part-{number:05}.{:x}.tmp", fastrand::u64(..)));
-            fs::write(&tmp, &data).map_err(|e| io_err(e, &tmp))?;
-            fs::rename(&tmp, &path).map_err(|e| io_err(e, &path))?;
+            let path = dir.join("data");
+            let f = File::options()
+                .write(true)
+                .open(&path)
+                .map_err(|e| io_err(e, &path))?;
+            f.write_all_at(&data, u64::from(number - 1) * part_size)
+                .map_err(|e| io_err(e, &path))?;
+            // The receipt records the part's length; complete checks the parts tile the object.
+            fs::write(
+                dir.join(format!("part-{number:05}")),
+                data.len().to_string(),
+            )
+            .map_err(|e| io_err(e, &dir))?;
             Ok(PartTag {
                 number,
                 tag: format!("{number}-{}", data.len()),
@@ -362,22 +398,33 @@ impl Provider for LocalProvider {
         let this = self.clone();
         let key = key.to_string();
         blocking(move || {
-            let tmp = this.tmp_path()?;
-            let mut out = File::create(&tmp).map_err(|e| io_err(e, &tmp))?;
+            let part_size = read_part_size(&dir)?;
+            let mut total = 0u64;
             for (i, part) in parts.iter().enumerate() {
-                if part.number as usize != i + 1 {
-                    let _ = fs::remove_file(&tmp);
+                let stored = fs::read_to_string(dir.join(format!("part-{:05}", part.number)))
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok());
+                let last = i + 1 == parts.len();
+                let fits = stored.is_some_and(|len| len == part_size || (last && len <= part_size));
+                if part.number as usize != i + 1
+                    || !fits
+                    || part.tag != format!("{}-{}", part.number, stored.unwrap_or(0))
+                {
                     return Err(ProviderError::new(
                         ProviderErrorKind::Other,
-                        format!("part list out of order at part {}", part.number),
+                        format!("part list does not tile the object at part {}", part.number),
                     ));
                 }
-                let path = dir.join(format!("part-{:05}", part.number));
-                let mut f = File::open(&path).map_err(|e| io_err(e, &path))?;
-                io::copy(&mut f, &mut out).map_err(|e| io_err(e, &tmp))?;
+                total += stored.unwrap_or(0);
             }
-            drop(out);
-            this.publish(&tmp, &key, &PutMode::Overwrite)?;
+            let data = dir.join("data");
+            let f = File::options()
+                .write(true)
+                .open(&data)
+                .map_err(|e| io_err(e, &data))?;
+            f.set_len(total).map_err(|e| io_err(e, &data))?;
+            drop(f);
+            this.publish(&data, &key, &PutMode::Overwrite)?;
             let _ = fs::remove_dir_all(&dir);
             Ok(())
         })

@@ -236,8 +236,9 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// Writes a small object in one request; returns its new ETag when the backend gives one.
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> PResult<Option<String>>;
 
-    /// Starts a multipart upload; returns its id.
-    async fn create_multipart(&self, key: &str) -> PResult<String>;
+    /// Starts a multipart upload whose parts are all `part_size` bytes except the last, which
+    /// may be shorter (the engine always cuts parts that way); returns its id.
+    async fn create_multipart(&self, key: &str, part_size: u64) -> PResult<String>;
 
     /// Uploads part `number` (1-based).
     async fn put_part(

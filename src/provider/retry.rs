@@ -276,9 +276,11 @@ impl Provider for Retrying {
             .await
     }
 
-    async fn create_multipart(&self, key: &str) -> PResult<String> {
-        self.call("CreateMultipartUpload", || self.inner.create_multipart(key))
-            .await
+    async fn create_multipart(&self, key: &str, part_size: u64) -> PResult<String> {
+        self.call("CreateMultipartUpload", || {
+            self.inner.create_multipart(key, part_size)
+        })
+        .await
     }
 
     async fn put_part(
@@ -335,5 +337,172 @@ impl Provider for Retrying {
 
     async fn credential_source(&self) -> String {
         self.inner.credential_source().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use futures::StreamExt as _;
+
+    use super::*;
+
+    /// Serves `data`, but the first `failures` reads break (or stall) after `cut` bytes.
+    #[derive(Debug)]
+    struct Flaky {
+        data: Bytes,
+        cut: usize,
+        failures: AtomicU32,
+        stall: bool,
+        ranges: Mutex<Vec<GetRange>>,
+    }
+
+    fn nope<T>() -> PResult<T> {
+        Err(ProviderError::new(
+            ProviderErrorKind::Unsupported,
+            "not in this test",
+        ))
+    }
+
+    #[async_trait]
+    impl Provider for Flaky {
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+        async fn head(&self, _: &str) -> PResult<ObjectMeta> {
+            nope()
+        }
+        async fn list(&self, _: &str) -> PResult<Vec<ObjectMeta>> {
+            nope()
+        }
+        async fn get(&self, _: &str, range: GetRange) -> PResult<ByteStream> {
+            self.ranges.lock().unwrap().push(range.clone());
+            let (start, end) = match range {
+                GetRange::All => (0, self.data.len()),
+                GetRange::From(s) => (s as usize, self.data.len()),
+                GetRange::Bounded(r) => (r.start as usize, r.end as usize),
+            };
+            let body = self.data.slice(start..end);
+            let broken = self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if !broken {
+                return Ok(Box::pin(stream::iter([Ok(body)])));
+            }
+            let first = body.slice(..self.cut.min(body.len()));
+            let tail: ByteStream = if self.stall {
+                Box::pin(stream::pending())
+            } else {
+                Box::pin(stream::iter([Err(ProviderError::new(
+                    ProviderErrorKind::Transport,
+                    "connection reset",
+                ))]))
+            };
+            Ok(Box::pin(stream::iter([Ok(first)]).chain(tail)))
+        }
+        async fn put(&self, _: &str, _: Bytes, _: PutMode) -> PResult<Option<String>> {
+            nope()
+        }
+        async fn create_multipart(&self, _: &str, _: u64) -> PResult<String> {
+            nope()
+        }
+        async fn put_part(&self, _: &str, _: &str, _: u32, _: Bytes) -> PResult<PartTag> {
+            nope()
+        }
+        async fn complete_multipart(&self, _: &str, _: &str, _: Vec<PartTag>) -> PResult<()> {
+            nope()
+        }
+        async fn abort_multipart(&self, _: &str, _: &str) -> PResult<()> {
+            nope()
+        }
+        async fn delete(&self, _: &str) -> PResult<()> {
+            nope()
+        }
+        async fn check_bucket(&self) -> PResult<()> {
+            nope()
+        }
+        async fn create_bucket(&self) -> PResult<bool> {
+            nope()
+        }
+        async fn credential_source(&self) -> String {
+            "none".into()
+        }
+    }
+
+    fn flaky(failures: u32, stall: bool) -> Arc<Flaky> {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        Arc::new(Flaky {
+            data: data.into(),
+            cut: 1000,
+            failures: AtomicU32::new(failures),
+            stall,
+            ranges: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn fast(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+            stall_timeout: Duration::from_millis(100),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    async fn read_all(p: &Retrying, range: GetRange) -> PResult<Vec<u8>> {
+        let mut s = p.get("k", range).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = s.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_broken_read_resumes_from_the_last_byte_received() {
+        let inner = flaky(3, false);
+        let p = Retrying::new(inner.clone(), fast(5));
+        let got = read_all(&p, GetRange::Bounded(500..9500)).await.unwrap();
+        assert_eq!(got, &inner.data[500..9500]);
+        let ranges = inner.ranges.lock().unwrap().clone();
+        assert_eq!(
+            ranges,
+            [500..9500, 1500..9500, 2500..9500, 3500..9500].map(GetRange::Bounded),
+            "each retry asks only for what is missing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stalled_read_is_abandoned_and_resumed() {
+        let inner = flaky(1, true);
+        let p = Retrying::new(inner.clone(), fast(3));
+        let got = read_all(&p, GetRange::All).await.unwrap();
+        assert_eq!(got, inner.data);
+        assert_eq!(inner.ranges.lock().unwrap()[1], GetRange::From(1000));
+    }
+
+    #[tokio::test]
+    async fn reads_give_up_after_the_attempts_without_progress() {
+        let inner = Arc::new(Flaky {
+            cut: 0,
+            ..Arc::into_inner(flaky(100, false)).unwrap()
+        });
+        let p = Retrying::new(inner.clone(), fast(4));
+        let err = read_all(&p, GetRange::Bounded(0..100)).await.unwrap_err();
+        assert!(err.temporary);
+        assert_eq!(err.attempts, 4);
+        assert_eq!(inner.ranges.lock().unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_are_not_retried() {
+        let p = Retrying::new(flaky(0, false), fast(5));
+        let err = p.head("k").await.unwrap_err();
+        assert_eq!(err.kind, ProviderErrorKind::Unsupported);
+        assert_eq!(err.attempts, 1);
     }
 }

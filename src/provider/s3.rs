@@ -336,7 +336,7 @@ impl Provider for S3Provider {
         Ok(out.e_tag().map(str::to_string))
     }
 
-    async fn create_multipart(&self, key: &str) -> PResult<String> {
+    async fn create_multipart(&self, key: &str, _part_size: u64) -> PResult<String> {
         let out = self
             .client
             .create_multipart_upload()

@@ -101,10 +101,17 @@ async fn fetch(
 ) -> std::result::Result<Bytes, ProviderError> {
     let len = (end - start) as usize;
     let mut stream = provider.get(key, GetRange::Bounded(start..end)).await?;
-    let mut buf = BytesMut::with_capacity(len);
+    let mut buf = BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         progress.advanced(chunk.len() as u64);
+        if chunk.len() == len && buf.is_empty() {
+            // The whole range in one piece (local storage): no copy.
+            return Ok(chunk);
+        }
+        if buf.capacity() == 0 {
+            buf.reserve(len);
+        }
         buf.extend_from_slice(&chunk);
     }
     if buf.len() != len {

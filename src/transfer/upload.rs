@@ -184,7 +184,7 @@ pub async fn upload_archive(
     };
 
     let upload_id = provider
-        .create_multipart(key)
+        .create_multipart(key, part_size)
         .await
         .map_err(|e| Error::from_provider(format!("starting the upload of {key}"), e))?;
     let rest = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });

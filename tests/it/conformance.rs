@@ -126,7 +126,10 @@ async fn suite(p: Arc<dyn Provider>, expect: Expect) {
         noise(expect.min_part, 3),
         noise(777, 4),
     ];
-    let id = p.create_multipart("t/multi.bin").await.unwrap();
+    let id = p
+        .create_multipart("t/multi.bin", expect.min_part as u64)
+        .await
+        .unwrap();
     let mut tags = Vec::new();
     for n in [2u32, 1, 3] {
         tags.push(
@@ -151,7 +154,10 @@ async fn suite(p: Arc<dyn Provider>, expect: Expect) {
     assert_eq!(read(p, "t/multi.bin", GetRange::All).await, parts.concat());
 
     // An aborted upload leaves nothing behind, pending or visible.
-    let id = p.create_multipart("t/aborted.bin").await.unwrap();
+    let id = p
+        .create_multipart("t/aborted.bin", expect.min_part as u64)
+        .await
+        .unwrap();
     p.put_part(
         "t/aborted.bin",
         &id,

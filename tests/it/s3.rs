@@ -443,3 +443,119 @@ fn a_read_only_key_can_list_status_and_download_but_not_upload() {
         }
     }
 }
+
+#[test]
+fn an_unreachable_endpoint_exits_7_after_retries() {
+    // A port nobody listens on: bind one, then let it go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sb = sandbox("key-id", "secret");
+    let out = s3(&sb, &format!("http://127.0.0.1:{port}"), "any-bucket")
+        .args(["download", "Alpha"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("still failing after 3 attempts") && err.contains("hint:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_bucket_exits_3_with_a_hint() {
+    let (sb, endpoint) = moto();
+    let out = s3(&sb, &endpoint, "no-such-bucket-here")
+        .args(["download", "Alpha"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--create-bucket"));
+    let out = s3(&sb, &endpoint, "no-such-bucket-here")
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("does not exist"));
+}
+
+#[test]
+fn server_side_encryption_is_sent_on_every_write() {
+    let (sb, endpoint) = moto();
+    let b = bucket("sse");
+    let model = make_model(&sb.src(), "Secret", 26);
+    s3(&sb, &endpoint, &b)
+        .args(["setup", "--create-bucket", "--no-write", "--sse", "AES256"])
+        .assert()
+        .success();
+    // Small parts, so the archive goes up as a multipart upload.
+    let big = model.join("weights.bin");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(11 << 20)
+        .unwrap();
+    s3(&sb, &endpoint, &b)
+        .args([
+            "--sse",
+            "AES256",
+            "upload",
+            "Secret",
+            "--part-size",
+            "5MiB",
+            "--from",
+        ])
+        .arg(&model)
+        .assert()
+        .success();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version_latest()
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(&endpoint)
+            .force_path_style(true)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "k", "s", None, None, "test",
+            ))
+            .build();
+        let client = aws_sdk_s3::Client::from_conf(conf);
+        let listed = client.list_objects_v2().bucket(&b).send().await.unwrap();
+        let keys: Vec<String> = listed
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        for key in keys {
+            let head = client
+                .head_object()
+                .bucket(&b)
+                .key(&key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                head.server_side_encryption().map(|s| s.as_str()),
+                Some("AES256"),
+                "{key}"
+            );
+        }
+    });
+}
