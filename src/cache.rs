@@ -66,9 +66,7 @@ impl Cache {
         if let Some(x) = env("XDG_CACHE_HOME").filter(|s| !s.is_empty()) {
             return PathBuf::from(x).join("crowecode");
         }
-        let home = env("HOME")
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| ".".into());
+        let home = env("HOME").filter(|s| !s.is_empty()).unwrap_or_else(|| ".".into());
         PathBuf::from(home).join(".cache").join("crowecode")
     }
 
@@ -92,13 +90,8 @@ impl Cache {
 
     /// Creates the directory layout and the `CACHEDIR.TAG`.
     pub fn ensure_layout(&self) -> Result<()> {
-        for dir in [
-            self.versions_dir(),
-            self.staging_root(),
-            self.root.join(".locks"),
-        ] {
-            fs::create_dir_all(&dir)
-                .map_err(|e| Error::io("cannot create cache directory", &dir, e))?;
+        for dir in [self.versions_dir(), self.staging_root(), self.root.join(".locks")] {
+            fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create cache directory", &dir, e))?;
         }
         let tag = self.root.join("CACHEDIR.TAG");
         if !tag.exists() {
@@ -157,15 +150,11 @@ impl Cache {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
                 on_wait();
-                file.lock()
-                    .map_err(|e| Error::io("cannot lock", &path, e))?;
+                file.lock().map_err(|e| Error::io("cannot lock", &path, e))?;
             }
             Err(fs::TryLockError::Error(e)) => {
                 return Err(Error::Io {
-                    context: format!(
-                        "cannot lock {} (file locks may not work on this filesystem)",
-                        path.display()
-                    ),
+                    context: format!("cannot lock {} (file locks may not work on this filesystem)", path.display()),
                     source: e,
                 });
             }
@@ -199,21 +188,14 @@ impl Cache {
 
     /// A fresh, empty staging directory for `model`.
     pub fn new_staging(&self, model: &ModelName, _lock: &ModelLock) -> Result<PathBuf> {
-        let dir = self
-            .staging_root()
-            .join(format!("{model}@{:016x}", fastrand::u64(..)));
+        let dir = self.staging_root().join(format!("{model}@{:016x}", fastrand::u64(..)));
         fs::create_dir(&dir).map_err(|e| Error::io("cannot create staging directory", &dir, e))?;
         Ok(dir)
     }
 
     /// Moves a verified staging directory into place as the version of `manifest`, then points
     /// `models/<Model>` at it. Returns the version directory.
-    pub fn install(
-        &self,
-        staging: &Path,
-        manifest: &Manifest,
-        lock: &ModelLock,
-    ) -> Result<PathBuf> {
+    pub fn install(&self, staging: &Path, manifest: &Manifest, lock: &ModelLock) -> Result<PathBuf> {
         let version = self.version_path(&manifest.model, &manifest.archive_sha256);
         let copy = self.manifest_copy_path(&version);
         let tmp = copy.with_extension("json.tmp");
@@ -223,8 +205,7 @@ impl Cache {
             // The same version is already complete (an earlier run); keep it.
             remove_tree(staging)?;
         } else {
-            fs::rename(staging, &version)
-                .map_err(|e| Error::io("cannot move the verified model into", &version, e))?;
+            fs::rename(staging, &version).map_err(|e| Error::io("cannot move the verified model into", &version, e))?;
         }
         self.point_to(&manifest.model, &version, lock)?;
         Ok(version)
@@ -238,11 +219,8 @@ impl Cache {
         }
         let name = version.file_name().expect("version dir has a name");
         let target = Path::new(".versions").join(name);
-        let tmp = self
-            .models_dir()
-            .join(format!(".{model}.link.{:016x}", fastrand::u64(..)));
-        std::os::unix::fs::symlink(&target, &tmp)
-            .map_err(|e| Error::io("cannot create link", &tmp, e))?;
+        let tmp = self.models_dir().join(format!(".{model}.link.{:016x}", fastrand::u64(..)));
+        std::os::unix::fs::symlink(&target, &tmp).map_err(|e| Error::io("cannot create link", &tmp, e))?;
         fs::rename(&tmp, &link).map_err(|e| {
             let _ = fs::remove_file(&tmp);
             Error::io("cannot update", &link, e)
@@ -266,11 +244,7 @@ impl Cache {
             let Ok(model) = ModelName::new(model) else {
                 continue;
             };
-            let current = self
-                .current(&model)
-                .ok()
-                .flatten()
-                .is_some_and(|c| c == entry.path());
+            let current = self.current(&model).ok().flatten().is_some_and(|c| c == entry.path());
             let manifest = self.read_manifest_copy(&entry.path(), &model);
             out.push(CachedVersion {
                 model,
@@ -281,12 +255,7 @@ impl Cache {
                 files: manifest.as_ref().map(|m| m.files.len()),
             });
         }
-        out.sort_by(|a, b| {
-            a.model
-                .cmp(&b.model)
-                .then(b.current.cmp(&a.current))
-                .then(a.path.cmp(&b.path))
-        });
+        out.sort_by(|a, b| a.model.cmp(&b.model).then(b.current.cmp(&a.current)).then(a.path.cmp(&b.path)));
         Ok(out)
     }
 
@@ -304,10 +273,7 @@ impl Cache {
 
 fn not_ours(link: &Path) -> Error {
     Error::other(
-        format!(
-            "{} exists and is not a link managed by crowecode-cloud",
-            link.display()
-        ),
+        format!("{} exists and is not a link managed by crowecode-cloud", link.display()),
         Some("move it away, or use another --cache-dir".into()),
     )
 }
@@ -339,9 +305,7 @@ mod tests {
         let cache = Cache::new(dir.path());
         cache.ensure_layout().unwrap();
         let m = ModelName::new("Alpha").unwrap();
-        let held = cache
-            .lock(&m, || panic!("first lock must not wait"))
-            .unwrap();
+        let held = cache.lock(&m, || panic!("first lock must not wait")).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let c2 = cache.clone();
         let m2 = m.clone();
@@ -368,12 +332,6 @@ mod tests {
         let lock = cache.lock(&m, || {}).unwrap();
         let v = dir.path().join("models/.versions/Alpha@000000000000");
         fs::create_dir_all(&v).unwrap();
-        assert!(
-            cache
-                .point_to(&m, &v, &lock)
-                .unwrap_err()
-                .to_string()
-                .contains("not a link managed")
-        );
+        assert!(cache.point_to(&m, &v, &lock).unwrap_err().to_string().contains("not a link managed"));
     }
 }

@@ -62,22 +62,9 @@ impl ProviderKind {
     /// The config keys this provider reads.
     pub fn keys(self) -> &'static [&'static str] {
         match self {
-            Self::S3 => &[
-                "bucket",
-                "prefix",
-                "region",
-                "endpoint",
-                "sse",
-                "kms_key_id",
-            ],
+            Self::S3 => &["bucket", "prefix", "region", "endpoint", "sse", "kms_key_id"],
             Self::Gcs => &["bucket", "prefix", "project", "endpoint", "kms_key"],
-            Self::Azure => &[
-                "bucket",
-                "prefix",
-                "account",
-                "endpoint",
-                "encryption_scope",
-            ],
+            Self::Azure => &["bucket", "prefix", "account", "endpoint", "encryption_scope"],
             Self::Local => &["bucket", "prefix"],
         }
     }
@@ -239,13 +226,8 @@ pub fn default_config_path(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
     if let Some(x) = env("XDG_CONFIG_HOME").filter(|s| !s.is_empty()) {
         return PathBuf::from(x).join("crowecode").join("cloud.json");
     }
-    let home = env("HOME")
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| ".".into());
-    PathBuf::from(home)
-        .join(".config")
-        .join("crowecode")
-        .join("cloud.json")
+    let home = env("HOME").filter(|s| !s.is_empty()).unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".config").join("crowecode").join("cloud.json")
 }
 
 /// Where to look for a config file, and whether the user named it explicitly.
@@ -258,24 +240,16 @@ pub struct FileLocation {
 /// Resolves the effective configuration: flags > `CROWECODE_CLOUD_CONFIG_B64` > file.
 ///
 /// `env` reads an environment variable (injected so tests need not touch the process environment).
-pub fn resolve(
-    env: &dyn Fn(&str) -> Option<String>,
-    file: &FileLocation,
-    overrides: &Overrides,
-) -> Result<Resolved> {
+pub fn resolve(env: &dyn Fn(&str) -> Option<String>, file: &FileLocation, overrides: &Overrides) -> Result<Resolved> {
     let mut warnings = Vec::new();
-    let base: Option<(Document, ConfigSource)> = if let Some(b64) =
-        env(ENV_CONFIG_B64).filter(|s| !s.trim().is_empty())
+    let base: Option<(Document, ConfigSource)> = if let Some(b64) = env(ENV_CONFIG_B64).filter(|s| !s.trim().is_empty())
     {
         Some((Document::from_b64(&b64)?, ConfigSource::Env))
     } else {
         match std::fs::read(&file.path) {
             Ok(bytes) => {
                 let origin = file.path.display().to_string();
-                Some((
-                    Document::from_json(&bytes, &origin)?,
-                    ConfigSource::File(file.path.clone()),
-                ))
+                Some((Document::from_json(&bytes, &origin)?, ConfigSource::File(file.path.clone())))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !file.explicit => None,
             Err(e) => {
@@ -292,19 +266,14 @@ pub fn resolve(
         // A different provider on the command line starts from a clean slate: mixing an S3
         // region into an Azure config would only confuse.
         Some((doc, src))
-            if overrides
-                .provider
-                .as_deref()
-                .is_none_or(|p| ProviderKind::parse(p) == doc.provider_kind()) =>
+            if overrides.provider.as_deref().is_none_or(|p| ProviderKind::parse(p) == doc.provider_kind()) =>
         {
             (doc, src)
         }
         _ if !overrides.is_empty() => (Document::default(), ConfigSource::Flags),
         Some((doc, src)) => (doc, src),
         None => {
-            return Err(Error::NotConfigured {
-                looked_at: file.path.display().to_string(),
-            });
+            return Err(Error::NotConfigured { looked_at: file.path.display().to_string() });
         }
     };
     let origin = source.to_string();
@@ -316,11 +285,7 @@ pub fn resolve(
         ));
     }
     let config = doc.into_config(overrides, &origin, &mut warnings)?;
-    Ok(Resolved {
-        config,
-        source,
-        warnings,
-    })
+    Ok(Resolved { config, source, warnings })
 }
 
 /// The raw document, before validation.
@@ -338,8 +303,7 @@ impl Document {
 
     fn from_b64(raw: &str) -> Result<Self> {
         let cleaned: String = raw.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-        let lenient =
-            GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+        let lenient = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
         let bytes = GeneralPurpose::new(&base64::alphabet::STANDARD, lenient)
             .decode(&cleaned)
             .or_else(|_| GeneralPurpose::new(&base64::alphabet::URL_SAFE, lenient).decode(&cleaned))
@@ -355,24 +319,16 @@ impl Document {
 
     fn from_json(bytes: &[u8], origin: &str) -> Result<Self> {
         let hint = "the format is {\"enabled\":true,\"provider\":\"s3\",\"config\":{\"bucket\":\"NAME\",\"prefix\":\"models/\"}}; `crowecode-cloud setup` writes it";
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| Error::config(origin, format!("not valid JSON ({e})"), hint))?;
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| Error::config(origin, format!("not valid JSON ({e})"), hint))?;
         let Value::Object(mut top) = value else {
-            return Err(Error::config(
-                origin,
-                "expected a JSON object at the top level",
-                hint,
-            ));
+            return Err(Error::config(origin, "expected a JSON object at the top level", hint));
         };
         let enabled = match top.remove("enabled") {
             None | Some(Value::Null) => None,
             Some(Value::Bool(b)) => Some(b),
             Some(_) => {
-                return Err(Error::config(
-                    origin,
-                    "\"enabled\" must be true or false",
-                    hint,
-                ));
+                return Err(Error::config(origin, "\"enabled\" must be true or false", hint));
             }
         };
         let provider = match top.remove("provider") {
@@ -385,19 +341,10 @@ impl Document {
             Some(Value::Object(m)) => m,
             Some(_) => return Err(Error::config(origin, "\"config\" must be an object", hint)),
         };
-        Ok(Self {
-            enabled,
-            provider,
-            keys,
-        })
+        Ok(Self { enabled, provider, keys })
     }
 
-    fn into_config(
-        self,
-        ov: &Overrides,
-        origin: &str,
-        warnings: &mut Vec<String>,
-    ) -> Result<CloudConfig> {
+    fn into_config(self, ov: &Overrides, origin: &str, warnings: &mut Vec<String>) -> Result<CloudConfig> {
         let provider_name = ov.provider.clone().or(self.provider).ok_or_else(|| {
             Error::config(
                 origin,
@@ -406,11 +353,7 @@ impl Document {
             )
         })?;
         let provider = ProviderKind::parse(&provider_name).ok_or_else(|| {
-            Error::config(
-                origin,
-                format!("unknown provider {provider_name:?}"),
-                "use one of: s3, gcs, azure, local",
-            )
+            Error::config(origin, format!("unknown provider {provider_name:?}"), "use one of: s3, gcs, azure, local")
         })?;
 
         let mut strings: BTreeMap<&'static str, String> = BTreeMap::new();
@@ -437,9 +380,7 @@ impl Document {
                             "{origin}: ignoring config key {k:?}: credentials never belong in this config; use the cloud's own credential chain (see README, Credentials)"
                         ));
                     } else {
-                        warnings.push(format!(
-                            "{origin}: unknown config key {k:?} kept and ignored"
-                        ));
+                        warnings.push(format!("{origin}: unknown config key {k:?} kept and ignored"));
                         extra.insert(k, v);
                     }
                 }
@@ -456,27 +397,19 @@ impl Document {
         }
         for k in strings.keys() {
             if !provider.keys().contains(k) {
-                warnings.push(format!(
-                    "config key {k:?} does not apply to provider {provider} and is ignored"
-                ));
+                warnings.push(format!("config key {k:?} does not apply to provider {provider} and is ignored"));
             }
         }
         let mut take = |k: &str| strings.remove(k);
         let bucket = take("bucket").ok_or_else(|| {
-            Error::config(
-                origin,
-                "no bucket given",
-                "add \"bucket\" under \"config\", or pass --bucket NAME",
-            )
+            Error::config(origin, "no bucket given", "add \"bucket\" under \"config\", or pass --bucket NAME")
         })?;
         let config = CloudConfig {
             provider,
             bucket: bucket.trim().to_string(),
             prefix: normalise_prefix(take("prefix").as_deref().unwrap_or(""), origin)?,
             region: take("region"),
-            endpoint: take("endpoint")
-                .map(|e| normalise_endpoint(&e, origin))
-                .transpose()?,
+            endpoint: take("endpoint").map(|e| normalise_endpoint(&e, origin)).transpose()?,
             account: take("account"),
             project: take("project"),
             sse: take("sse"),
@@ -492,19 +425,9 @@ impl Document {
 
 fn looks_like_secret(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    [
-        "secret",
-        "password",
-        "token",
-        "credential",
-        "connection_string",
-        "sas",
-        "access_key",
-        "account_key",
-        "private",
-    ]
-    .iter()
-    .any(|w| k.contains(w))
+    ["secret", "password", "token", "credential", "connection_string", "sas", "access_key", "account_key", "private"]
+        .iter()
+        .any(|w| k.contains(w))
 }
 
 /// Normalises a prefix: no leading `/`, a trailing `/` unless empty, no `.`/`..` segments.
@@ -513,11 +436,7 @@ pub fn normalise_prefix(raw: &str, origin: &str) -> Result<String> {
     if trimmed.is_empty() {
         return Ok(String::new());
     }
-    if trimmed
-        .split('/')
-        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-        || trimmed.contains('\0')
-    {
+    if trimmed.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") || trimmed.contains('\0') {
         return Err(Error::config(
             origin,
             format!("invalid prefix {raw:?}: empty, '.' or '..' path segments are not allowed"),
@@ -545,15 +464,10 @@ impl CloudConfig {
         if let Some(problem) = bucket_problem(self.provider, &self.bucket) {
             return Err(Error::config(
                 origin,
-                format!(
-                    "invalid {} bucket name {:?}: {problem}",
-                    self.provider, self.bucket
-                ),
+                format!("invalid {} bucket name {:?}: {problem}", self.provider, self.bucket),
                 match self.provider {
                     ProviderKind::Local => "give a directory path, e.g. --bucket /srv/model-bucket",
-                    ProviderKind::Azure => {
-                        "container names are 3-63 lowercase letters, digits and single hyphens"
-                    }
+                    ProviderKind::Azure => "container names are 3-63 lowercase letters, digits and single hyphens",
                     _ => {
                         "bucket names are 3-63 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
                     }
@@ -564,21 +478,10 @@ impl CloudConfig {
             && sse != "AES256"
             && sse != "aws:kms"
         {
-            return Err(Error::config(
-                origin,
-                format!("invalid sse {sse:?}"),
-                "use \"AES256\" or \"aws:kms\"",
-            ));
+            return Err(Error::config(origin, format!("invalid sse {sse:?}"), "use \"AES256\" or \"aws:kms\""));
         }
-        if self.kms_key_id.is_some()
-            && self.sse.as_deref() != Some("aws:kms")
-            && self.provider == ProviderKind::S3
-        {
-            return Err(Error::config(
-                origin,
-                "kms_key_id is set but sse is not \"aws:kms\"",
-                "add --sse aws:kms",
-            ));
+        if self.kms_key_id.is_some() && self.sse.as_deref() != Some("aws:kms") && self.provider == ProviderKind::S3 {
+            return Err(Error::config(origin, "kms_key_id is set but sse is not \"aws:kms\"", "add --sse aws:kms"));
         }
         Ok(())
     }
@@ -587,14 +490,8 @@ impl CloudConfig {
     pub fn to_document(&self) -> Value {
         let mut top = Map::new();
         top.insert("enabled".into(), Value::Bool(true));
-        top.insert(
-            "provider".into(),
-            Value::String(self.provider.as_str().into()),
-        );
-        top.insert(
-            "config".into(),
-            serde_json::to_value(self).expect("config serialises"),
-        );
+        top.insert("provider".into(), Value::String(self.provider.as_str().into()));
+        top.insert("config".into(), serde_json::to_value(self).expect("config serialises"));
         Value::Object(top)
     }
 
@@ -623,27 +520,17 @@ fn document_string(cfg: &CloudConfig) -> String {
         provider: &'a str,
         config: &'a CloudConfig,
     }
-    serde_json::to_string(&Doc {
-        enabled: true,
-        provider: cfg.provider.as_str(),
-        config: cfg,
-    })
-    .expect("config serialises")
+    serde_json::to_string(&Doc { enabled: true, provider: cfg.provider.as_str(), config: cfg })
+        .expect("config serialises")
 }
 
 fn bucket_problem(kind: ProviderKind, b: &str) -> Option<String> {
     let bytes = b.as_bytes();
     let lower_digit = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
     match kind {
-        ProviderKind::Local => {
-            (b.is_empty() || b.contains('\0')).then(|| "it must be a directory path".into())
-        }
+        ProviderKind::Local => (b.is_empty() || b.contains('\0')).then(|| "it must be a directory path".into()),
         ProviderKind::S3 | ProviderKind::Gcs | ProviderKind::Azure => {
-            let max = if kind == ProviderKind::Gcs && b.contains('.') {
-                222
-            } else {
-                63
-            };
+            let max = if kind == ProviderKind::Gcs && b.contains('.') { 222 } else { 63 };
             if b.len() < 3 || b.len() > max {
                 return Some(format!("it must be 3 to {max} characters long"));
             }
@@ -661,9 +548,7 @@ fn bucket_problem(kind: ProviderKind, b: &str) -> Option<String> {
             if b.contains("..") || b.contains("--") && kind == ProviderKind::Azure {
                 return Some("it contains consecutive '.' or '-'".into());
             }
-            if kind != ProviderKind::Azure
-                && b.split('.').count() == 4
-                && b.split('.').all(|p| p.parse::<u8>().is_ok())
+            if kind != ProviderKind::Azure && b.split('.').count() == 4 && b.split('.').all(|p| p.parse::<u8>().is_ok())
             {
                 return Some("it must not look like an IP address".into());
             }
@@ -674,12 +559,8 @@ fn bucket_problem(kind: ProviderKind, b: &str) -> Option<String> {
 
 /// Writes the config file with mode 0600, atomically (temp file + rename), creating its directory.
 pub fn write_config_file(path: &Path, cfg: &CloudConfig) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io("cannot create the config directory", dir, e))?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create the config directory", dir, e))?;
     let mut text = serde_json::to_string_pretty(&cfg.to_document()).expect("config serialises");
     text.push('\n');
     let tmp = dir.join(format!(".cloud.json.{}.tmp", std::process::id()));
@@ -693,9 +574,7 @@ pub fn write_config_file(path: &Path, cfg: &CloudConfig) -> Result<()> {
             .mode(0o600)
             .open(&tmp)
             .map_err(|e| Error::io("cannot write", &tmp, e))?;
-        f.write_all(text.as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| Error::io("cannot write", &tmp, e))?;
+        f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| Error::io("cannot write", &tmp, e))?;
     }
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
@@ -712,19 +591,12 @@ mod tests {
     fn env_with(b64: Option<&str>) -> impl Fn(&str) -> Option<String> {
         let b64 = b64.map(str::to_string);
         move |k: &str| {
-            if k == ENV_CONFIG_B64 {
-                b64.clone()
-            } else {
-                None
-            }
+            if k == ENV_CONFIG_B64 { b64.clone() } else { None }
         }
     }
 
     fn nowhere() -> FileLocation {
-        FileLocation {
-            path: PathBuf::from("/nonexistent/crowecode/cloud.json"),
-            explicit: false,
-        }
+        FileLocation { path: PathBuf::from("/nonexistent/crowecode/cloud.json"), explicit: false }
     }
 
     #[test]
@@ -741,10 +613,7 @@ mod tests {
 
     #[test]
     fn flags_override_env_per_key() {
-        let ov = Overrides {
-            bucket: Some("other-bucket".into()),
-            ..Default::default()
-        };
+        let ov = Overrides { bucket: Some("other-bucket".into()), ..Default::default() };
         let r = resolve(&env_with(Some(SEED_B64)), &nowhere(), &ov).unwrap();
         assert_eq!(r.config.bucket, "other-bucket");
         assert_eq!(r.config.region.as_deref(), Some("us-west-2"));
@@ -752,11 +621,7 @@ mod tests {
 
     #[test]
     fn a_different_provider_flag_starts_from_flags_only() {
-        let ov = Overrides {
-            provider: Some("local".into()),
-            bucket: Some("/tmp/b".into()),
-            ..Default::default()
-        };
+        let ov = Overrides { provider: Some("local".into()), bucket: Some("/tmp/b".into()), ..Default::default() };
         let r = resolve(&env_with(Some(SEED_B64)), &nowhere(), &ov).unwrap();
         assert_eq!(r.source, ConfigSource::Flags);
         assert_eq!(r.config.provider, ProviderKind::Local);
@@ -777,14 +642,8 @@ mod tests {
             ("bm90IGpzb24=", "not valid JSON"),
             ("WzFd", "JSON object"),
             ("eyJwcm92aWRlciI6InMzIn0=", "no bucket"),
-            (
-                "eyJwcm92aWRlciI6ImZ0cCIsImNvbmZpZyI6eyJidWNrZXQiOiJ4eXoifX0=",
-                "unknown provider",
-            ),
-            (
-                "eyJlbmFibGVkIjpmYWxzZSwicHJvdmlkZXIiOiJzMyIsImNvbmZpZyI6eyJidWNrZXQiOiJ4eXoifX0=",
-                "disabled",
-            ),
+            ("eyJwcm92aWRlciI6ImZ0cCIsImNvbmZpZyI6eyJidWNrZXQiOiJ4eXoifX0=", "unknown provider"),
+            ("eyJlbmFibGVkIjpmYWxzZSwicHJvdmlkZXIiOiJzMyIsImNvbmZpZyI6eyJidWNrZXQiOiJ4eXoifX0=", "disabled"),
         ] {
             let err = resolve(&env_with(Some(b64)), &nowhere(), &Overrides::default()).unwrap_err();
             let text = err.to_string();
@@ -797,12 +656,11 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_kept_secret_looking_ones_dropped() {
-        let json = r#"{"provider":"s3","config":{"bucket":"abc","colour":"blue","aws_secret_access_key":"SHOULD-NOT-LEAK"}}"#;
+        let json =
+            r#"{"provider":"s3","config":{"bucket":"abc","colour":"blue","aws_secret_access_key":"SHOULD-NOT-LEAK"}}"#;
         let doc = Document::from_json(json.as_bytes(), "test").unwrap();
         let mut warnings = Vec::new();
-        let cfg = doc
-            .into_config(&Overrides::default(), "test", &mut warnings)
-            .unwrap();
+        let cfg = doc.into_config(&Overrides::default(), "test", &mut warnings).unwrap();
         assert!(cfg.extra.contains_key("colour"));
         assert!(!cfg.extra.contains_key("aws_secret_access_key"));
         let all = format!("{warnings:?} {cfg:?} {}", cfg.to_document());
@@ -846,23 +704,12 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/cloud.json");
-        let cfg = resolve(&env_with(Some(SEED_B64)), &nowhere(), &Overrides::default())
-            .unwrap()
-            .config;
+        let cfg = resolve(&env_with(Some(SEED_B64)), &nowhere(), &Overrides::default()).unwrap().config;
         write_config_file(&path, &cfg).unwrap();
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        let again = resolve(
-            &env_with(None),
-            &FileLocation {
-                path: path.clone(),
-                explicit: true,
-            },
-            &Overrides::default(),
-        )
-        .unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let again =
+            resolve(&env_with(None), &FileLocation { path: path.clone(), explicit: true }, &Overrides::default())
+                .unwrap();
         assert_eq!(again.config, cfg);
         assert_eq!(again.source, ConfigSource::File(path));
     }

@@ -33,19 +33,12 @@ pub mod exit {
 pub enum Error {
     /// The request itself is wrong (exit 2).
     #[error("{message}")]
-    Usage {
-        message: String,
-        hint: Option<String>,
-    },
+    Usage { message: String, hint: Option<String> },
 
     /// The configuration is missing, malformed or unusable (exit 3). `origin` names where it came
     /// from: a file path, `CROWECODE_CLOUD_CONFIG_B64`, or a flag.
     #[error("{origin}: {message}")]
-    Config {
-        origin: String,
-        message: String,
-        hint: Option<String>,
-    },
+    Config { origin: String, message: String, hint: Option<String> },
 
     /// No configuration at all (exit 3).
     #[error(
@@ -68,12 +61,7 @@ pub enum Error {
 
     /// Bytes did not match what the manifest promised, or an archive was unsafe (exit 6).
     #[error("integrity check failed for {object}: {what}")]
-    Integrity {
-        object: String,
-        what: String,
-        expected: Option<String>,
-        computed: Option<String>,
-    },
+    Integrity { object: String, what: String, expected: Option<String>, computed: Option<String> },
 
     /// Still failing after the retries (exit 7).
     #[error("{context}: still failing after {attempts} attempts")]
@@ -102,48 +90,28 @@ pub enum Error {
 
     /// Anything else (exit 1).
     #[error("{message}")]
-    Other {
-        message: String,
-        hint: Option<String>,
-    },
+    Other { message: String, hint: Option<String> },
 }
 
 impl Error {
     /// A usage error with a hint.
     pub fn usage(message: impl Into<String>, hint: impl Into<String>) -> Self {
-        Self::Usage {
-            message: message.into(),
-            hint: Some(hint.into()),
-        }
+        Self::Usage { message: message.into(), hint: Some(hint.into()) }
     }
 
     /// A config error from `origin` with a hint.
-    pub fn config(
-        origin: impl Into<String>,
-        message: impl Into<String>,
-        hint: impl Into<String>,
-    ) -> Self {
-        Self::Config {
-            origin: origin.into(),
-            message: message.into(),
-            hint: Some(hint.into()),
-        }
+    pub fn config(origin: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self::Config { origin: origin.into(), message: message.into(), hint: Some(hint.into()) }
     }
 
     /// An I/O error with what was being done to which path.
     pub fn io(what: &str, path: &Path, source: io::Error) -> Self {
-        Self::Io {
-            context: format!("{what} {}", path.display()),
-            source,
-        }
+        Self::Io { context: format!("{what} {}", path.display()), source }
     }
 
     /// A failure without a more specific kind.
     pub fn other(message: impl Into<String>, hint: Option<String>) -> Self {
-        Self::Other {
-            message: message.into(),
-            hint,
-        }
+        Self::Other { message: message.into(), hint }
     }
 
     /// An integrity failure with the expected and computed values.
@@ -153,12 +121,7 @@ impl Error {
         expected: Option<String>,
         computed: Option<String>,
     ) -> Self {
-        Self::Integrity {
-            object: object.into(),
-            what: what.into(),
-            expected,
-            computed,
-        }
+        Self::Integrity { object: object.into(), what: what.into(), expected, computed }
     }
 
     /// Maps a provider error to the error users see, by its kind: this is where the storage

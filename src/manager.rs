@@ -153,10 +153,7 @@ impl CloudManager {
     pub async fn from_env() -> Result<Self> {
         let explicit = process_env(config::ENV_CONFIG_PATH).filter(|s| !s.is_empty());
         let file = FileLocation {
-            path: explicit
-                .clone()
-                .map(PathBuf::from)
-                .unwrap_or_else(|| config::default_config_path(&process_env)),
+            path: explicit.clone().map(PathBuf::from).unwrap_or_else(|| config::default_config_path(&process_env)),
             explicit: explicit.is_some(),
         };
         let resolved = config::resolve(&process_env, &file, &Overrides::default())?;
@@ -170,12 +167,7 @@ impl CloudManager {
     }
 
     /// A manager over an already resolved configuration.
-    pub async fn new(
-        resolved: Resolved,
-        cache: Cache,
-        transfer: TransferOptions,
-        retry: RetryPolicy,
-    ) -> Result<Self> {
+    pub async fn new(resolved: Resolved, cache: Cache, transfer: TransferOptions, retry: RetryPolicy) -> Result<Self> {
         let provider = provider::from_config(&resolved.config, retry).await?;
         Ok(Self::with_provider(resolved, provider, cache, transfer))
     }
@@ -235,31 +227,20 @@ impl CloudManager {
     /// masked key id, never a secret): the first thing to check.
     pub async fn explain(&self, err: Error) -> Error {
         match err {
-            Error::Access {
-                message,
-                hint,
-                source,
-            } => {
+            Error::Access { message, hint, source } => {
                 let creds = self.provider.credential_source().await;
                 let hint = Some(match hint {
                     Some(h) => format!("{h} (credentials in use: {creds})"),
                     None => format!("credentials in use: {creds}"),
                 });
-                Error::Access {
-                    message,
-                    hint,
-                    source,
-                }
+                Error::Access { message, hint, source }
             }
             other => other,
         }
     }
 
     fn info(&self, model: &ModelName, message: String) {
-        self.reporter.report(Event::Info {
-            model: model.as_str(),
-            message,
-        });
+        self.reporter.report(Event::Info { model: model.as_str(), message });
     }
 
     /// The model's current manifest, or `None` if the bucket has none.
@@ -290,10 +271,7 @@ impl CloudManager {
         let manifest = self
             .fetch_manifest(&model)
             .await?
-            .ok_or_else(|| Error::ModelNotFound {
-                model: model.to_string(),
-                location: self.config.location(),
-            })?;
+            .ok_or_else(|| Error::ModelNotFound { model: model.to_string(), location: self.config.location() })?;
         self.cache.ensure_layout()?;
         let version = self.cache.version_path(&model, &manifest.archive_sha256);
         let done = |status, transferred| Downloaded {
@@ -350,12 +328,7 @@ impl CloudManager {
         Ok(done(DownloadStatus::Downloaded, manifest.archive_size))
     }
 
-    async fn fetch_into(
-        &self,
-        model: &ModelName,
-        manifest: &Manifest,
-        staging: &Path,
-    ) -> Result<()> {
+    async fn fetch_into(&self, model: &ModelName, manifest: &Manifest, staging: &Path) -> Result<()> {
         let extractor = Extractor::new(staging.to_path_buf(), manifest.expected_entries(), false);
         let progress = Progress::new(self.reporter.clone(), model.as_str());
         let key = &manifest.archive_key;
@@ -394,12 +367,7 @@ impl CloudManager {
 
     /// Uploads the directory `dir` as model `name`, unless the bucket already holds the same tree.
     /// The manifest is written last, conditionally, so readers see the old version or the new one.
-    pub async fn upload_model(
-        &self,
-        name: &str,
-        dir: &Path,
-        opts: &UploadOptions,
-    ) -> Result<Uploaded> {
+    pub async fn upload_model(&self, name: &str, dir: &Path, opts: &UploadOptions) -> Result<Uploaded> {
         let started = Instant::now();
         let model = ModelName::new(name)?;
         let dir_owned = dir.to_path_buf();
@@ -416,10 +384,7 @@ impl CloudManager {
             Some(_) => match self.fetch_manifest(&model).await {
                 Ok(m) => m,
                 Err(e @ Error::Integrity { .. }) => {
-                    self.info(
-                        &model,
-                        format!("the current manifest is unreadable and will be replaced ({e})"),
-                    );
+                    self.info(&model, format!("the current manifest is unreadable and will be replaced ({e})"));
                     None
                 }
                 Err(e) => return Err(e),
@@ -443,9 +408,7 @@ impl CloudManager {
             });
         }
 
-        let archive_key = self
-            .layout
-            .new_archive_key(&model, SystemTime::now(), opts.compression);
+        let archive_key = self.layout.new_archive_key(&model, SystemTime::now(), opts.compression);
         let progress = Progress::new(self.reporter.clone(), model.as_str());
         let up = transfer::upload_archive(
             self.provider.clone(),
@@ -460,17 +423,10 @@ impl CloudManager {
         let up = up?;
         let manifest = build_manifest(&model, &archive_key, opts.compression, &up);
         let mode = match &current {
-            Some(meta) => meta
-                .etag
-                .clone()
-                .map_or(PutMode::Overwrite, PutMode::IfMatch),
+            Some(meta) => meta.etag.clone().map_or(PutMode::Overwrite, PutMode::IfMatch),
             None => PutMode::Create,
         };
-        if let Err(e) = self
-            .provider
-            .put(&manifest_key, manifest.to_bytes().into(), mode)
-            .await
-        {
+        if let Err(e) = self.provider.put(&manifest_key, manifest.to_bytes().into(), mode).await {
             // The archive is unreferenced now; do not leave it behind.
             let _ = self.provider.delete(&archive_key).await;
             if e.kind == ProviderErrorKind::Precondition {
@@ -478,9 +434,7 @@ impl CloudManager {
                     format!(
                         "another upload of {model} committed while this one ran; its version was kept and this one discarded"
                     ),
-                    Some(format!(
-                        "run `crowecode-cloud upload {model}` again if this tree should win"
-                    )),
+                    Some(format!("run `crowecode-cloud upload {model}` again if this tree should win")),
                 ));
             }
             return Err(Error::from_provider(format!("writing {manifest_key}"), e));
@@ -501,36 +455,22 @@ impl CloudManager {
 
     /// `Some(old)` when the tree in `plan` is exactly the one `old` describes (hashing only when
     /// paths, sizes and modes already agree).
-    async fn unchanged<'a>(
-        &self,
-        plan: &ArchivePlan,
-        old: &'a Manifest,
-    ) -> Result<Option<&'a Manifest>> {
+    async fn unchanged<'a>(&self, plan: &ArchivePlan, old: &'a Manifest) -> Result<Option<&'a Manifest>> {
         let shape = |m: &Manifest| {
-            let mut v: Vec<(String, Option<u64>, u32)> = m
-                .files
-                .iter()
-                .map(|f| (f.path.clone(), Some(f.size), f.mode))
-                .collect();
+            let mut v: Vec<(String, Option<u64>, u32)> =
+                m.files.iter().map(|f| (f.path.clone(), Some(f.size), f.mode)).collect();
             v.extend(m.dirs.iter().map(|d| (d.path.clone(), None, d.mode)));
             v.sort();
             v
         };
-        let mut local: Vec<(String, Option<u64>, u32)> = plan
-            .entries
-            .iter()
-            .map(|e| (e.path.clone(), e.size, e.mode))
-            .collect();
+        let mut local: Vec<(String, Option<u64>, u32)> =
+            plan.entries.iter().map(|e| (e.path.clone(), e.size, e.mode)).collect();
         local.sort();
         if local != shape(old) {
             return Ok(None);
         }
-        let files: Vec<(String, PathBuf)> = plan
-            .entries
-            .iter()
-            .filter(|e| e.size.is_some())
-            .map(|e| (e.path.clone(), e.source.clone()))
-            .collect();
+        let files: Vec<(String, PathBuf)> =
+            plan.entries.iter().filter(|e| e.size.is_some()).map(|e| (e.path.clone(), e.source.clone())).collect();
         let hashes: Vec<(String, Sha256Hex)> = stream::iter(files)
             .map(|(path, source)| async move {
                 tokio::task::spawn_blocking(move || {
@@ -544,15 +484,9 @@ impl CloudManager {
             .buffer_unordered(2)
             .try_collect()
             .await?;
-        let by_path: std::collections::HashMap<&str, &Sha256Hex> = old
-            .files
-            .iter()
-            .map(|f| (f.path.as_str(), &f.sha256))
-            .collect();
-        Ok(hashes
-            .iter()
-            .all(|(p, h)| by_path.get(p.as_str()) == Some(&h))
-            .then_some(old))
+        let by_path: std::collections::HashMap<&str, &Sha256Hex> =
+            old.files.iter().map(|f| (f.path.as_str(), &f.sha256)).collect();
+        Ok(hashes.iter().all(|(p, h)| by_path.get(p.as_str()) == Some(&h)).then_some(old))
     }
 
     /// Every model in the bucket, with its manifest's summary and this machine's cached version.
@@ -562,10 +496,7 @@ impl CloudManager {
             .list(self.layout.prefix())
             .await
             .map_err(|e| Error::from_provider(format!("listing {}", self.config.location()), e))?;
-        let models: Vec<ModelName> = objects
-            .iter()
-            .filter_map(|o| self.layout.model_of_manifest_key(&o.key))
-            .collect();
+        let models: Vec<ModelName> = objects.iter().filter_map(|o| self.layout.model_of_manifest_key(&o.key)).collect();
         stream::iter(models)
             .map(|model| async move {
                 let cached_path = self.cache.current(&model).ok().flatten();
@@ -625,36 +556,28 @@ impl CloudManager {
             Ok(()) => (true, None, 0),
             Err(e) => {
                 let err = Error::from_provider(format!("checking {}", self.config.location()), e);
-                let hint = err
-                    .hint()
-                    .map(|h| format!(" (hint: {h})"))
-                    .unwrap_or_default();
+                let hint = err.hint().map(|h| format!(" (hint: {h})")).unwrap_or_default();
                 (false, Some(format!("{err}{hint}")), err.exit_code())
             }
         };
-        let (models_in_bucket, pending_uploads) = if reachable {
-            let models = self
-                .provider
-                .list(self.layout.prefix())
-                .await
-                .ok()
-                .map(|objs| {
-                    objs.iter()
-                        .filter(|o| self.layout.model_of_manifest_key(&o.key).is_some())
-                        .count()
-                });
-            let pending = self
-                .provider
-                .list_pending_uploads(self.layout.prefix())
-                .await
-                .unwrap_or_default()
-                .into_iter()
-                .map(|p| p.key)
-                .collect();
-            (models, pending)
-        } else {
-            (None, Vec::new())
-        };
+        let (models_in_bucket, pending_uploads) =
+            if reachable {
+                let models =
+                    self.provider.list(self.layout.prefix()).await.ok().map(|objs| {
+                        objs.iter().filter(|o| self.layout.model_of_manifest_key(&o.key).is_some()).count()
+                    });
+                let pending = self
+                    .provider
+                    .list_pending_uploads(self.layout.prefix())
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| p.key)
+                    .collect();
+                (models, pending)
+            } else {
+                (None, Vec::new())
+            };
         let mut models_cached: Vec<String> = self
             .cache
             .list()
@@ -703,10 +626,7 @@ fn build_manifest(
                 mode: entry.mode,
                 offset: (compression == Compression::None).then_some(entry.data_offset),
             }),
-            _ => dirs.push(DirEntry {
-                path: entry.path.clone(),
-                mode: entry.mode,
-            }),
+            _ => dirs.push(DirEntry { path: entry.path.clone(), mode: entry.mode }),
         }
     }
     Manifest {

@@ -70,10 +70,7 @@ impl Manifest {
     pub fn parse(bytes: &[u8], model: &ModelName, key: &str) -> Result<Self> {
         let bad = |what: String| Error::integrity(key, what, None, None);
         if bytes.len() > MAX_MANIFEST_BYTES {
-            return Err(bad(format!(
-                "manifest of {} bytes exceeds the {MAX_MANIFEST_BYTES}-byte limit",
-                bytes.len()
-            )));
+            return Err(bad(format!("manifest of {} bytes exceeds the {MAX_MANIFEST_BYTES}-byte limit", bytes.len())));
         }
         #[derive(Deserialize)]
         struct Probe {
@@ -83,19 +80,13 @@ impl Manifest {
             && f > FORMAT_VERSION
         {
             return Err(Error::other(
-                format!(
-                    "{key}: manifest format {f} is newer than this crowecode-cloud understands ({FORMAT_VERSION})"
-                ),
+                format!("{key}: manifest format {f} is newer than this crowecode-cloud understands ({FORMAT_VERSION})"),
                 Some("upgrade crowecode-cloud".into()),
             ));
         }
-        let m: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| bad(format!("unreadable manifest: {e}")))?;
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(format!("unreadable manifest: {e}")))?;
         if &m.model != model {
-            return Err(bad(format!(
-                "manifest is for model {}, not {model}",
-                m.model
-            )));
+            return Err(bad(format!("manifest is for model {}, not {model}", m.model)));
         }
         m.validate().map_err(bad)?;
         Ok(m)
@@ -107,27 +98,15 @@ impl Manifest {
             return Err(format!("unsupported manifest format {}", self.format));
         }
         let mut seen = HashSet::new();
-        for path in self
-            .files
-            .iter()
-            .map(|f| &f.path)
-            .chain(self.dirs.iter().map(|d| &d.path))
-        {
+        for path in self.files.iter().map(|f| &f.path).chain(self.dirs.iter().map(|d| &d.path)) {
             check_relative_path(path)?;
             if !seen.insert(path.as_str()) {
                 return Err(format!("path {path} listed twice"));
             }
         }
-        let total = self
-            .files
-            .iter()
-            .try_fold(0u64, |acc, f| acc.checked_add(f.size))
-            .ok_or("file sizes overflow")?;
+        let total = self.files.iter().try_fold(0u64, |acc, f| acc.checked_add(f.size)).ok_or("file sizes overflow")?;
         if total != self.total_size {
-            return Err(format!(
-                "total_size {} is not the sum of file sizes {total}",
-                self.total_size
-            ));
+            return Err(format!("total_size {} is not the sum of file sizes {total}", self.total_size));
         }
         if self.compression == Compression::None {
             for f in &self.files {
@@ -154,12 +133,7 @@ impl Manifest {
                 mode: f.mode,
                 sha256: Some(f.sha256.clone()),
             })
-            .chain(self.dirs.iter().map(|d| Expected {
-                path: d.path.clone(),
-                size: None,
-                mode: d.mode,
-                sha256: None,
-            }))
+            .chain(self.dirs.iter().map(|d| Expected { path: d.path.clone(), size: None, mode: d.mode, sha256: None }))
             .collect();
         out.sort_by(|a, b| a.path.cmp(&b.path));
         out
@@ -168,10 +142,7 @@ impl Manifest {
     /// Whether `other` describes the same tree (paths, sizes, digests, modes), whatever the archive.
     pub fn same_tree(&self, other: &Manifest) -> bool {
         let files = |m: &Manifest| {
-            m.files
-                .iter()
-                .map(|f| (f.path.clone(), f.size, f.sha256.clone(), f.mode))
-                .collect::<Vec<_>>()
+            m.files.iter().map(|f| (f.path.clone(), f.size, f.sha256.clone(), f.mode)).collect::<Vec<_>>()
         };
         files(self) == files(other) && self.dirs == other.dirs
     }
@@ -193,9 +164,7 @@ pub struct Layout {
 impl Layout {
     /// Layout under `prefix` (empty or ending in `/`).
     pub fn new(prefix: &str) -> Self {
-        Self {
-            prefix: prefix.to_string(),
-        }
+        Self { prefix: prefix.to_string() }
     }
 
     /// `<prefix><Model>/manifest.json`.
@@ -209,21 +178,9 @@ impl Layout {
     }
 
     /// A fresh archive key: `<prefix><Model>/archives/<utc-stamp>-<rand>.<ext>`.
-    pub fn new_archive_key(
-        &self,
-        model: &ModelName,
-        now: SystemTime,
-        compression: Compression,
-    ) -> String {
-        let stamp = humantime::format_rfc3339_seconds(now)
-            .to_string()
-            .replace([':', '-'], "");
-        format!(
-            "{}{stamp}-{:08x}.{}",
-            self.archives_prefix(model),
-            fastrand::u32(..),
-            compression.extension()
-        )
+    pub fn new_archive_key(&self, model: &ModelName, now: SystemTime, compression: Compression) -> String {
+        let stamp = humantime::format_rfc3339_seconds(now).to_string().replace([':', '-'], "");
+        format!("{}{stamp}-{:08x}.{}", self.archives_prefix(model), fastrand::u32(..), compression.extension())
     }
 
     /// The model a listed key is the manifest of, if it is one.
@@ -258,10 +215,7 @@ mod tests {
                 mode: 0o644,
                 offset: Some(512),
             }],
-            dirs: vec![DirEntry {
-                path: "sub".into(),
-                mode: 0o755,
-            }],
+            dirs: vec![DirEntry { path: "sub".into(), mode: 0o755 }],
             total_size: 10,
             created_at: "2026-01-01T00:00:00Z".into(),
             tool_version: "0.1.0".into(),
@@ -280,12 +234,7 @@ mod tests {
         let model = ModelName::new("Alpha").unwrap();
         let mut m = sample();
         m.files[0].path = "../../etc/passwd".into();
-        assert_eq!(
-            Manifest::parse(&m.to_bytes(), &model, "k")
-                .unwrap_err()
-                .exit_code(),
-            6
-        );
+        assert_eq!(Manifest::parse(&m.to_bytes(), &model, "k").unwrap_err().exit_code(), 6);
         let mut m = sample();
         m.total_size = 11;
         assert!(Manifest::parse(&m.to_bytes(), &model, "k").is_err());
@@ -295,15 +244,8 @@ mod tests {
         let m = sample();
         assert!(Manifest::parse(&m.to_bytes(), &ModelName::new("Beta").unwrap(), "k").is_err());
         assert!(Manifest::parse(b"{not json", &model, "k").is_err());
-        let newer = String::from_utf8(sample().to_bytes())
-            .unwrap()
-            .replace("\"format\": 1", "\"format\": 9");
-        assert!(
-            Manifest::parse(newer.as_bytes(), &model, "k")
-                .unwrap_err()
-                .to_string()
-                .contains("newer")
-        );
+        let newer = String::from_utf8(sample().to_bytes()).unwrap().replace("\"format\": 1", "\"format\": 9");
+        assert!(Manifest::parse(newer.as_bytes(), &model, "k").unwrap_err().to_string().contains("newer"));
     }
 
     #[test]
@@ -311,15 +253,9 @@ mod tests {
         let l = Layout::new("models/");
         let m = ModelName::new("Alpha").unwrap();
         assert_eq!(l.manifest_key(&m), "models/Alpha/manifest.json");
-        assert_eq!(
-            l.model_of_manifest_key("models/Alpha/manifest.json"),
-            Some(m.clone())
-        );
+        assert_eq!(l.model_of_manifest_key("models/Alpha/manifest.json"), Some(m.clone()));
         assert_eq!(l.model_of_manifest_key("models/a/b/manifest.json"), None);
         let k = l.new_archive_key(&m, SystemTime::UNIX_EPOCH, Compression::Zstd);
-        assert!(
-            k.starts_with("models/Alpha/archives/19700101T000000Z-") && k.ends_with(".tar.zst"),
-            "{k}"
-        );
+        assert!(k.starts_with("models/Alpha/archives/19700101T000000Z-") && k.ends_with(".tar.zst"), "{k}");
     }
 }

@@ -23,11 +23,7 @@ impl ModelName {
         let problem = if name.is_empty() {
             Some("it is empty".to_string())
         } else if name.len() > Self::MAX_LEN {
-            Some(format!(
-                "it is {} bytes long (at most {})",
-                name.len(),
-                Self::MAX_LEN
-            ))
+            Some(format!("it is {} bytes long (at most {})", name.len(), Self::MAX_LEN))
         } else if !name.as_bytes()[0].is_ascii_alphanumeric() {
             Some("it must start with a letter or a digit".to_string())
         } else {
@@ -76,8 +72,7 @@ impl Sha256Hex {
 
     /// Parses 64 hex characters (either case; stored lowercase).
     pub fn parse(s: &str) -> Option<Self> {
-        (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| Self(s.to_ascii_lowercase()))
+        (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Self(s.to_ascii_lowercase()))
     }
 
     /// The full digest.
@@ -106,8 +101,7 @@ impl fmt::Debug for Sha256Hex {
 impl<'de> Deserialize<'de> for Sha256Hex {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Sha256Hex::parse(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a sha256 hex digest")))
+        Sha256Hex::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a sha256 hex digest")))
     }
 }
 
@@ -124,18 +118,7 @@ mod tests {
 
     #[test]
     fn refuses_names_that_could_escape_a_directory() {
-        for bad in [
-            "",
-            "../x",
-            "a/b",
-            "..",
-            ".hidden",
-            "-flag",
-            "a b",
-            "a\0b",
-            "é",
-            &"a".repeat(129),
-        ] {
+        for bad in ["", "../x", "a/b", "..", ".hidden", "-flag", "a b", "a\0b", "é", &"a".repeat(129)] {
             let err = ModelName::new(bad).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad:?}");
         }
@@ -147,9 +130,6 @@ mod tests {
         assert_eq!(Sha256Hex::parse(&upper).unwrap().as_str(), "ab".repeat(32));
         assert!(Sha256Hex::parse("abc").is_none());
         assert!(Sha256Hex::parse(&"zz".repeat(32)).is_none());
-        assert_eq!(
-            Sha256Hex::parse(&"0".repeat(64)).unwrap().short(),
-            "000000000000"
-        );
+        assert_eq!(Sha256Hex::parse(&"0".repeat(64)).unwrap().short(), "000000000000");
     }
 }

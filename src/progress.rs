@@ -25,11 +25,7 @@ pub enum Event<'a> {
     /// A one-line note about a model ("waiting for another download", "up to date").
     Info { model: &'a str, message: String },
     /// A transfer of `total` bytes starts.
-    Started {
-        model: &'a str,
-        direction: Direction,
-        total: u64,
-    },
+    Started { model: &'a str, direction: Direction, total: u64 },
     /// `bytes` more bytes moved.
     Advanced { model: &'a str, bytes: u64 },
     /// The transfer finished (successfully or not).

@@ -31,11 +31,7 @@ pub enum ExtractError {
     Mismatch(String),
     /// A file whose bytes do not hash to the manifest's sha256.
     #[error("{path}: sha256 differs from the manifest")]
-    FileHash {
-        path: String,
-        expected: Sha256Hex,
-        computed: Sha256Hex,
-    },
+    FileHash { path: String, expected: Sha256Hex, computed: Sha256Hex },
     /// Not a well-formed tar stream.
     #[error("corrupt archive: {0}")]
     Corrupt(String),
@@ -59,18 +55,8 @@ pub struct Expected {
 
 enum State {
     Header,
-    Pax {
-        remaining: u64,
-        pad: u64,
-        buf: Vec<u8>,
-    },
-    Data {
-        file: File,
-        remaining: u64,
-        pad: u64,
-        hasher: Option<Box<Sha256>>,
-        idx: usize,
-    },
+    Pax { remaining: u64, pad: u64, buf: Vec<u8> },
+    Data { file: File, remaining: u64, pad: u64, hasher: Option<Box<Sha256>>, idx: usize },
     Skip(u64),
     End,
 }
@@ -91,10 +77,7 @@ pub struct Extractor {
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ExtractError + '_ {
-    move |source| ExtractError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| ExtractError::Io { path: path.to_path_buf(), source }
 }
 
 impl Extractor {
@@ -135,11 +118,7 @@ impl Extractor {
                         self.on_header()?;
                     }
                 }
-                State::Pax {
-                    remaining,
-                    pad,
-                    buf,
-                } => {
+                State::Pax { remaining, pad, buf } => {
                     let n = (*remaining).min(data.len() as u64) as usize;
                     buf.extend_from_slice(&data[..n]);
                     *remaining -= n as u64;
@@ -150,20 +129,11 @@ impl Extractor {
                         self.state = State::Skip(pad);
                     }
                 }
-                State::Data {
-                    file,
-                    remaining,
-                    pad,
-                    hasher,
-                    idx,
-                } => {
+                State::Data { file, remaining, pad, hasher, idx } => {
                     let n = (*remaining).min(data.len() as u64) as usize;
                     let path = &self.expected[*idx].path;
                     file.write_all(&data[..n])
-                        .map_err(|source| ExtractError::Io {
-                            path: self.root.join(path),
-                            source,
-                        })?;
+                        .map_err(|source| ExtractError::Io { path: self.root.join(path), source })?;
                     if let Some(h) = hasher {
                         h.update(&data[..n]);
                     }
@@ -186,9 +156,7 @@ impl Extractor {
                 }
                 State::End => {
                     if data.iter().any(|b| *b != 0) {
-                        return Err(ExtractError::Corrupt(
-                            "data after the end-of-archive marker".into(),
-                        ));
+                        return Err(ExtractError::Corrupt("data after the end-of-archive marker".into()));
                     }
                     data = &[];
                 }
@@ -215,9 +183,7 @@ impl Extractor {
             )));
         }
         if !matches!(self.state, State::End) {
-            return Err(ExtractError::Corrupt(
-                "archive ended without its end-of-archive marker (truncated)".into(),
-            ));
+            return Err(ExtractError::Corrupt("archive ended without its end-of-archive marker (truncated)".into()));
         }
         // Deepest first, so that a read-only directory does not block setting its children.
         self.dirs.sort_by(|a, b| b.0.cmp(&a.0));
@@ -231,30 +197,17 @@ impl Extractor {
         let h = &*self.header;
         if h.iter().all(|b| *b == 0) {
             if self.pax_path.is_some() || self.pax_size.is_some() {
-                return Err(ExtractError::Corrupt(
-                    "PAX header followed by the end of the archive".into(),
-                ));
+                return Err(ExtractError::Corrupt("PAX header followed by the end of the archive".into()));
             }
             self.state = State::End;
             return Ok(());
         }
-        let stored = parse_octal(&h[148..156])
-            .ok_or_else(|| ExtractError::Corrupt("unreadable header checksum".into()))?;
-        let sum: u64 = h
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    u64::from(*b)
-                }
-            })
-            .sum();
+        let stored =
+            parse_octal(&h[148..156]).ok_or_else(|| ExtractError::Corrupt("unreadable header checksum".into()))?;
+        let sum: u64 =
+            h.iter().enumerate().map(|(i, b)| if (148..156).contains(&i) { 32 } else { u64::from(*b) }).sum();
         if stored != sum {
-            return Err(ExtractError::Corrupt(format!(
-                "header checksum mismatch (stored {stored}, computed {sum})"
-            )));
+            return Err(ExtractError::Corrupt(format!("header checksum mismatch (stored {stored}, computed {sum})")));
         }
         if &h[257..262] != b"ustar" {
             return Err(ExtractError::Corrupt("not a ustar header".into()));
@@ -262,8 +215,7 @@ impl Extractor {
         let typeflag = h[156];
         let name = header_path(h)?;
         let size_field = |name: &str| {
-            parse_octal(&h[124..136])
-                .ok_or_else(|| ExtractError::Corrupt(format!("unreadable size for {name}")))
+            parse_octal(&h[124..136]).ok_or_else(|| ExtractError::Corrupt(format!("unreadable size for {name}")))
         };
         match typeflag {
             b'x' => {
@@ -274,33 +226,21 @@ impl Extractor {
                 if size == 0 || size > MAX_PAX {
                     return Err(ExtractError::Unsafe(format!("PAX header of {size} bytes")));
                 }
-                self.state = State::Pax {
-                    remaining: size,
-                    pad: padded(size) - size,
-                    buf: Vec::with_capacity(size as usize),
-                };
+                self.state =
+                    State::Pax { remaining: size, pad: padded(size) - size, buf: Vec::with_capacity(size as usize) };
                 return Ok(());
             }
             b'0' | 0 | b'5' => {}
             b'1' => {
-                return Err(ExtractError::Unsafe(format!(
-                    "hard link {name} -> {}",
-                    link_name(h)
-                )));
+                return Err(ExtractError::Unsafe(format!("hard link {name} -> {}", link_name(h))));
             }
             b'2' => {
-                return Err(ExtractError::Unsafe(format!(
-                    "symbolic link {name} -> {}",
-                    link_name(h)
-                )));
+                return Err(ExtractError::Unsafe(format!("symbolic link {name} -> {}", link_name(h))));
             }
             b'3' | b'4' => return Err(ExtractError::Unsafe(format!("device file {name}"))),
             b'6' => return Err(ExtractError::Unsafe(format!("FIFO {name}"))),
             other => {
-                return Err(ExtractError::Unsafe(format!(
-                    "entry {name} of unsupported type {:?}",
-                    other as char
-                )));
+                return Err(ExtractError::Unsafe(format!("entry {name} of unsupported type {:?}", other as char)));
             }
         }
         let is_dir = typeflag == b'5';
@@ -314,27 +254,19 @@ impl Extractor {
                 path.pop();
             }
             if size != 0 {
-                return Err(ExtractError::Corrupt(format!(
-                    "directory {path} with a size"
-                )));
+                return Err(ExtractError::Corrupt(format!("directory {path} with a size")));
             }
         }
         super::check_relative_path(&path).map_err(ExtractError::Unsafe)?;
         let mode = parse_octal(&h[100..108])
-            .ok_or_else(|| ExtractError::Corrupt(format!("unreadable mode for {path}")))?
-            as u32
+            .ok_or_else(|| ExtractError::Corrupt(format!("unreadable mode for {path}")))? as u32
             & 0o777;
 
         let Some(exp) = self.expected.get(self.next) else {
-            return Err(ExtractError::Mismatch(format!(
-                "entry {path} is not in the manifest"
-            )));
+            return Err(ExtractError::Mismatch(format!("entry {path} is not in the manifest")));
         };
         if exp.path != path {
-            return Err(ExtractError::Mismatch(format!(
-                "found {path} where the manifest has {}",
-                exp.path
-            )));
+            return Err(ExtractError::Mismatch(format!("found {path} where the manifest has {}", exp.path)));
         }
         match (exp.size, is_dir) {
             (None, false) => {
@@ -371,20 +303,9 @@ impl Extractor {
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).map_err(io_at(parent))?;
         }
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&target)
-            .map_err(io_at(&target))?;
+        let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&target).map_err(io_at(&target))?;
         let hasher = self.verify_files.then(|| Box::new(Sha256::new()));
-        self.state = State::Data {
-            file,
-            remaining: size,
-            pad: padded(size) - size,
-            hasher,
-            idx,
-        };
+        self.state = State::Data { file, remaining: size, pad: padded(size) - size, hasher, idx };
         if size == 0 {
             self.finish_file()?;
             self.state = State::Header;
@@ -393,10 +314,7 @@ impl Extractor {
     }
 
     fn finish_file(&mut self) -> Result<(), ExtractError> {
-        let State::Data {
-            file, hasher, idx, ..
-        } = std::mem::replace(&mut self.state, State::Header)
-        else {
+        let State::Data { file, hasher, idx, .. } = std::mem::replace(&mut self.state, State::Header) else {
             return Ok(());
         };
         let exp = &self.expected[idx];
@@ -404,15 +322,10 @@ impl Extractor {
         if let (Some(h), Some(want)) = (hasher, &exp.sha256) {
             let got = Sha256Hex::from_digest(&h.finalize());
             if &got != want {
-                return Err(ExtractError::FileHash {
-                    path: exp.path.clone(),
-                    expected: want.clone(),
-                    computed: got,
-                });
+                return Err(ExtractError::FileHash { path: exp.path.clone(), expected: want.clone(), computed: got });
             }
         }
-        file.set_permissions(fs::Permissions::from_mode(exp.mode & 0o777))
-            .map_err(io_at(&target))?;
+        file.set_permissions(fs::Permissions::from_mode(exp.mode & 0o777)).map_err(io_at(&target))?;
         Ok(())
     }
 
@@ -429,24 +342,20 @@ impl Extractor {
                 .filter(|l| *l > space + 1 && *l <= rest.len())
                 .ok_or_else(|| ExtractError::Corrupt("malformed PAX record length".into()))?;
             let record = &rest[space + 1..len];
-            let record = record
-                .strip_suffix(b"\n")
-                .ok_or_else(|| ExtractError::Corrupt("PAX record without newline".into()))?;
+            let record =
+                record.strip_suffix(b"\n").ok_or_else(|| ExtractError::Corrupt("PAX record without newline".into()))?;
             let eq = record
                 .iter()
                 .position(|b| *b == b'=')
                 .ok_or_else(|| ExtractError::Corrupt("PAX record without '='".into()))?;
             let (key, value) = (&record[..eq], &record[eq + 1..]);
-            let value = std::str::from_utf8(value)
-                .map_err(|_| ExtractError::Unsafe("PAX value is not UTF-8".into()))?;
+            let value =
+                std::str::from_utf8(value).map_err(|_| ExtractError::Unsafe("PAX value is not UTF-8".into()))?;
             match key {
                 b"path" => self.pax_path = Some(value.to_string()),
                 b"size" => {
-                    self.pax_size = Some(
-                        value
-                            .parse()
-                            .map_err(|_| ExtractError::Corrupt(format!("PAX size {value:?}")))?,
-                    )
+                    self.pax_size =
+                        Some(value.parse().map_err(|_| ExtractError::Corrupt(format!("PAX size {value:?}")))?)
                 }
                 b"linkpath" => {
                     return Err(ExtractError::Unsafe(format!("PAX link path {value:?}")));
@@ -505,11 +414,7 @@ fn cstr(field: &[u8]) -> &[u8] {
 fn header_path(h: &[u8; 512]) -> Result<String, ExtractError> {
     let name = cstr(&h[..100]);
     let prefix = cstr(&h[345..500]);
-    let joined = if prefix.is_empty() {
-        name.to_vec()
-    } else {
-        [prefix, b"/", name].concat()
-    };
+    let joined = if prefix.is_empty() { name.to_vec() } else { [prefix, b"/", name].concat() };
     String::from_utf8(joined).map_err(|_| ExtractError::Unsafe("entry name is not UTF-8".into()))
 }
 
@@ -537,27 +442,16 @@ mod tests {
     }
 
     fn expect(path: &str, size: u64) -> Vec<Expected> {
-        vec![Expected {
-            path: path.into(),
-            size: Some(size),
-            mode: 0o644,
-            sha256: None,
-        }]
+        vec![Expected { path: path.into(), size: Some(size), mode: 0o644, sha256: None }]
     }
 
-    fn run(
-        entries: Vec<Expected>,
-        archive: &[u8],
-    ) -> (tempfile::TempDir, Result<(), ExtractError>) {
+    fn run(entries: Vec<Expected>, archive: &[u8]) -> (tempfile::TempDir, Result<(), ExtractError>) {
         let dir = tempfile::tempdir().unwrap();
         let staging = dir.path().join("staging");
         fs::create_dir(&staging).unwrap();
         let mut x = Extractor::new(staging, entries, true);
         // Feed in awkward chunk sizes to exercise the state machine's boundaries.
-        let r = archive
-            .chunks(7)
-            .try_for_each(|c| x.feed(c))
-            .and_then(|()| x.finish());
+        let r = archive.chunks(7).try_for_each(|c| x.feed(c)).and_then(|()| x.finish());
         (dir, r)
     }
 
@@ -579,10 +473,7 @@ mod tests {
         exp[0].sha256 = Some(Sha256Hex::from_digest(&Sha256::digest(b"hello")));
         let (dir, r) = run(exp, &a);
         r.unwrap();
-        assert_eq!(
-            fs::read(dir.path().join("staging/a.txt")).unwrap(),
-            b"hello"
-        );
+        assert_eq!(fs::read(dir.path().join("staging/a.txt")).unwrap(), b"hello");
     }
 
     #[test]
@@ -601,11 +492,7 @@ mod tests {
             let err = r.unwrap_err();
             assert!(matches!(err, ExtractError::Unsafe(_)), "{err}");
             assert!(err.to_string().contains(needle), "{needle}: {err}");
-            assert_eq!(
-                fs::read_dir(dir.path().join("staging")).unwrap().count(),
-                0,
-                "nothing written for {needle}"
-            );
+            assert_eq!(fs::read_dir(dir.path().join("staging")).unwrap().count(), 0, "nothing written for {needle}");
             assert!(!dir.path().join("evil").exists());
         }
     }
@@ -614,17 +501,9 @@ mod tests {
     fn refuses_what_the_manifest_does_not_promise() {
         let h = header("a.txt", b'0', 5, "");
         let (_, r) = run(expect("a.txt", 4), &archive_of(&[(&h, b"hello")]));
-        assert!(
-            r.unwrap_err()
-                .to_string()
-                .contains("5 bytes in the archive, 4 in the manifest")
-        );
+        assert!(r.unwrap_err().to_string().contains("5 bytes in the archive, 4 in the manifest"));
         let (_, r) = run(expect("b.txt", 5), &archive_of(&[(&h, b"hello")]));
-        assert!(
-            r.unwrap_err()
-                .to_string()
-                .contains("where the manifest has b.txt")
-        );
+        assert!(r.unwrap_err().to_string().contains("where the manifest has b.txt"));
         let (_, r) = run(Vec::new(), &archive_of(&[(&h, b"hello")]));
         assert!(r.unwrap_err().to_string().contains("not in the manifest"));
         let mut exp = expect("a.txt", 5);
@@ -647,10 +526,6 @@ mod tests {
         let mut trailing = full;
         trailing.push(1);
         let (_, r) = run(expect("a.txt", 5), &trailing);
-        assert!(
-            r.unwrap_err()
-                .to_string()
-                .contains("after the end-of-archive")
-        );
+        assert!(r.unwrap_err().to_string().contains("after the end-of-archive"));
     }
 }

@@ -84,17 +84,7 @@ mod tests {
         for ok in ["a", "a/b.c", "x/.hidden", "weird name (1)", "ünïcode/ok"] {
             assert!(check_relative_path(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "/etc/passwd",
-            "../x",
-            "a/../../b",
-            "a//b",
-            "./a",
-            "a/.",
-            "a\\..\\b",
-            "a\0b",
-        ] {
+        for bad in ["", "/etc/passwd", "../x", "a/../../b", "a//b", "./a", "a/.", "a\\..\\b", "a\0b"] {
             assert!(check_relative_path(bad).is_err(), "{bad:?}");
         }
     }

@@ -62,18 +62,12 @@ pub fn scan_tree(root: &Path) -> Result<ArchivePlan> {
         _ => Error::io("cannot read model directory", root, e),
     })?;
     if !meta.is_dir() {
-        return Err(Error::usage(
-            format!("{} is not a directory", root.display()),
-            "upload takes a model directory",
-        ));
+        return Err(Error::usage(format!("{} is not a directory", root.display()), "upload takes a model directory"));
     }
     let mut raw = Vec::new();
     for entry in walkdir::WalkDir::new(root).follow_links(true).min_depth(1) {
         let entry = entry.map_err(|e| {
-            let path = e
-                .path()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| root.to_path_buf());
+            let path = e.path().map(Path::to_path_buf).unwrap_or_else(|| root.to_path_buf());
             match e.into_io_error() {
                 Some(io) => Error::io("cannot read", &path, io),
                 None => Error::other(
@@ -82,10 +76,7 @@ pub fn scan_tree(root: &Path) -> Result<ArchivePlan> {
                 ),
             }
         })?;
-        let rel = entry
-            .path()
-            .strip_prefix(root)
-            .expect("walkdir yields paths under root");
+        let rel = entry.path().strip_prefix(root).expect("walkdir yields paths under root");
         let Some(rel_str) = rel.to_str() else {
             return Err(Error::other(
                 format!("file name {} is not valid UTF-8", entry.path().display()),
@@ -93,14 +84,10 @@ pub fn scan_tree(root: &Path) -> Result<ArchivePlan> {
             ));
         };
         if let Err(why) = super::check_relative_path(rel_str) {
-            return Err(Error::other(
-                format!("cannot archive {}: {why}", entry.path().display()),
-                None,
-            ));
+            return Err(Error::other(format!("cannot archive {}: {why}", entry.path().display()), None));
         }
-        let m = entry.metadata().map_err(|e| {
-            Error::other(format!("cannot read {}: {e}", entry.path().display()), None)
-        })?;
+        let m =
+            entry.metadata().map_err(|e| Error::other(format!("cannot read {}: {e}", entry.path().display()), None))?;
         let mode = m.permissions().mode() & 0o777;
         let size = if m.is_file() {
             Some(m.len())
@@ -108,20 +95,14 @@ pub fn scan_tree(root: &Path) -> Result<ArchivePlan> {
             None
         } else {
             return Err(Error::other(
-                format!(
-                    "{} is not a regular file or directory",
-                    entry.path().display()
-                ),
+                format!("{} is not a regular file or directory", entry.path().display()),
                 Some("devices, sockets and FIFOs cannot be part of a model; remove it".into()),
             ));
         };
         raw.push((rel_str.to_string(), size, mode, entry.path().to_path_buf()));
     }
     if !raw.iter().any(|(_, size, _, _)| size.is_some()) {
-        return Err(Error::usage(
-            format!("model directory {} contains no files", root.display()),
-            "check the path",
-        ));
+        return Err(Error::usage(format!("model directory {} contains no files", root.display()), "check the path"));
     }
     raw.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(plan_entries(raw))
@@ -136,20 +117,9 @@ fn plan_entries(raw: Vec<(String, Option<u64>, u32, PathBuf)>) -> ArchivePlan {
         let data_offset = pos + header.len() as u64;
         pos = data_offset + size.map_or(0, padded);
         file_bytes += size.unwrap_or(0);
-        entries.push(PlannedEntry {
-            path,
-            size,
-            mode,
-            source,
-            data_offset,
-            header,
-        });
+        entries.push(PlannedEntry { path, size, mode, source, data_offset, header });
     }
-    ArchivePlan {
-        entries,
-        tar_size: pos + 2 * BLOCK,
-        file_bytes,
-    }
+    ArchivePlan { entries, tar_size: pos + 2 * BLOCK, file_bytes }
 }
 
 /// `n` rounded up to whole blocks.
@@ -173,21 +143,12 @@ fn entry_header(path: &str, size: Option<u64>, mode: u32) -> Vec<u8> {
     }
     let mut out = Vec::with_capacity(1536);
     if !pax.is_empty() {
-        out.extend_from_slice(&ustar_header(
-            PAX_HEADER_NAME.as_bytes(),
-            0o644,
-            pax.len() as u64,
-            b'x',
-        ));
+        out.extend_from_slice(&ustar_header(PAX_HEADER_NAME.as_bytes(), 0o644, pax.len() as u64, b'x'));
         let len = pax.len();
         out.extend_from_slice(&pax);
         out.resize(out.len() + (padded(len as u64) as usize - len), 0);
     }
-    let short: &[u8] = if name.len() > USTAR_NAME_LEN {
-        &name.as_bytes()[..USTAR_NAME_LEN]
-    } else {
-        name.as_bytes()
-    };
+    let short: &[u8] = if name.len() > USTAR_NAME_LEN { &name.as_bytes()[..USTAR_NAME_LEN] } else { name.as_bytes() };
     let (typeflag, header_size) = match size {
         Some(s) if s > USTAR_MAX_SIZE => (b'0', 0),
         Some(s) => (b'0', s),
@@ -226,11 +187,7 @@ fn ustar_header(name: &[u8], mode: u32, size: u64, typeflag: u8) -> [u8; 512] {
 
 enum Phase {
     Header(usize),
-    Data {
-        file: File,
-        remaining: u64,
-        hasher: Box<Sha256>,
-    },
+    Data { file: File, remaining: u64, hasher: Box<Sha256> },
     Padding(usize),
     Trailer(usize),
     Done,
@@ -249,17 +206,8 @@ impl TarStream {
     /// Streams `plan`.
     pub fn new(plan: ArchivePlan) -> Self {
         let n = plan.entries.len();
-        let phase = if n == 0 {
-            Phase::Trailer(0)
-        } else {
-            Phase::Header(0)
-        };
-        Self {
-            plan,
-            idx: 0,
-            phase,
-            hashes: vec![None; n],
-        }
+        let phase = if n == 0 { Phase::Trailer(0) } else { Phase::Header(0) };
+        Self { plan, idx: 0, phase, hashes: vec![None; n] }
     }
 
     /// The plan and each file's sha256 (`None` for directories), once the stream is finished.
@@ -269,11 +217,7 @@ impl TarStream {
 
     fn next_entry(&mut self) {
         self.idx += 1;
-        self.phase = if self.idx < self.plan.entries.len() {
-            Phase::Header(0)
-        } else {
-            Phase::Trailer(0)
-        };
+        self.phase = if self.idx < self.plan.entries.len() { Phase::Header(0) } else { Phase::Trailer(0) };
     }
 
     fn start_data(&mut self) -> io::Result<()> {
@@ -281,18 +225,13 @@ impl TarStream {
         match entry.size {
             None => self.next_entry(),
             Some(size) => {
-                let file = File::open(&entry.source).map_err(|e| {
-                    io::Error::new(e.kind(), format!("{}: {e}", entry.source.display()))
-                })?;
+                let file = File::open(&entry.source)
+                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", entry.source.display())))?;
                 if size == 0 {
                     self.hashes[self.idx] = Some(Sha256Hex::from_digest(&Sha256::digest(b"")));
                     self.next_entry();
                 } else {
-                    self.phase = Phase::Data {
-                        file,
-                        remaining: size,
-                        hasher: Box::new(Sha256::new()),
-                    };
+                    self.phase = Phase::Data { file, remaining: size, hasher: Box::new(Sha256::new()) };
                 }
             }
         }
@@ -301,10 +240,7 @@ impl TarStream {
 }
 
 fn changed(path: &Path, how: &str) -> io::Error {
-    io::Error::other(format!(
-        "{} {how} while it was being archived; upload again once it is stable",
-        path.display()
-    ))
+    io::Error::other(format!("{} {how} while it was being archived; upload again once it is stable", path.display()))
 }
 
 impl Read for TarStream {
@@ -324,11 +260,7 @@ impl Read for TarStream {
                     }
                     self.start_data()?;
                 }
-                Phase::Data {
-                    file,
-                    remaining,
-                    hasher,
-                } => {
+                Phase::Data { file, remaining, hasher } => {
                     if *remaining == 0 {
                         let entry = &self.plan.entries[self.idx];
                         let mut probe = [0u8; 1];
@@ -426,16 +358,8 @@ mod tests {
         for (e, h) in plan.entries.iter().zip(&hashes) {
             if let Some(size) = e.size {
                 let data = &a[e.data_offset as usize..(e.data_offset + size) as usize];
-                assert_eq!(
-                    data,
-                    std::fs::read(&e.source).unwrap().as_slice(),
-                    "{}",
-                    e.path
-                );
-                assert_eq!(
-                    h.as_ref().unwrap(),
-                    &Sha256Hex::from_digest(&Sha256::digest(data))
-                );
+                assert_eq!(data, std::fs::read(&e.source).unwrap().as_slice(), "{}", e.path);
+                assert_eq!(h.as_ref().unwrap(), &Sha256Hex::from_digest(&Sha256::digest(data)));
             } else {
                 assert!(h.is_none());
             }
@@ -450,9 +374,7 @@ mod tests {
         std::fs::write(dir.path().join("f"), b"1234").unwrap();
         let plan = scan_tree(dir.path()).unwrap();
         std::fs::write(dir.path().join("f"), b"123456789").unwrap();
-        let err = TarStream::new(plan)
-            .read_to_end(&mut Vec::new())
-            .unwrap_err();
+        let err = TarStream::new(plan).read_to_end(&mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("grew"), "{err}");
     }
 
@@ -460,11 +382,6 @@ mod tests {
     fn empty_or_missing_directories_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(scan_tree(dir.path()).unwrap_err().exit_code(), 2);
-        assert_eq!(
-            scan_tree(&dir.path().join("missing"))
-                .unwrap_err()
-                .exit_code(),
-            2
-        );
+        assert_eq!(scan_tree(&dir.path().join("missing")).unwrap_err().exit_code(), 2);
     }
 }

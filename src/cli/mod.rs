@@ -45,11 +45,7 @@ pub struct Cli {
 }
 
 fn version_text() -> &'static str {
-    const PROVIDERS: &str = if cfg!(feature = "s3") {
-        "s3, local"
-    } else {
-        "local"
-    };
+    const PROVIDERS: &str = if cfg!(feature = "s3") { "s3, local" } else { "local" };
     // Leaked once: clap wants a 'static str and this runs once per process.
     Box::leak(format!("{} (providers: {PROVIDERS})", env!("CARGO_PKG_VERSION")).into_boxed_str())
 }
@@ -57,22 +53,10 @@ fn version_text() -> &'static str {
 #[derive(Debug, Args)]
 struct GlobalArgs {
     /// Config file [default: $XDG_CONFIG_HOME/crowecode/cloud.json]
-    #[arg(
-        long,
-        global = true,
-        env = "CROWECODE_CONFIG",
-        value_name = "PATH",
-        hide_env_values = true
-    )]
+    #[arg(long, global = true, env = "CROWECODE_CONFIG", value_name = "PATH", hide_env_values = true)]
     config: Option<PathBuf>,
     /// Cache directory [default: $XDG_CACHE_HOME/crowecode]
-    #[arg(
-        long,
-        global = true,
-        env = "CROWECODE_HOME",
-        value_name = "DIR",
-        hide_env_values = true
-    )]
+    #[arg(long, global = true, env = "CROWECODE_HOME", value_name = "DIR", hide_env_values = true)]
     cache_dir: Option<PathBuf>,
     /// Print only errors
     #[arg(short, long, global = true)]
@@ -167,13 +151,7 @@ enum Command {
         #[arg(required = true, value_name = "MODEL")]
         models: Vec<String>,
         /// Folder holding one directory per model [default: $CROWECODE_HOME/models]
-        #[arg(
-            long,
-            value_name = "DIR",
-            env = "CROWECODE_MODELS_DIR",
-            hide_env_values = true,
-            conflicts_with = "from"
-        )]
+        #[arg(long, value_name = "DIR", env = "CROWECODE_MODELS_DIR", hide_env_values = true, conflicts_with = "from")]
         models_dir: Option<PathBuf>,
         /// The directory to upload, for a single MODEL
         #[arg(long, value_name = "DIR")]
@@ -203,13 +181,9 @@ enum Command {
 /// Parses a byte size: `123`, `64K`, `16M`, `16MiB`, `1.5G`, `2GB` (K/M/G/T are powers of 1024).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (try 16MiB, 64M or 1G)"))?;
+    let value: f64 = num.parse().map_err(|_| format!("{s:?} is not a size (try 16MiB, 64M or 1G)"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -250,11 +224,7 @@ pub fn main() -> std::process::ExitCode {
         Ok(m) => m,
         Err(e) => {
             let _ = e.print();
-            return std::process::ExitCode::from(if e.use_stderr() {
-                exit::USAGE as u8
-            } else {
-                0
-            });
+            return std::process::ExitCode::from(if e.use_stderr() { exit::USAGE as u8 } else { 0 });
         }
     };
     let cli = match Cli::from_arg_matches(&matches) {
@@ -265,10 +235,7 @@ pub fn main() -> std::process::ExitCode {
         }
     };
     init_tracing(cli.global.verbose, cli.global.quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -288,10 +255,7 @@ fn init_tracing(verbose: u8, quiet: bool) {
         (_, 1) => "crowecode_cloud=debug",
         _ => "debug",
     };
-    let filter = std::env::var("CROWECODE_LOG")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| default.to_string());
+    let filter = std::env::var("CROWECODE_LOG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| default.to_string());
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -302,12 +266,7 @@ fn init_tracing(verbose: u8, quiet: bool) {
 
 async fn run(cli: Cli) -> i32 {
     let env = env_reader();
-    let printer = Arc::new(Printer::new(
-        cli.global.json,
-        cli.global.quiet,
-        cli.global.no_progress,
-        &*env,
-    ));
+    let printer = Arc::new(Printer::new(cli.global.json, cli.global.quiet, cli.global.no_progress, &*env));
     let ctx = build_context(&cli, env, printer.clone());
     let result = tokio::select! {
         r = dispatch(&cli.command, &ctx, &printer) => r,
@@ -341,51 +300,25 @@ fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> Context {
         encryption_scope: s.encryption_scope.clone(),
     };
     let config_file = match &cli.global.config {
-        Some(p) => FileLocation {
-            path: p.clone(),
-            explicit: true,
-        },
-        None => FileLocation {
-            path: config::default_config_path(&*env),
-            explicit: false,
-        },
+        Some(p) => FileLocation { path: p.clone(), explicit: true },
+        None => FileLocation { path: config::default_config_path(&*env), explicit: false },
     };
-    let cache_root = cli
-        .global
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| Cache::default_root(&*env));
+    let cache_root = cli.global.cache_dir.clone().unwrap_or_else(|| Cache::default_root(&*env));
     let transfer = match &cli.command {
         Command::Upload { transfer, .. } | Command::Download { transfer, .. } => TransferOptions {
             part_size: transfer.part_size,
-            concurrency: transfer
-                .concurrency
-                .map_or(crate::transfer::DEFAULT_CONCURRENCY, usize::from),
+            concurrency: transfer.concurrency.map_or(crate::transfer::DEFAULT_CONCURRENCY, usize::from),
         },
         _ => TransferOptions::default(),
     };
     let retry = RetryPolicy::from_env(&*env);
-    Context {
-        env,
-        config_file,
-        overrides,
-        cache_root,
-        transfer,
-        retry,
-        reporter: printer,
-    }
+    Context { env, config_file, overrides, cache_root, transfer, retry, reporter: printer }
 }
 
 async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate::Result<i32> {
     match command {
-        Command::Setup {
-            create_bucket,
-            no_write,
-        } => {
-            let opts = commands::setup::SetupOptions {
-                create_bucket: *create_bucket,
-                write: !*no_write,
-            };
+        Command::Setup { create_bucket, no_write } => {
+            let opts = commands::setup::SetupOptions { create_bucket: *create_bucket, write: !*no_write };
             let out = commands::setup::run(ctx, &opts).await?;
             printer.setup(&out);
             Ok(exit::OK)
@@ -405,25 +338,13 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
             printer.list_remote(&out);
             Ok(exit::OK)
         }
-        Command::Upload {
-            models,
-            models_dir,
-            from,
-            compression,
-            force,
-            ..
-        } => {
+        Command::Upload { models, models_dir, from, compression, force, .. } => {
             let source = match (from, models_dir) {
                 (Some(dir), _) => commands::upload::Source::Dir(dir.clone()),
                 (None, Some(dir)) => commands::upload::Source::ModelsDir(dir.clone()),
-                (None, None) => {
-                    commands::upload::Source::ModelsDir(Cache::new(&ctx.cache_root).models_dir())
-                }
+                (None, None) => commands::upload::Source::ModelsDir(Cache::new(&ctx.cache_root).models_dir()),
             };
-            let opts = UploadOptions {
-                compression: *compression,
-                force: *force,
-            };
+            let opts = UploadOptions { compression: *compression, force: *force };
             let batch = commands::upload::run(ctx, models, &source, &opts).await?;
             printer.uploads(&batch);
             Ok(batch.exit_code())

@@ -60,36 +60,21 @@ fn fmt_secs(s: f64) -> String {
         format!("{s:.1}s")
     } else {
         let s = s.round() as u64;
-        if s < 3600 {
-            format!("{}m{:02}s", s / 60, s % 60)
-        } else {
-            format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-        }
+        if s < 3600 { format!("{}m{:02}s", s / 60, s % 60) } else { format!("{}h{:02}m", s / 3600, (s % 3600) / 60) }
     }
 }
 
 fn rate(bytes: u64, secs: f64) -> String {
-    if secs <= 0.0 {
-        "-".into()
-    } else {
-        format!("{}/s", fmt_bytes((bytes as f64 / secs) as u64))
-    }
+    if secs <= 0.0 { "-".into() } else { format!("{}/s", fmt_bytes((bytes as f64 / secs) as u64)) }
 }
 
 impl Printer {
     /// A printer for the given output options; `env` is read for `CROWECODE_PROGRESS_INTERVAL`.
-    pub fn new(
-        json: bool,
-        quiet: bool,
-        no_progress: bool,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Self {
+    pub fn new(json: bool, quiet: bool, no_progress: bool, env: &dyn Fn(&str) -> Option<String>) -> Self {
         let mode = if quiet || no_progress {
             Mode::Off
         } else if std::io::stderr().is_terminal() {
-            Mode::Bars(MultiProgress::with_draw_target(
-                ProgressDrawTarget::stderr_with_hz(8),
-            ))
+            Mode::Bars(MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8)))
         } else {
             let secs = env("CROWECODE_PROGRESS_INTERVAL")
                 .and_then(|v| v.parse::<f64>().ok())
@@ -97,12 +82,7 @@ impl Printer {
                 .unwrap_or(5.0);
             Mode::Lines(Duration::from_secs_f64(secs))
         };
-        Self {
-            json,
-            quiet,
-            mode,
-            transfers: Mutex::new(HashMap::new()),
-        }
+        Self { json, quiet, mode, transfers: Mutex::new(HashMap::new()) }
     }
 
     fn out(&self, text: &str) {
@@ -153,12 +133,7 @@ impl Printer {
             }
             source = s.source();
         }
-        if let Error::Integrity {
-            expected: Some(x),
-            computed: Some(c),
-            ..
-        } = e
-        {
+        if let Error::Integrity { expected: Some(x), computed: Some(c), .. } = e {
             text.push_str(&format!("\n  expected: {x}\n  computed: {c}"));
         }
         if let Some(h) = e.hint() {
@@ -177,9 +152,7 @@ impl Printer {
                 computed: Option<&'a str>,
             }
             let (expected, computed) = match e {
-                Error::Integrity {
-                    expected, computed, ..
-                } => (expected.as_deref(), computed.as_deref()),
+                Error::Integrity { expected, computed, .. } => (expected.as_deref(), computed.as_deref()),
                 _ => (None, None),
             };
             self.json_out(&JsonError {
@@ -213,25 +186,13 @@ impl Printer {
         if self.json {
             return self.json_out(out);
         }
-        self.out(&format!(
-            "export CROWECODE_CLOUD_CONFIG_B64='{}'",
-            out.config_b64
-        ));
+        self.out(&format!("export CROWECODE_CLOUD_CONFIG_B64='{}'", out.config_b64));
         if let Some(created) = out.bucket_created {
-            let what = if created {
-                "created bucket"
-            } else {
-                "bucket already exists:"
-            };
+            let what = if created { "created bucket" } else { "bucket already exists:" };
             self.note(&format!("{what} {}", out.config.bucket));
         }
         match &out.config_file {
-            Some(p) => self.note(&format!(
-                "wrote {} ({} bucket {})",
-                p.display(),
-                out.provider,
-                out.config.location()
-            )),
+            Some(p) => self.note(&format!("wrote {} ({} bucket {})", p.display(), out.provider, out.config.location())),
             None => self.note("config file not written (--no-write)"),
         }
         self.note("next: `crowecode-cloud status` checks credentials and access; in containers set CROWECODE_CLOUD_CONFIG_B64 to the value above");
@@ -260,31 +221,17 @@ impl Printer {
         match &r.error {
             None => lines.push(format!(
                 "bucket:       reachable{}",
-                r.models_in_bucket
-                    .map(|n| format!(", {n} model{}", if n == 1 { "" } else { "s" }))
-                    .unwrap_or_default()
+                r.models_in_bucket.map(|n| format!(", {n} model{}", if n == 1 { "" } else { "s" })).unwrap_or_default()
             )),
             Some(e) => lines.push(format!("bucket:       NOT reachable: {e}")),
         }
         if !r.pending_uploads.is_empty() {
-            lines.push(format!(
-                "unfinished uploads: {} ({})",
-                r.pending_uploads.len(),
-                r.pending_uploads.join(", ")
-            ));
+            lines.push(format!("unfinished uploads: {} ({})", r.pending_uploads.len(), r.pending_uploads.join(", ")));
         }
-        lines.push(format!(
-            "cache:        {} ({})",
-            r.cache_dir.display(),
-            fmt_bytes(r.cache_bytes)
-        ));
+        lines.push(format!("cache:        {} ({})", r.cache_dir.display(), fmt_bytes(r.cache_bytes)));
         lines.push(format!(
             "cached:       {}",
-            if r.models_cached.is_empty() {
-                "no models".to_string()
-            } else {
-                r.models_cached.join(", ")
-            }
+            if r.models_cached.is_empty() { "no models".to_string() } else { r.models_cached.join(", ") }
         ));
         self.out(&lines.join("\n"));
     }
@@ -298,11 +245,7 @@ impl Printer {
             self.note(&format!("no models in {}", out.location));
             return;
         }
-        let mut rows = vec![
-            ["MODEL", "SIZE", "FILES", "SHA256", "UPLOADED", "CACHED"]
-                .map(String::from)
-                .to_vec(),
-        ];
+        let mut rows = vec![["MODEL", "SIZE", "FILES", "SHA256", "UPLOADED", "CACHED"].map(String::from).to_vec()];
         for m in &out.models {
             if let Some(err) = &m.error {
                 rows.push(vec![
@@ -324,10 +267,7 @@ impl Printer {
                 m.model.to_string(),
                 m.size.map(fmt_bytes).unwrap_or_default(),
                 m.files.map(|n| n.to_string()).unwrap_or_default(),
-                m.sha256
-                    .as_ref()
-                    .map(|s| s.short().to_string())
-                    .unwrap_or_default(),
+                m.sha256.as_ref().map(|s| s.short().to_string()).unwrap_or_default(),
                 m.uploaded_at.clone().unwrap_or_default(),
                 cached,
             ]);
@@ -344,20 +284,13 @@ impl Printer {
             self.note(&format!("no models cached in {}", out.cache_dir.display()));
             return;
         }
-        let mut rows = vec![
-            ["MODEL", "SIZE", "FILES", "SHA256", "CURRENT", "PATH"]
-                .map(String::from)
-                .to_vec(),
-        ];
+        let mut rows = vec![["MODEL", "SIZE", "FILES", "SHA256", "CURRENT", "PATH"].map(String::from).to_vec()];
         for v in &out.models {
             rows.push(vec![
                 v.model.to_string(),
                 v.size.map(fmt_bytes).unwrap_or_else(|| "?".into()),
                 v.files.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
-                v.sha256
-                    .as_ref()
-                    .map(|s| s.short().to_string())
-                    .unwrap_or_else(|| "?".into()),
+                v.sha256.as_ref().map(|s| s.short().to_string()).unwrap_or_else(|| "?".into()),
                 if v.current { "yes".into() } else { "no".into() },
                 v.path.display().to_string(),
             ]);
@@ -369,11 +302,9 @@ impl Printer {
     pub fn uploads(&self, batch: &Batch<Uploaded>) {
         for u in &batch.models {
             match u.status {
-                UploadStatus::UpToDate => self.note(&format!(
-                    "{}: up to date (sha256 {}), nothing uploaded",
-                    u.model,
-                    u.sha256.short()
-                )),
+                UploadStatus::UpToDate => {
+                    self.note(&format!("{}: up to date (sha256 {}), nothing uploaded", u.model, u.sha256.short()))
+                }
                 UploadStatus::Uploaded => self.note(&format!(
                     "{}: uploaded {} files, {} in {} part{} in {} ({}), sha256 {}",
                     u.model,
@@ -397,11 +328,9 @@ impl Printer {
     pub fn downloads(&self, batch: &Batch<Downloaded>) {
         for d in &batch.models {
             match d.status {
-                DownloadStatus::Cached => self.note(&format!(
-                    "{}: already current (sha256 {})",
-                    d.model,
-                    d.sha256.short()
-                )),
+                DownloadStatus::Cached => {
+                    self.note(&format!("{}: already current (sha256 {})", d.model, d.sha256.short()))
+                }
                 DownloadStatus::Downloaded => self.note(&format!(
                     "{}: downloaded and verified {} files, {} in {} ({}), sha256 {}",
                     d.model,
@@ -425,21 +354,10 @@ impl Printer {
 
     fn progress_line(&self, model: &str, t: &Transfer) {
         let secs = t.started.elapsed().as_secs_f64();
-        let pct = if t.total > 0 {
-            t.done as f64 * 100.0 / t.total as f64
-        } else {
-            100.0
-        };
-        let speed = if secs > 0.0 {
-            t.done as f64 / secs
-        } else {
-            0.0
-        };
-        let eta = if speed > 0.0 && t.total > t.done {
-            fmt_secs((t.total - t.done) as f64 / speed)
-        } else {
-            "-".into()
-        };
+        let pct = if t.total > 0 { t.done as f64 * 100.0 / t.total as f64 } else { 100.0 };
+        let speed = if secs > 0.0 { t.done as f64 / secs } else { 0.0 };
+        let eta =
+            if speed > 0.0 && t.total > t.done { fmt_secs((t.total - t.done) as f64 / speed) } else { "-".into() };
         eprintln!(
             "{} {model}: {} / {} ({pct:.0}%), {}, ETA {eta}",
             t.direction.as_str(),
@@ -452,21 +370,11 @@ impl Printer {
 
 fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0)).collect();
     rows.iter()
         .map(|r| {
-            let cells: Vec<String> = r
-                .iter()
-                .enumerate()
-                .map(|(i, s)| format!("{s:<w$}", w = widths[i]))
-                .collect();
+            let cells: Vec<String> = r.iter().enumerate().map(|(i, s)| format!("{s:<w$}", w = widths[i])).collect();
             cells.join("  ").trim_end().to_string()
         })
         .collect::<Vec<_>>()
@@ -477,19 +385,17 @@ impl Reporter for Printer {
     fn report(&self, event: Event<'_>) {
         match event {
             Event::Info { model, message } => self.note(&format!("{model}: {message}")),
-            Event::Started {
-                model,
-                direction,
-                total,
-            } => {
+            Event::Started { model, direction, total } => {
                 let bar = match &self.mode {
                     Mode::Off => return,
                     Mode::Bars(mp) => {
                         let bar = mp.add(ProgressBar::new(total));
                         bar.set_style(
-                            ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
-                                .expect("valid template")
-                                .progress_chars("=> "),
+                            ProgressStyle::with_template(
+                                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                            )
+                            .expect("valid template")
+                            .progress_chars("=> "),
                         );
                         bar.set_prefix(format!("{} {model}", direction.as_str()));
                         Some(bar)
@@ -497,18 +403,8 @@ impl Reporter for Printer {
                     Mode::Lines(_) => None,
                 };
                 let now = Instant::now();
-                let t = Transfer {
-                    direction,
-                    total,
-                    done: 0,
-                    started: now,
-                    last_line: now,
-                    bar,
-                };
-                self.transfers
-                    .lock()
-                    .expect("progress lock")
-                    .insert(model.to_string(), t);
+                let t = Transfer { direction, total, done: 0, started: now, last_line: now, bar };
+                self.transfers.lock().expect("progress lock").insert(model.to_string(), t);
             }
             Event::Advanced { model, bytes } => {
                 let mut map = self.transfers.lock().expect("progress lock");
@@ -550,10 +446,7 @@ mod tests {
 
     #[test]
     fn tables_align() {
-        let t = table(&[
-            vec!["A".into(), "BB".into()],
-            vec!["ccc".into(), "d".into()],
-        ]);
+        let t = table(&[vec!["A".into(), "BB".into()], vec!["ccc".into(), "d".into()]]);
         assert_eq!(t, "A    BB\nccc  d");
     }
 }

@@ -12,16 +12,11 @@ pub async fn run(ctx: &Context, models: &[String]) -> Result<Batch<Downloaded>> 
         ModelName::new(m)?;
     }
     let manager = ctx.manager().await?;
-    let mut batch = Batch {
-        models: Vec::new(),
-        errors: Vec::new(),
-    };
+    let mut batch = Batch { models: Vec::new(), errors: Vec::new() };
     for m in models {
         match manager.download_model(m).await {
             Ok(d) => batch.models.push(d),
-            Err(e) => batch
-                .errors
-                .push(ModelError::new(m, &manager.explain(e).await)),
+            Err(e) => batch.errors.push(ModelError::new(m, &manager.explain(e).await)),
         }
     }
     Ok(batch)

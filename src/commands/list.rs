@@ -28,17 +28,11 @@ pub async fn remote(ctx: &Context) -> Result<Remote> {
         Ok(m) => m,
         Err(e) => return Err(manager.explain(e).await),
     };
-    Ok(Remote {
-        location: manager.get_cloud_config().location(),
-        models,
-    })
+    Ok(Remote { location: manager.get_cloud_config().location(), models })
 }
 
 /// Lists the cache; needs no configuration.
 pub fn local(ctx: &Context) -> Result<Local> {
     let cache = Cache::new(&ctx.cache_root);
-    Ok(Local {
-        cache_dir: ctx.cache_root.clone(),
-        models: cache.list()?,
-    })
+    Ok(Local { cache_dir: ctx.cache_root.clone(), models: cache.list()? })
 }

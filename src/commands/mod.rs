@@ -44,14 +44,9 @@ impl Context {
     pub async fn manager(&self) -> Result<CloudManager> {
         let env = self.env.clone();
         let resolved = config::resolve(&move |k| env(k), &self.config_file, &self.overrides)?;
-        Ok(CloudManager::new(
-            resolved,
-            Cache::new(&self.cache_root),
-            self.transfer.clone(),
-            self.retry.clone(),
-        )
-        .await?
-        .with_reporter(self.reporter.clone()))
+        Ok(CloudManager::new(resolved, Cache::new(&self.cache_root), self.transfer.clone(), self.retry.clone())
+            .await?
+            .with_reporter(self.reporter.clone()))
     }
 }
 
@@ -74,9 +69,7 @@ impl ModelError {
     /// Records `err` for `model`.
     pub fn new(model: &str, err: &Error) -> Self {
         let (expected, computed) = match err {
-            Error::Integrity {
-                expected, computed, ..
-            } => (expected.clone(), computed.clone()),
+            Error::Integrity { expected, computed, .. } => (expected.clone(), computed.clone()),
             _ => (None, None),
         };
         Self {

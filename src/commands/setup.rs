@@ -49,19 +49,14 @@ pub async fn run(ctx: &Context, opts: &SetupOptions) -> Result<SetupOutcome> {
     if overrides.provider.as_deref().and_then(ProviderKind::parse) == Some(ProviderKind::Local)
         && let Some(b) = &overrides.bucket
     {
-        let abs = std::path::absolute(b)
-            .map_err(|e| Error::io("cannot resolve", std::path::Path::new(b), e))?;
+        let abs = std::path::absolute(b).map_err(|e| Error::io("cannot resolve", std::path::Path::new(b), e))?;
         overrides.bucket = Some(abs.display().to_string());
     }
     let resolved = config::resolve(&move |k| env(k), &ctx.config_file, &overrides)?;
     let cfg = resolved.config;
     let bucket_created = if opts.create_bucket {
         let p = provider::from_config(&cfg, ctx.retry.clone()).await?;
-        Some(
-            p.create_bucket()
-                .await
-                .map_err(|e| Error::from_provider(format!("creating {}", cfg.location()), e))?,
-        )
+        Some(p.create_bucket().await.map_err(|e| Error::from_provider(format!("creating {}", cfg.location()), e))?)
     } else {
         None
     };

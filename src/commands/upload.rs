@@ -17,12 +17,7 @@ pub enum Source {
 }
 
 /// Uploads each model; a failure of one does not stop the others.
-pub async fn run(
-    ctx: &Context,
-    models: &[String],
-    source: &Source,
-    opts: &UploadOptions,
-) -> Result<Batch<Uploaded>> {
+pub async fn run(ctx: &Context, models: &[String], source: &Source, opts: &UploadOptions) -> Result<Batch<Uploaded>> {
     for m in models {
         ModelName::new(m)?;
     }
@@ -33,10 +28,7 @@ pub async fn run(
         ));
     }
     let manager = ctx.manager().await?;
-    let mut batch = Batch {
-        models: Vec::new(),
-        errors: Vec::new(),
-    };
+    let mut batch = Batch { models: Vec::new(), errors: Vec::new() };
     for m in models {
         let dir = match source {
             Source::ModelsDir(d) => d.join(m),
@@ -44,9 +36,7 @@ pub async fn run(
         };
         match manager.upload_model(m, &dir, opts).await {
             Ok(u) => batch.models.push(u),
-            Err(e) => batch
-                .errors
-                .push(ModelError::new(m, &manager.explain(e).await)),
+            Err(e) => batch.errors.push(ModelError::new(m, &manager.explain(e).await)),
         }
     }
     Ok(batch)

@@ -13,8 +13,8 @@ use bytes::{Bytes, BytesMut};
 use futures::stream;
 
 use super::{
-    ByteStream, GetRange, Limits, ObjectMeta, PResult, PartTag, PendingUpload, Provider,
-    ProviderError, ProviderErrorKind, PutMode,
+    ByteStream, GetRange, Limits, ObjectMeta, PResult, PartTag, PendingUpload, Provider, ProviderError,
+    ProviderErrorKind, PutMode,
 };
 
 /// Names under the root that hold our own bookkeeping, never objects.
@@ -32,22 +32,15 @@ pub struct LocalProvider {
 impl LocalProvider {
     /// A provider over `root` (which must exist for anything but `create_bucket`).
     pub fn new(root: impl AsRef<Path>) -> Self {
-        Self {
-            root: root.as_ref().to_path_buf(),
-        }
+        Self { root: root.as_ref().to_path_buf() }
     }
 
     fn object_path(&self, key: &str) -> PResult<PathBuf> {
         let ok = !key.is_empty()
             && !key.starts_with('/')
-            && key
-                .split('/')
-                .all(|s| !s.is_empty() && s != "." && s != ".." && !s.starts_with(".crowecode-"));
+            && key.split('/').all(|s| !s.is_empty() && s != "." && s != ".." && !s.starts_with(".crowecode-"));
         if !ok {
-            return Err(ProviderError::new(
-                ProviderErrorKind::Other,
-                format!("invalid object key {key:?}"),
-            ));
+            return Err(ProviderError::new(ProviderErrorKind::Other, format!("invalid object key {key:?}")));
         }
         Ok(self.root.join(key))
     }
@@ -87,8 +80,7 @@ impl LocalProvider {
         let _guard = match mode {
             PutMode::Overwrite => None,
             _ => {
-                let lock =
-                    File::create(self.root.join(LOCK_FILE)).map_err(|e| io_err(e, &self.root))?;
+                let lock = File::create(self.root.join(LOCK_FILE)).map_err(|e| io_err(e, &self.root))?;
                 lock.lock().map_err(|e| io_err(e, &self.root))?;
                 Some(lock)
             }
@@ -101,9 +93,7 @@ impl LocalProvider {
         let refused = match (mode, &current) {
             (PutMode::Create, Some(_)) => Some("the object already exists"),
             (PutMode::IfMatch(_), None) => Some("the object no longer exists"),
-            (PutMode::IfMatch(want), Some(have)) if want != have => {
-                Some("the object changed since it was read")
-            }
+            (PutMode::IfMatch(want), Some(have)) if want != have => Some("the object changed since it was read"),
             _ => None,
         };
         if let Some(why) = refused {
@@ -119,15 +109,8 @@ impl LocalProvider {
     }
 
     fn parts_dir(&self, upload_id: &str) -> PResult<PathBuf> {
-        if upload_id.is_empty()
-            || !upload_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err(ProviderError::new(
-                ProviderErrorKind::Other,
-                format!("invalid upload id {upload_id:?}"),
-            ));
+        if upload_id.is_empty() || !upload_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(ProviderError::new(ProviderErrorKind::Other, format!("invalid upload id {upload_id:?}")));
         }
         Ok(self.root.join(PARTS_DIR).join(upload_id))
     }
@@ -135,25 +118,18 @@ impl LocalProvider {
 
 fn read_part_size(dir: &Path) -> PResult<u64> {
     match fs::read_to_string(dir.join("part_size")) {
-        Ok(s) => s.trim().parse().map_err(|_| {
-            ProviderError::new(ProviderErrorKind::Other, "corrupt multipart upload state")
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ProviderError::new(
-            ProviderErrorKind::NotFound,
-            "no such multipart upload",
-        )),
+        Ok(s) => {
+            s.trim().parse().map_err(|_| ProviderError::new(ProviderErrorKind::Other, "corrupt multipart upload state"))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(ProviderError::new(ProviderErrorKind::NotFound, "no such multipart upload"))
+        }
         Err(e) => Err(io_err(e, dir)),
     }
 }
 
 fn etag_of(m: &fs::Metadata) -> String {
-    format!(
-        "{:x}-{:x}-{:x}.{:x}",
-        m.ino(),
-        m.size(),
-        m.mtime(),
-        m.mtime_nsec()
-    )
+    format!("{:x}-{:x}-{:x}.{:x}", m.ino(), m.size(), m.mtime(), m.mtime_nsec())
 }
 
 fn io_err(e: io::Error, path: &Path) -> ProviderError {
@@ -166,23 +142,13 @@ fn io_err(e: io::Error, path: &Path) -> ProviderError {
 }
 
 fn meta_for(key: String, m: &fs::Metadata) -> ObjectMeta {
-    ObjectMeta {
-        key,
-        size: m.len(),
-        etag: Some(etag_of(m)),
-        last_modified: m.modified().ok(),
-    }
+    ObjectMeta { key, size: m.len(), etag: Some(etag_of(m)), last_modified: m.modified().ok() }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> PResult<T> + Send + 'static,
-) -> PResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        ProviderError::new(
-            ProviderErrorKind::Other,
-            format!("local storage task failed: {e}"),
-        )
-    })?
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> PResult<T> + Send + 'static) -> PResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ProviderError::new(ProviderErrorKind::Other, format!("local storage task failed: {e}")))?
 }
 
 #[async_trait]
@@ -193,10 +159,7 @@ impl Provider for LocalProvider {
 
     fn limits(&self) -> Limits {
         // No minimum part size: files of any size concatenate.
-        Limits {
-            min_part_size: 1,
-            ..Limits::default()
-        }
+        Limits { min_part_size: 1, ..Limits::default() }
     }
 
     async fn head(&self, key: &str) -> PResult<ObjectMeta> {
@@ -207,10 +170,7 @@ impl Provider for LocalProvider {
             let path = this.object_path(&key)?;
             match fs::metadata(&path) {
                 Ok(m) if m.is_file() => Ok(meta_for(key, &m)),
-                Ok(_) => Err(ProviderError::new(
-                    ProviderErrorKind::NotFound,
-                    format!("{key} not found"),
-                )),
+                Ok(_) => Err(ProviderError::new(ProviderErrorKind::NotFound, format!("{key} not found"))),
                 Err(e) => Err(io_err(e, &path)),
             }
         })
@@ -224,21 +184,14 @@ impl Provider for LocalProvider {
             this.ensure_root()?;
             // Walk from the deepest directory the prefix names completely, then filter by string.
             let dir_part = prefix.rsplit_once('/').map_or("", |(d, _)| d);
-            let start = if dir_part.is_empty() {
-                this.root.clone()
-            } else {
-                this.root.join(dir_part)
-            };
+            let start = if dir_part.is_empty() { this.root.clone() } else { this.root.join(dir_part) };
             let mut out = Vec::new();
             if !start.is_dir() {
                 return Ok(out);
             }
             for entry in walkdir::WalkDir::new(&start).sort_by_file_name() {
                 let entry = entry.map_err(|e| {
-                    ProviderError::new(
-                        ProviderErrorKind::Other,
-                        format!("listing {}: {e}", start.display()),
-                    )
+                    ProviderError::new(ProviderErrorKind::Other, format!("listing {}: {e}", start.display()))
                 })?;
                 if !entry.file_type().is_file() {
                     continue;
@@ -249,11 +202,9 @@ impl Provider for LocalProvider {
                 let Some(key) = rel.to_str().map(str::to_string) else {
                     continue;
                 };
-                if key.starts_with(&prefix) && !key.split('/').any(|s| s.starts_with(".crowecode-"))
-                {
-                    let m = entry
-                        .metadata()
-                        .map_err(|e| ProviderError::new(ProviderErrorKind::Other, e.to_string()))?;
+                if key.starts_with(&prefix) && !key.split('/').any(|s| s.starts_with(".crowecode-")) {
+                    let m =
+                        entry.metadata().map_err(|e| ProviderError::new(ProviderErrorKind::Other, e.to_string()))?;
                     out.push(meta_for(key, &m));
                 }
             }
@@ -282,8 +233,7 @@ impl Provider for LocalProvider {
                     format!("range start {start} beyond the end of {key_owned} ({len} bytes)"),
                 ));
             }
-            f.seek(SeekFrom::Start(start))
-                .map_err(|e| io_err(e, &path))?;
+            f.seek(SeekFrom::Start(start)).map_err(|e| io_err(e, &path))?;
             Ok((f, start, end))
         })
         .await?;
@@ -296,10 +246,7 @@ impl Provider for LocalProvider {
             let (f, buf) = blocking(move || {
                 let mut buf = BytesMut::zeroed(want);
                 f.read_exact(&mut buf).map_err(|e| {
-                    ProviderError::new(
-                        ProviderErrorKind::Transport,
-                        format!("reading local object: {e}"),
-                    )
+                    ProviderError::new(ProviderErrorKind::Transport, format!("reading local object: {e}"))
                 })?;
                 Ok((f, buf.freeze()))
             })
@@ -330,10 +277,7 @@ impl Provider for LocalProvider {
             this.ensure_root()?;
             this.object_path(&key)?;
             if part_size == 0 {
-                return Err(ProviderError::new(
-                    ProviderErrorKind::Other,
-                    "part size must be positive",
-                ));
+                return Err(ProviderError::new(ProviderErrorKind::Other, "part size must be positive"));
             }
             let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
             let dir = this.parts_dir(&id)?;
@@ -346,13 +290,7 @@ impl Provider for LocalProvider {
         .await
     }
 
-    async fn put_part(
-        &self,
-        _key: &str,
-        upload_id: &str,
-        number: u32,
-        data: Bytes,
-    ) -> PResult<PartTag> {
+    async fn put_part(&self, _key: &str, upload_id: &str, number: u32, data: Bytes) -> PResult<PartTag> {
         // Parts are written in place, at (number - 1) × part size of one data file, so that
         // completing the upload is a rename rather than a copy of the whole object.
         let dir = self.parts_dir(upload_id)?;
@@ -361,39 +299,20 @@ impl Provider for LocalProvider {
             if number == 0 || data.len() as u64 > part_size {
                 return Err(ProviderError::new(
                     ProviderErrorKind::Other,
-                    format!(
-                        "part {number} of {} bytes exceeds the part size {part_size}",
-                        data.len()
-                    ),
+                    format!("part {number} of {} bytes exceeds the part size {part_size}", data.len()),
                 ));
             }
             let path = dir.join("data");
-            let f = File::options()
-                .write(true)
-                .open(&path)
-                .map_err(|e| io_err(e, &path))?;
-            f.write_all_at(&data, u64::from(number - 1) * part_size)
-                .map_err(|e| io_err(e, &path))?;
+            let f = File::options().write(true).open(&path).map_err(|e| io_err(e, &path))?;
+            f.write_all_at(&data, u64::from(number - 1) * part_size).map_err(|e| io_err(e, &path))?;
             // The receipt records the part's length; complete checks the parts tile the object.
-            fs::write(
-                dir.join(format!("part-{number:05}")),
-                data.len().to_string(),
-            )
-            .map_err(|e| io_err(e, &dir))?;
-            Ok(PartTag {
-                number,
-                tag: format!("{number}-{}", data.len()),
-            })
+            fs::write(dir.join(format!("part-{number:05}")), data.len().to_string()).map_err(|e| io_err(e, &dir))?;
+            Ok(PartTag { number, tag: format!("{number}-{}", data.len()) })
         })
         .await
     }
 
-    async fn complete_multipart(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: Vec<PartTag>,
-    ) -> PResult<()> {
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<PartTag>) -> PResult<()> {
         let dir = self.parts_dir(upload_id)?;
         let this = self.clone();
         let key = key.to_string();
@@ -418,10 +337,7 @@ impl Provider for LocalProvider {
                 total += stored.unwrap_or(0);
             }
             let data = dir.join("data");
-            let f = File::options()
-                .write(true)
-                .open(&data)
-                .map_err(|e| io_err(e, &data))?;
+            let f = File::options().write(true).open(&data).map_err(|e| io_err(e, &data))?;
             f.set_len(total).map_err(|e| io_err(e, &data))?;
             drop(f);
             this.publish(&data, &key, &PutMode::Overwrite)?;

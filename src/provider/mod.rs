@@ -17,6 +17,8 @@ use futures::stream::BoxStream;
 use crate::config::{CloudConfig, ProviderKind};
 use crate::error::{Error, Result};
 
+#[cfg(feature = "gcs")]
+pub mod gcs;
 pub mod local;
 mod retry;
 #[cfg(feature = "s3")]
@@ -69,18 +71,8 @@ pub struct ProviderError {
 impl ProviderError {
     /// A new error; `temporary` follows from the kind (transport and rate limiting).
     pub fn new(kind: ProviderErrorKind, message: impl Into<String>) -> Self {
-        let temporary = matches!(
-            kind,
-            ProviderErrorKind::Transport | ProviderErrorKind::RateLimited
-        );
-        Self {
-            kind,
-            temporary,
-            message: message.into(),
-            hint: None,
-            attempts: 0,
-            source: None,
-        }
+        let temporary = matches!(kind, ProviderErrorKind::Transport | ProviderErrorKind::RateLimited);
+        Self { kind, temporary, message: message.into(), hint: None, attempts: 0, source: None }
     }
 
     /// Adds a hint.
@@ -241,21 +233,10 @@ pub trait Provider: Send + Sync + fmt::Debug {
     async fn create_multipart(&self, key: &str, part_size: u64) -> PResult<String>;
 
     /// Uploads part `number` (1-based).
-    async fn put_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        number: u32,
-        data: Bytes,
-    ) -> PResult<PartTag>;
+    async fn put_part(&self, key: &str, upload_id: &str, number: u32, data: Bytes) -> PResult<PartTag>;
 
     /// Makes the object visible from its parts, in part-number order.
-    async fn complete_multipart(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: Vec<PartTag>,
-    ) -> PResult<()>;
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<PartTag>) -> PResult<()>;
 
     /// Discards an unfinished multipart upload.
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> PResult<()>;
@@ -301,13 +282,13 @@ pub async fn from_config(cfg: &CloudConfig, policy: RetryPolicy) -> Result<Arc<d
         ProviderKind::Local => Arc::new(local::LocalProvider::new(&cfg.bucket)),
         #[cfg(feature = "s3")]
         ProviderKind::S3 => Arc::new(s3::S3Provider::new(cfg).await?),
+        #[cfg(feature = "gcs")]
+        ProviderKind::Gcs => Arc::new(gcs::GcsProvider::new(cfg).await?),
         other => {
             return Err(Error::config(
                 "provider",
                 format!("provider {other} is not available in this build"),
-                format!(
-                    "`crowecode-cloud --version` lists the providers built in; rebuild with `--features {other}`"
-                ),
+                format!("`crowecode-cloud --version` lists the providers built in; rebuild with `--features {other}`"),
             ));
         }
     };

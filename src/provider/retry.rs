@@ -12,8 +12,8 @@ use bytes::Bytes;
 use futures::{StreamExt as _, stream};
 
 use super::{
-    ByteStream, GetRange, Limits, ObjectMeta, PResult, PartTag, PendingUpload, Provider,
-    ProviderError, ProviderErrorKind, PutMode,
+    ByteStream, GetRange, Limits, ObjectMeta, PResult, PartTag, PendingUpload, Provider, ProviderError,
+    ProviderErrorKind, PutMode,
 };
 
 /// How hard to try before giving up.
@@ -49,15 +49,9 @@ impl RetryPolicy {
     pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Self {
         let mut p = Self::default();
         let secs = |name: &str| {
-            env(name)
-                .and_then(|v| v.parse::<f64>().ok())
-                .filter(|s| *s > 0.0)
-                .map(Duration::from_secs_f64)
+            env(name).and_then(|v| v.parse::<f64>().ok()).filter(|s| *s > 0.0).map(Duration::from_secs_f64)
         };
-        if let Some(n) = env("CROWECODE_MAX_ATTEMPTS")
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|n| *n > 0)
-        {
+        if let Some(n) = env("CROWECODE_MAX_ATTEMPTS").and_then(|v| v.parse::<u32>().ok()).filter(|n| *n > 0) {
             p.max_attempts = n;
         }
         if let Some(d) = secs("CROWECODE_STALL_TIMEOUT") {
@@ -74,10 +68,7 @@ impl RetryPolicy {
 
     /// Backoff before attempt `attempt + 1` (1-based `attempt`), with ±25% jitter.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let base = self
-            .initial_backoff
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-            .min(self.max_backoff);
+        let base = self.initial_backoff.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(self.max_backoff);
         base.mul_f64(0.75 + fastrand::f64() * 0.5)
     }
 }
@@ -90,10 +81,7 @@ pub struct Retrying {
 
 impl fmt::Debug for Retrying {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Retrying")
-            .field("inner", &self.inner)
-            .field("policy", &self.policy)
-            .finish()
+        f.debug_struct("Retrying").field("inner", &self.inner).field("policy", &self.policy).finish()
     }
 }
 
@@ -115,10 +103,7 @@ impl Retrying {
                 Ok(r) => r,
                 Err(_) => Err(ProviderError::new(
                     ProviderErrorKind::Transport,
-                    format!(
-                        "{what}: no answer within {}s",
-                        self.policy.request_timeout.as_secs_f64()
-                    ),
+                    format!("{what}: no answer within {}s", self.policy.request_timeout.as_secs_f64()),
                 )),
             };
             match result {
@@ -177,12 +162,7 @@ impl ReadState {
             }
             let Some(stream) = self.stream.as_mut() else {
                 let range = self.range.advance(self.received);
-                match tokio::time::timeout(
-                    self.policy.request_timeout,
-                    self.inner.get(&self.key, range),
-                )
-                .await
-                {
+                match tokio::time::timeout(self.policy.request_timeout, self.inner.get(&self.key, range)).await {
                     Ok(Ok(s)) => self.stream = Some(s),
                     Ok(Err(e)) => self.failed(e).await?,
                     Err(_) => {
@@ -213,24 +193,16 @@ impl ReadState {
                 }
                 Ok(None) => match self.expected_len() {
                     Some(len) if self.received < len => {
-                        let msg = format!(
-                            "GET {}: connection closed after {} of {len} bytes",
-                            self.key, self.received
-                        );
-                        self.failed(ProviderError::new(ProviderErrorKind::Transport, msg))
-                            .await?;
+                        let msg = format!("GET {}: connection closed after {} of {len} bytes", self.key, self.received);
+                        self.failed(ProviderError::new(ProviderErrorKind::Transport, msg)).await?;
                     }
                     _ => return Ok(None),
                 },
                 Ok(Some(Err(e))) => self.failed(e).await?,
                 Err(_) => {
-                    let msg = format!(
-                        "GET {}: no data for {}s (stalled)",
-                        self.key,
-                        self.policy.stall_timeout.as_secs_f64()
-                    );
-                    self.failed(ProviderError::new(ProviderErrorKind::Transport, msg))
-                        .await?;
+                    let msg =
+                        format!("GET {}: no data for {}s (stalled)", self.key, self.policy.stall_timeout.as_secs_f64());
+                    self.failed(ProviderError::new(ProviderErrorKind::Transport, msg)).await?;
                 }
             }
         }
@@ -256,9 +228,7 @@ impl Provider for Retrying {
     }
 
     async fn get(&self, key: &str, range: GetRange) -> PResult<ByteStream> {
-        let first = self
-            .call("GET", || self.inner.get(key, range.clone()))
-            .await?;
+        let first = self.call("GET", || self.inner.get(key, range.clone())).await?;
         let state = ReadState {
             inner: self.inner.clone(),
             policy: self.policy.clone(),
@@ -272,54 +242,27 @@ impl Provider for Retrying {
     }
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> PResult<Option<String>> {
-        self.call("PUT", || self.inner.put(key, data.clone(), mode.clone()))
-            .await
+        self.call("PUT", || self.inner.put(key, data.clone(), mode.clone())).await
     }
 
     async fn create_multipart(&self, key: &str, part_size: u64) -> PResult<String> {
-        self.call("CreateMultipartUpload", || {
-            self.inner.create_multipart(key, part_size)
-        })
-        .await
+        self.call("CreateMultipartUpload", || self.inner.create_multipart(key, part_size)).await
     }
 
-    async fn put_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        number: u32,
-        data: Bytes,
-    ) -> PResult<PartTag> {
-        self.call("UploadPart", || {
-            self.inner.put_part(key, upload_id, number, data.clone())
-        })
-        .await
+    async fn put_part(&self, key: &str, upload_id: &str, number: u32, data: Bytes) -> PResult<PartTag> {
+        self.call("UploadPart", || self.inner.put_part(key, upload_id, number, data.clone())).await
     }
 
-    async fn complete_multipart(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: Vec<PartTag>,
-    ) -> PResult<()> {
-        self.call("CompleteMultipartUpload", || {
-            self.inner.complete_multipart(key, upload_id, parts.clone())
-        })
-        .await
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<PartTag>) -> PResult<()> {
+        self.call("CompleteMultipartUpload", || self.inner.complete_multipart(key, upload_id, parts.clone())).await
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> PResult<()> {
-        self.call("AbortMultipartUpload", || {
-            self.inner.abort_multipart(key, upload_id)
-        })
-        .await
+        self.call("AbortMultipartUpload", || self.inner.abort_multipart(key, upload_id)).await
     }
 
     async fn list_pending_uploads(&self, prefix: &str) -> PResult<Vec<PendingUpload>> {
-        self.call("ListMultipartUploads", || {
-            self.inner.list_pending_uploads(prefix)
-        })
-        .await
+        self.call("ListMultipartUploads", || self.inner.list_pending_uploads(prefix)).await
     }
 
     async fn delete(&self, key: &str) -> PResult<()> {
@@ -331,8 +274,7 @@ impl Provider for Retrying {
     }
 
     async fn create_bucket(&self) -> PResult<bool> {
-        self.call("CreateBucket", || self.inner.create_bucket())
-            .await
+        self.call("CreateBucket", || self.inner.create_bucket()).await
     }
 
     async fn credential_source(&self) -> String {
@@ -360,10 +302,7 @@ mod tests {
     }
 
     fn nope<T>() -> PResult<T> {
-        Err(ProviderError::new(
-            ProviderErrorKind::Unsupported,
-            "not in this test",
-        ))
+        Err(ProviderError::new(ProviderErrorKind::Unsupported, "not in this test"))
     }
 
     #[async_trait]
@@ -385,10 +324,7 @@ mod tests {
                 GetRange::Bounded(r) => (r.start as usize, r.end as usize),
             };
             let body = self.data.slice(start..end);
-            let broken = self
-                .failures
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
+            let broken = self.failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
             if !broken {
                 return Ok(Box::pin(stream::iter([Ok(body)])));
             }
@@ -396,10 +332,7 @@ mod tests {
             let tail: ByteStream = if self.stall {
                 Box::pin(stream::pending())
             } else {
-                Box::pin(stream::iter([Err(ProviderError::new(
-                    ProviderErrorKind::Transport,
-                    "connection reset",
-                ))]))
+                Box::pin(stream::iter([Err(ProviderError::new(ProviderErrorKind::Transport, "connection reset"))]))
             };
             Ok(Box::pin(stream::iter([Ok(first)]).chain(tail)))
         }
@@ -487,10 +420,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_give_up_after_the_attempts_without_progress() {
-        let inner = Arc::new(Flaky {
-            cut: 0,
-            ..Arc::into_inner(flaky(100, false)).unwrap()
-        });
+        let inner = Arc::new(Flaky { cut: 0, ..Arc::into_inner(flaky(100, false)).unwrap() });
         let p = Retrying::new(inner.clone(), fast(4));
         let err = read_all(&p, GetRange::Bounded(0..100)).await.unwrap_err();
         assert!(err.temporary);

@@ -15,16 +15,15 @@ use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumVal
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as SdkStream;
 use aws_sdk_s3::types::{
-    BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration,
-    ServerSideEncryption,
+    BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration, ServerSideEncryption,
 };
 use aws_smithy_types::retry::RetryConfig;
 use bytes::Bytes;
 use futures::stream;
 
 use super::{
-    ByteStream, GetRange, ObjectMeta, PResult, PartTag, PendingUpload, Provider, ProviderError,
-    ProviderErrorKind, PutMode,
+    ByteStream, GetRange, ObjectMeta, PResult, PartTag, PendingUpload, Provider, ProviderError, ProviderErrorKind,
+    PutMode,
 };
 use crate::config::CloudConfig;
 use crate::error::{Error, Result};
@@ -42,10 +41,7 @@ pub struct S3Provider {
 impl fmt::Debug for S3Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never the credentials: only where the bucket is.
-        f.debug_struct("S3Provider")
-            .field("bucket", &self.bucket)
-            .field("region", &self.region)
-            .finish_non_exhaustive()
+        f.debug_struct("S3Provider").field("bucket", &self.bucket).field("region", &self.region).finish_non_exhaustive()
     }
 }
 
@@ -93,11 +89,7 @@ impl S3Provider {
 
 /// Maps an SDK failure to a provider error: kind from the service code and HTTP status, a
 /// message naming the operation and the code, a hint for credential problems.
-fn map_err<E>(
-    op: &str,
-    target: &str,
-    err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
-) -> ProviderError
+fn map_err<E>(op: &str, target: &str, err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> ProviderError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -108,9 +100,7 @@ where
             let msg = ctx.err().message().unwrap_or("").to_string();
             let kind = match (code.as_str(), status) {
                 ("NoSuchBucket", _) => ProviderErrorKind::BucketNotFound,
-                ("NoSuchKey" | "NotFound" | "NoSuchUpload", _) | ("", Some(404)) => {
-                    ProviderErrorKind::NotFound
-                }
+                ("NoSuchKey" | "NotFound" | "NoSuchUpload", _) | ("", Some(404)) => ProviderErrorKind::NotFound,
                 (
                     "InvalidAccessKeyId"
                     | "SignatureDoesNotMatch"
@@ -137,11 +127,7 @@ where
             } else {
                 code.clone()
             };
-            let detail = if msg.is_empty() {
-                String::new()
-            } else {
-                format!(": {msg}")
-            };
+            let detail = if msg.is_empty() { String::new() } else { format!(": {msg}") };
             let mut e = ProviderError::new(kind, format!("{op} {target}: {shown}{detail}"));
             e.hint = match kind {
                 ProviderErrorKind::Unauthenticated => Some(
@@ -157,11 +143,9 @@ where
             };
             e.with_source(err)
         }
-        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => ProviderError::new(
-            ProviderErrorKind::Transport,
-            format!("{op} {target}: {}", chain(&err)),
-        )
-        .with_source(err),
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            ProviderError::new(ProviderErrorKind::Transport, format!("{op} {target}: {}", chain(&err))).with_source(err)
+        }
         SdkError::DispatchFailure(d) => {
             let text = chain(&err);
             if d.is_user() || text.contains("credentials") || text.contains("Credentials") {
@@ -170,7 +154,9 @@ where
                     .with_source(err)
             } else {
                 ProviderError::new(ProviderErrorKind::Transport, format!("{op} {target}: cannot reach S3 ({text})"))
-                    .with_hint("check the endpoint, proxy and network; the command retries with backoff before giving up")
+                    .with_hint(
+                        "check the endpoint, proxy and network; the command retries with backoff before giving up",
+                    )
                     .with_source(err)
             }
         }
@@ -183,7 +169,10 @@ where
             };
             let mut e = ProviderError::new(kind, format!("{op} {target}: {text}"));
             if kind == ProviderErrorKind::Unauthenticated {
-                e.hint = Some("set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or run where an IAM role is available".into());
+                e.hint = Some(
+                    "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or run where an IAM role is available"
+                        .into(),
+                );
             }
             e.with_source(err)
         }
@@ -206,30 +195,21 @@ fn chain(err: &dyn std::error::Error) -> String {
 }
 
 fn body_stream(body: SdkStream, key: String) -> ByteStream {
-    Box::pin(stream::try_unfold(
-        (body, key),
-        |(mut body, key)| async move {
-            match body.next().await {
-                None => Ok(None),
-                Some(Ok(bytes)) => Ok(Some((bytes, (body, key)))),
-                Some(Err(e)) => Err(ProviderError::new(
-                    ProviderErrorKind::Transport,
-                    format!("GET {key}: {}", chain(&e)),
-                )
-                .with_source(e)),
+    Box::pin(stream::try_unfold((body, key), |(mut body, key)| async move {
+        match body.next().await {
+            None => Ok(None),
+            Some(Ok(bytes)) => Ok(Some((bytes, (body, key)))),
+            Some(Err(e)) => {
+                Err(ProviderError::new(ProviderErrorKind::Transport, format!("GET {key}: {}", chain(&e)))
+                    .with_source(e))
             }
-        },
-    ))
+        }
+    }))
 }
 
 /// Parses the start of `bytes START-END/TOTAL`.
 fn content_range_start(v: &str) -> Option<u64> {
-    v.strip_prefix("bytes ")?
-        .split('-')
-        .next()?
-        .trim()
-        .parse()
-        .ok()
+    v.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
 }
 
 #[async_trait]
@@ -251,20 +231,12 @@ impl Provider for S3Provider {
             key: key.to_string(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
             etag: out.e_tag().map(str::to_string),
-            last_modified: out
-                .last_modified()
-                .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+            last_modified: out.last_modified().and_then(|t| std::time::SystemTime::try_from(*t).ok()),
         })
     }
 
     async fn list(&self, prefix: &str) -> PResult<Vec<ObjectMeta>> {
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .into_paginator()
-            .send();
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).into_paginator().send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| map_err("ListObjectsV2", &self.bucket, e))?;
@@ -274,9 +246,7 @@ impl Provider for S3Provider {
                     key: key.to_string(),
                     size: o.size().unwrap_or(0).max(0) as u64,
                     etag: o.e_tag().map(str::to_string),
-                    last_modified: o
-                        .last_modified()
-                        .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+                    last_modified: o.last_modified().and_then(|t| std::time::SystemTime::try_from(*t).ok()),
                 });
             }
         }
@@ -356,13 +326,7 @@ impl Provider for S3Provider {
         })
     }
 
-    async fn put_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        number: u32,
-        data: Bytes,
-    ) -> PResult<PartTag> {
+    async fn put_part(&self, key: &str, upload_id: &str, number: u32, data: Bytes) -> PResult<PartTag> {
         let out = self
             .client
             .upload_part()
@@ -375,42 +339,22 @@ impl Provider for S3Provider {
             .await
             .map_err(|e| map_err("UploadPart", key, e))?;
         let tag = out.e_tag().ok_or_else(|| {
-            ProviderError::new(
-                ProviderErrorKind::Other,
-                format!("UploadPart {key} #{number}: no ETag in the answer"),
-            )
+            ProviderError::new(ProviderErrorKind::Other, format!("UploadPart {key} #{number}: no ETag in the answer"))
         })?;
-        Ok(PartTag {
-            number,
-            tag: tag.to_string(),
-        })
+        Ok(PartTag { number, tag: tag.to_string() })
     }
 
-    async fn complete_multipart(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: Vec<PartTag>,
-    ) -> PResult<()> {
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<PartTag>) -> PResult<()> {
         let parts: Vec<CompletedPart> = parts
             .into_iter()
-            .map(|p| {
-                CompletedPart::builder()
-                    .part_number(p.number as i32)
-                    .e_tag(p.tag)
-                    .build()
-            })
+            .map(|p| CompletedPart::builder().part_number(p.number as i32).e_tag(p.tag).build())
             .collect();
         self.client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
             .send()
             .await
             .map_err(|e| map_err("CompleteMultipartUpload", key, e))?;
@@ -418,23 +362,11 @@ impl Provider for S3Provider {
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> PResult<()> {
-        match self
-            .client
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .send()
-            .await
-        {
+        match self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(upload_id).send().await {
             Ok(_) => Ok(()),
             Err(e) => {
                 let e = map_err("AbortMultipartUpload", key, e);
-                if e.kind == ProviderErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
+                if e.kind == ProviderErrorKind::NotFound { Ok(()) } else { Err(e) }
             }
         }
     }
@@ -458,9 +390,7 @@ impl Provider for S3Provider {
                     out.push(PendingUpload {
                         key: key.to_string(),
                         upload_id: id.to_string(),
-                        initiated: u
-                            .initiated()
-                            .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+                        initiated: u.initiated().and_then(|t| std::time::SystemTime::try_from(*t).ok()),
                     });
                 }
             }
@@ -477,22 +407,11 @@ impl Provider for S3Provider {
     }
 
     async fn delete(&self, key: &str) -> PResult<()> {
-        match self
-            .client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
+        match self.client.delete_object().bucket(&self.bucket).key(key).send().await {
             Ok(_) => Ok(()),
             Err(e) => {
                 let e = map_err("DeleteObject", key, e);
-                if e.kind == ProviderErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
+                if e.kind == ProviderErrorKind::NotFound { Ok(()) } else { Err(e) }
             }
         }
     }
@@ -500,25 +419,13 @@ impl Provider for S3Provider {
     async fn check_bucket(&self) -> PResult<()> {
         // A one-key listing rather than HeadBucket: HEAD answers carry no error code, so a wrong
         // secret and a missing permission would look alike. Listing is what reads need anyway.
-        match self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .max_keys(1)
-            .send()
-            .await
-        {
+        match self.client.list_objects_v2().bucket(&self.bucket).max_keys(1).send().await {
             Ok(_) => Ok(()),
             Err(e) => {
                 let mut e = map_err("ListObjectsV2", &self.bucket, e);
-                if e.kind == ProviderErrorKind::BucketNotFound
-                    || (e.kind == ProviderErrorKind::NotFound)
-                {
+                if e.kind == ProviderErrorKind::BucketNotFound || (e.kind == ProviderErrorKind::NotFound) {
                     e.kind = ProviderErrorKind::BucketNotFound;
-                    e.message = format!(
-                        "bucket {} does not exist (region {})",
-                        self.bucket, self.region
-                    );
+                    e.message = format!("bucket {} does not exist (region {})", self.bucket, self.region);
                 }
                 Err(e)
             }
@@ -540,11 +447,7 @@ impl Provider for S3Provider {
         match req.send().await {
             Ok(_) => Ok(true),
             Err(e) => {
-                let code = e
-                    .as_service_error()
-                    .and_then(|s| s.code())
-                    .unwrap_or("")
-                    .to_string();
+                let code = e.as_service_error().and_then(|s| s.code()).unwrap_or("").to_string();
                 if code == "BucketAlreadyOwnedByYou" {
                     Ok(false)
                 } else {
@@ -563,23 +466,15 @@ impl Provider for S3Provider {
             Ok(creds) => {
                 // The provider name is only exposed through Debug, which redacts the secret.
                 let debug = format!("{creds:?}");
-                let name = debug
-                    .split("provider_name: \"")
-                    .nth(1)
-                    .and_then(|s| s.split('"').next())
-                    .unwrap_or("unknown");
+                let name =
+                    debug.split("provider_name: \"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("unknown");
                 let friendly = match name {
-                    "EnvironmentVariable" => {
-                        "environment variables (AWS_ACCESS_KEY_ID)".to_string()
+                    "EnvironmentVariable" => "environment variables (AWS_ACCESS_KEY_ID)".to_string(),
+                    "ProfileFile" => {
+                        format!("profile {}", std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into()))
                     }
-                    "ProfileFile" => format!(
-                        "profile {}",
-                        std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into())
-                    ),
                     "WebIdentityToken" => "web identity token (IRSA / OIDC)".to_string(),
-                    "ECSContainer" | "EcsContainer" => {
-                        "container credentials (ECS / EKS Pod Identity)".to_string()
-                    }
+                    "ECSContainer" | "EcsContainer" => "container credentials (ECS / EKS Pod Identity)".to_string(),
                     "IMDSv2" | "Ec2InstanceMetadata" => "instance metadata (EC2 role)".to_string(),
                     other => other.to_string(),
                 };

@@ -32,9 +32,7 @@ impl Sink {
     fn new(extractor: Extractor, compression: Compression) -> io::Result<Self> {
         Ok(match compression {
             Compression::None => Self::Plain(extractor),
-            Compression::Zstd => {
-                Self::Zstd(Box::new(zstd::stream::write::Decoder::new(extractor)?))
-            }
+            Compression::Zstd => Self::Zstd(Box::new(zstd::stream::write::Decoder::new(extractor)?)),
             Compression::Gzip => Self::Gzip(Box::new(flate2::write::GzDecoder::new(extractor))),
         })
     }
@@ -71,23 +69,19 @@ fn consume(
     extractor: Extractor,
     compression: Compression,
 ) -> std::result::Result<Sha256Hex, ConsumeError> {
-    let mut sink = Sink::new(extractor, compression)
-        .map_err(|e| ConsumeError::Extract(ExtractError::from_io(e)))?;
+    let mut sink = Sink::new(extractor, compression).map_err(|e| ConsumeError::Extract(ExtractError::from_io(e)))?;
     let mut hasher = Sha256::new();
     loop {
         match rx.blocking_recv() {
             Some(Msg::Data(b)) => {
                 hasher.update(&b);
-                sink.write_all(&b)
-                    .map_err(|e| ConsumeError::Extract(ExtractError::from_io(e)))?;
+                sink.write_all(&b).map_err(|e| ConsumeError::Extract(ExtractError::from_io(e)))?;
             }
             Some(Msg::End) => break,
             None => return Err(ConsumeError::Aborted),
         }
     }
-    let extractor = sink
-        .finish()
-        .map_err(|e| ConsumeError::Extract(ExtractError::from_io(e)))?;
+    let extractor = sink.finish().map_err(|e| ConsumeError::Extract(ExtractError::from_io(e)))?;
     extractor.finish().map_err(ConsumeError::Extract)?;
     Ok(Sha256Hex::from_digest(&hasher.finalize()))
 }
@@ -117,10 +111,7 @@ async fn fetch(
     if buf.len() != len {
         return Err(ProviderError::new(
             ProviderErrorKind::Other,
-            format!(
-                "GET {key} bytes {start}-{end}: received {} bytes, expected {len}",
-                buf.len()
-            ),
+            format!("GET {key} bytes {start}-{end}: received {} bytes, expected {len}", buf.len()),
         ));
     }
     Ok(buf.freeze())
@@ -130,11 +121,7 @@ async fn fetch(
 pub(crate) fn extract_error(key: &str, e: ExtractError) -> Error {
     match e {
         ExtractError::Io { path, source } => Error::io("cannot write", &path, source),
-        ExtractError::FileHash {
-            path,
-            expected,
-            computed,
-        } => Error::integrity(
+        ExtractError::FileHash { path, expected, computed } => Error::integrity(
             format!("{key} ({path})"),
             "file sha256 differs from the manifest",
             Some(expected.to_string()),
@@ -155,14 +142,8 @@ pub async fn download_archive(
     opts: &TransferOptions,
     progress: &Progress,
 ) -> Result<Sha256Hex> {
-    let part = choose_part_size(
-        opts.part_size,
-        size,
-        &crate::provider::Limits {
-            min_part_size: 1,
-            ..Default::default()
-        },
-    );
+    let part =
+        choose_part_size(opts.part_size, size, &crate::provider::Limits { min_part_size: 1, ..Default::default() });
     let (tx, rx) = mpsc::channel::<Msg>(2);
     let consumer = tokio::task::spawn_blocking(move || consume(rx, extractor, compression));
     progress.started(Direction::Download, size);
@@ -190,15 +171,11 @@ pub async fn download_archive(
         let _ = tx.send(Msg::End).await;
     }
     drop(tx);
-    let consumed = consumer
-        .await
-        .map_err(|e| Error::other(format!("extraction task failed: {e}"), None))?;
+    let consumed = consumer.await.map_err(|e| Error::other(format!("extraction task failed: {e}"), None))?;
     match (consumed, network) {
         (Err(ConsumeError::Extract(e)), _) => Err(extract_error(key, e)),
         (_, Some(e)) => Err(Error::from_provider(format!("downloading {key}"), e)),
         (Ok(sha), None) => Ok(sha),
-        (Err(ConsumeError::Aborted), None) => {
-            Err(Error::other(format!("download of {key} stopped"), None))
-        }
+        (Err(ConsumeError::Aborted), None) => Err(Error::other(format!("download of {key} stopped"), None)),
     }
 }

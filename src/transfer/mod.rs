@@ -29,10 +29,7 @@ pub struct TransferOptions {
 
 impl Default for TransferOptions {
     fn default() -> Self {
-        Self {
-            part_size: None,
-            concurrency: DEFAULT_CONCURRENCY,
-        }
+        Self { part_size: None, concurrency: DEFAULT_CONCURRENCY }
     }
 }
 
@@ -40,10 +37,7 @@ impl Default for TransferOptions {
 /// raised to the backend's minimum, grown so the upload needs at most the backend's part count
 /// (with 1% slack for compression overhead), aligned, and capped at the backend's maximum.
 pub fn choose_part_size(requested: Option<u64>, total: u64, limits: &Limits) -> u64 {
-    let mut size = requested
-        .unwrap_or(DEFAULT_PART_SIZE)
-        .max(limits.min_part_size)
-        .max(1);
+    let mut size = requested.unwrap_or(DEFAULT_PART_SIZE).max(limits.min_part_size).max(1);
     let needed = (total + total / 100 + 1).div_ceil(u64::from(limits.max_parts.max(1)));
     if size < needed {
         size = needed.div_ceil(1 << 20) * (1 << 20);
@@ -62,25 +56,15 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(reporter: Arc<dyn Reporter>, model: &str) -> Self {
-        Self {
-            reporter,
-            model: model.to_string(),
-        }
+        Self { reporter, model: model.to_string() }
     }
 
     pub fn started(&self, direction: Direction, total: u64) {
-        self.reporter.report(Event::Started {
-            model: &self.model,
-            direction,
-            total,
-        });
+        self.reporter.report(Event::Started { model: &self.model, direction, total });
     }
 
     pub fn advanced(&self, bytes: u64) {
-        self.reporter.report(Event::Advanced {
-            model: &self.model,
-            bytes,
-        });
+        self.reporter.report(Event::Advanced { model: &self.model, bytes });
     }
 
     pub fn finished(&self) {
@@ -96,22 +80,11 @@ mod tests {
     fn part_size_respects_limits() {
         let s3 = Limits::default();
         assert_eq!(choose_part_size(None, 1 << 30, &s3), DEFAULT_PART_SIZE);
-        assert_eq!(
-            choose_part_size(Some(1 << 20), 1 << 30, &s3),
-            5 << 20,
-            "raised to the 5 MiB minimum"
-        );
+        assert_eq!(choose_part_size(Some(1 << 20), 1 << 30, &s3), 5 << 20, "raised to the 5 MiB minimum");
         // 1 TiB at 16 MiB would need 65,536 parts: grown so that 10,000 suffice.
         let big = choose_part_size(None, 1 << 40, &s3);
         assert!((1u64 << 40).div_ceil(big) <= 10_000, "{big}");
-        let gcs = Limits {
-            part_alignment: 256 << 10,
-            min_part_size: 256 << 10,
-            ..Limits::default()
-        };
-        assert_eq!(
-            choose_part_size(Some(1_000_000), 10 << 20, &gcs) % (256 << 10),
-            0
-        );
+        let gcs = Limits { part_alignment: 256 << 10, min_part_size: 256 << 10, ..Limits::default() };
+        assert_eq!(choose_part_size(Some(1_000_000), 10 << 20, &gcs) % (256 << 10), 0);
     }
 }

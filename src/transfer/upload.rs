@@ -47,9 +47,7 @@ impl PartSink {
         let part = self.buf.split().freeze();
         self.buf.reserve(self.part_size);
         self.parts += 1;
-        self.tx
-            .blocking_send(part)
-            .map_err(|_| io::Error::other("upload stopped"))
+        self.tx.blocking_send(part).map_err(|_| io::Error::other("upload stopped"))
     }
 }
 
@@ -82,14 +80,8 @@ fn produce(
     part_size: usize,
     tx: mpsc::Sender<Bytes>,
 ) -> io::Result<Produced> {
-    let mut sink = PartSink {
-        tx,
-        part_size,
-        buf: BytesMut::with_capacity(part_size),
-        hasher: Sha256::new(),
-        size: 0,
-        parts: 0,
-    };
+    let mut sink =
+        PartSink { tx, part_size, buf: BytesMut::with_capacity(part_size), hasher: Sha256::new(), size: 0, parts: 0 };
     let mut tar = TarStream::new(plan);
     let mut buf = vec![0u8; (1 << 20).min(part_size.max(64 << 10))];
     let mut pump = |tar: &mut TarStream, w: &mut dyn Write| -> io::Result<()> {
@@ -118,11 +110,7 @@ fn produce(
         sink.send()?;
     }
     let sha256 = Sha256Hex::from_digest(&sink.hasher.finalize());
-    Ok(Produced {
-        stream: tar,
-        sha256,
-        size: sink.size,
-    })
+    Ok(Produced { stream: tar, sha256, size: sink.size })
 }
 
 /// Uploads the archive of `plan` to `key`. On any failure the multipart upload is aborted and
@@ -137,32 +125,21 @@ pub async fn upload_archive(
 ) -> Result<UploadedArchive> {
     let limits = provider.limits();
     let part_size = choose_part_size(opts.part_size, plan.tar_size, &limits);
-    let concurrency = if limits.concurrent_parts {
-        opts.concurrency.max(1)
-    } else {
-        1
-    };
+    let concurrency = if limits.concurrent_parts { opts.concurrency.max(1) } else { 1 };
     let estimate = plan.tar_size;
     let (tx, mut rx) = mpsc::channel::<Bytes>(1);
-    let producer =
-        tokio::task::spawn_blocking(move || produce(plan, compression, part_size as usize, tx));
-    let produced =
-        |r: std::result::Result<io::Result<Produced>, tokio::task::JoinError>| -> Result<Produced> {
-            match r {
-                Ok(Ok(p)) => Ok(p),
-                Ok(Err(e)) => Err(Error::Io {
-                    context: "cannot read the model to upload".into(),
-                    source: e,
-                }),
-                Err(e) => Err(Error::other(format!("archive task failed: {e}"), None)),
-            }
-        };
+    let producer = tokio::task::spawn_blocking(move || produce(plan, compression, part_size as usize, tx));
+    let produced = |r: std::result::Result<io::Result<Produced>, tokio::task::JoinError>| -> Result<Produced> {
+        match r {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(Error::Io { context: "cannot read the model to upload".into(), source: e }),
+            Err(e) => Err(Error::other(format!("archive task failed: {e}"), None)),
+        }
+    };
     progress.started(Direction::Upload, estimate);
 
     let Some(first) = rx.recv().await else {
-        return Err(produced(producer.await)
-            .err()
-            .unwrap_or_else(|| Error::other("archive stream ended empty", None)));
+        return Err(produced(producer.await).err().unwrap_or_else(|| Error::other("archive stream ended empty", None)));
     };
     let Some(second) = rx.recv().await else {
         // A single part: one PUT, once the archive is known to be complete.
@@ -174,13 +151,7 @@ pub async fn upload_archive(
             .map_err(|e| Error::from_provider(format!("uploading {key}"), e))?;
         progress.advanced(len);
         let (plan, file_hashes) = p.stream.finish();
-        return Ok(UploadedArchive {
-            plan,
-            file_hashes,
-            sha256: p.sha256,
-            size: p.size,
-            parts: 1,
-        });
+        return Ok(UploadedArchive { plan, file_hashes, sha256: p.sha256, size: p.size, parts: 1 });
     };
 
     let upload_id = provider
@@ -196,22 +167,17 @@ pub async fn upload_archive(
             let provider = provider.clone();
             let upload_id = upload_id.clone();
             async move {
-                let number = u32::try_from(i + 1)
-                    .ok()
-                    .filter(|n| *n <= max_parts)
-                    .ok_or_else(|| {
-                        Error::other(
-                            format!("the archive needs more than {max_parts} parts"),
-                            Some("raise --part-size".into()),
-                        )
-                    })?;
+                let number = u32::try_from(i + 1).ok().filter(|n| *n <= max_parts).ok_or_else(|| {
+                    Error::other(
+                        format!("the archive needs more than {max_parts} parts"),
+                        Some("raise --part-size".into()),
+                    )
+                })?;
                 let len = data.len() as u64;
                 let tag = provider
                     .put_part(key, &upload_id, number, data)
                     .await
-                    .map_err(|e| {
-                        Error::from_provider(format!("uploading part {number} of {key}"), e)
-                    })?;
+                    .map_err(|e| Error::from_provider(format!("uploading part {number} of {key}"), e))?;
                 progress.advanced(len);
                 Ok(tag)
             }
@@ -228,18 +194,9 @@ pub async fn upload_archive(
             match provider.complete_multipart(key, &upload_id, tags).await {
                 Ok(()) => {
                     let (plan, file_hashes) = p.stream.finish();
-                    return Ok(UploadedArchive {
-                        plan,
-                        file_hashes,
-                        sha256: p.sha256,
-                        size: p.size,
-                        parts,
-                    });
+                    return Ok(UploadedArchive { plan, file_hashes, sha256: p.sha256, size: p.size, parts });
                 }
-                Err(e) => Err(Error::from_provider(
-                    format!("completing the upload of {key}"),
-                    e,
-                )),
+                Err(e) => Err(Error::from_provider(format!("completing the upload of {key}"), e)),
             }
         }
         // A read failure explains a stopped upload better than the upload's own error.

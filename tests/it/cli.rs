@@ -28,12 +28,7 @@ fn help_lists_commands_examples_and_exit_codes() {
 
 #[test]
 fn version_names_the_providers_built_in() {
-    Sandbox::new()
-        .cmd()
-        .arg("--version")
-        .assert()
-        .success()
-        .stdout(predicate::str::contains("providers: s3"));
+    Sandbox::new().cmd().arg("--version").assert().success().stdout(predicate::str::contains("providers: s3"));
 }
 
 #[test]
@@ -52,37 +47,16 @@ fn usage_errors_exit_2() {
 fn hostile_model_names_are_refused_before_any_io() {
     let sb = Sandbox::new();
     // The bucket does not exist: a name check that came after I/O would fail differently.
-    for bad in [
-        "../etc",
-        "a/b",
-        "with space",
-        "a\u{1}b",
-        ".hidden",
-        &"x".repeat(129),
-    ] {
+    for bad in ["../etc", "a/b", "with space", "a\u{1}b", ".hidden", &"x".repeat(129)] {
         let out = sb
             .cmd()
-            .args([
-                "--provider",
-                "local",
-                "--bucket",
-                "/nonexistent/bucket",
-                "download",
-                bad,
-            ])
+            .args(["--provider", "local", "--bucket", "/nonexistent/bucket", "download", bad])
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));
-        assert!(
-            stderr(&out).contains("invalid model name"),
-            "{}",
-            stderr(&out)
-        );
+        assert!(stderr(&out).contains("invalid model name"), "{}", stderr(&out));
     }
-    assert!(
-        !sb.cache().join("models").exists(),
-        "nothing created in the cache"
-    );
+    assert!(!sb.cache().join("models").exists(), "nothing created in the cache");
 }
 
 #[test]
@@ -104,15 +78,9 @@ fn setup_prints_the_seed_compatible_export_and_writes_a_private_file() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        stdout(&out),
-        format!("export CROWECODE_CLOUD_CONFIG_B64='{SEED_B64}'\n")
-    );
+    assert_eq!(stdout(&out), format!("export CROWECODE_CLOUD_CONFIG_B64='{SEED_B64}'\n"));
     let file = sb.path().join("cfg/crowecode/cloud.json");
-    assert_eq!(
-        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert_eq!(doc["provider"], "s3");
     assert_eq!(doc["config"]["prefix"], "crowecode-models/");
@@ -124,53 +92,24 @@ fn setup_normalises_the_prefix_and_validates_bucket_names() {
     let sb = Sandbox::new();
     let out = sb
         .cmd()
-        .args([
-            "--json",
-            "setup",
-            "--no-write",
-            "--provider",
-            "gcs",
-            "--bucket",
-            "my_models",
-            "--prefix",
-            "/a/b",
-        ])
+        .args(["--json", "setup", "--no-write", "--provider", "gcs", "--bucket", "my_models", "--prefix", "/a/b"])
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["config"]["prefix"], "a/b/");
-    assert!(
-        !sb.path().join("cfg/crowecode/cloud.json").exists(),
-        "--no-write writes nothing"
-    );
-    let out = sb
-        .cmd()
-        .args(["setup", "--provider", "s3", "--bucket", "Bad_Bucket"])
-        .output()
-        .unwrap();
+    assert!(!sb.path().join("cfg/crowecode/cloud.json").exists(), "--no-write writes nothing");
+    let out = sb.cmd().args(["setup", "--provider", "s3", "--bucket", "Bad_Bucket"]).output().unwrap();
     assert_eq!(out.status.code(), Some(3));
-    assert!(
-        stderr(&out).contains("invalid s3 bucket name"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("invalid s3 bucket name"), "{}", stderr(&out));
     assert!(stderr(&out).contains("hint:"));
-    sb.cmd()
-        .arg("setup")
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("--provider and --bucket"));
+    sb.cmd().arg("setup").assert().code(2).stderr(predicate::str::contains("--provider and --bucket"));
 }
 
 #[test]
 fn seed_config_from_the_environment_is_used() {
     let mut sb = Sandbox::new();
     sb.env("CROWECODE_CLOUD_CONFIG_B64", SEED_B64);
-    let out = sb
-        .cmd()
-        .args(["--json", "setup", "--no-write"])
-        .output()
-        .unwrap();
+    let out = sb.cmd().args(["--json", "setup", "--no-write"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["config"]["bucket"], "my-crowecode-models");
@@ -187,27 +126,14 @@ fn broken_configs_exit_3_naming_their_source() {
     insta::assert_snapshot!("bad_b64", sb.redact(&stderr(&out)));
 
     let sb = Sandbox::new();
-    write_files(
-        &sb.path().join("cfg/crowecode"),
-        &[("cloud.json", b"{\"provider\": \"s3\", \"config\": ")],
-    );
+    write_files(&sb.path().join("cfg/crowecode"), &[("cloud.json", b"{\"provider\": \"s3\", \"config\": ")]);
     let out = sb.cmd().arg("list").output().unwrap();
     assert_eq!(out.status.code(), Some(3));
     insta::assert_snapshot!("bad_json_file", sb.redact(&stderr(&out)));
 
     let sb = Sandbox::new();
-    write_files(
-        &sb.path().join("cfg/crowecode"),
-        &[(
-            "cloud.json",
-            br#"{"provider":"ftp","config":{"bucket":"x"}}"#,
-        )],
-    );
-    sb.cmd()
-        .arg("list")
-        .assert()
-        .code(3)
-        .stderr(predicate::str::contains("unknown provider \"ftp\""));
+    write_files(&sb.path().join("cfg/crowecode"), &[("cloud.json", br#"{"provider":"ftp","config":{"bucket":"x"}}"#)]);
+    sb.cmd().arg("list").assert().code(3).stderr(predicate::str::contains("unknown provider \"ftp\""));
 
     let sb = Sandbox::new();
     let out = sb.cmd().arg("list").output().unwrap();
@@ -226,38 +152,19 @@ fn broken_configs_exit_3_naming_their_source() {
 fn upload_then_download_gives_the_same_tree_and_paths_on_stdout() {
     let sb = Sandbox::new();
     let alpha = make_model(&sb.src(), "Alpha", 1);
-    std::fs::set_permissions(
-        alpha.join("config.json"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
+    std::fs::set_permissions(alpha.join("config.json"), std::fs::Permissions::from_mode(0o600)).unwrap();
     make_model(&sb.src(), "Beta", 2);
-    sb.local()
-        .args(["setup", "--create-bucket", "--no-write"])
-        .assert()
-        .success();
-    let out = sb
-        .local()
-        .args(["--json", "upload", "Alpha", "Beta", "--models-dir"])
-        .arg(sb.src())
-        .output()
-        .unwrap();
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    let out = sb.local().args(["--json", "upload", "Alpha", "Beta", "--models-dir"]).arg(sb.src()).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     insta::assert_snapshot!("upload_json", sb.redact(&stdout(&out)));
 
-    let out = sb
-        .local()
-        .args(["download", "Alpha", "Beta"])
-        .output()
-        .unwrap();
+    let out = sb.local().args(["download", "Alpha", "Beta"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let paths: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
     assert_eq!(paths.len(), 2);
     assert_eq!(tree(std::path::Path::new(&paths[0])), tree(&alpha));
-    assert_eq!(
-        tree(std::path::Path::new(&paths[1])),
-        tree(&sb.src().join("Beta"))
-    );
+    assert_eq!(tree(std::path::Path::new(&paths[1])), tree(&sb.src().join("Beta")));
     // The stable link points at the same version.
     assert_eq!(
         std::fs::canonicalize(sb.cache().join("models/Alpha")).unwrap(),
@@ -266,11 +173,7 @@ fn upload_then_download_gives_the_same_tree_and_paths_on_stdout() {
     assert!(sb.cache().join("CACHEDIR.TAG").exists());
 
     // Second time: cached, same path, nothing transferred.
-    let out = sb
-        .local()
-        .args(["--json", "download", "Alpha"])
-        .output()
-        .unwrap();
+    let out = sb.local().args(["--json", "download", "Alpha"]).output().unwrap();
     insta::assert_snapshot!("download_cached_json", sb.redact(&stdout(&out)));
 }
 
@@ -278,18 +181,10 @@ fn upload_then_download_gives_the_same_tree_and_paths_on_stdout() {
 fn an_unchanged_tree_uploads_nothing_and_force_overrides() {
     let sb = Sandbox::new();
     make_model(&sb.src(), "Alpha", 3);
-    sb.local()
-        .args(["setup", "--create-bucket", "--no-write"])
-        .assert()
-        .success();
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
     let up = |extra: &[&str]| {
-        let out = sb
-            .local()
-            .args(["--json", "upload", "Alpha", "--models-dir"])
-            .arg(sb.src())
-            .args(extra)
-            .output()
-            .unwrap();
+        let out =
+            sb.local().args(["--json", "upload", "Alpha", "--models-dir"]).arg(sb.src()).args(extra).output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["models"][0].clone()
@@ -303,10 +198,7 @@ fn an_unchanged_tree_uploads_nothing_and_force_overrides() {
     let forced = up(&["--force"]);
     assert_eq!(forced["status"], "uploaded");
     assert_ne!(forced["archive_key"], first["archive_key"]);
-    assert_eq!(
-        forced["sha256"], first["sha256"],
-        "deterministic archive: same tree, same bytes"
-    );
+    assert_eq!(forced["sha256"], first["sha256"], "deterministic archive: same tree, same bytes");
     // A changed file makes a new version.
     std::fs::write(sb.src().join("Alpha/config.json"), b"{\"changed\":true}").unwrap();
     let changed = up(&[]);
@@ -319,31 +211,15 @@ fn compressed_archives_round_trip() {
     for compression in ["zstd", "gzip"] {
         let sb = Sandbox::new();
         let model = make_model(&sb.src(), "Zed", 4);
-        sb.local()
-            .args(["setup", "--create-bucket", "--no-write"])
-            .assert()
-            .success();
-        sb.local()
-            .args(["upload", "Zed", "--compression", compression, "--from"])
-            .arg(&model)
-            .assert()
-            .success();
-        let manifest: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(sb.bucket().join("models/Zed/manifest.json")).unwrap(),
-        )
-        .unwrap();
+        sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+        sb.local().args(["upload", "Zed", "--compression", compression, "--from"]).arg(&model).assert().success();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(sb.bucket().join("models/Zed/manifest.json")).unwrap()).unwrap();
         assert_eq!(manifest["compression"], compression);
-        assert!(
-            manifest["files"][0].get("offset").is_none(),
-            "offsets only for uncompressed archives"
-        );
+        assert!(manifest["files"][0].get("offset").is_none(), "offsets only for uncompressed archives");
         let out = sb.local().args(["download", "Zed"]).output().unwrap();
         assert!(out.status.success(), "{compression}: {}", stderr(&out));
-        assert_eq!(
-            tree(std::path::Path::new(stdout(&out).trim())),
-            tree(&model),
-            "{compression}"
-        );
+        assert_eq!(tree(std::path::Path::new(stdout(&out).trim())), tree(&model), "{compression}");
     }
 }
 
@@ -351,62 +227,26 @@ fn compressed_archives_round_trip() {
 fn small_parts_make_many_parts_and_still_round_trip() {
     let sb = Sandbox::new();
     let model = make_model(&sb.src(), "Parts", 5);
-    sb.local()
-        .args(["setup", "--create-bucket", "--no-write"])
-        .assert()
-        .success();
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
     let out = sb
         .local()
-        .args([
-            "--json",
-            "upload",
-            "Parts",
-            "--part-size",
-            "16K",
-            "--concurrency",
-            "3",
-            "--from",
-        ])
+        .args(["--json", "upload", "Parts", "--part-size", "16K", "--concurrency", "3", "--from"])
         .arg(&model)
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let size = v["models"][0]["archive_size"].as_u64().unwrap();
-    assert_eq!(
-        v["models"][0]["parts"].as_u64().unwrap(),
-        size.div_ceil(16 << 10)
-    );
-    let out = sb
-        .local()
-        .args([
-            "download",
-            "Parts",
-            "--part-size",
-            "10K",
-            "--concurrency",
-            "5",
-        ])
-        .output()
-        .unwrap();
+    assert_eq!(v["models"][0]["parts"].as_u64().unwrap(), size.div_ceil(16 << 10));
+    let out = sb.local().args(["download", "Parts", "--part-size", "10K", "--concurrency", "5"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        tree(std::path::Path::new(stdout(&out).trim())),
-        tree(&model)
-    );
+    assert_eq!(tree(std::path::Path::new(stdout(&out).trim())), tree(&model));
 }
 
 #[test]
 fn a_missing_model_exits_5_and_a_missing_bucket_exits_3() {
     let sb = Sandbox::new();
-    sb.local()
-        .args(["download", "Nope"])
-        .assert()
-        .code(3)
-        .stderr(predicate::str::contains("does not exist"));
-    sb.local()
-        .args(["setup", "--create-bucket", "--no-write"])
-        .assert()
-        .success();
+    sb.local().args(["download", "Nope"]).assert().code(3).stderr(predicate::str::contains("does not exist"));
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
     let out = sb.local().args(["download", "Nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(5));
     insta::assert_snapshot!("model_not_found", sb.redact(&stderr(&out)));
@@ -415,20 +255,11 @@ fn a_missing_model_exits_5_and_a_missing_bucket_exits_3() {
 #[test]
 fn upload_errors_say_what_to_do() {
     let sb = Sandbox::new();
-    sb.local()
-        .args(["setup", "--create-bucket", "--no-write"])
-        .assert()
-        .success();
-    sb.local()
-        .args(["upload", "Ghost", "--models-dir"])
-        .arg(sb.src())
-        .assert()
-        .code(2)
-        .stderr(
-            predicate::str::contains("does not exist").and(predicate::str::contains(
-                "hint: pass the directory with --from",
-            )),
-        );
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    sb.local().args(["upload", "Ghost", "--models-dir"]).arg(sb.src()).assert().code(2).stderr(
+        predicate::str::contains("does not exist")
+            .and(predicate::str::contains("hint: pass the directory with --from")),
+    );
     sb.local()
         .args(["upload", "A", "B", "--from"])
         .arg(sb.src())
@@ -441,30 +272,17 @@ fn upload_errors_say_what_to_do() {
 fn a_corrupted_archive_exits_6_and_leaves_the_ready_model_alone() {
     let sb = Sandbox::new();
     let model = make_model(&sb.src(), "Alpha", 6);
-    sb.local()
-        .args(["setup", "--create-bucket", "--no-write"])
-        .assert()
-        .success();
-    sb.local()
-        .args(["upload", "Alpha", "--from"])
-        .arg(&model)
-        .assert()
-        .success();
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    sb.local().args(["upload", "Alpha", "--from"]).arg(&model).assert().success();
     let first = sb.local().args(["download", "Alpha"]).output().unwrap();
     let v1 = stdout(&first).trim().to_string();
     let before = tree(std::path::Path::new(&v1));
 
     // A new version whose archive is damaged in the bucket after upload.
     std::fs::write(model.join("config.json"), b"{\"v\":2}").unwrap();
-    sb.local()
-        .args(["upload", "Alpha", "--from"])
-        .arg(&model)
-        .assert()
-        .success();
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(sb.bucket().join("models/Alpha/manifest.json")).unwrap(),
-    )
-    .unwrap();
+    sb.local().args(["upload", "Alpha", "--from"]).arg(&model).assert().success();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sb.bucket().join("models/Alpha/manifest.json")).unwrap()).unwrap();
     let archive = sb.bucket().join(manifest["archive_key"].as_str().unwrap());
     let mut bytes = std::fs::read(&archive).unwrap();
     let weights_offset = manifest["files"][1]["offset"].as_u64().unwrap() as usize;
@@ -474,27 +292,12 @@ fn a_corrupted_archive_exits_6_and_leaves_the_ready_model_alone() {
     let out = sb.local().args(["download", "Alpha"]).output().unwrap();
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(
-        err.contains("expected: ") && err.contains("computed: "),
-        "{err}"
-    );
-    assert!(
-        err.contains(manifest["archive_sha256"].as_str().unwrap()),
-        "shows the expected digest: {err}"
-    );
+    assert!(err.contains("expected: ") && err.contains("computed: "), "{err}");
+    assert!(err.contains(manifest["archive_sha256"].as_str().unwrap()), "shows the expected digest: {err}");
     // The ready model is still version 1, intact, and nothing half-installed is left.
-    assert_eq!(
-        std::fs::canonicalize(sb.cache().join("models/Alpha")).unwrap(),
-        std::fs::canonicalize(&v1).unwrap()
-    );
+    assert_eq!(std::fs::canonicalize(sb.cache().join("models/Alpha")).unwrap(), std::fs::canonicalize(&v1).unwrap());
     assert_eq!(tree(std::path::Path::new(&v1)), before);
-    assert_eq!(
-        std::fs::read_dir(sb.cache().join(".staging"))
-            .unwrap()
-            .count(),
-        0,
-        "staging cleaned"
-    );
+    assert_eq!(std::fs::read_dir(sb.cache().join(".staging")).unwrap().count(), 0, "staging cleaned");
     assert_eq!(
         std::fs::read_dir(sb.cache().join("models/.versions"))
             .unwrap()
@@ -508,15 +311,8 @@ fn a_corrupted_archive_exits_6_and_leaves_the_ready_model_alone() {
 fn leftovers_of_a_killed_download_are_cleaned_on_the_next_run() {
     let sb = Sandbox::new();
     let model = make_model(&sb.src(), "Alpha", 7);
-    sb.local()
-        .args(["setup", "--create-bucket", "--no-write"])
-        .assert()
-        .success();
-    sb.local()
-        .args(["upload", "Alpha", "--from"])
-        .arg(&model)
-        .assert()
-        .success();
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    sb.local().args(["upload", "Alpha", "--from"]).arg(&model).assert().success();
     let stale = sb.cache().join(".staging/Alpha@0123456789abcdef");
     write_files(&stale, &[("half-written.bin", b"partial")]);
     std::fs::create_dir_all(sb.cache().join(".staging/Other@0123456789abcdef")).unwrap();
@@ -532,29 +328,16 @@ fn leftovers_of_a_killed_download_are_cleaned_on_the_next_run() {
 fn concurrent_downloads_of_one_model_share_one_transfer() {
     let sb = Sandbox::new();
     let model = make_model(&sb.src(), "Alpha", 8);
-    sb.local()
-        .args(["setup", "--create-bucket", "--no-write"])
-        .assert()
-        .success();
-    sb.local()
-        .args(["upload", "Alpha", "--from"])
-        .arg(&model)
-        .assert()
-        .success();
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    sb.local().args(["upload", "Alpha", "--from"]).arg(&model).assert().success();
     let children: Vec<_> = (0..4)
         .map(|_| {
             let mut c = sb.local_std();
             c.args(["--json", "download", "Alpha"]);
-            c.stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
+            c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
         })
         .collect();
-    let outs: Vec<_> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
+    let outs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
     let mut downloaded = 0;
     let mut paths = std::collections::BTreeSet::new();
     for out in &outs {
@@ -567,10 +350,7 @@ fn concurrent_downloads_of_one_model_share_one_transfer() {
     }
     assert_eq!(downloaded, 1, "exactly one process transferred the model");
     assert_eq!(paths.len(), 1, "all processes got the same ready path");
-    assert_eq!(
-        tree(std::path::Path::new(paths.iter().next().unwrap())),
-        tree(&model)
-    );
+    assert_eq!(tree(std::path::Path::new(paths.iter().next().unwrap())), tree(&model));
 }
 
 #[test]
@@ -578,16 +358,9 @@ fn list_status_and_local_listing_report_in_text_and_json() {
     let sb = Sandbox::new();
     make_model(&sb.src(), "Alpha", 9);
     make_model(&sb.src(), "Beta", 10);
-    sb.local()
-        .args(["setup", "--create-bucket"])
-        .assert()
-        .success();
+    sb.local().args(["setup", "--create-bucket"]).assert().success();
     // From here on the config file written by setup is used (no flags).
-    sb.cmd()
-        .args(["upload", "Alpha", "Beta", "--models-dir"])
-        .arg(sb.src())
-        .assert()
-        .success();
+    sb.cmd().args(["upload", "Alpha", "Beta", "--models-dir"]).arg(sb.src()).assert().success();
     sb.cmd().args(["download", "Alpha"]).assert().success();
 
     let out = sb.cmd().arg("list").output().unwrap();
@@ -595,18 +368,11 @@ fn list_status_and_local_listing_report_in_text_and_json() {
     let out = sb.cmd().args(["list", "--json"]).output().unwrap();
     insta::assert_snapshot!("list_json", sb.redact(&stdout(&out)));
     let out = sb.cmd().args(["list", "--local"]).output().unwrap();
-    assert!(
-        stdout(&out).contains("Alpha") && !stdout(&out).contains("Beta"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).contains("Alpha") && !stdout(&out).contains("Beta"), "{}", stdout(&out));
     let out = sb.cmd().arg("status").output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let text = sb.redact(&stdout(&out));
-    let text = regex_lite::Regex::new(r"\(\d+(\.\d+)? [KMG]?i?B\)")
-        .unwrap()
-        .replace(&text, "([SIZE])")
-        .into_owned();
+    let text = regex_lite::Regex::new(r"\(\d+(\.\d+)? [KMG]?i?B\)").unwrap().replace(&text, "([SIZE])").into_owned();
     insta::assert_snapshot!("status_text", text);
     let out = sb.cmd().args(["status", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -626,25 +392,13 @@ fn status_of_an_unreachable_bucket_fails_with_its_code() {
 #[test]
 fn json_errors_are_objects_on_stdout() {
     let sb = Sandbox::new();
-    sb.local()
-        .args(["setup", "--create-bucket", "--no-write"])
-        .assert()
-        .success();
-    let out = sb
-        .local()
-        .args(["--json", "download", "Nope"])
-        .output()
-        .unwrap();
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    let out = sb.local().args(["--json", "download", "Nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(5));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["errors"][0]["exit_code"], 5);
     assert_eq!(v["errors"][0]["model"], "Nope");
-    assert!(
-        v["errors"][0]["hint"]
-            .as_str()
-            .unwrap()
-            .contains("crowecode-cloud list")
-    );
+    assert!(v["errors"][0]["hint"].as_str().unwrap().contains("crowecode-cloud list"));
 }
 
 #[test]
@@ -652,36 +406,38 @@ fn progress_lines_appear_in_logs_when_not_a_terminal() {
     let mut sb = Sandbox::new();
     sb.env("CROWECODE_PROGRESS_INTERVAL", "0.000001");
     let model = make_model(&sb.src(), "Alpha", 11);
-    sb.local()
-        .args(["setup", "--create-bucket", "--no-write"])
-        .assert()
-        .success();
-    let out = sb
-        .local()
-        .args(["upload", "Alpha", "--part-size", "64K", "--from"])
-        .arg(&model)
-        .output()
-        .unwrap();
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    let out = sb.local().args(["upload", "Alpha", "--part-size", "64K", "--from"]).arg(&model).output().unwrap();
     let err = stderr(&out);
-    assert!(
-        err.lines()
-            .any(|l| l.starts_with("upload Alpha: ") && l.contains("ETA")),
-        "{err}"
-    );
-    let out = sb
-        .local()
-        .args(["--no-progress", "download", "Alpha", "--part-size", "64K"])
-        .output()
-        .unwrap();
-    assert!(
-        !stderr(&out).contains("ETA"),
-        "--no-progress silences progress: {}",
-        stderr(&out)
-    );
-    let out = sb
-        .local()
-        .args(["--quiet", "download", "Alpha"])
-        .output()
-        .unwrap();
+    assert!(err.lines().any(|l| l.starts_with("upload Alpha: ") && l.contains("ETA")), "{err}");
+    let out = sb.local().args(["--no-progress", "download", "Alpha", "--part-size", "64K"]).output().unwrap();
+    assert!(!stderr(&out).contains("ETA"), "--no-progress silences progress: {}", stderr(&out));
+    let out = sb.local().args(["--quiet", "download", "Alpha"]).output().unwrap();
     assert_eq!(stderr(&out), "", "--quiet prints nothing on stderr");
+}
+
+#[test]
+fn a_download_waits_for_the_lock_holder_and_says_so() {
+    let sb = Sandbox::new();
+    let model = make_model(&sb.src(), "Alpha", 12);
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    sb.local().args(["upload", "Alpha", "--from"]).arg(&model).assert().success();
+    // Another "process" holds the model's lock.
+    std::fs::create_dir_all(sb.cache().join(".locks")).unwrap();
+    let lock = std::fs::File::create(sb.cache().join(".locks/Alpha.lock")).unwrap();
+    lock.lock().unwrap();
+    let child = sb
+        .local_std()
+        .args(["download", "Alpha"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(!sb.cache().join("models/Alpha").exists(), "nothing installed while the lock is held");
+    drop(lock);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("another process is downloading this model; waiting for it"), "{}", stderr(&out));
+    assert_eq!(tree(std::path::Path::new(stdout(&out).trim())), tree(&model));
 }

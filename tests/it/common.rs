@@ -13,7 +13,9 @@ use sha2::{Digest as _, Sha256};
 /// servers were not started: the test fails, loudly, instead of skipping a provider.
 pub fn require_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: the S3 test servers are not running; run the suite with scripts/test.sh, which starts them")
+        panic!(
+            "{name} is not set: the test servers are not running; run the suite with scripts/test.sh, which starts them"
+        )
     })
 }
 
@@ -29,10 +31,7 @@ impl Sandbox {
         for d in ["home", "cfg", "cache", "src"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
-        Self {
-            dir,
-            extra: Vec::new(),
-        }
+        Self { dir, extra: Vec::new() }
     }
 
     pub fn path(&self) -> &Path {
@@ -76,10 +75,7 @@ impl Sandbox {
             .env("CROWECODE_HOME", self.cache())
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("AWS_CONFIG_FILE", self.path().join("no-aws-config"))
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                self.path().join("no-aws-credentials"),
-            )
+            .env("AWS_SHARED_CREDENTIALS_FILE", self.path().join("no-aws-credentials"))
             .env("CROWECODE_MAX_ATTEMPTS", "3")
             .env("CROWECODE_RETRY_BACKOFF", "0.05")
             .current_dir(self.path());
@@ -97,9 +93,7 @@ impl Sandbox {
     /// [`Sandbox::local`] as a plain `std::process::Command`.
     pub fn local_std(&self) -> std::process::Command {
         let mut c = self.std_cmd();
-        c.args(["--provider", "local", "--bucket"])
-            .arg(self.bucket())
-            .args(["--prefix", "models/"]);
+        c.args(["--provider", "local", "--bucket"]).arg(self.bucket()).args(["--prefix", "models/"]);
         c
     }
 
@@ -124,10 +118,7 @@ impl Sandbox {
 /// A minimal regex replacement for the few patterns above (no regex crate needed in tests).
 fn regex_replace(text: &str, pattern: &str, rep: &str) -> String {
     // Patterns are few and simple; a compiled regex from the regex-lite crate keeps this honest.
-    regex_lite::Regex::new(pattern)
-        .expect("valid pattern")
-        .replace_all(text, rep)
-        .into_owned()
+    regex_lite::Regex::new(pattern).expect("valid pattern").replace_all(text, rep).into_owned()
 }
 
 /// Writes `files` (path → content) under `root`, creating directories.
@@ -141,9 +132,7 @@ pub fn write_files(root: &Path, files: &[(&str, &[u8])]) {
 
 /// Deterministic pseudo-random bytes.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             state ^= state << 13;
@@ -161,14 +150,8 @@ pub fn make_model(root: &Path, name: &str, seed: u64) -> PathBuf {
         &dir,
         &[
             ("model-00001-of-00002.safetensors", &noise(300_000, seed)),
-            (
-                "model-00002-of-00002.safetensors",
-                &noise(123_457, seed + 1),
-            ),
-            (
-                "config.json",
-                format!("{{\"name\":\"{name}\",\"seed\":{seed}}}").as_bytes(),
-            ),
+            ("model-00002-of-00002.safetensors", &noise(123_457, seed + 1)),
+            ("config.json", format!("{{\"name\":\"{name}\",\"seed\":{seed}}}").as_bytes()),
             ("tokenizer/tokenizer.json", &noise(5_000, seed + 2)),
         ],
     );
@@ -181,13 +164,7 @@ pub fn tree(root: &Path) -> BTreeMap<String, (char, u32, String)> {
     let mut out = BTreeMap::new();
     for e in walkdir::WalkDir::new(root).min_depth(1).follow_links(false) {
         let e = e.unwrap();
-        let rel = e
-            .path()
-            .strip_prefix(root)
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_string();
+        let rel = e.path().strip_prefix(root).unwrap().to_str().unwrap().to_string();
         let m = e.metadata().unwrap();
         let mode = m.permissions().mode() & 0o777;
         if e.file_type().is_dir() {

@@ -5,28 +5,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use crowecode_cloud::config::{self, FileLocation, Overrides};
-use crowecode_cloud::provider::{
-    self, GetRange, Provider, ProviderErrorKind, ProviderExt as _, PutMode, RetryPolicy,
-};
+use crowecode_cloud::provider::{self, GetRange, Provider, ProviderErrorKind, ProviderExt as _, PutMode, RetryPolicy};
 use futures::{StreamExt as _, TryStreamExt as _, stream};
 
 use crate::common::{noise, require_env};
 
 async fn provider_for(overrides: Overrides, dir: &std::path::Path) -> Arc<dyn Provider> {
-    let file = FileLocation {
-        path: dir.join("none.json"),
-        explicit: false,
-    };
+    let file = FileLocation { path: dir.join("none.json"), explicit: false };
     let resolved = config::resolve(&|_| None, &file, &overrides).unwrap();
-    provider::from_config(
-        &resolved.config,
-        RetryPolicy {
-            max_attempts: 2,
-            ..RetryPolicy::default()
-        },
-    )
-    .await
-    .unwrap()
+    provider::from_config(&resolved.config, RetryPolicy { max_attempts: 2, ..RetryPolicy::default() }).await.unwrap()
 }
 
 async fn read(p: &dyn Provider, key: &str, range: GetRange) -> Vec<u8> {
@@ -39,8 +26,12 @@ async fn read(p: &dyn Provider, key: &str, range: GetRange) -> Vec<u8> {
 }
 
 struct Expect {
-    /// The backend honours If-None-Match / If-Match on writes.
+    /// The backend refuses a create-only write over an existing object.
     conditional: bool,
+    /// The backend refuses a write whose version precondition no longer holds.
+    if_match: bool,
+    /// The backend lists unfinished multipart uploads.
+    lists_pending: bool,
     /// Smallest non-final multipart part.
     min_part: usize,
     /// Also check listing across pages (over 1,000 keys).
@@ -53,173 +44,76 @@ async fn suite(p: Arc<dyn Provider>, expect: Expect) {
     p.check_bucket().await.unwrap();
 
     // A missing object is NotFound, for head and get alike; deleting it succeeds.
-    assert_eq!(
-        p.head("t/missing").await.unwrap_err().kind,
-        ProviderErrorKind::NotFound
-    );
-    let get_missing = p
-        .get("t/missing", GetRange::All)
-        .await
-        .err()
-        .expect("get of a missing key fails");
-    assert_eq!(
-        get_missing.kind,
-        ProviderErrorKind::NotFound,
-        "{get_missing}"
-    );
+    assert_eq!(p.head("t/missing").await.unwrap_err().kind, ProviderErrorKind::NotFound);
+    let get_missing = p.get("t/missing", GetRange::All).await.err().expect("get of a missing key fails");
+    assert_eq!(get_missing.kind, ProviderErrorKind::NotFound, "{get_missing}");
     p.delete("t/missing").await.unwrap();
 
     // put → head → get, whole and ranged.
     let data = noise(100_000, 1);
-    p.put("t/obj.bin", Bytes::from(data.clone()), PutMode::Overwrite)
-        .await
-        .unwrap();
+    p.put("t/obj.bin", Bytes::from(data.clone()), PutMode::Overwrite).await.unwrap();
     let meta = p.head("t/obj.bin").await.unwrap();
     assert_eq!(meta.size, 100_000);
     assert_eq!(read(p, "t/obj.bin", GetRange::All).await, data);
-    assert_eq!(
-        read(p, "t/obj.bin", GetRange::Bounded(1000..5000)).await,
-        &data[1000..5000]
-    );
-    assert_eq!(
-        read(p, "t/obj.bin", GetRange::From(99_990)).await,
-        &data[99_990..]
-    );
+    assert_eq!(read(p, "t/obj.bin", GetRange::Bounded(1000..5000)).await, &data[1000..5000]);
+    assert_eq!(read(p, "t/obj.bin", GetRange::From(99_990)).await, &data[99_990..]);
     assert_eq!(p.get_bytes("t/obj.bin").await.unwrap().len(), 100_000);
 
-    // Conditional writes: create-only refuses an existing key; If-Match needs the current ETag.
+    // Conditional writes: create-only refuses an existing key; a version precondition refuses a
+    // write once the object changed, and passes with the current version.
     if expect.conditional {
-        let err = p
-            .put("t/obj.bin", Bytes::from_static(b"x"), PutMode::Create)
-            .await
-            .unwrap_err();
+        let err = p.put("t/obj.bin", Bytes::from_static(b"x"), PutMode::Create).await.unwrap_err();
         assert_eq!(err.kind, ProviderErrorKind::Precondition, "{err}");
-        let err = p
-            .put(
-                "t/obj.bin",
-                Bytes::from_static(b"x"),
-                PutMode::IfMatch("\"not-the-etag\"".into()),
-            )
-            .await
-            .unwrap_err();
+        p.put("t/created.bin", Bytes::from_static(b"c"), PutMode::Create).await.unwrap();
+    }
+    if expect.if_match {
+        let stale = p.head("t/obj.bin").await.unwrap().etag.expect("etag");
+        p.put("t/obj.bin", Bytes::from(noise(1000, 99)), PutMode::Overwrite).await.unwrap();
+        let err = p.put("t/obj.bin", Bytes::from_static(b"x"), PutMode::IfMatch(stale)).await.unwrap_err();
         assert_eq!(err.kind, ProviderErrorKind::Precondition, "{err}");
         let etag = p.head("t/obj.bin").await.unwrap().etag.expect("etag");
-        p.put(
-            "t/obj.bin",
-            Bytes::from_static(b"new"),
-            PutMode::IfMatch(etag),
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            p.get_bytes("t/obj.bin").await.unwrap(),
-            Bytes::from_static(b"new")
-        );
-        p.put("t/created.bin", Bytes::from_static(b"c"), PutMode::Create)
-            .await
-            .unwrap();
+        p.put("t/obj.bin", Bytes::from_static(b"new"), PutMode::IfMatch(etag)).await.unwrap();
+        assert_eq!(p.get_bytes("t/obj.bin").await.unwrap(), Bytes::from_static(b"new"));
     }
 
-    // Multipart: parts uploaded out of order, completed in order, read back whole.
-    let parts: Vec<Vec<u8>> = vec![
-        noise(expect.min_part, 2),
-        noise(expect.min_part, 3),
-        noise(777, 4),
-    ];
-    let id = p
-        .create_multipart("t/multi.bin", expect.min_part as u64)
-        .await
-        .unwrap();
+    // Multipart: parts uploaded out of order where the backend allows it, completed in order,
+    // read back whole.
+    let parts: Vec<Vec<u8>> = vec![noise(expect.min_part, 2), noise(expect.min_part, 3), noise(777, 4)];
+    let id = p.create_multipart("t/multi.bin", expect.min_part as u64).await.unwrap();
     let mut tags = Vec::new();
-    for n in [2u32, 1, 3] {
-        tags.push(
-            p.put_part(
-                "t/multi.bin",
-                &id,
-                n,
-                Bytes::from(parts[n as usize - 1].clone()),
-            )
-            .await
-            .unwrap(),
-        );
+    let order = if p.limits().concurrent_parts { [2u32, 1, 3] } else { [1, 2, 3] };
+    for n in order {
+        tags.push(p.put_part("t/multi.bin", &id, n, Bytes::from(parts[n as usize - 1].clone())).await.unwrap());
     }
     tags.sort_by_key(|t| t.number);
-    assert!(
-        p.head("t/multi.bin").await.is_err(),
-        "nothing visible before complete"
-    );
-    p.complete_multipart("t/multi.bin", &id, tags)
-        .await
-        .unwrap();
+    assert!(p.head("t/multi.bin").await.is_err(), "nothing visible before complete");
+    p.complete_multipart("t/multi.bin", &id, tags).await.unwrap();
     assert_eq!(read(p, "t/multi.bin", GetRange::All).await, parts.concat());
 
     // An aborted upload leaves nothing behind, pending or visible.
-    let id = p
-        .create_multipart("t/aborted.bin", expect.min_part as u64)
-        .await
-        .unwrap();
-    p.put_part(
-        "t/aborted.bin",
-        &id,
-        1,
-        Bytes::from(noise(expect.min_part, 5)),
-    )
-    .await
-    .unwrap();
-    assert!(
-        p.list_pending_uploads("t/")
-            .await
-            .unwrap()
-            .iter()
-            .any(|u| u.upload_id == id),
-        "pending upload listed"
-    );
+    let id = p.create_multipart("t/aborted.bin", expect.min_part as u64).await.unwrap();
+    p.put_part("t/aborted.bin", &id, 1, Bytes::from(noise(expect.min_part, 5))).await.unwrap();
+    if expect.lists_pending {
+        assert!(p.list_pending_uploads("t/").await.unwrap().iter().any(|u| u.upload_id == id), "pending upload listed");
+    }
     p.abort_multipart("t/aborted.bin", &id).await.unwrap();
-    assert!(
-        !p.list_pending_uploads("t/")
-            .await
-            .unwrap()
-            .iter()
-            .any(|u| u.upload_id == id)
-    );
-    assert_eq!(
-        p.head("t/aborted.bin").await.unwrap_err().kind,
-        ProviderErrorKind::NotFound
-    );
+    assert!(!p.list_pending_uploads("t/").await.unwrap().iter().any(|u| u.upload_id == id));
+    assert_eq!(p.head("t/aborted.bin").await.unwrap_err().kind, ProviderErrorKind::NotFound);
 
     // Listing: by prefix, sorted, with sizes, nothing outside the prefix.
-    p.put("u/other.bin", Bytes::from_static(b"o"), PutMode::Overwrite)
-        .await
-        .unwrap();
-    let keys: Vec<String> = p
-        .list("t/")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
+    p.put("u/other.bin", Bytes::from_static(b"o"), PutMode::Overwrite).await.unwrap();
+    let keys: Vec<String> = p.list("t/").await.unwrap().into_iter().map(|o| o.key).collect();
     let mut expected = vec!["t/multi.bin".to_string(), "t/obj.bin".to_string()];
     if expect.conditional {
         expected.insert(0, "t/created.bin".into());
     }
     assert_eq!(keys, expected);
-    assert_eq!(
-        p.list("t/o").await.unwrap().len(),
-        1,
-        "prefixes need not end at a '/'"
-    );
+    assert_eq!(p.list("t/o").await.unwrap().len(), 1, "prefixes need not end at a '/'");
 
     // Listing crosses pages (S3 returns at most 1,000 keys a page).
     if expect.many_keys {
         stream::iter(0..1005)
-            .map(|i| async move {
-                p.put(
-                    &format!("many/k{i:05}"),
-                    Bytes::from_static(b"."),
-                    PutMode::Overwrite,
-                )
-                .await
-            })
+            .map(|i| async move { p.put(&format!("many/k{i:05}"), Bytes::from_static(b"."), PutMode::Overwrite).await })
             .buffer_unordered(16)
             .try_collect::<Vec<_>>()
             .await
@@ -231,37 +125,20 @@ async fn suite(p: Arc<dyn Provider>, expect: Expect) {
 
     // Delete makes an object disappear.
     p.delete("t/obj.bin").await.unwrap();
-    assert_eq!(
-        p.head("t/obj.bin").await.unwrap_err().kind,
-        ProviderErrorKind::NotFound
-    );
+    assert_eq!(p.head("t/obj.bin").await.unwrap_err().kind, ProviderErrorKind::NotFound);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_provider_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let bucket = dir.path().join("bucket");
-    let overrides = Overrides {
-        provider: Some("local".into()),
-        bucket: Some(bucket.display().to_string()),
-        ..Default::default()
-    };
+    let overrides =
+        Overrides { provider: Some("local".into()), bucket: Some(bucket.display().to_string()), ..Default::default() };
     let p = provider_for(overrides, dir.path()).await;
-    assert_eq!(
-        p.check_bucket().await.unwrap_err().kind,
-        ProviderErrorKind::BucketNotFound
-    );
+    assert_eq!(p.check_bucket().await.unwrap_err().kind, ProviderErrorKind::BucketNotFound);
     assert!(p.create_bucket().await.unwrap(), "created");
     assert!(!p.create_bucket().await.unwrap(), "already there");
-    suite(
-        p,
-        Expect {
-            conditional: true,
-            min_part: 1000,
-            many_keys: true,
-        },
-    )
-    .await;
+    suite(p, Expect { conditional: true, if_match: true, lists_pending: true, min_part: 1000, many_keys: true }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,32 +155,36 @@ async fn s3_provider_conforms_on_moto() {
         ..Default::default()
     };
     let p = provider_for(overrides, dir.path()).await;
-    assert_eq!(
-        p.check_bucket().await.unwrap_err().kind,
-        ProviderErrorKind::BucketNotFound
-    );
+    assert_eq!(p.check_bucket().await.unwrap_err().kind, ProviderErrorKind::BucketNotFound);
     assert!(p.create_bucket().await.unwrap());
     assert!(!p.create_bucket().await.unwrap());
-    suite(
-        p,
-        Expect {
-            conditional: true,
-            min_part: 5 << 20,
-            many_keys: true,
-        },
-    )
-    .await;
+    suite(p, Expect { conditional: true, if_match: true, lists_pending: true, min_part: 5 << 20, many_keys: true })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_provider_conforms_on_fake_gcs_server() {
+    let endpoint = require_env("CROWECODE_TEST_GCS_ENDPOINT");
+    let dir = tempfile::tempdir().unwrap();
+    let overrides = Overrides {
+        provider: Some("gcs".into()),
+        bucket: Some(format!("conformance-{:08x}", fastrand_u32())),
+        endpoint: Some(endpoint),
+        project: Some("test-project".into()),
+        ..Default::default()
+    };
+    let p = provider_for(overrides, dir.path()).await;
+    assert_eq!(p.check_bucket().await.unwrap_err().kind, ProviderErrorKind::BucketNotFound);
+    assert!(p.create_bucket().await.unwrap());
+    assert!(!p.create_bucket().await.unwrap());
+    suite(p, Expect { conditional: true, if_match: true, lists_pending: false, min_part: 256 << 10, many_keys: true })
+        .await;
 }
 
 /// A random bucket suffix without another dependency.
 pub fn fastrand_u32() -> u32 {
     use std::hash::{BuildHasher as _, Hasher as _};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
     h.finish() as u32
 }

@@ -11,21 +11,11 @@ use crate::common::{Sandbox, make_model, sha256_hex, tar_header, tar_of, tree};
 fn ready_sandbox() -> (Sandbox, String) {
     let sb = Sandbox::new();
     let model = make_model(&sb.src(), "Evil", 42);
-    sb.local()
-        .args(["setup", "--create-bucket", "--no-write"])
-        .assert()
-        .success();
-    sb.local()
-        .args(["upload", "Evil", "--from"])
-        .arg(&model)
-        .assert()
-        .success();
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    sb.local().args(["upload", "Evil", "--from"]).arg(&model).assert().success();
     let out = sb.local().args(["download", "Evil"]).output().unwrap();
     assert!(out.status.success());
-    (
-        sb,
-        String::from_utf8(out.stdout).unwrap().trim().to_string(),
-    )
+    (sb, String::from_utf8(out.stdout).unwrap().trim().to_string())
 }
 
 /// Plants `archive` and a manifest claiming `files` (path, size) for it.
@@ -49,11 +39,7 @@ fn plant(sb: &Sandbox, archive: &[u8], files: &[(&str, u64)], sha_override: Opti
         "created_at": "2026-01-01T00:00:00Z",
         "tool_version": "0.0.0",
     });
-    std::fs::write(
-        sb.bucket().join("models/Evil/manifest.json"),
-        serde_json::to_vec(&manifest).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(sb.bucket().join("models/Evil/manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
 }
 
 /// Downloads, expects exit 6 with `needle` in stderr, and checks nothing escaped or changed.
@@ -66,11 +52,7 @@ fn assert_refused(sb: &Sandbox, ready: &str, needle: &str) {
     assert!(err.contains("hint:"), "{err}");
     for entry in walkdir::WalkDir::new(sb.path()).into_iter().flatten() {
         let name = entry.file_name().to_string_lossy();
-        assert!(
-            !name.starts_with("escape") && !name.starts_with("pwned"),
-            "{} was written",
-            entry.path().display()
-        );
+        assert!(!name.starts_with("escape") && !name.starts_with("pwned"), "{} was written", entry.path().display());
     }
     assert_eq!(
         std::fs::canonicalize(sb.cache().join("models/Evil")).unwrap(),
@@ -78,13 +60,7 @@ fn assert_refused(sb: &Sandbox, ready: &str, needle: &str) {
         "link unchanged"
     );
     assert_eq!(tree(Path::new(ready)), before, "ready model intact");
-    assert_eq!(
-        std::fs::read_dir(sb.cache().join(".staging"))
-            .unwrap()
-            .count(),
-        0,
-        "staging removed"
-    );
+    assert_eq!(std::fs::read_dir(sb.cache().join(".staging")).unwrap().count(), 0, "staging removed");
 }
 
 fn file(name: &str, data: &[u8]) -> ([u8; 512], Vec<u8>) {
@@ -96,24 +72,14 @@ fn absolute_paths_are_refused() {
     let (sb, ready) = ready_sandbox();
     let target = sb.path().join("escape-abs.txt");
     let name = target.display().to_string();
-    plant(
-        &sb,
-        &tar_of(&[file(&name, b"x")]),
-        &[("escape-abs.txt", 1)],
-        None,
-    );
+    plant(&sb, &tar_of(&[file(&name, b"x")]), &[("escape-abs.txt", 1)], None);
     assert_refused(&sb, &ready, "absolute path");
 }
 
 #[test]
 fn parent_directory_traversal_is_refused() {
     let (sb, ready) = ready_sandbox();
-    plant(
-        &sb,
-        &tar_of(&[file("../../../escape-dotdot.txt", b"x")]),
-        &[("escape-dotdot.txt", 1)],
-        None,
-    );
+    plant(&sb, &tar_of(&[file("../../../escape-dotdot.txt", b"x")]), &[("escape-dotdot.txt", 1)], None);
     assert_refused(&sb, &ready, "\"..\"");
 }
 
@@ -121,18 +87,10 @@ fn parent_directory_traversal_is_refused() {
 fn symlinks_and_hardlinks_are_refused() {
     let (sb, ready) = ready_sandbox();
     let link = (tar_header("escape-link", b'2', 0, "/etc"), Vec::new());
-    plant(
-        &sb,
-        &tar_of(&[link, file("escape-link/pwned", b"x")]),
-        &[("escape-link", 0)],
-        None,
-    );
+    plant(&sb, &tar_of(&[link, file("escape-link/pwned", b"x")]), &[("escape-link", 0)], None);
     assert_refused(&sb, &ready, "symbolic link");
 
-    let hard = (
-        tar_header("escape-hard", b'1', 0, "../../../../etc/passwd"),
-        Vec::new(),
-    );
+    let hard = (tar_header("escape-hard", b'1', 0, "../../../../etc/passwd"), Vec::new());
     plant(&sb, &tar_of(&[hard]), &[("escape-hard", 0)], None);
     assert_refused(&sb, &ready, "hard link");
 }
@@ -140,39 +98,21 @@ fn symlinks_and_hardlinks_are_refused() {
 #[test]
 fn devices_and_fifos_are_refused() {
     let (sb, ready) = ready_sandbox();
-    plant(
-        &sb,
-        &tar_of(&[(tar_header("escape-dev", b'3', 0, ""), Vec::new())]),
-        &[("escape-dev", 0)],
-        None,
-    );
+    plant(&sb, &tar_of(&[(tar_header("escape-dev", b'3', 0, ""), Vec::new())]), &[("escape-dev", 0)], None);
     assert_refused(&sb, &ready, "device file");
-    plant(
-        &sb,
-        &tar_of(&[(tar_header("escape-fifo", b'6', 0, ""), Vec::new())]),
-        &[("escape-fifo", 0)],
-        None,
-    );
+    plant(&sb, &tar_of(&[(tar_header("escape-fifo", b'6', 0, ""), Vec::new())]), &[("escape-fifo", 0)], None);
     assert_refused(&sb, &ready, "FIFO");
 }
 
 #[test]
 fn sizes_and_entries_the_manifest_does_not_promise_are_refused() {
     let (sb, ready) = ready_sandbox();
-    plant(
-        &sb,
-        &tar_of(&[file("weights.bin", &[7u8; 4096])]),
-        &[("weights.bin", 10)],
-        None,
-    );
+    plant(&sb, &tar_of(&[file("weights.bin", &[7u8; 4096])]), &[("weights.bin", 10)], None);
     assert_refused(&sb, &ready, "4096 bytes in the archive, 10 in the manifest");
 
     plant(
         &sb,
-        &tar_of(&[
-            file("weights.bin", b"0123456789"),
-            file("pwned.sh", b"rm -rf /"),
-        ]),
+        &tar_of(&[file("weights.bin", b"0123456789"), file("pwned.sh", b"rm -rf /")]),
         &[("weights.bin", 10)],
         None,
     );
@@ -199,8 +139,7 @@ fn a_manifest_that_lies_about_the_sha256_is_refused() {
     let out = sb.local().args(["download", "Evil"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("expected: {wrong}"))
-            && err.contains(&format!("computed: {}", sha256_hex(&archive))),
+        err.contains(&format!("expected: {wrong}")) && err.contains(&format!("computed: {}", sha256_hex(&archive))),
         "{err}"
     );
 }
@@ -208,12 +147,7 @@ fn a_manifest_that_lies_about_the_sha256_is_refused() {
 #[test]
 fn a_manifest_with_unsafe_paths_is_refused_before_download() {
     let (sb, ready) = ready_sandbox();
-    plant(
-        &sb,
-        &tar_of(&[file("x", b"x")]),
-        &[("../escape-manifest", 1)],
-        None,
-    );
+    plant(&sb, &tar_of(&[file("x", b"x")]), &[("../escape-manifest", 1)], None);
     assert_refused(&sb, &ready, "contains \"..\"");
 }
 

@@ -42,34 +42,24 @@ fn node() -> impl Strategy<Value = Node> {
 
 /// A tree as path → node, with no path both a file and a parent.
 fn tree_spec() -> impl Strategy<Value = BTreeMap<String, Node>> {
-    prop::collection::vec((prop::collection::vec(name(), 1..4), node()), 1..14).prop_map(
-        |entries| {
-            let mut out: BTreeMap<String, Node> = BTreeMap::new();
-            for (parts, node) in entries {
-                let path = parts.join("/");
-                let clashes = out.keys().any(|k| {
-                    k == &path
-                        || (path.starts_with(&format!("{k}/"))
-                            && matches!(out[k], Node::File { .. }))
-                        || (k.starts_with(&format!("{path}/")) && matches!(node, Node::File { .. }))
-                });
-                if !clashes {
-                    out.insert(path, node);
-                }
+    prop::collection::vec((prop::collection::vec(name(), 1..4), node()), 1..14).prop_map(|entries| {
+        let mut out: BTreeMap<String, Node> = BTreeMap::new();
+        for (parts, node) in entries {
+            let path = parts.join("/");
+            let clashes = out.keys().any(|k| {
+                k == &path
+                    || (path.starts_with(&format!("{k}/")) && matches!(out[k], Node::File { .. }))
+                    || (k.starts_with(&format!("{path}/")) && matches!(node, Node::File { .. }))
+            });
+            if !clashes {
+                out.insert(path, node);
             }
-            if !out.values().any(|n| matches!(n, Node::File { .. })) {
-                out.insert(
-                    "weights.bin".into(),
-                    Node::File {
-                        size: 10,
-                        mode: 0o644,
-                        seed: 1,
-                    },
-                );
-            }
-            out
-        },
-    )
+        }
+        if !out.values().any(|n| matches!(n, Node::File { .. })) {
+            out.insert("weights.bin".into(), Node::File { size: 10, mode: 0o644, seed: 1 });
+        }
+        out
+    })
 }
 
 fn build(root: &Path, spec: &BTreeMap<String, Node>) {
@@ -88,8 +78,7 @@ fn build(root: &Path, spec: &BTreeMap<String, Node>) {
     }
     for (path, node) in spec.iter().rev() {
         if let Node::Dir { mode } = node {
-            std::fs::set_permissions(root.join(path), std::fs::Permissions::from_mode(*mode))
-                .unwrap();
+            std::fs::set_permissions(root.join(path), std::fs::Permissions::from_mode(*mode)).unwrap();
         }
     }
 }
@@ -103,15 +92,9 @@ fn manager(dir: &Path) -> CloudManager {
         prefix: Some("p".into()),
         ..Default::default()
     };
-    let file = FileLocation {
-        path: dir.join("none.json"),
-        explicit: false,
-    };
+    let file = FileLocation { path: dir.join("none.json"), explicit: false };
     let resolved = config::resolve(&|_| None, &file, &overrides).unwrap();
-    let transfer = TransferOptions {
-        part_size: Some(8 << 10),
-        concurrency: 3,
-    };
+    let transfer = TransferOptions { part_size: Some(8 << 10), concurrency: 3 };
     CloudManager::with_provider(
         resolved,
         Arc::new(LocalProvider::new(&bucket)),
