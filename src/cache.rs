@@ -40,6 +40,22 @@ pub struct CachedVersion {
     pub files: Option<usize>,
 }
 
+/// How an installed version compares with its manifest.
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyReport {
+    pub model: ModelName,
+    pub path: PathBuf,
+    /// Whether every file matches and nothing is missing or extra.
+    pub ok: bool,
+    pub files_checked: usize,
+    /// In the manifest, not on disk.
+    pub missing: Vec<String>,
+    /// On disk with another size, sha256 or mode than the manifest says.
+    pub changed: Vec<String>,
+    /// On disk, not in the manifest.
+    pub extra: Vec<String>,
+}
+
 /// An exclusive per-model lock; released on drop (and by the kernel if the process dies).
 #[derive(Debug)]
 pub struct ModelLock {
@@ -257,6 +273,69 @@ impl Cache {
         }
         out.sort_by(|a, b| a.model.cmp(&b.model).then(b.current.cmp(&a.current)).then(a.path.cmp(&b.path)));
         Ok(out)
+    }
+
+    /// Re-hashes the current version of `model` against the manifest it was installed from.
+    /// Blocking; reads every byte of the model.
+    pub fn verify(&self, model: &ModelName) -> Result<VerifyReport> {
+        use std::collections::BTreeSet;
+        use std::os::unix::fs::PermissionsExt as _;
+
+        let Some(path) = self.current(model)? else {
+            return Err(Error::ModelNotFound {
+                model: model.to_string(),
+                location: format!("the cache {}", self.root.display()),
+            });
+        };
+        let manifest = self.read_manifest_copy(&path, model).ok_or_else(|| {
+            Error::integrity(
+                path.display().to_string(),
+                "the manifest this version was installed from is missing or unreadable",
+                None,
+                None,
+            )
+        })?;
+        let mut missing = Vec::new();
+        let mut changed = Vec::new();
+        for f in &manifest.files {
+            let p = path.join(&f.path);
+            match fs::symlink_metadata(&p) {
+                Err(_) => missing.push(f.path.clone()),
+                Ok(m) if !m.is_file() || m.len() != f.size || m.permissions().mode() & 0o777 != f.mode & 0o777 => {
+                    changed.push(f.path.clone());
+                }
+                Ok(_) => match crate::archive::sha256_file(&p) {
+                    Ok((sha, _)) if sha == f.sha256 => {}
+                    Ok(_) => changed.push(f.path.clone()),
+                    Err(e) => return Err(Error::io("cannot read", &p, e)),
+                },
+            }
+        }
+        let known: BTreeSet<&str> = manifest
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .chain(manifest.dirs.iter().map(|d| d.path.as_str()))
+            .collect();
+        let mut extra = Vec::new();
+        for entry in walkdir::WalkDir::new(&path).min_depth(1).sort_by_file_name() {
+            let entry = entry.map_err(|e| Error::other(format!("cannot walk {}: {e}", path.display()), None))?;
+            let rel = entry.path().strip_prefix(&path).expect("under the version dir").to_string_lossy().into_owned();
+            let parent_of_known = entry.file_type().is_dir() && known.iter().any(|k| k.starts_with(&format!("{rel}/")));
+            if !known.contains(rel.as_str()) && !parent_of_known {
+                extra.push(rel);
+            }
+        }
+        let ok = missing.is_empty() && changed.is_empty() && extra.is_empty();
+        Ok(VerifyReport {
+            model: model.clone(),
+            path,
+            ok,
+            files_checked: manifest.files.len(),
+            missing,
+            changed,
+            extra,
+        })
     }
 
     /// Total bytes of regular files under the root.

@@ -98,6 +98,23 @@ pub struct RemoteModel {
     pub error: Option<String>,
 }
 
+impl RemoteModel {
+    /// A model whose manifest could not be read: listed with the reason, nothing else known.
+    fn unreadable(model: ModelName, cached: Option<String>, error: String) -> Self {
+        Self {
+            model,
+            size: None,
+            files: None,
+            sha256: None,
+            uploaded_at: None,
+            compression: None,
+            cached,
+            cached_current: false,
+            error: Some(error),
+        }
+    }
+}
+
 /// A readable account of the setup, for `status`.
 #[derive(Clone, Debug, Serialize)]
 pub struct StatusReport {
@@ -518,28 +535,10 @@ impl CloudManager {
                         cached,
                         error: None,
                     }),
-                    Ok(None) => Ok(RemoteModel {
-                        model,
-                        size: None,
-                        files: None,
-                        sha256: None,
-                        uploaded_at: None,
-                        compression: None,
-                        cached,
-                        cached_current: false,
-                        error: Some("manifest vanished while listing".into()),
-                    }),
-                    Err(e @ (Error::Integrity { .. } | Error::Other { .. })) => Ok(RemoteModel {
-                        model,
-                        size: None,
-                        files: None,
-                        sha256: None,
-                        uploaded_at: None,
-                        compression: None,
-                        cached,
-                        cached_current: false,
-                        error: Some(e.to_string()),
-                    }),
+                    Ok(None) => Ok(RemoteModel::unreadable(model, cached, "manifest vanished while listing".into())),
+                    Err(e @ (Error::Integrity { .. } | Error::Other { .. })) => {
+                        Ok(RemoteModel::unreadable(model, cached, e.to_string()))
+                    }
                     Err(e) => Err(e),
                 }
             })

@@ -165,6 +165,12 @@ enum Command {
         #[command(flatten)]
         transfer: TransferArgs,
     },
+    /// Re-hash installed models against their manifests; exit 6 on any difference
+    Verify {
+        /// Model names
+        #[arg(required = true, value_name = "MODEL")]
+        models: Vec<String>,
+    },
     /// Download models into the cache (verified) and print their paths, one per line
     #[command(
         after_help = "Prints each ready model's directory on stdout: MODEL=$(crowecode-cloud download Alpha)\nConcurrent downloads of one model on a machine wait for the first; a cached current model costs one manifest read."
@@ -348,6 +354,12 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
             let batch = commands::upload::run(ctx, models, &source, &opts).await?;
             printer.uploads(&batch);
             Ok(batch.exit_code())
+        }
+        Command::Verify { models } => {
+            let batch = commands::verify::run(ctx, models).await?;
+            printer.verify(&batch);
+            let differs = batch.models.iter().any(|r| !r.ok);
+            Ok(if differs { exit::INTEGRITY } else { batch.exit_code() })
         }
         Command::Download { models, .. } => {
             let batch = commands::download::run(ctx, models).await?;

@@ -324,6 +324,34 @@ impl Printer {
         }
     }
 
+    /// Output of `verify`: one line per model on stdout, differences listed.
+    pub fn verify(&self, batch: &Batch<crate::cache::VerifyReport>) {
+        self.model_errors(batch);
+        if self.json {
+            return self.json_out(batch);
+        }
+        for r in &batch.models {
+            if r.ok {
+                self.out(&format!("{}: ok, {} files match {}", r.model, r.files_checked, r.path.display()));
+                continue;
+            }
+            let mut text = format!("{}: DIFFERS from its manifest ({})", r.model, r.path.display());
+            for (what, list) in [("missing", &r.missing), ("changed", &r.changed), ("extra", &r.extra)] {
+                for p in list {
+                    text.push_str(&format!("\n  {what}: {p}"));
+                }
+            }
+            self.out(&text);
+        }
+        for r in batch.models.iter().filter(|r| !r.ok) {
+            self.note(&format!(
+                "hint: remove {} and run `crowecode-cloud download {}` for a clean, verified copy",
+                r.path.display(),
+                r.model
+            ));
+        }
+    }
+
     /// Output of `download`: paths on stdout, one per line.
     pub fn downloads(&self, batch: &Batch<Downloaded>) {
         for d in &batch.models {

@@ -20,6 +20,7 @@ pub mod list;
 pub mod setup;
 pub mod status;
 pub mod upload;
+pub mod verify;
 
 /// Reads an environment variable (injected, so tests and embedders control the environment).
 pub type EnvReader = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;

@@ -25,6 +25,7 @@ use gcloud_storage::http::objects::list::ListObjectsRequest;
 use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadType};
 use gcloud_storage::http::resumable_upload_client::{ChunkSize, ResumableUploadClient, UploadStatus};
 
+use super::error_chain;
 use super::{
     ByteStream, GetRange, Limits, ObjectMeta, PResult, PartTag, Provider, ProviderError, ProviderErrorKind, PutMode,
 };
@@ -197,29 +198,15 @@ fn map_err(op: &str, target: &str, err: GcsError) -> ProviderError {
             ProviderError::new(kind, format!("{op} {target}: HTTP {code}")).with_source(err)
         }
         GcsError::HttpClient(_) | GcsError::HttpMiddleware(_) | GcsError::RawResponse(..) => {
-            ProviderError::new(ProviderErrorKind::Transport, format!("{op} {target}: {}", chain(&err)))
+            ProviderError::new(ProviderErrorKind::Transport, format!("{op} {target}: {}", error_chain(&err)))
                 .with_hint("check the network path to storage.googleapis.com (or the endpoint); the command retries before giving up")
                 .with_source(err)
         }
-        GcsError::TokenSource(_) => ProviderError::new(ProviderErrorKind::Unauthenticated, format!("{op} {target}: {}", chain(&err)))
+        GcsError::TokenSource(_) => ProviderError::new(ProviderErrorKind::Unauthenticated, format!("{op} {target}: {}", error_chain(&err)))
             .with_hint("no usable Google credentials: set GOOGLE_APPLICATION_CREDENTIALS, run `gcloud auth application-default login`, or run with a workload identity")
             .with_source(err),
         GcsError::InvalidRangeHeader(_) => ProviderError::new(ProviderErrorKind::Other, format!("{op} {target}: {err}")).with_source(err),
     }
-}
-
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 fn meta(o: &Object) -> ObjectMeta {

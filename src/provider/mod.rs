@@ -95,6 +95,21 @@ impl ProviderError {
     }
 }
 
+/// An error and its causes on one line (for provider messages built from SDK errors).
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// Shorthand for provider results.
 pub type PResult<T> = std::result::Result<T, ProviderError>;
 

@@ -21,6 +21,7 @@ use aws_smithy_types::retry::RetryConfig;
 use bytes::Bytes;
 use futures::stream;
 
+use super::error_chain;
 use super::{
     ByteStream, GetRange, ObjectMeta, PResult, PartTag, PendingUpload, Provider, ProviderError, ProviderErrorKind,
     PutMode,
@@ -144,10 +145,11 @@ where
             e.with_source(err)
         }
         SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            ProviderError::new(ProviderErrorKind::Transport, format!("{op} {target}: {}", chain(&err))).with_source(err)
+            ProviderError::new(ProviderErrorKind::Transport, format!("{op} {target}: {}", error_chain(&err)))
+                .with_source(err)
         }
         SdkError::DispatchFailure(d) => {
-            let text = chain(&err);
+            let text = error_chain(&err);
             if d.is_user() || text.contains("credentials") || text.contains("Credentials") {
                 ProviderError::new(ProviderErrorKind::Unauthenticated, format!("{op} {target}: no usable AWS credentials ({text})"))
                     .with_hint("set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or run where an IAM role is available (IRSA, ECS, EC2)")
@@ -161,7 +163,7 @@ where
             }
         }
         _ => {
-            let text = chain(&err);
+            let text = error_chain(&err);
             let kind = if text.contains("credentials") {
                 ProviderErrorKind::Unauthenticated
             } else {
@@ -179,28 +181,13 @@ where
     }
 }
 
-/// The error and its causes on one line.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
 fn body_stream(body: SdkStream, key: String) -> ByteStream {
     Box::pin(stream::try_unfold((body, key), |(mut body, key)| async move {
         match body.next().await {
             None => Ok(None),
             Some(Ok(bytes)) => Ok(Some((bytes, (body, key)))),
             Some(Err(e)) => {
-                Err(ProviderError::new(ProviderErrorKind::Transport, format!("GET {key}: {}", chain(&e)))
+                Err(ProviderError::new(ProviderErrorKind::Transport, format!("GET {key}: {}", error_chain(&e)))
                     .with_source(e))
             }
         }
@@ -480,7 +467,7 @@ impl Provider for S3Provider {
                 };
                 format!("{friendly}, access key {}", mask(creds.access_key_id()))
             }
-            Err(e) => format!("none found ({})", chain(&e)),
+            Err(e) => format!("none found ({})", error_chain(&e)),
         }
     }
 }

@@ -441,3 +441,34 @@ fn a_download_waits_for_the_lock_holder_and_says_so() {
     assert!(stderr(&out).contains("another process is downloading this model; waiting for it"), "{}", stderr(&out));
     assert_eq!(tree(std::path::Path::new(stdout(&out).trim())), tree(&model));
 }
+
+#[test]
+fn verify_reports_missing_changed_and_extra_files_and_exits_6() {
+    let sb = Sandbox::new();
+    let model = make_model(&sb.src(), "Alpha", 13);
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    sb.local().args(["upload", "Alpha", "--from"]).arg(&model).assert().success();
+    let out = sb.local().args(["download", "Alpha"]).output().unwrap();
+    let path = std::path::PathBuf::from(stdout(&out).trim());
+
+    // Verification needs no bucket access: plain `verify` with no storage flags.
+    sb.cmd().args(["verify", "Alpha"]).assert().success().stdout(predicate::str::contains("Alpha: ok, 4 files match"));
+
+    std::fs::write(path.join("config.json"), b"tampered").unwrap();
+    std::fs::remove_file(path.join("tokenizer/tokenizer.json")).unwrap();
+    std::fs::write(path.join("stray.txt"), b"?").unwrap();
+    let out = sb.cmd().args(["--json", "verify", "Alpha"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &v["models"][0];
+    assert_eq!(r["ok"], false);
+    assert_eq!(r["changed"], serde_json::json!(["config.json"]));
+    assert_eq!(r["missing"], serde_json::json!(["tokenizer/tokenizer.json"]));
+    assert_eq!(r["extra"], serde_json::json!(["stray.txt"]));
+
+    // Removing the damaged version and downloading again gives a clean copy.
+    std::fs::remove_dir_all(&path).unwrap();
+    sb.local().args(["download", "Alpha"]).assert().success();
+    sb.cmd().args(["verify", "Alpha"]).assert().success();
+    sb.cmd().args(["verify", "Nope"]).assert().code(5);
+}
