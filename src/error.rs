@@ -64,7 +64,7 @@ pub enum Error {
     Integrity { object: String, what: String, expected: Option<String>, computed: Option<String> },
 
     /// Still failing after the retries (exit 7).
-    #[error("{context}: still failing after {attempts} attempts")]
+    #[error("{context}: still failing after {attempts} attempts: {source}")]
     Network {
         context: String,
         attempts: u32,

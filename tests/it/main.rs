@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod conformance;
+mod faults;
 mod gcs;
 mod hostile;
 mod roundtrip;
