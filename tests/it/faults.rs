@@ -234,3 +234,119 @@ fn persistent_faults_give_up_with_exit_7_naming_the_fault() {
     let staging = sb.cache().join(".staging");
     assert!(!staging.exists() || std::fs::read_dir(&staging).unwrap().count() == 0, "nothing left in staging");
 }
+
+/// Waits until the proxy has forwarded at least `bytes`, or fails the test after 30 s.
+fn wait_for_bytes(proxy: &Proxy, bytes: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while proxy.plan.bytes.load(Ordering::Relaxed) < bytes {
+        assert!(std::time::Instant::now() < deadline, "the transfer never started through the proxy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn_download(sb: &Sandbox, endpoint: &str, bucket: &str) -> std::process::Child {
+    let mut c = sb.std_cmd();
+    c.args(["--provider", "s3", "--bucket", bucket, "--endpoint", endpoint, "--prefix", "m/", "download", "Model"]);
+    c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+}
+
+#[test]
+fn a_download_killed_midway_leaves_the_previous_version_and_the_next_run_recovers() {
+    let endpoint = require_env("CROWECODE_TEST_S3_ENDPOINT");
+    let mut sb = sandbox();
+    let (bucket, model) = seeded(&sb, &endpoint);
+    let out = s3(&sb, &endpoint, &bucket).args(["download", "Model"]).output().unwrap();
+    let v1 = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let v1_tree = tree(Path::new(&v1));
+    write_files(&model, &[("config.json", b"{\"version\":2}")]);
+    s3(&sb, &endpoint, &bucket).args(["upload", "Model", "--from"]).arg(&model).assert().success();
+
+    // Every connection stalls after 4 MiB; the stall detector is far away: the process hangs
+    // mid-transfer until it is killed.
+    sb.env("CROWECODE_STALL_TIMEOUT", "120");
+    let proxy = Proxy::start(&endpoint, Fault::StallAfter(4 << 20), 1000, true);
+    let mut child = spawn_download(&sb, &proxy.endpoint(), &bucket);
+    wait_for_bytes(&proxy, 6 << 20);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    assert_eq!(std::fs::canonicalize(sb.cache().join("models/Model")).unwrap(), std::fs::canonicalize(&v1).unwrap());
+    assert_eq!(tree(Path::new(&v1)), v1_tree, "the ready version is untouched");
+    let versions: Vec<_> = std::fs::read_dir(sb.cache().join("models/.versions"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert_eq!(versions.len(), 1, "nothing half-installed is visible");
+    assert!(
+        std::fs::read_dir(sb.cache().join(".staging")).unwrap().count() > 0,
+        "the killed run left its staging behind"
+    );
+
+    let out = s3(&sb, &endpoint, &bucket).args(["download", "Model"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v2 = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_ne!(v2, v1);
+    assert_eq!(tree(Path::new(&v2)), tree(&model));
+    assert_eq!(std::fs::read_dir(sb.cache().join(".staging")).unwrap().count(), 0, "leftovers removed");
+}
+
+#[test]
+fn when_the_lock_holder_is_killed_a_waiter_takes_over() {
+    let endpoint = require_env("CROWECODE_TEST_S3_ENDPOINT");
+    let mut sb = sandbox();
+    let (bucket, model) = seeded(&sb, &endpoint);
+    sb.env("CROWECODE_STALL_TIMEOUT", "120");
+    let proxy = Proxy::start(&endpoint, Fault::StallAfter(4 << 20), 1000, true);
+    let mut holder = spawn_download(&sb, &proxy.endpoint(), &bucket);
+    wait_for_bytes(&proxy, 6 << 20);
+    let mut waiter = spawn_download(&sb, &endpoint, &bucket);
+    // Kill the holder only once the waiter says it waits.
+    let stderr = waiter.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("waiting for it") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(Duration::from_secs(30)).expect("the second download reports that it waits");
+    assert!(waiter.try_wait().unwrap().is_none(), "the waiter is still waiting");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let out = waiter.wait_with_output().unwrap();
+    let err = reader.join().unwrap();
+    assert!(out.status.success(), "{err}");
+    assert_eq!(tree(Path::new(String::from_utf8_lossy(&out.stdout).trim())), tree(&model));
+}
+
+#[test]
+fn eight_processes_downloading_one_model_cause_one_transfer() {
+    let endpoint = require_env("CROWECODE_TEST_S3_ENDPOINT");
+    let sb = sandbox();
+    let (bucket, model) = seeded(&sb, &endpoint);
+    // No faults: the proxy only counts the bytes that cross it.
+    let proxy = Proxy::start(&endpoint, Fault::ResetAfter(u64::MAX), 0, true);
+    let children: Vec<_> = (0..8).map(|_| spawn_download(&sb, &proxy.endpoint(), &bucket)).collect();
+    let mut paths = std::collections::BTreeSet::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        paths.insert(String::from_utf8(out.stdout).unwrap().trim().to_string());
+    }
+    assert_eq!(paths.len(), 1);
+    assert_eq!(tree(Path::new(paths.iter().next().unwrap())), tree(&model));
+    let archive = (24u64 << 20) + 4096;
+    let moved = proxy.plan.bytes.load(Ordering::Relaxed);
+    assert!(
+        moved < archive + archive / 2,
+        "{moved} bytes crossed the proxy for a {archive}-byte archive: more than one transfer"
+    );
+    assert!(moved >= archive, "the archive crossed the proxy once ({moved} bytes)");
+}
