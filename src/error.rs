@@ -73,7 +73,7 @@ pub enum Error {
     },
 
     /// A local file-system operation failed (exit 1).
-    #[error("{context}")]
+    #[error("{context}: {source}")]
     Io {
         context: String,
         #[source]

@@ -350,3 +350,88 @@ fn eight_processes_downloading_one_model_cause_one_transfer() {
     );
     assert!(moved >= archive, "the archive crossed the proxy once ({moved} bytes)");
 }
+
+#[test]
+fn an_upload_killed_midway_leaves_the_manifest_and_the_next_upload_succeeds() {
+    let endpoint = require_env("CROWECODE_TEST_S3_ENDPOINT");
+    let mut sb = sandbox();
+    let (bucket, model) = seeded(&sb, &endpoint);
+    let listed = |sb: &Sandbox| {
+        let out = s3(sb, &endpoint, &bucket).args(["list", "--json"]).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["models"][0]["sha256"].as_str().unwrap().to_string()
+    };
+    let v1 = listed(&sb);
+    write_files(&model, &[("weights.bin", &crate::common::noise(24 << 20, 79))]);
+
+    // Requests stall after 8 MiB: parts are in flight when the uploader is killed.
+    sb.env("CROWECODE_REQUEST_TIMEOUT", "120");
+    let proxy = Proxy::start(&endpoint, Fault::StallAfter(8 << 20), 1000, false);
+    let mut c = sb.std_cmd();
+    c.args(["--provider", "s3", "--bucket", &bucket, "--endpoint", &proxy.endpoint(), "--prefix", "m/"]);
+    c.args(["upload", "Model", "--part-size", "5MiB", "--from"]).arg(&model);
+    let mut child = c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    wait_for_bytes(&proxy, 10 << 20);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    assert_eq!(listed(&sb), v1, "the manifest still names the old version");
+    let out = s3(&sb, &endpoint, &bucket).args(["status", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["pending_uploads"].as_array().is_some_and(|p| !p.is_empty()), "status reports the abandoned upload: {v}");
+
+    s3(&sb, &endpoint, &bucket).args(["upload", "Model", "--from"]).arg(&model).assert().success();
+    assert_ne!(listed(&sb), v1);
+    let out = s3(&sb, &endpoint, &bucket).args(["download", "Model"]).output().unwrap();
+    assert_eq!(tree(Path::new(String::from_utf8_lossy(&out.stdout).trim())), tree(&model));
+}
+
+/// A tmpfs mounted for one test, unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "mounting a {size} tmpfs failed: the full-disk test needs root (as scripts/test.sh runs in CI)"
+        );
+        Self(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_clearly_removes_staging_and_keeps_the_previous_version() {
+    let endpoint = require_env("CROWECODE_TEST_S3_ENDPOINT");
+    let mut sb = sandbox();
+    let disk = SmallDisk::mount(&sb.path().join("small"), "16m");
+    sb.env("CROWECODE_HOME", disk.0.to_str().unwrap());
+    let bucket = format!("faults-disk-{:08x}", fastrand_u32());
+    let model = sb.src().join("Model");
+    write_files(&model, &[("weights.bin", &crate::common::noise(2 << 20, 80)), ("config.json", b"{}")]);
+    s3(&sb, &endpoint, &bucket).args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    s3(&sb, &endpoint, &bucket).args(["upload", "Model", "--from"]).arg(&model).assert().success();
+    let out = s3(&sb, &endpoint, &bucket).args(["download", "Model"]).output().unwrap();
+    let v1 = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let v1_tree = tree(Path::new(&v1));
+
+    write_files(&model, &[("weights.bin", &crate::common::noise(24 << 20, 81))]);
+    s3(&sb, &endpoint, &bucket).args(["upload", "Model", "--from"]).arg(&model).assert().success();
+    let out = s3(&sb, &endpoint, &bucket).args(["download", "Model"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("No space left on device") && err.contains("hint: free disk space"), "{err}");
+    assert_eq!(tree(Path::new(&v1)), v1_tree, "the previous version is intact");
+    assert_eq!(std::fs::canonicalize(disk.0.join("models/Model")).unwrap(), std::fs::canonicalize(&v1).unwrap());
+    assert_eq!(std::fs::read_dir(disk.0.join(".staging")).unwrap().count(), 0, "staging removed");
+}
