@@ -24,6 +24,8 @@ impl Direction {
 pub enum Event<'a> {
     /// A one-line note about a model ("waiting for another download", "up to date").
     Info { model: &'a str, message: String },
+    /// Something the user should fix, not tied to one model (an unknown config key).
+    Warning { message: String },
     /// A transfer of `total` bytes starts.
     Started { model: &'a str, direction: Direction, total: u64 },
     /// `bytes` more bytes moved.

@@ -200,9 +200,7 @@ impl Printer {
 
     /// Output of `status`.
     pub fn status(&self, r: &StatusReport) {
-        for w in &r.warnings {
-            self.warn(w);
-        }
+        // Config warnings were already printed when the configuration was read.
         if self.json {
             return self.json_out(r);
         }
@@ -413,6 +411,7 @@ impl Reporter for Printer {
     fn report(&self, event: Event<'_>) {
         match event {
             Event::Info { model, message } => self.note(&format!("{model}: {message}")),
+            Event::Warning { message } => self.warn(&message),
             Event::Started { model, direction, total } => {
                 let bar = match &self.mode {
                     Mode::Off => return,

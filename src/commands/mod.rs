@@ -45,6 +45,9 @@ impl Context {
     pub async fn manager(&self) -> Result<CloudManager> {
         let env = self.env.clone();
         let resolved = config::resolve(&move |k| env(k), &self.config_file, &self.overrides)?;
+        for message in &resolved.warnings {
+            self.reporter.report(crate::progress::Event::Warning { message: message.clone() });
+        }
         Ok(CloudManager::new(resolved, Cache::new(&self.cache_root), self.transfer.clone(), self.retry.clone())
             .await?
             .with_reporter(self.reporter.clone()))

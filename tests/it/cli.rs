@@ -472,3 +472,23 @@ fn verify_reports_missing_changed_and_extra_files_and_exits_6() {
     sb.cmd().args(["verify", "Alpha"]).assert().success();
     sb.cmd().args(["verify", "Nope"]).assert().code(5);
 }
+
+#[test]
+fn config_warnings_reach_every_command_and_never_show_secret_values() {
+    let sb = Sandbox::new();
+    let bucket = sb.bucket();
+    std::fs::create_dir_all(&bucket).unwrap();
+    let doc = serde_json::json!({
+        "enabled": true,
+        "provider": "local",
+        "config": {"bucket": bucket, "colour": "blue", "secret_access_key": "VALUE-THAT-MUST-NOT-PRINT"}
+    });
+    write_files(&sb.path().join("cfg/crowecode"), &[("cloud.json", doc.to_string().as_bytes())]);
+    for args in [&["list"][..], &["download", "Nope"], &["status"]] {
+        let out = sb.cmd().args(args).output().unwrap();
+        let err = stderr(&out);
+        assert!(err.contains("warning:") && err.contains("unknown config key \"colour\""), "{args:?}: {err}");
+        assert_eq!(err.matches("unknown config key \"colour\"").count(), 1, "{args:?} warns once: {err}");
+        assert!(!err.contains("VALUE-THAT-MUST-NOT-PRINT") && !stdout(&out).contains("VALUE-THAT-MUST-NOT-PRINT"));
+    }
+}
