@@ -334,13 +334,10 @@ impl CloudManager {
             return Ok(done(DownloadStatus::Cached, 0));
         }
 
-        let staging = self.cache.new_staging(&model, &lock)?;
-        let result = self.fetch_into(&model, &manifest, &staging).await;
-        if let Err(e) = result {
-            let _ = remove_tree(&staging);
-            return Err(e);
-        }
-        self.cache.install(&staging, &manifest, &lock)?;
+        // Removed on every way out: an error, or this future being dropped (an interrupted process).
+        let staging = StagingDir(self.cache.new_staging(&model, &lock)?);
+        self.fetch_into(&model, &manifest, &staging.0).await?;
+        self.cache.install(&staging.0, &manifest, &lock)?;
         drop(lock);
         Ok(done(DownloadStatus::Downloaded, manifest.archive_size))
     }
@@ -604,6 +601,17 @@ impl CloudManager {
             cache_bytes: self.cache.disk_usage(),
             models_cached,
             warnings: self.warnings.clone(),
+        }
+    }
+}
+
+/// A staging directory that removes itself unless it was moved into place.
+struct StagingDir(PathBuf);
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = remove_tree(&self.0);
         }
     }
 }

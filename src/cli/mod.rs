@@ -270,16 +270,49 @@ fn init_tracing(verbose: u8, quiet: bool) {
         .try_init();
 }
 
+/// The command was stopped by a signal: exit code and signal name.
+struct Interrupted(i32, &'static str);
+
 async fn run(cli: Cli) -> i32 {
     let env = env_reader();
     let printer = Arc::new(Printer::new(cli.global.json, cli.global.quiet, cli.global.no_progress, &*env));
     let ctx = build_context(&cli, env, printer.clone());
-    let result = tokio::select! {
-        r = dispatch(&cli.command, &ctx, &printer) => r,
-        _ = tokio::signal::ctrl_c() => {
-            printer.error(&Error::other("interrupted", Some("run the same command again: downloads and uploads restart cleanly".into())));
-            return 130;
+    // SIGINT (Ctrl-C) and SIGTERM (what Kubernetes sends a pod it stops) end the command
+    // cleanly: dropping it removes its staging directory and queues its multipart upload, which
+    // is aborted here before exiting.
+    let interrupted = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let sigterm = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => (130, "SIGINT"),
+            () = sigterm => (143, "SIGTERM"),
         }
+    };
+    // The command's future is dropped when this select! ends, before any cleanup below.
+    let outcome = tokio::select! {
+        r = dispatch(&cli.command, &ctx, &printer) => Ok(r),
+        (code, name) = interrupted => Err(Interrupted(code, name)),
+    };
+    let result = match outcome {
+        Err(Interrupted(code, name)) => {
+            let aborted = tokio::time::timeout(std::time::Duration::from_secs(10), crate::transfer::abort_abandoned())
+                .await
+                .unwrap_or(0);
+            let cleanup = if aborted > 0 { format!("; aborted {aborted} unfinished upload(s)") } else { String::new() };
+            printer.error(&Error::other(
+                format!("interrupted by {name}{cleanup}"),
+                Some("run the same command again: downloads and uploads restart cleanly".into()),
+            ));
+            return code;
+        }
+        Ok(r) => r,
     };
     match result {
         Ok(code) => code,

@@ -2,10 +2,10 @@
 //! ranged download reassembled in order into hasher → decompressor → extractor. Memory stays
 //! bounded by `concurrency × part_size` whatever the model's size.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::progress::{Direction, Event, Reporter};
-use crate::provider::Limits;
+use crate::provider::{Limits, Provider};
 
 mod download;
 mod upload;
@@ -45,6 +45,45 @@ pub fn choose_part_size(requested: Option<u64>, total: u64, limits: &Limits) -> 
     let align = limits.part_alignment.max(1);
     size = size.div_ceil(align) * align;
     size.min(limits.max_part_size.max(align))
+}
+
+/// Multipart uploads whose task was dropped (an interrupted process) before it could complete or
+/// abort them. [`abort_abandoned`] aborts them; the CLI calls it before it exits on a signal.
+static ABANDONED: Mutex<Vec<Abandoned>> = Mutex::new(Vec::new());
+
+/// A multipart upload left behind: the bucket, its key and its upload id.
+type Abandoned = (Arc<dyn Provider>, String, String);
+
+/// Queues a started multipart upload for abortion if it is dropped while still armed.
+pub(crate) struct UploadGuard {
+    pub(crate) provider: Arc<dyn Provider>,
+    pub(crate) key: String,
+    pub(crate) upload_id: String,
+    pub(crate) armed: bool,
+}
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let entry = (self.provider.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.upload_id));
+            ABANDONED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(entry);
+        }
+    }
+}
+
+/// Aborts the multipart uploads of interrupted transfers; returns how many were aborted.
+pub async fn abort_abandoned() -> usize {
+    let pending = std::mem::take(&mut *ABANDONED.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let mut aborted = 0;
+    for (provider, key, upload_id) in pending {
+        match provider.abort_multipart(&key, &upload_id).await {
+            Ok(()) => aborted += 1,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "could not abort an interrupted upload; `crowecode-cloud status` lists it")
+            }
+        }
+    }
+    aborted
 }
 
 /// Reports the progress of one model's transfer to a [`Reporter`].

@@ -158,6 +158,14 @@ pub async fn upload_archive(
         .create_multipart(key, part_size)
         .await
         .map_err(|e| Error::from_provider(format!("starting the upload of {key}"), e))?;
+    // If this future is dropped midway (the process is interrupted), the upload is queued for
+    // abortion instead of lingering in the bucket.
+    let mut guard = super::UploadGuard {
+        provider: provider.clone(),
+        key: key.to_string(),
+        upload_id: upload_id.clone(),
+        armed: true,
+    };
     let rest = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
     let max_parts = limits.max_parts;
     let uploaded: std::result::Result<Vec<PartTag>, Error> = stream::iter([first, second])
@@ -193,6 +201,7 @@ pub async fn upload_archive(
             let parts = tags.len() as u32;
             match provider.complete_multipart(key, &upload_id, tags).await {
                 Ok(()) => {
+                    guard.armed = false;
                     let (plan, file_hashes) = p.stream.finish();
                     return Ok(UploadedArchive { plan, file_hashes, sha256: p.sha256, size: p.size, parts });
                 }
@@ -205,5 +214,6 @@ pub async fn upload_archive(
     if let Err(e) = provider.abort_multipart(key, &upload_id).await {
         tracing::warn!(key, error = %e, "could not abort the multipart upload; `crowecode-cloud status` lists it");
     }
+    guard.armed = false;
     result
 }

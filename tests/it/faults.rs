@@ -435,3 +435,54 @@ fn a_full_disk_fails_clearly_removes_staging_and_keeps_the_previous_version() {
     assert_eq!(std::fs::canonicalize(disk.0.join("models/Model")).unwrap(), std::fs::canonicalize(&v1).unwrap());
     assert_eq!(std::fs::read_dir(disk.0.join(".staging")).unwrap().count(), 0, "staging removed");
 }
+
+fn sigterm(child: &std::process::Child) {
+    // SAFETY: sends a signal to our own child process.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+}
+
+#[test]
+fn sigterm_during_an_upload_aborts_it_and_keeps_the_manifest() {
+    let endpoint = require_env("CROWECODE_TEST_S3_ENDPOINT");
+    let mut sb = sandbox();
+    let (bucket, model) = seeded(&sb, &endpoint);
+    write_files(&model, &[("weights.bin", &crate::common::noise(24 << 20, 82))]);
+    sb.env("CROWECODE_REQUEST_TIMEOUT", "120");
+    let proxy = Proxy::start(&endpoint, Fault::StallAfter(8 << 20), 1000, false);
+    let mut c = sb.std_cmd();
+    c.args(["--provider", "s3", "--bucket", &bucket, "--endpoint", &proxy.endpoint(), "--prefix", "m/"]);
+    c.args(["upload", "Model", "--part-size", "5MiB", "--from"]).arg(&model);
+    let child = c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    wait_for_bytes(&proxy, 10 << 20);
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(err.contains("interrupted by SIGTERM; aborted 1 unfinished upload"), "{err}");
+    let out = s3(&sb, &endpoint, &bucket).args(["status", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["pending_uploads"], serde_json::json!([]), "nothing left pending");
+}
+
+#[test]
+fn sigterm_during_a_download_removes_staging_and_keeps_the_previous_version() {
+    let endpoint = require_env("CROWECODE_TEST_S3_ENDPOINT");
+    let mut sb = sandbox();
+    let (bucket, model) = seeded(&sb, &endpoint);
+    let out = s3(&sb, &endpoint, &bucket).args(["download", "Model"]).output().unwrap();
+    let v1 = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let v1_tree = tree(Path::new(&v1));
+    write_files(&model, &[("config.json", b"{\"version\":3}")]);
+    s3(&sb, &endpoint, &bucket).args(["upload", "Model", "--from"]).arg(&model).assert().success();
+    sb.env("CROWECODE_STALL_TIMEOUT", "120");
+    let proxy = Proxy::start(&endpoint, Fault::StallAfter(4 << 20), 1000, true);
+    let child = spawn_download(&sb, &proxy.endpoint(), &bucket);
+    wait_for_bytes(&proxy, 6 << 20);
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(tree(Path::new(&v1)), v1_tree);
+    assert_eq!(std::fs::canonicalize(sb.cache().join("models/Model")).unwrap(), std::fs::canonicalize(&v1).unwrap());
+    assert_eq!(std::fs::read_dir(sb.cache().join(".staging")).unwrap().count(), 0, "staging removed on SIGTERM");
+}
