@@ -250,23 +250,38 @@ fn spawn_download(sb: &Sandbox, endpoint: &str, bucket: &str) -> std::process::C
     c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
 }
 
-#[test]
-fn a_download_killed_midway_leaves_the_previous_version_and_the_next_run_recovers() {
-    let endpoint = require_env("CROWECODE_TEST_S3_ENDPOINT");
+/// A download of version 2 hung mid-transfer, while version 1 is ready in the cache.
+struct Stalled {
+    sb: Sandbox,
+    bucket: String,
+    model: std::path::PathBuf,
+    v1: String,
+    v1_tree: std::collections::BTreeMap<String, (char, u32, String)>,
+    proxy: Proxy,
+    child: std::process::Child,
+}
+
+fn stalled_over_a_ready_version(endpoint: &str) -> Stalled {
     let mut sb = sandbox();
-    let (bucket, model) = seeded(&sb, &endpoint);
-    let out = s3(&sb, &endpoint, &bucket).args(["download", "Model"]).output().unwrap();
+    let (bucket, model) = seeded(&sb, endpoint);
+    let out = s3(&sb, endpoint, &bucket).args(["download", "Model"]).output().unwrap();
     let v1 = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let v1_tree = tree(Path::new(&v1));
     write_files(&model, &[("config.json", b"{\"version\":2}")]);
-    s3(&sb, &endpoint, &bucket).args(["upload", "Model", "--from"]).arg(&model).assert().success();
-
-    // Every connection stalls after 4 MiB; the stall detector is far away: the process hangs
-    // mid-transfer until it is killed.
+    s3(&sb, endpoint, &bucket).args(["upload", "Model", "--from"]).arg(&model).assert().success();
+    // Every connection stalls after 4 MiB and the stall detector is far away: the process hangs
+    // mid-transfer until the test stops it.
     sb.env("CROWECODE_STALL_TIMEOUT", "120");
-    let proxy = Proxy::start(&endpoint, Fault::StallAfter(4 << 20), 1000, true);
-    let mut child = spawn_download(&sb, &proxy.endpoint(), &bucket);
+    let proxy = Proxy::start(endpoint, Fault::StallAfter(4 << 20), 1000, true);
+    let child = spawn_download(&sb, &proxy.endpoint(), &bucket);
     wait_for_bytes(&proxy, 6 << 20);
+    Stalled { sb, bucket, model, v1, v1_tree, proxy, child }
+}
+
+#[test]
+fn a_download_killed_midway_leaves_the_previous_version_and_the_next_run_recovers() {
+    let endpoint = require_env("CROWECODE_TEST_S3_ENDPOINT");
+    let Stalled { sb, bucket, model, v1, v1_tree, proxy: _proxy, mut child } = stalled_over_a_ready_version(&endpoint);
     child.kill().unwrap();
     child.wait().unwrap();
 
@@ -468,17 +483,7 @@ fn sigterm_during_an_upload_aborts_it_and_keeps_the_manifest() {
 #[test]
 fn sigterm_during_a_download_removes_staging_and_keeps_the_previous_version() {
     let endpoint = require_env("CROWECODE_TEST_S3_ENDPOINT");
-    let mut sb = sandbox();
-    let (bucket, model) = seeded(&sb, &endpoint);
-    let out = s3(&sb, &endpoint, &bucket).args(["download", "Model"]).output().unwrap();
-    let v1 = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let v1_tree = tree(Path::new(&v1));
-    write_files(&model, &[("config.json", b"{\"version\":3}")]);
-    s3(&sb, &endpoint, &bucket).args(["upload", "Model", "--from"]).arg(&model).assert().success();
-    sb.env("CROWECODE_STALL_TIMEOUT", "120");
-    let proxy = Proxy::start(&endpoint, Fault::StallAfter(4 << 20), 1000, true);
-    let child = spawn_download(&sb, &proxy.endpoint(), &bucket);
-    wait_for_bytes(&proxy, 6 << 20);
+    let Stalled { sb, v1, v1_tree, proxy: _proxy, child, .. } = stalled_over_a_ready_version(&endpoint);
     sigterm(&child);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(143), "{}", String::from_utf8_lossy(&out.stderr));
