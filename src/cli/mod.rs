@@ -45,9 +45,11 @@ pub struct Cli {
 }
 
 fn version_text() -> &'static str {
-    const PROVIDERS: &str = if cfg!(feature = "s3") { "s3, local" } else { "local" };
+    let built = [("s3", cfg!(feature = "s3")), ("gcs", cfg!(feature = "gcs")), ("azure", cfg!(feature = "azure"))];
+    let mut providers: Vec<&str> = built.iter().filter(|(_, on)| *on).map(|(name, _)| *name).collect();
+    providers.push("local");
     // Leaked once: clap wants a 'static str and this runs once per process.
-    Box::leak(format!("{} (providers: {PROVIDERS})", env!("CARGO_PKG_VERSION")).into_boxed_str())
+    Box::leak(format!("{} (providers: {})", env!("CARGO_PKG_VERSION"), providers.join(", ")).into_boxed_str())
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,8 @@ use futures::stream::BoxStream;
 use crate::config::{CloudConfig, ProviderKind};
 use crate::error::{Error, Result};
 
+#[cfg(feature = "azure")]
+pub mod azure;
 #[cfg(feature = "gcs")]
 pub mod gcs;
 pub mod local;
@@ -96,6 +98,7 @@ impl ProviderError {
 }
 
 /// An error and its causes on one line (for provider messages built from SDK errors).
+#[cfg_attr(not(any(feature = "s3", feature = "gcs", feature = "azure")), allow(dead_code))]
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
@@ -299,6 +302,10 @@ pub async fn from_config(cfg: &CloudConfig, policy: RetryPolicy) -> Result<Arc<d
         ProviderKind::S3 => Arc::new(s3::S3Provider::new(cfg).await?),
         #[cfg(feature = "gcs")]
         ProviderKind::Gcs => Arc::new(gcs::GcsProvider::new(cfg).await?),
+        #[cfg(feature = "azure")]
+        ProviderKind::Azure => Arc::new(azure::AzureProvider::new(cfg).await?),
+        // Unreachable when every provider is built in.
+        #[allow(unreachable_patterns)]
         other => {
             return Err(Error::config(
                 "provider",

@@ -59,6 +59,11 @@ impl Sandbox {
         self
     }
 
+    /// A variable added with [`Sandbox::env`].
+    pub fn get_env(&self, k: &str) -> Option<String> {
+        self.extra.iter().rev().find(|(name, _)| name == k).map(|(_, v)| v.clone())
+    }
+
     /// The CLI in the sandbox: only PATH survives from the outer environment.
     pub fn cmd(&self) -> assert_cmd::Command {
         assert_cmd::Command::from_std(self.std_cmd())

@@ -181,6 +181,33 @@ async fn gcs_provider_conforms_on_fake_gcs_server() {
         .await;
 }
 
+#[cfg(feature = "azure")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_provider_conforms_on_azurite() {
+    use crowecode_cloud::provider::Retrying;
+    use crowecode_cloud::provider::azure::AzureProvider;
+
+    let a = crate::azure::azurite();
+    let dir = tempfile::tempdir().unwrap();
+    let overrides = Overrides {
+        provider: Some("azure".into()),
+        bucket: Some(format!("conformance-{:08x}", fastrand_u32())),
+        ..Default::default()
+    };
+    let file = FileLocation { path: dir.path().join("none.json"), explicit: false };
+    let resolved = config::resolve(&|_| None, &file, &overrides).unwrap();
+    let cs = a.connection_string(&a.key);
+    let env = move |name: &str| (name == "AZURE_STORAGE_CONNECTION_STRING").then(|| cs.clone());
+    let inner = AzureProvider::with_env(&resolved.config, &env).unwrap();
+    let p: Arc<dyn Provider> =
+        Arc::new(Retrying::new(Arc::new(inner), RetryPolicy { max_attempts: 2, ..RetryPolicy::default() }));
+    assert_eq!(p.check_bucket().await.unwrap_err().kind, ProviderErrorKind::BucketNotFound);
+    assert!(p.create_bucket().await.unwrap());
+    assert!(!p.create_bucket().await.unwrap());
+    suite(p, Expect { conditional: true, if_match: true, lists_pending: false, min_part: 1 << 20, many_keys: true })
+        .await;
+}
+
 /// A random bucket suffix without another dependency.
 pub fn fastrand_u32() -> u32 {
     use std::hash::{BuildHasher as _, Hasher as _};
