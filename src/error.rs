@@ -81,7 +81,7 @@ pub enum Error {
     },
 
     /// A storage call failed for a reason without a more specific code (exit 1).
-    #[error("{context}")]
+    #[error("{context}: {source}")]
     Provider {
         context: String,
         #[source]

@@ -184,6 +184,15 @@ enum Command {
         #[command(flatten)]
         transfer: TransferArgs,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(after_help = "crowecode-cloud completions bash > /etc/bash_completion.d/crowecode-cloud")]
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): crowecode-cloud man > crowecode-cloud.1
+    Man,
 }
 
 /// Parses a byte size: `123`, `64K`, `16M`, `16MiB`, `1.5G`, `2GB` (K/M/G/T are powers of 1024).
@@ -242,6 +251,21 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(exit::USAGE as u8);
         }
     };
+    // Generated from the definitions above; no config, no runtime.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut text = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "crowecode-cloud", &mut text);
+            return print_generated(&text, "the completion script");
+        }
+        Command::Man => {
+            let mut text = Vec::new();
+            // Rendering into memory cannot fail.
+            let _ = clap_mangen::Man::new(Cli::command()).render(&mut text);
+            return print_generated(&text, "the man page");
+        }
+        _ => {}
+    }
     init_tracing(cli.global.verbose, cli.global.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -254,6 +278,19 @@ pub fn main() -> std::process::ExitCode {
     // Do not wait for lingering blocking tasks (a stalled read) once the answer is known.
     runtime.shutdown_background();
     std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Writes generated text to stdout; a closed pipe (`| head`) is not an error.
+fn print_generated(text: &[u8], what: &str) -> std::process::ExitCode {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write {what}: {e}");
+            std::process::ExitCode::from(exit::FAILURE as u8)
+        }
+    }
 }
 
 fn init_tracing(verbose: u8, quiet: bool) {
@@ -401,6 +438,8 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
             printer.downloads(&batch);
             Ok(batch.exit_code())
         }
+        // Answered in `main` before any of this is set up.
+        Command::Completions { .. } | Command::Man => Ok(exit::OK),
     }
 }
 

@@ -28,7 +28,12 @@ fn help_lists_commands_examples_and_exit_codes() {
 
 #[test]
 fn version_names_the_providers_built_in() {
-    Sandbox::new().cmd().arg("--version").assert().success().stdout(predicate::str::contains("providers: s3"));
+    let out = Sandbox::new().cmd().arg("--version").output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for (name, built) in [("s3", cfg!(feature = "s3")), ("gcs", cfg!(feature = "gcs")), ("azure", cfg!(feature = "azure"))] {
+        assert_eq!(text.contains(name), built, "{name}: {text}");
+    }
+    assert!(text.contains("local"), "{text}");
 }
 
 #[test]
@@ -491,4 +496,20 @@ fn config_warnings_reach_every_command_and_never_show_secret_values() {
         assert_eq!(err.matches("unknown config key \"colour\"").count(), 1, "{args:?} warns once: {err}");
         assert!(!err.contains("VALUE-THAT-MUST-NOT-PRINT") && !stdout(&out).contains("VALUE-THAT-MUST-NOT-PRINT"));
     }
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_definitions() {
+    let sb = Sandbox::new();
+    for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef crowecode-cloud"), ("fish", "complete -c crowecode-cloud")] {
+        let out = sb.cmd().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains(marker) && text.contains("download") && text.contains("part-size"), "{shell}: {text}");
+    }
+    sb.cmd().args(["completions", "tcsh"]).assert().code(2);
+    let out = sb.cmd().arg("man").output().unwrap();
+    let man = String::from_utf8(out.stdout).unwrap();
+    assert!(man.starts_with(".ie") || man.contains(".TH crowecode-cloud"), "{man}");
+    assert!(man.contains("upload") && man.contains("CROWECODE_CONFIG"), "{man}");
 }

@@ -141,6 +141,7 @@ async fn local_provider_conforms() {
     suite(p, Expect { conditional: true, if_match: true, lists_pending: true, min_part: 1000, many_keys: true }).await;
 }
 
+#[cfg(feature = "s3")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_provider_conforms_on_moto() {
     let endpoint = require_env("CROWECODE_TEST_S3_ENDPOINT");
@@ -162,6 +163,7 @@ async fn s3_provider_conforms_on_moto() {
         .await;
 }
 
+#[cfg(feature = "gcs")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcs_provider_conforms_on_fake_gcs_server() {
     let endpoint = require_env("CROWECODE_TEST_GCS_ENDPOINT");
