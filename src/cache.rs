@@ -91,6 +91,12 @@ impl Cache {
         &self.root
     }
 
+    /// Where a selective download (`--only`) of a version is kept: apart from the full versions,
+    /// so a partial model is never taken for the model. `key` tells selections apart.
+    pub fn selection_path(&self, model: &ModelName, sha: &Sha256Hex, key: &str) -> PathBuf {
+        self.models_dir().join(".partial").join(format!("{model}@{}-{key}", sha.short()))
+    }
+
     /// `<root>/models`, where ready models are.
     pub fn models_dir(&self) -> PathBuf {
         self.root.join("models")

@@ -23,6 +23,7 @@ pub mod manifest;
 pub mod names;
 pub mod progress;
 pub mod provider;
+pub mod select;
 pub mod transfer;
 
 pub use error::{Error, Result};

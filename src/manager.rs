@@ -342,6 +342,102 @@ impl CloudManager {
         Ok(done(DownloadStatus::Downloaded, manifest.archive_size))
     }
 
+    /// Downloads only the files of `name` that match one of `patterns` (see [`crate::select`]),
+    /// each by a ranged read of the uncompressed archive, verified against its own sha256. They
+    /// land in a directory of their own (never the model's version directory), which is
+    /// returned as `path`; a second identical request finds it there.
+    pub async fn download_selected(&self, name: &str, patterns: &[String]) -> Result<Downloaded> {
+        let started = Instant::now();
+        let model = ModelName::new(name)?;
+        let manifest = self
+            .fetch_manifest(&model)
+            .await?
+            .ok_or_else(|| Error::ModelNotFound { model: model.to_string(), location: self.config.location() })?;
+        if manifest.compression != Compression::None {
+            return Err(Error::other(
+                format!(
+                    "{model} was uploaded with {} compression, so its files cannot be read one by one",
+                    manifest.compression.as_str()
+                ),
+                Some("download the whole model, or upload it again with `--compression none` to allow --only".into()),
+            ));
+        }
+        let selected: Vec<&FileEntry> =
+            manifest.files.iter().filter(|f| patterns.iter().any(|p| crate::select::matches(p, &f.path))).collect();
+        if selected.is_empty() {
+            let some: Vec<&str> = manifest.files.iter().take(5).map(|f| f.path.as_str()).collect();
+            return Err(Error::Usage {
+                message: format!("no file of {model} matches {}", patterns.join(", ")),
+                hint: Some(format!("its files include: {}", some.join(", "))),
+            });
+        }
+        let mut sorted = patterns.to_vec();
+        sorted.sort();
+        let key = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(sorted.join("\n").as_bytes())[..4]);
+        let dest = self.cache.selection_path(&model, &manifest.archive_sha256, &key);
+        let size = selected.iter().map(|f| f.size).sum();
+        let done = |status, transferred| Downloaded {
+            model: model.clone(),
+            path: dest.clone(),
+            status,
+            sha256: manifest.archive_sha256.clone(),
+            size,
+            files: selected.len(),
+            transferred,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        if dest.is_dir() {
+            return Ok(done(DownloadStatus::Cached, 0));
+        }
+        self.cache.ensure_layout()?;
+        let lock = {
+            let cache = self.cache.clone();
+            let m = model.clone();
+            tokio::task::spawn_blocking(move || cache.lock(&m, || {}))
+                .await
+                .map_err(|e| Error::other(format!("lock task failed: {e}"), None))??
+        };
+        if dest.is_dir() {
+            return Ok(done(DownloadStatus::Cached, 0));
+        }
+        let staging = StagingDir(self.cache.new_staging(&model, &lock)?);
+        let mut files = Vec::with_capacity(selected.len());
+        for f in &selected {
+            let offset = f.offset.ok_or_else(|| {
+                Error::integrity(
+                    &manifest.archive_key,
+                    format!("the manifest has no offset for {}", f.path),
+                    None,
+                    None,
+                )
+            })?;
+            let dest = staging.0.join(&f.path);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io("cannot create", parent, e))?;
+            }
+            files.push(transfer::FileRange {
+                offset,
+                size: f.size,
+                sha256: f.sha256.clone(),
+                dest,
+                mode: f.mode,
+                path: f.path.clone(),
+            });
+        }
+        let progress = Progress::new(self.reporter.clone(), model.as_str());
+        let fetched =
+            transfer::download_files(self.provider.clone(), &manifest.archive_key, files, &self.transfer, &progress)
+                .await;
+        progress.finished();
+        fetched?;
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io("cannot create", parent, e))?;
+        }
+        std::fs::rename(&staging.0, &dest).map_err(|e| Error::io("cannot move the verified files into", &dest, e))?;
+        drop(lock);
+        Ok(done(DownloadStatus::Downloaded, size))
+    }
+
     async fn fetch_into(&self, model: &ModelName, manifest: &Manifest, staging: &Path) -> Result<()> {
         let extractor = Extractor::new(staging.to_path_buf(), manifest.expected_entries(), false);
         let progress = Progress::new(self.reporter.clone(), model.as_str());

@@ -120,6 +120,9 @@ struct TransferArgs {
     /// Part size, e.g. 16MiB, 64M [default: 16MiB, grown for huge models]
     #[arg(long, value_name = "SIZE", env = "CROWECODE_PART_SIZE", hide_env_values = true, value_parser = parse_size)]
     part_size: Option<u64>,
+    /// Average transfer rate limit in bytes per second, e.g. 50M (= 50 MiB/s)
+    #[arg(long, value_name = "RATE", env = "CROWECODE_LIMIT_RATE", hide_env_values = true, value_parser = parse_size)]
+    limit_rate: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,6 +184,10 @@ enum Command {
         /// Model names
         #[arg(required = true, value_name = "MODEL")]
         models: Vec<String>,
+        /// Only files matching PATTERN (repeatable): `*.json` matches names at any depth,
+        /// `tokenizer/*` paths; kept apart from the full model (uncompressed uploads only)
+        #[arg(long, value_name = "PATTERN")]
+        only: Vec<String>,
         #[command(flatten)]
         transfer: TransferArgs,
     },
@@ -386,6 +393,7 @@ fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> Context {
         Command::Upload { transfer, .. } | Command::Download { transfer, .. } => TransferOptions {
             part_size: transfer.part_size,
             concurrency: transfer.concurrency.map_or(crate::transfer::DEFAULT_CONCURRENCY, usize::from),
+            limit_rate: transfer.limit_rate,
         },
         _ => TransferOptions::default(),
     };
@@ -433,8 +441,8 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
             let differs = batch.models.iter().any(|r| !r.ok);
             Ok(if differs { exit::INTEGRITY } else { batch.exit_code() })
         }
-        Command::Download { models, .. } => {
-            let batch = commands::download::run(ctx, models).await?;
+        Command::Download { models, only, .. } => {
+            let batch = commands::download::run(ctx, models, only).await?;
             printer.downloads(&batch);
             Ok(batch.exit_code())
         }

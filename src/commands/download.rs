@@ -7,14 +7,17 @@ use crate::names::ModelName;
 
 /// Downloads each model; a failure of one does not stop the others. Names are all validated
 /// before any I/O.
-pub async fn run(ctx: &Context, models: &[String]) -> Result<Batch<Downloaded>> {
+/// With `only`, just the matching files of each model (see [`crate::select`]).
+pub async fn run(ctx: &Context, models: &[String], only: &[String]) -> Result<Batch<Downloaded>> {
     for m in models {
         ModelName::new(m)?;
     }
     let manager = ctx.manager().await?;
     let mut batch = Batch { models: Vec::new(), errors: Vec::new() };
     for m in models {
-        match manager.download_model(m).await {
+        let result =
+            if only.is_empty() { manager.download_model(m).await } else { manager.download_selected(m, only).await };
+        match result {
             Ok(d) => batch.models.push(d),
             Err(e) => batch.errors.push(ModelError::new(m, &manager.explain(e).await)),
         }

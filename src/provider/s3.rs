@@ -327,7 +327,8 @@ impl Provider for S3Provider {
             .upload_id(upload_id)
             .part_number(number as i32)
             .body(SdkStream::from(data));
-        let sent = if self.sign_payload { req.send().await } else { req.customize().disable_payload_signing().send().await };
+        let sent =
+            if self.sign_payload { req.send().await } else { req.customize().disable_payload_signing().send().await };
         let out = sent.map_err(|e| map_err("UploadPart", key, e))?;
         let tag = out.e_tag().ok_or_else(|| {
             ProviderError::new(ProviderErrorKind::Other, format!("UploadPart {key} #{number}: no ETag in the answer"))

@@ -6,11 +6,11 @@ use std::io::{self, Write};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{StreamExt as _, stream};
+use futures::{StreamExt as _, TryStreamExt as _, stream};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
-use super::{Progress, TransferOptions, choose_part_size};
+use super::{Progress, RateLimiter, TransferOptions, choose_part_size};
 use crate::archive::{Compression, ExtractError, Extractor};
 use crate::error::{Error, Result};
 use crate::names::Sha256Hex;
@@ -95,6 +95,7 @@ async fn fetch(
     start: u64,
     end: u64,
     progress: &Progress,
+    limiter: Option<&RateLimiter>,
 ) -> std::result::Result<Vec<Bytes>, ProviderError> {
     let len = end - start;
     let mut stream = provider.get(key, GetRange::Bounded(start..end)).await?;
@@ -104,6 +105,9 @@ async fn fetch(
     let mut got = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
+        if let Some(l) = limiter {
+            l.take(chunk.len() as u64).await;
+        }
         progress.advanced(chunk.len() as u64);
         got += chunk.len() as u64;
         chunks.push(chunk);
@@ -148,9 +152,10 @@ pub async fn download_archive(
     let consumer = tokio::task::spawn_blocking(move || consume(rx, extractor, compression));
     progress.started(Direction::Download, size);
 
+    let limiter = RateLimiter::new(opts.limit_rate);
     let ranges = (0..size.div_ceil(part)).map(|i| (i * part, ((i + 1) * part).min(size)));
     let mut fetches = stream::iter(ranges)
-        .map(|(s, e)| fetch(provider.as_ref(), key, s, e, progress))
+        .map(|(s, e)| fetch(provider.as_ref(), key, s, e, progress, limiter.as_ref()))
         .buffered(opts.concurrency.max(1));
     let mut network: Option<ProviderError> = None;
     while let Some(res) = fetches.next().await {
@@ -178,4 +183,85 @@ pub async fn download_archive(
         (Ok(sha), None) => Ok(sha),
         (Err(ConsumeError::Aborted), None) => Err(Error::other(format!("download of {key} stopped"), None)),
     }
+}
+
+/// One file to fetch by its byte range in the archive.
+#[derive(Clone, Debug)]
+pub struct FileRange {
+    /// Where its bytes start in the archive.
+    pub offset: u64,
+    pub size: u64,
+    pub sha256: Sha256Hex,
+    /// Where to write it (its parent directory exists).
+    pub dest: std::path::PathBuf,
+    pub mode: u32,
+    /// The path inside the model, for messages.
+    pub path: String,
+}
+
+/// Fetches each file's range of the archive at `key` (several at once), hashing it on the way
+/// and refusing any file whose sha256 differs from the manifest's.
+pub async fn download_files(
+    provider: Arc<dyn Provider>,
+    key: &str,
+    files: Vec<FileRange>,
+    opts: &TransferOptions,
+    progress: &Progress,
+) -> Result<()> {
+    let total = files.iter().map(|f| f.size).sum();
+    progress.started(Direction::Download, total);
+    let limiter = RateLimiter::new(opts.limit_rate);
+    let limiter = limiter.as_ref();
+    let provider = provider.as_ref();
+    stream::iter(files)
+        .map(|f| async move {
+            use std::os::unix::fs::PermissionsExt as _;
+            use tokio::io::AsyncWriteExt as _;
+            let mut out = tokio::fs::File::create(&f.dest).await.map_err(|e| Error::io("cannot write", &f.dest, e))?;
+            let mut hasher = Sha256::new();
+            if f.size > 0 {
+                let mut s = provider
+                    .get(key, GetRange::Bounded(f.offset..f.offset + f.size))
+                    .await
+                    .map_err(|e| Error::from_provider(format!("downloading {} from {key}", f.path), e))?;
+                let mut got = 0u64;
+                while let Some(chunk) = s.next().await {
+                    let chunk =
+                        chunk.map_err(|e| Error::from_provider(format!("downloading {} from {key}", f.path), e))?;
+                    if let Some(l) = limiter {
+                        l.take(chunk.len() as u64).await;
+                    }
+                    got += chunk.len() as u64;
+                    hasher.update(&chunk);
+                    out.write_all(&chunk).await.map_err(|e| Error::io("cannot write", &f.dest, e))?;
+                    progress.advanced(chunk.len() as u64);
+                }
+                if got != f.size {
+                    return Err(Error::integrity(
+                        format!("{key} ({})", f.path),
+                        format!("received {got} bytes, expected {}", f.size),
+                        None,
+                        None,
+                    ));
+                }
+            }
+            out.flush().await.map_err(|e| Error::io("cannot write", &f.dest, e))?;
+            let computed = Sha256Hex::from_digest(&hasher.finalize());
+            if computed != f.sha256 {
+                return Err(Error::integrity(
+                    format!("{key} ({})", f.path),
+                    "file sha256 differs from the manifest",
+                    Some(f.sha256.to_string()),
+                    Some(computed.to_string()),
+                ));
+            }
+            tokio::fs::set_permissions(&f.dest, std::fs::Permissions::from_mode(f.mode & 0o7777))
+                .await
+                .map_err(|e| Error::io("cannot set permissions of", &f.dest, e))?;
+            Ok(())
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
 }

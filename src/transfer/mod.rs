@@ -10,7 +10,7 @@ use crate::provider::{Limits, Provider};
 mod download;
 mod upload;
 
-pub use download::download_archive;
+pub use download::{FileRange, download_archive, download_files};
 pub use upload::{UploadedArchive, upload_archive};
 
 /// Default part size: 16 MiB.
@@ -25,11 +25,39 @@ pub struct TransferOptions {
     pub part_size: Option<u64>,
     /// Parts in flight.
     pub concurrency: usize,
+    /// Average bytes per second over the whole transfer, when limited.
+    pub limit_rate: Option<u64>,
 }
 
 impl Default for TransferOptions {
     fn default() -> Self {
-        Self { part_size: None, concurrency: DEFAULT_CONCURRENCY }
+        Self { part_size: None, concurrency: DEFAULT_CONCURRENCY, limit_rate: None }
+    }
+}
+
+/// Holds a transfer to an average rate: each call reserves the next `n / rate` seconds of a
+/// virtual clock and waits for its slot. Idle time earns no credit, so there are no bursts.
+#[derive(Debug)]
+pub(crate) struct RateLimiter {
+    bytes_per_sec: f64,
+    next: Mutex<tokio::time::Instant>,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(limit: Option<u64>) -> Option<Self> {
+        let rate = limit.filter(|r| *r > 0)?;
+        Some(Self { bytes_per_sec: rate as f64, next: Mutex::new(tokio::time::Instant::now()) })
+    }
+
+    /// Waits until `n` more bytes fit under the rate.
+    pub(crate) async fn take(&self, n: u64) {
+        let wait_until = {
+            let mut next = self.next.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let start = (*next).max(tokio::time::Instant::now());
+            *next = start + std::time::Duration::from_secs_f64(n as f64 / self.bytes_per_sec);
+            start
+        };
+        tokio::time::sleep_until(wait_until).await;
     }
 }
 

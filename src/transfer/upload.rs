@@ -10,7 +10,7 @@ use futures::{StreamExt as _, TryStreamExt as _, stream};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
-use super::{Progress, TransferOptions, choose_part_size};
+use super::{Progress, RateLimiter, TransferOptions, choose_part_size};
 use crate::archive::{ArchivePlan, Compression, TarStream};
 use crate::error::{Error, Result};
 use crate::names::Sha256Hex;
@@ -126,6 +126,8 @@ pub async fn upload_archive(
     let limits = provider.limits();
     let part_size = choose_part_size(opts.part_size, plan.tar_size, &limits);
     let concurrency = if limits.concurrent_parts { opts.concurrency.max(1) } else { 1 };
+    let limiter = RateLimiter::new(opts.limit_rate);
+    let limiter = limiter.as_ref();
     let estimate = plan.tar_size;
     let (tx, mut rx) = mpsc::channel::<Bytes>(1);
     let producer = tokio::task::spawn_blocking(move || produce(plan, compression, part_size as usize, tx));
@@ -145,6 +147,9 @@ pub async fn upload_archive(
         // A single part: one PUT, once the archive is known to be complete.
         let p = produced(producer.await)?;
         let len = first.len() as u64;
+        if let Some(l) = limiter {
+            l.take(len).await;
+        }
         provider
             .put(key, first, PutMode::Overwrite)
             .await
@@ -182,6 +187,9 @@ pub async fn upload_archive(
                     )
                 })?;
                 let len = data.len() as u64;
+                if let Some(l) = limiter {
+                    l.take(len).await;
+                }
                 let tag = provider
                     .put_part(key, &upload_id, number, data)
                     .await

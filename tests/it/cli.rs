@@ -30,7 +30,9 @@ fn help_lists_commands_examples_and_exit_codes() {
 fn version_names_the_providers_built_in() {
     let out = Sandbox::new().cmd().arg("--version").output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    for (name, built) in [("s3", cfg!(feature = "s3")), ("gcs", cfg!(feature = "gcs")), ("azure", cfg!(feature = "azure"))] {
+    for (name, built) in
+        [("s3", cfg!(feature = "s3")), ("gcs", cfg!(feature = "gcs")), ("azure", cfg!(feature = "azure"))]
+    {
         assert_eq!(text.contains(name), built, "{name}: {text}");
     }
     assert!(text.contains("local"), "{text}");
@@ -501,7 +503,9 @@ fn config_warnings_reach_every_command_and_never_show_secret_values() {
 #[test]
 fn completions_and_man_page_come_from_the_definitions() {
     let sb = Sandbox::new();
-    for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef crowecode-cloud"), ("fish", "complete -c crowecode-cloud")] {
+    for (shell, marker) in
+        [("bash", "complete -F"), ("zsh", "#compdef crowecode-cloud"), ("fish", "complete -c crowecode-cloud")]
+    {
         let out = sb.cmd().args(["completions", shell]).output().unwrap();
         assert!(out.status.success(), "{shell}");
         let text = String::from_utf8(out.stdout).unwrap();
@@ -512,4 +516,90 @@ fn completions_and_man_page_come_from_the_definitions() {
     let man = String::from_utf8(out.stdout).unwrap();
     assert!(man.starts_with(".ie") || man.contains(".TH crowecode-cloud"), "{man}");
     assert!(man.contains("upload") && man.contains("CROWECODE_CONFIG"), "{man}");
+}
+
+#[test]
+fn download_only_fetches_matching_files_verified_and_apart_from_the_model() {
+    let sb = Sandbox::new();
+    let alpha = make_model(&sb.src(), "Alpha", 61);
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    sb.local().args(["upload", "Alpha", "--models-dir"]).arg(sb.src()).assert().success();
+    let out =
+        sb.local().args(["--json", "download", "Alpha", "--only", "*.json", "--only", "tokenizer/*"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let path = std::path::PathBuf::from(v["models"][0]["path"].as_str().unwrap());
+    let got = tree(&path);
+    let files: Vec<&String> = got.keys().filter(|k| got[*k].0 == 'f').collect();
+    assert_eq!(files, ["config.json", "tokenizer/tokenizer.json"], "{got:?}");
+    let full = tree(&alpha);
+    for f in files {
+        assert_eq!(got[f], full[f], "{f}");
+    }
+    assert_eq!(v["models"][0]["files"], 2);
+    // Never mistaken for the model: the full model is not installed by this.
+    assert!(!sb.cache().join("models/Alpha").exists());
+    // The same selection again is already there.
+    let out =
+        sb.local().args(["--json", "download", "Alpha", "--only", "tokenizer/*", "--only", "*.json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["models"][0]["status"], "cached", "{v}");
+
+    // Nothing matches: a usage error naming some files.
+    let out = sb.local().args(["download", "Alpha", "--only", "*.gguf"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config.json"));
+}
+
+#[test]
+fn download_only_refuses_compressed_archives_and_tampered_files() {
+    let sb = Sandbox::new();
+    make_model(&sb.src(), "Zed", 62);
+    make_model(&sb.src(), "Tam", 63);
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    sb.local().args(["upload", "Zed", "--compression", "zstd", "--models-dir"]).arg(sb.src()).assert().success();
+    sb.local().args(["upload", "Tam", "--models-dir"]).arg(sb.src()).assert().success();
+    let out = sb.local().args(["download", "Zed", "--only", "*.json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--compression none"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Flip a byte inside config.json's range of the archive: that file is refused (exit 6).
+    let archives = sb.bucket().join("models/Tam/archives");
+    let archive = std::fs::read_dir(&archives).unwrap().next().unwrap().unwrap().path();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sb.bucket().join("models/Tam/manifest.json")).unwrap()).unwrap();
+    let entry = manifest["files"].as_array().unwrap().iter().find(|f| f["path"] == "config.json").unwrap();
+    let offset = entry["offset"].as_u64().unwrap() as usize;
+    let mut bytes = std::fs::read(&archive).unwrap();
+    bytes[offset] ^= 0x20;
+    std::fs::write(&archive, bytes).unwrap();
+    let out = sb.local().args(["download", "Tam", "--only", "config.json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!sb.cache().join("models/.partial").read_dir().is_ok_and(|mut d| d.next().is_some()), "nothing kept");
+}
+
+#[test]
+fn limit_rate_holds_a_transfer_to_the_rate() {
+    let sb = Sandbox::new();
+    let model = sb.src().join("Big");
+    write_files(&model, &[("w.bin", &crate::common::noise(3 << 20, 64))]);
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    let t = std::time::Instant::now();
+    sb.local()
+        .args(["upload", "Big", "--part-size", "1M", "--limit-rate", "2M", "--models-dir"])
+        .arg(sb.src())
+        .assert()
+        .success();
+    let up = t.elapsed();
+    let t = std::time::Instant::now();
+    sb.local().args(["download", "Big", "--part-size", "1M", "--limit-rate", "2M"]).assert().success();
+    let down = t.elapsed();
+    // 3 MiB at 2 MiB/s: at least about a second each way (the first MiB may go at once).
+    assert!(up.as_secs_f64() >= 0.9, "upload took {up:?}");
+    assert!(down.as_secs_f64() >= 0.9, "download took {down:?}");
+    sb.local().args(["download", "Big", "--limit-rate", "fast"]).assert().code(2);
 }

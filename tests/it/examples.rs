@@ -44,7 +44,11 @@ fn every_yaml_file_parses() {
                 assert!(d["apiVersion"].as_str().is_some() && d["kind"].as_str().is_some(), "{}", f.display());
             }
         } else {
-            assert!(docs[0]["jobs"].as_hash().is_some_and(|j| !j.is_empty()), "{}: a workflow without jobs", f.display());
+            assert!(
+                docs[0]["jobs"].as_hash().is_some_and(|j| !j.is_empty()),
+                "{}: a workflow without jobs",
+                f.display()
+            );
         }
     }
 }
