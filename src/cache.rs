@@ -56,6 +56,30 @@ pub struct VerifyReport {
     pub extra: Vec<String>,
 }
 
+/// A cached version that `prune` removed, or would remove with `--dry-run`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Pruned {
+    pub model: ModelName,
+    pub path: PathBuf,
+    /// Bytes on disk it took.
+    pub bytes: u64,
+    /// `not current`, `over --max-size` or `old selection`.
+    pub reason: &'static str,
+}
+
+/// What `prune` should do in the cache.
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    /// Only these models (all when empty).
+    pub models: Vec<ModelName>,
+    /// Versions to keep per model, the current one first (at least 1).
+    pub keep: usize,
+    /// Evict whole models, least recently used first, until the cache is at most this big.
+    pub max_size: Option<u64>,
+    /// Report without deleting.
+    pub dry_run: bool,
+}
+
 /// An exclusive per-model lock; released on drop (and by the kernel if the process dies).
 #[derive(Debug)]
 pub struct ModelLock {
@@ -182,6 +206,129 @@ impl Cache {
             }
         }
         Ok(ModelLock { _file: file })
+    }
+
+    /// The model's lock if nobody holds it now; `None` if a download is using the model.
+    pub fn try_lock(&self, model: &ModelName) -> Result<Option<ModelLock>> {
+        let path = self.root.join(".locks").join(format!("{model}.lock"));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("cannot open lock file", &path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(ModelLock { _file: file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(Error::io("cannot lock", &path, e)),
+        }
+    }
+
+    /// Records that a version was just used (for `prune --max-size`); best effort.
+    pub fn touch(&self, version_dir: &Path) {
+        if let Ok(f) = File::options().write(true).open(self.manifest_copy_path(version_dir)) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    fn last_used(&self, version_dir: &Path) -> std::time::SystemTime {
+        fs::metadata(self.manifest_copy_path(version_dir)).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH)
+    }
+
+    /// Removes cached versions that are not current (beyond `keep` per model), selections of
+    /// old versions, then whole models, least recently used first, while the cache is larger
+    /// than `max_size`. A model whose lock is held (a download in progress) is left alone.
+    /// Blocking.
+    pub fn prune(&self, opts: &PruneOptions) -> Result<Vec<Pruned>> {
+        use std::collections::BTreeMap;
+        let wanted = |m: &ModelName| opts.models.is_empty() || opts.models.contains(m);
+        let mut by_model: BTreeMap<ModelName, Vec<CachedVersion>> = BTreeMap::new();
+        for v in self.list()?.into_iter().filter(|v| wanted(&v.model)) {
+            by_model.entry(v.model.clone()).or_default().push(v);
+        }
+        let mut out = Vec::new();
+        let mut kept: Vec<(ModelName, PathBuf, u64)> = Vec::new();
+        let mut locks = Vec::new();
+        for (model, mut versions) in by_model {
+            let Some(lock) = self.try_lock(&model)? else {
+                tracing::info!(%model, "in use by a download; not pruned");
+                continue;
+            };
+            versions.sort_by_key(|v| (!v.current, std::cmp::Reverse(self.last_used(&v.path))));
+            for (i, v) in versions.into_iter().enumerate() {
+                let bytes = tree_size(&v.path);
+                if i < opts.keep.max(1) {
+                    kept.push((model.clone(), v.path, bytes));
+                    continue;
+                }
+                if !opts.dry_run {
+                    self.remove_version(&v.path)?;
+                }
+                out.push(Pruned { model: model.clone(), path: v.path, bytes, reason: "not current" });
+            }
+            // Selections (`download --only`) of versions no longer current.
+            let current_tag =
+                self.current(&model)?.and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+            if let Ok(rd) = fs::read_dir(self.models_dir().join(".partial")) {
+                for entry in rd.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !name.starts_with(&format!("{model}@"))
+                        || current_tag.as_ref().is_some_and(|t| name.starts_with(&format!("{t}-")))
+                    {
+                        continue;
+                    }
+                    let bytes = tree_size(&entry.path());
+                    if !opts.dry_run {
+                        remove_tree(&entry.path())?;
+                    }
+                    out.push(Pruned { model: model.clone(), path: entry.path(), bytes, reason: "old selection" });
+                }
+            }
+            locks.push((model, lock));
+        }
+        if let Some(max) = opts.max_size {
+            let mut total: u64 = kept.iter().map(|k| k.2).sum();
+            // Least recently used models first; a model goes whole (link, then its versions).
+            let mut models: Vec<ModelName> = kept.iter().map(|k| k.0.clone()).collect();
+            models.dedup();
+            models.sort_by_key(|m| kept.iter().filter(|k| &k.0 == m).map(|k| self.last_used(&k.1)).max());
+            for model in models {
+                if total <= max {
+                    break;
+                }
+                if !opts.dry_run {
+                    let link = self.link_path(&model);
+                    fs::remove_file(&link)
+                        .or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+                        .map_err(|e| Error::io("cannot remove", &link, e))?;
+                }
+                for (_, path, bytes) in kept.iter().filter(|k| k.0 == model) {
+                    if !opts.dry_run {
+                        self.remove_version(path)?;
+                    }
+                    total = total.saturating_sub(*bytes);
+                    out.push(Pruned {
+                        model: model.clone(),
+                        path: path.clone(),
+                        bytes: *bytes,
+                        reason: "over --max-size",
+                    });
+                }
+            }
+        }
+        drop(locks);
+        Ok(out)
+    }
+
+    fn remove_version(&self, version_dir: &Path) -> Result<()> {
+        // The manifest copy first: a version without it is treated as incomplete, never used.
+        let copy = self.manifest_copy_path(version_dir);
+        match fs::remove_file(&copy) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("cannot remove", &copy, e)),
+        }
+        remove_tree(version_dir)
     }
 
     /// Removes staging leftovers of `model` from runs that died. Call with the lock held.
@@ -354,6 +501,17 @@ impl Cache {
             .map(|m| m.len())
             .sum()
     }
+}
+
+/// Bytes of the files under `path`.
+fn tree_size(path: &Path) -> u64 {
+    walkdir::WalkDir::new(path)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn not_ours(link: &Path) -> Error {

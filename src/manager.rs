@@ -81,6 +81,14 @@ pub struct UploadOptions {
     pub force: bool,
 }
 
+/// An unreferenced archive that `prune --remote` deleted (or would delete).
+#[derive(Clone, Debug, Serialize)]
+pub struct RemotePruned {
+    pub model: ModelName,
+    pub key: String,
+    pub bytes: u64,
+}
+
 /// One model in the bucket.
 #[derive(Clone, Debug, Serialize)]
 pub struct RemoteModel {
@@ -274,6 +282,7 @@ impl CloudManager {
     pub async fn ensure_model(&self, name: &str) -> Result<PathBuf> {
         let model = ModelName::new(name)?;
         if let Some(path) = self.cache.current(&model)? {
+            self.cache.touch(&path);
             return Ok(path);
         }
         Ok(self.download_model(name).await?.path)
@@ -302,6 +311,7 @@ impl CloudManager {
             seconds: started.elapsed().as_secs_f64(),
         };
         if self.cache.current(&model)?.as_deref() == Some(version.as_path()) {
+            self.cache.touch(&version);
             return Ok(done(DownloadStatus::Cached, 0));
         }
 
@@ -600,6 +610,55 @@ impl CloudManager {
     }
 
     /// Every model in the bucket, with its manifest's summary and this machine's cached version.
+    /// Old archives in the bucket that no manifest references: all but the `keep` newest of
+    /// each model, and none younger than `min_age` (an upload in progress has an archive and no
+    /// manifest yet; a download that began on the previous version is still reading it). Deletes
+    /// them when `apply`; a model without a manifest is left alone. `models` empty means all.
+    pub async fn prune_remote(
+        &self,
+        models: &[ModelName],
+        keep: usize,
+        min_age: std::time::Duration,
+        apply: bool,
+    ) -> Result<Vec<RemotePruned>> {
+        let names: Vec<ModelName> = if models.is_empty() {
+            let objects = self
+                .provider
+                .list(self.layout.prefix())
+                .await
+                .map_err(|e| Error::from_provider(format!("listing {}", self.config.location()), e))?;
+            objects.iter().filter_map(|o| self.layout.model_of_manifest_key(&o.key)).collect()
+        } else {
+            models.to_vec()
+        };
+        let cutoff = SystemTime::now().checked_sub(min_age).unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut out = Vec::new();
+        for model in names {
+            let Some(manifest) = self.fetch_manifest(&model).await? else {
+                continue;
+            };
+            let prefix = self.layout.archives_prefix(&model);
+            let mut archives =
+                self.provider.list(&prefix).await.map_err(|e| Error::from_provider(format!("listing {prefix}"), e))?;
+            archives.retain(|o| o.key != manifest.archive_key);
+            // Keys begin with a UTC stamp: newest last in key order.
+            archives.sort_by(|a, b| b.key.cmp(&a.key));
+            for o in archives.into_iter().skip(keep) {
+                if o.last_modified.is_none_or(|t| t > cutoff) {
+                    continue;
+                }
+                if apply {
+                    self.provider
+                        .delete(&o.key)
+                        .await
+                        .map_err(|e| Error::from_provider(format!("deleting {}", o.key), e))?;
+                }
+                out.push(RemotePruned { model: model.clone(), key: o.key, bytes: o.size });
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn list_cloud_models(&self) -> Result<Vec<RemoteModel>> {
         let objects = self
             .provider

@@ -191,6 +191,33 @@ enum Command {
         #[command(flatten)]
         transfer: TransferArgs,
     },
+    /// Free space: cached versions that are not current, or with --remote unreferenced archives
+    #[command(
+        after_help = "In the cache: keeps --keep versions per model (the current one first), removes selections of\nold versions, then with --max-size evicts least recently used models. A model being downloaded\nis left alone.\nWith --remote: lists archives in the bucket that no manifest references, except the --keep\nnewest per model and any younger than --min-age; deletes them only with --yes."
+    )]
+    Prune {
+        /// Only these models [default: all]
+        #[arg(value_name = "MODEL")]
+        models: Vec<String>,
+        /// Versions (or with --remote, unreferenced archives) to keep per model
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        keep: usize,
+        /// Evict least recently used models until the cache is at most SIZE, e.g. 200G
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "remote")]
+        max_size: Option<u64>,
+        /// Prune old archives in the bucket instead of the cache
+        #[arg(long)]
+        remote: bool,
+        /// With --remote: never archives younger than this
+        #[arg(long, value_name = "AGE", default_value = "1d", value_parser = humantime::parse_duration)]
+        min_age: std::time::Duration,
+        /// With --remote: really delete (otherwise only list)
+        #[arg(long)]
+        yes: bool,
+        /// Show what would be removed; remove nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(after_help = "crowecode-cloud completions bash > /etc/bash_completion.d/crowecode-cloud")]
     Completions {
@@ -445,6 +472,20 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
             let batch = commands::download::run(ctx, models, only).await?;
             printer.downloads(&batch);
             Ok(batch.exit_code())
+        }
+        Command::Prune { models, keep, max_size, remote, min_age, yes, dry_run } => {
+            let opts = commands::prune::Options {
+                models: models.clone(),
+                keep: *keep,
+                max_size: *max_size,
+                remote: *remote,
+                min_age: *min_age,
+                yes: *yes,
+                dry_run: *dry_run,
+            };
+            let report = commands::prune::run(ctx, &opts).await?;
+            printer.prune(&report);
+            Ok(exit::OK)
         }
         // Answered in `main` before any of this is set up.
         Command::Completions { .. } | Command::Man => Ok(exit::OK),

@@ -350,6 +350,29 @@ impl Printer {
         }
     }
 
+    /// Output of `prune`: one line per removed version or archive, then the total.
+    pub fn prune(&self, r: &crate::commands::prune::Report) {
+        if self.json {
+            return self.json_out(r);
+        }
+        let verb = if r.dry_run { "would remove" } else { "removed" };
+        for p in &r.local {
+            self.out(&format!("{verb} {} ({}, {}): {}", p.path.display(), p.model, p.reason, fmt_bytes(p.bytes)));
+        }
+        for p in &r.remote {
+            self.out(&format!("{verb} {} ({}): {}", p.key, p.model, fmt_bytes(p.bytes)));
+        }
+        let n = r.local.len() + r.remote.len();
+        if n == 0 {
+            self.note("nothing to prune");
+        } else {
+            self.note(&format!("{verb} {n} item(s), {}", fmt_bytes(r.freed_bytes)));
+        }
+        if r.dry_run && !r.remote.is_empty() {
+            self.note("hint: add --yes to delete these archives from the bucket");
+        }
+    }
+
     /// Output of `download`: paths on stdout, one per line.
     pub fn downloads(&self, batch: &Batch<Downloaded>) {
         for d in &batch.models {

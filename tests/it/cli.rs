@@ -603,3 +603,94 @@ fn limit_rate_holds_a_transfer_to_the_rate() {
     assert!(down.as_secs_f64() >= 0.9, "download took {down:?}");
     sb.local().args(["download", "Big", "--limit-rate", "fast"]).assert().code(2);
 }
+
+fn versions(sb: &Sandbox) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(sb.cache().join("models/.versions"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn prune_removes_old_versions_and_least_recently_used_models() {
+    let sb = Sandbox::new();
+    let alpha = make_model(&sb.src(), "Alpha", 71);
+    make_model(&sb.src(), "Beta", 72);
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    sb.local().args(["upload", "Alpha", "Beta", "--models-dir"]).arg(sb.src()).assert().success();
+    sb.local().args(["download", "Beta", "Alpha"]).assert().success();
+    write_files(&alpha, &[("config.json", b"{\"v\": 2}")]);
+    sb.local().args(["upload", "Alpha", "--models-dir"]).arg(sb.src()).assert().success();
+    sb.local().args(["download", "Alpha"]).assert().success();
+    assert_eq!(versions(&sb).len(), 3);
+
+    // --dry-run and --keep 2 remove nothing.
+    let out = sb.local().args(["prune", "--dry-run"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("would remove"), "{}", String::from_utf8_lossy(&out.stdout));
+    sb.local().args(["prune", "--keep", "2"]).assert().success();
+    assert_eq!(versions(&sb).len(), 3);
+
+    let out = sb.local().args(["--json", "prune"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["local"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["local"][0]["reason"], "not current");
+    assert!(v["freed_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(versions(&sb).len(), 2);
+    sb.local().args(["verify", "Alpha", "Beta"]).assert().success();
+
+    // Over --max-size: Beta was used least recently and goes whole; Alpha stays.
+    sb.local().args(["download", "Alpha"]).assert().success(); // a cached use refreshes Alpha
+    let out = sb.local().args(["--json", "prune", "--max-size", "600K"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let gone: Vec<&str> = v["local"].as_array().unwrap().iter().map(|p| p["model"].as_str().unwrap()).collect();
+    assert_eq!(gone, ["Beta"], "{v}");
+    assert!(!sb.cache().join("models/Beta").exists());
+    sb.local().args(["verify", "Alpha"]).assert().success();
+}
+
+#[test]
+fn prune_leaves_a_model_whose_lock_is_held() {
+    let sb = Sandbox::new();
+    make_model(&sb.src(), "Alpha", 73);
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    sb.local().args(["upload", "Alpha", "--models-dir"]).arg(sb.src()).assert().success();
+    sb.local().args(["download", "Alpha"]).assert().success();
+    let cache = crowecode_cloud::cache::Cache::new(sb.cache());
+    let model = crowecode_cloud::names::ModelName::new("Alpha").unwrap();
+    let lock = cache.lock(&model, || {}).unwrap();
+    sb.local().args(["prune", "--max-size", "1"]).assert().success();
+    assert!(sb.cache().join("models/Alpha").exists(), "a model in use is not evicted");
+    drop(lock);
+    sb.local().args(["prune", "--max-size", "1"]).assert().success();
+    assert!(!sb.cache().join("models/Alpha").exists());
+}
+
+#[test]
+fn prune_remote_lists_then_deletes_unreferenced_archives() {
+    let sb = Sandbox::new();
+    let alpha = make_model(&sb.src(), "Alpha", 74);
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    for i in 0..3 {
+        write_files(&alpha, &[("config.json", format!("{{\"v\": {i}}}").as_bytes())]);
+        sb.local().args(["upload", "Alpha", "--models-dir"]).arg(sb.src()).assert().success();
+    }
+    let archives = || std::fs::read_dir(sb.bucket().join("models/Alpha/archives")).unwrap().count();
+    assert_eq!(archives(), 3);
+    // Everything is younger than the default --min-age of a day.
+    let out = sb.local().args(["--json", "prune", "--remote", "--yes"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["remote"].as_array().unwrap().len(), 0, "{v}");
+    // Without --yes: a list, nothing deleted.
+    let out = sb.local().args(["--json", "prune", "--remote", "--min-age", "0s"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(v["remote"].as_array().unwrap().len(), 1, "the current one and the newest old one are kept: {v}");
+    assert_eq!(archives(), 3);
+    sb.local().args(["prune", "--remote", "--min-age", "0s", "--yes"]).assert().success();
+    assert_eq!(archives(), 2);
+    sb.local().args(["download", "Alpha"]).assert().success();
+}

@@ -1,0 +1,55 @@
+//! `prune`: free space in the cache (versions that are not current, least recently used models
+//! over a size limit) and, with `--remote`, old archives in the bucket that no manifest references.
+
+use serde::Serialize;
+
+use super::Context;
+use crate::cache::{Cache, PruneOptions, Pruned};
+use crate::error::{Error, Result};
+use crate::manager::RemotePruned;
+use crate::names::ModelName;
+
+/// What to prune.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub models: Vec<String>,
+    pub keep: usize,
+    pub max_size: Option<u64>,
+    pub remote: bool,
+    pub min_age: std::time::Duration,
+    /// Remote deletions happen only with this; the cache is pruned unless `dry_run`.
+    pub yes: bool,
+    pub dry_run: bool,
+}
+
+/// What was (or would be) removed.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Nothing was deleted: `--dry-run`, or `--remote` without `--yes`.
+    pub dry_run: bool,
+    pub local: Vec<Pruned>,
+    pub remote: Vec<RemotePruned>,
+    pub freed_bytes: u64,
+}
+
+/// Prunes the cache, or with `remote` the bucket.
+pub async fn run(ctx: &Context, opts: &Options) -> Result<Report> {
+    let models = opts.models.iter().map(|m| ModelName::new(m)).collect::<Result<Vec<_>>>()?;
+    if opts.remote {
+        let manager = ctx.manager().await?;
+        let apply = opts.yes && !opts.dry_run;
+        let remote = match manager.prune_remote(&models, opts.keep, opts.min_age, apply).await {
+            Ok(r) => r,
+            Err(e) => return Err(manager.explain(e).await),
+        };
+        let freed_bytes = remote.iter().map(|r| r.bytes).sum();
+        return Ok(Report { dry_run: !apply, local: Vec::new(), remote, freed_bytes });
+    }
+    let cache = Cache::new(&ctx.cache_root);
+    let popts = PruneOptions { models, keep: opts.keep, max_size: opts.max_size, dry_run: opts.dry_run };
+    let local = tokio::task::spawn_blocking(move || cache.prune(&popts))
+        .await
+        .map_err(|e| Error::other(format!("prune task failed: {e}"), None))??;
+    let freed_bytes = local.iter().map(|p| p.bytes).sum();
+    Ok(Report { dry_run: opts.dry_run, local, remote: Vec::new(), freed_bytes })
+}
