@@ -62,10 +62,10 @@ impl ProviderKind {
     /// The config keys this provider reads.
     pub fn keys(self) -> &'static [&'static str] {
         match self {
-            Self::S3 => &["bucket", "prefix", "region", "endpoint", "sse", "kms_key_id"],
-            Self::Gcs => &["bucket", "prefix", "project", "endpoint", "kms_key"],
-            Self::Azure => &["bucket", "prefix", "account", "endpoint", "encryption_scope"],
-            Self::Local => &["bucket", "prefix"],
+            Self::S3 => &["bucket", "prefix", "region", "endpoint", "sse", "kms_key_id", "fallback_command"],
+            Self::Gcs => &["bucket", "prefix", "project", "endpoint", "kms_key", "fallback_command"],
+            Self::Azure => &["bucket", "prefix", "account", "endpoint", "encryption_scope", "fallback_command"],
+            Self::Local => &["bucket", "prefix", "fallback_command"],
         }
     }
 }
@@ -88,6 +88,7 @@ const KNOWN_KEYS: &[&str] = &[
     "kms_key_id",
     "kms_key",
     "encryption_scope",
+    "fallback_command",
 ];
 
 /// A validated configuration.
@@ -128,6 +129,10 @@ pub struct CloudConfig {
     /// Azure encryption scope.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encryption_scope: Option<String>,
+    /// Runs when a model is missing from the bucket: `{model}` and `{dest}` are replaced by the
+    /// model name and the (shell-quoted) directory to fill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_command: Option<String>,
     /// Keys this version does not know, kept as they were.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -148,6 +153,7 @@ impl fmt::Debug for CloudConfig {
             .field("kms_key_id", &self.kms_key_id.as_ref().map(|_| "<set>"))
             .field("kms_key", &self.kms_key.as_ref().map(|_| "<set>"))
             .field("encryption_scope", &self.encryption_scope)
+            .field("fallback_command", &self.fallback_command)
             .field("extra_keys", &self.extra.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -189,6 +195,7 @@ pub struct Overrides {
     pub kms_key_id: Option<String>,
     pub kms_key: Option<String>,
     pub encryption_scope: Option<String>,
+    pub fallback_command: Option<String>,
 }
 
 impl Overrides {
@@ -196,7 +203,7 @@ impl Overrides {
         self.pairs().iter().all(|(_, v)| v.is_none()) && self.provider.is_none()
     }
 
-    fn pairs(&self) -> [(&'static str, &Option<String>); 10] {
+    fn pairs(&self) -> [(&'static str, &Option<String>); 11] {
         [
             ("bucket", &self.bucket),
             ("prefix", &self.prefix),
@@ -208,6 +215,7 @@ impl Overrides {
             ("kms_key_id", &self.kms_key_id),
             ("kms_key", &self.kms_key),
             ("encryption_scope", &self.encryption_scope),
+            ("fallback_command", &self.fallback_command),
         ]
     }
 }
@@ -416,6 +424,7 @@ impl Document {
             kms_key_id: take("kms_key_id"),
             kms_key: take("kms_key"),
             encryption_scope: take("encryption_scope"),
+            fallback_command: take("fallback_command"),
             extra,
         };
         config.validate(origin)?;

@@ -26,6 +26,10 @@ pub enum DownloadStatus {
     Downloaded,
     /// The cached version was already current.
     Cached,
+    /// Missing from the bucket; made by the fallback command and installed.
+    Fallback,
+    /// Made by the fallback command, installed, and uploaded for the next machine.
+    Published,
 }
 
 /// The result of one model download.
@@ -292,12 +296,24 @@ impl CloudManager {
     /// installs it unless it is already there. One download per model per machine: concurrent
     /// calls wait for the first and then find the model ready.
     pub async fn download_model(&self, name: &str) -> Result<Downloaded> {
+        self.download_model_or_fallback(name, false).await
+    }
+
+    /// [`CloudManager::download_model`]; and when the bucket has no such model and the config
+    /// names a `fallback_command`, runs it to make the model, installs the result like a
+    /// download, and with `publish` uploads it so the next machine finds it in the bucket.
+    pub async fn download_model_or_fallback(&self, name: &str, publish: bool) -> Result<Downloaded> {
         let started = Instant::now();
         let model = ModelName::new(name)?;
-        let manifest = self
-            .fetch_manifest(&model)
-            .await?
-            .ok_or_else(|| Error::ModelNotFound { model: model.to_string(), location: self.config.location() })?;
+        let manifest = match self.fetch_manifest(&model).await? {
+            Some(m) => m,
+            None => match self.config.fallback_command.clone() {
+                Some(command) => return self.fallback(&model, &command, publish, started).await,
+                None => {
+                    return Err(Error::ModelNotFound { model: model.to_string(), location: self.config.location() });
+                }
+            },
+        };
         self.cache.ensure_layout()?;
         let version = self.cache.version_path(&model, &manifest.archive_sha256);
         let done = |status, transferred| Downloaded {
@@ -446,6 +462,79 @@ impl CloudManager {
         std::fs::rename(&staging.0, &dest).map_err(|e| Error::io("cannot move the verified files into", &dest, e))?;
         drop(lock);
         Ok(done(DownloadStatus::Downloaded, size))
+    }
+
+    async fn fallback(&self, model: &ModelName, command: &str, publish: bool, started: Instant) -> Result<Downloaded> {
+        self.cache.ensure_layout()?;
+        let lock = {
+            let cache = self.cache.clone();
+            let m = model.clone();
+            tokio::task::spawn_blocking(move || cache.lock(&m, || {}))
+                .await
+                .map_err(|e| Error::other(format!("lock task failed: {e}"), None))??
+        };
+        // Someone may have published it while this process waited for the lock.
+        if self.fetch_manifest(model).await?.is_some() {
+            drop(lock);
+            return Box::pin(self.download_model_or_fallback(model.as_str(), false)).await;
+        }
+        // Made here by an earlier fallback (and never published): that is the model.
+        if !publish
+            && let Some(path) = self.cache.current(model)?
+            && let Some(m) = self.cache.read_manifest_copy(&path, model)
+            && m.archive_key == FALLBACK_KEY
+        {
+            self.cache.touch(&path);
+            let (sha256, size, files) = (m.archive_sha256, m.total_size, m.files.len());
+            let seconds = started.elapsed().as_secs_f64();
+            return Ok(Downloaded {
+                model: model.clone(),
+                path,
+                status: DownloadStatus::Cached,
+                sha256,
+                size,
+                files,
+                transferred: 0,
+                seconds,
+            });
+        }
+        let staging = StagingDir(self.cache.new_staging(model, &lock)?);
+        self.info(model, format!("not in {}; running the fallback command", self.config.location()));
+        run_fallback(command, model, &staging.0).await?;
+        let has_files = walkdir::WalkDir::new(&staging.0).into_iter().flatten().any(|e| !e.file_type().is_dir());
+        if !has_files {
+            return Err(Error::other(
+                format!("the fallback command for {model} exited 0 but left no files in its {{dest}} directory"),
+                Some("the command must write the model's files into the directory given as {dest}".into()),
+            ));
+        }
+        let dir = staging.0.clone();
+        let up = tokio::task::spawn_blocking(move || -> Result<transfer::UploadedArchive> {
+            let plan = archive::scan_tree(&dir)?;
+            transfer::hash_archive(plan).map_err(|e| Error::io("cannot read", &dir, e))
+        })
+        .await
+        .map_err(|e| Error::other(format!("hash task failed: {e}"), None))??;
+        let manifest = build_manifest(model, FALLBACK_KEY, Compression::None, &up);
+        let mut status = DownloadStatus::Fallback;
+        if publish {
+            // The staging tree is what gets uploaded; it is moved into the cache afterwards.
+            let opts = UploadOptions { compression: Compression::None, force: false };
+            self.upload_model(model.as_str(), &staging.0, &opts).await?;
+            status = DownloadStatus::Published;
+        }
+        let path = self.cache.install(&staging.0, &manifest, &lock)?;
+        drop(lock);
+        Ok(Downloaded {
+            model: model.clone(),
+            path,
+            status,
+            sha256: manifest.archive_sha256.clone(),
+            size: manifest.total_size,
+            files: manifest.files.len(),
+            transferred: 0,
+            seconds: started.elapsed().as_secs_f64(),
+        })
     }
 
     async fn fetch_into(&self, model: &ModelName, manifest: &Manifest, staging: &Path) -> Result<()> {
@@ -769,6 +858,43 @@ impl Drop for StagingDir {
             let _ = remove_tree(&self.0);
         }
     }
+}
+
+/// The archive key recorded for a version the fallback command made (it has no archive).
+const FALLBACK_KEY: &str = "(fallback command)";
+
+/// Runs a fallback command with `{model}` and `{dest}` filled in, its output on stderr (stdout
+/// carries only model paths).
+async fn run_fallback(template: &str, model: &ModelName, dest: &Path) -> Result<()> {
+    use std::os::fd::AsFd as _;
+    let quoted = format!("'{}'", dest.display().to_string().replace('\'', "'\\''"));
+    let command = template.replace("{model}", model.as_str()).replace("{dest}", &quoted);
+    let stdout = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::Io { context: "cannot pass stderr to the fallback command".into(), source: e })?;
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(stdout))
+        .env("CROWECODE_MODEL", model.as_str())
+        .env("CROWECODE_DEST", dest)
+        .kill_on_drop(true)
+        .status()
+        .await
+        .map_err(|e| Error::Io { context: format!("cannot run the fallback command `{command}`"), source: e })?;
+    if !status.success() {
+        let how = match status.code() {
+            Some(code) => format!("exit code {code}"),
+            None => "a signal".to_string(),
+        };
+        return Err(Error::other(
+            format!("the fallback command for {model} failed with {how}: {command}"),
+            Some("its output is above; fix the command (config `fallback_command`) or upload the model".into()),
+        ));
+    }
+    Ok(())
 }
 
 fn build_manifest(

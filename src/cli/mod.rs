@@ -110,6 +110,9 @@ struct StorageArgs {
     /// Azure encryption scope
     #[arg(long, global = true, value_name = "NAME")]
     encryption_scope: Option<String>,
+    /// Command that provides a model missing from the bucket; {model} and {dest} are filled in
+    #[arg(long, global = true, value_name = "CMD")]
+    fallback_command: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -188,6 +191,9 @@ enum Command {
         /// `tokenizer/*` paths; kept apart from the full model (uncompressed uploads only)
         #[arg(long, value_name = "PATTERN")]
         only: Vec<String>,
+        /// Upload what the fallback command made, so the next machine gets it from the bucket
+        #[arg(long, conflicts_with = "only")]
+        publish: bool,
         #[command(flatten)]
         transfer: TransferArgs,
     },
@@ -410,6 +416,7 @@ fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> Context {
         kms_key_id: s.kms_key_id.clone(),
         kms_key: s.kms_key.clone(),
         encryption_scope: s.encryption_scope.clone(),
+        fallback_command: s.fallback_command.clone(),
     };
     let config_file = match &cli.global.config {
         Some(p) => FileLocation { path: p.clone(), explicit: true },
@@ -468,8 +475,8 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
             let differs = batch.models.iter().any(|r| !r.ok);
             Ok(if differs { exit::INTEGRITY } else { batch.exit_code() })
         }
-        Command::Download { models, only, .. } => {
-            let batch = commands::download::run(ctx, models, only).await?;
+        Command::Download { models, only, publish, .. } => {
+            let batch = commands::download::run(ctx, models, only, *publish).await?;
             printer.downloads(&batch);
             Ok(batch.exit_code())
         }

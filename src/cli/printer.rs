@@ -389,6 +389,14 @@ impl Printer {
                     rate(d.transferred, d.seconds),
                     d.sha256.short()
                 )),
+                DownloadStatus::Fallback | DownloadStatus::Published => self.note(&format!(
+                    "{}: made by the fallback command ({} files, {}){}, sha256 {}",
+                    d.model,
+                    d.files,
+                    fmt_bytes(d.size),
+                    if d.status == DownloadStatus::Published { " and uploaded to the bucket" } else { "" },
+                    d.sha256.short()
+                )),
             }
         }
         self.model_errors(batch);

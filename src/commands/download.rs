@@ -8,15 +8,19 @@ use crate::names::ModelName;
 /// Downloads each model; a failure of one does not stop the others. Names are all validated
 /// before any I/O.
 /// With `only`, just the matching files of each model (see [`crate::select`]).
-pub async fn run(ctx: &Context, models: &[String], only: &[String]) -> Result<Batch<Downloaded>> {
+/// With `publish`, a model made by the fallback command is also uploaded.
+pub async fn run(ctx: &Context, models: &[String], only: &[String], publish: bool) -> Result<Batch<Downloaded>> {
     for m in models {
         ModelName::new(m)?;
     }
     let manager = ctx.manager().await?;
     let mut batch = Batch { models: Vec::new(), errors: Vec::new() };
     for m in models {
-        let result =
-            if only.is_empty() { manager.download_model(m).await } else { manager.download_selected(m, only).await };
+        let result = if only.is_empty() {
+            manager.download_model_or_fallback(m, publish).await
+        } else {
+            manager.download_selected(m, only).await
+        };
         match result {
             Ok(d) => batch.models.push(d),
             Err(e) => batch.errors.push(ModelError::new(m, &manager.explain(e).await)),

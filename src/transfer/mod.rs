@@ -11,7 +11,7 @@ mod download;
 mod upload;
 
 pub use download::{FileRange, download_archive, download_files};
-pub use upload::{UploadedArchive, upload_archive};
+pub use upload::{UploadedArchive, hash_archive, upload_archive};
 
 /// Default part size: 16 MiB.
 pub const DEFAULT_PART_SIZE: u64 = 16 << 20;

@@ -225,3 +225,22 @@ pub async fn upload_archive(
     guard.armed = false;
     result
 }
+
+/// The archive of `plan` (uncompressed) as an upload would make it, hashed without sending it
+/// anywhere: what a model made on this machine needs to be installed like a download. Blocking.
+pub fn hash_archive(plan: ArchivePlan) -> io::Result<UploadedArchive> {
+    let mut tar = TarStream::new(plan);
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = tar.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    let (plan, file_hashes) = tar.finish();
+    Ok(UploadedArchive { plan, file_hashes, sha256: Sha256Hex::from_digest(&hasher.finalize()), size, parts: 0 })
+}

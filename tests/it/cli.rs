@@ -694,3 +694,62 @@ fn prune_remote_lists_then_deletes_unreferenced_archives() {
     assert_eq!(archives(), 2);
     sb.local().args(["download", "Alpha"]).assert().success();
 }
+
+#[test]
+fn a_missing_model_is_made_by_the_fallback_command_and_published() {
+    let sb = Sandbox::new();
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    let make = "mkdir -p {dest}/tok && printf '{\"m\": \"{model}\"}' > {dest}/config.json && echo w > {dest}/tok/v.txt && echo making {model}";
+    let fb = |sb: &Sandbox| {
+        let mut c = sb.local();
+        c.args(["--fallback-command", make]);
+        c
+    };
+    let out = fb(&sb).args(["download", "Gamma"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "only the path on stdout: {stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("making Gamma"), "its output is streamed to stderr");
+    let path = std::path::PathBuf::from(stdout.trim());
+    assert_eq!(std::fs::read_to_string(path.join("config.json")).unwrap(), "{\"m\": \"Gamma\"}");
+    sb.local().args(["verify", "Gamma"]).assert().success();
+    // Not published: the bucket still lacks it, and the next download reuses what was made.
+    assert!(!sb.bucket().join("models/Gamma/manifest.json").exists());
+    let out = fb(&sb).args(["--json", "download", "Gamma"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["models"][0]["status"], "cached", "{v}");
+
+    // --publish uploads it; another machine then gets it from the bucket, byte for byte.
+    let out = fb(&sb).args(["--json", "download", "Delta", "--publish"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["models"][0]["status"], "published", "{v}");
+    let made = std::path::PathBuf::from(v["models"][0]["path"].as_str().unwrap());
+    let other = Sandbox::new();
+    let mut c = other.std_cmd();
+    c.args(["--provider", "local", "--bucket"]).arg(sb.bucket()).args(["--prefix", "models/", "download", "Delta"]);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(tree(std::path::Path::new(String::from_utf8(out.stdout).unwrap().trim())), tree(&made));
+}
+
+#[test]
+fn a_failing_or_empty_fallback_installs_nothing() {
+    let sb = Sandbox::new();
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    let out = sb
+        .local()
+        .args(["--fallback-command", "echo trying {model} >&2; exit 3", "download", "Gamma"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("exit code 3") && err.contains("trying Gamma"), "{err}");
+    assert!(out.stdout.is_empty());
+    assert!(!sb.cache().join("models/Gamma").exists());
+    let out = sb.local().args(["--fallback-command", "true", "download", "Gamma"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("left no files"));
+    assert!(!sb.cache().join("models/Gamma").exists());
+    // Without a fallback, a missing model is still exit 5.
+    sb.local().args(["download", "Gamma"]).assert().code(5);
+}
