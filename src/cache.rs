@@ -146,6 +146,17 @@ impl Cache {
         Ok(())
     }
 
+    /// A warning when the cache is on a network filesystem, where the per-model file lock may not
+    /// be honoured between machines (NFS without a lock manager, SMB): then two hosts sharing the
+    /// cache could download the same model at once. `None` on local filesystems.
+    pub fn lock_warning(&self) -> Option<String> {
+        let fs = network_filesystem(&self.root)?;
+        Some(format!(
+            "the cache {} is on {fs}: file locks may not be reliable there, so one download per model is not guaranteed across machines; put CROWECODE_HOME on a local disk (one cache per host)",
+            self.root.display()
+        ))
+    }
+
     /// `models/<Model>`: the stable path that always points at the newest ready version.
     pub fn link_path(&self, model: &ModelName) -> PathBuf {
         self.models_dir().join(model.as_str())
@@ -503,6 +514,34 @@ impl Cache {
     }
 }
 
+/// The kind of network filesystem `path` (or its nearest existing ancestor) is on, if any.
+fn network_filesystem(path: &Path) -> Option<&'static str> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let c = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    fs_type_name(st.f_type as i64)
+}
+
+/// Names the network filesystems among `statfs` magic numbers.
+fn fs_type_name(magic: i64) -> Option<&'static str> {
+    match magic {
+        0x6969 => Some("NFS"),
+        0x517B => Some("SMB"),
+        0xFF53_4D42 => Some("CIFS"),
+        0xFE53_4D42 => Some("SMB2"),
+        0x6573_5546 => Some("a FUSE filesystem"),
+        0x00C3_6400 => Some("CephFS"),
+        0x0BD0_0BD0 => Some("Lustre"),
+        0x4750_4653 => Some("GPFS"),
+        _ => None,
+    }
+}
+
 /// Bytes of the files under `path`.
 fn tree_size(path: &Path) -> u64 {
     walkdir::WalkDir::new(path)
@@ -541,6 +580,18 @@ pub(crate) fn remove_tree(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_filesystems_are_named_and_local_ones_are_not() {
+        assert_eq!(fs_type_name(0x6969), Some("NFS"));
+        assert_eq!(fs_type_name(0xFF53_4D42), Some("CIFS"));
+        assert_eq!(fs_type_name(0xEF53), None, "ext4");
+        assert_eq!(fs_type_name(0x0102_1994), None, "tmpfs");
+        assert_eq!(fs_type_name(0x5846_5342), None, "xfs");
+        // This test's temp dir is local: no warning.
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Cache::new(dir.path().join("not-yet")).lock_warning(), None);
+    }
 
     #[test]
     fn lock_is_exclusive_between_handles() {

@@ -268,6 +268,16 @@ impl CloudManager {
         }
     }
 
+    /// Says once per process when the cache's file locks may not hold between machines.
+    fn warn_unreliable_locks(&self) {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            if let Some(message) = self.cache.lock_warning() {
+                self.reporter.report(Event::Warning { message });
+            }
+        });
+    }
+
     fn info(&self, model: &ModelName, message: String) {
         self.reporter.report(Event::Info { model: model.as_str(), message });
     }
@@ -315,6 +325,7 @@ impl CloudManager {
             },
         };
         self.cache.ensure_layout()?;
+        self.warn_unreliable_locks();
         let version = self.cache.version_path(&model, &manifest.archive_sha256);
         let done = |status, transferred| Downloaded {
             model: model.clone(),
@@ -844,7 +855,7 @@ impl CloudManager {
             cache_dir: self.cache.root().to_path_buf(),
             cache_bytes: self.cache.disk_usage(),
             models_cached,
-            warnings: self.warnings.clone(),
+            warnings: self.warnings.iter().cloned().chain(self.cache.lock_warning()).collect(),
         }
     }
 }

@@ -753,3 +753,61 @@ fn a_failing_or_empty_fallback_installs_nothing() {
     // Without a fallback, a missing model is still exit 5.
     sb.local().args(["download", "Gamma"]).assert().code(5);
 }
+
+/// SIGKILL at random points of a download, many times: the ready version is always complete
+/// (the old one, or the new one if the kill came after the switch), and the next run finishes
+/// and leaves no staging behind. Not in the default run: `scripts/reliability.sh`.
+#[test]
+#[ignore = "long: run with scripts/reliability.sh"]
+fn sigkill_trials_never_leave_a_half_installed_model() {
+    let trials: u32 = std::env::var("CROWECODE_KILL_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let sb = Sandbox::new();
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    let trees: Vec<_> = (0..2)
+        .map(|i| {
+            let dir = sb.path().join(format!("v{i}")).join("Model");
+            write_files(&dir, &[("weights.bin", &crate::common::noise(24 << 20, 100 + i)), ("config.json", b"{}")]);
+            dir
+        })
+        .collect();
+    let wanted: Vec<_> = trees.iter().map(|t| tree(t)).collect();
+    sb.local().args(["upload", "Model", "--force", "--from"]).arg(&trees[0]).assert().success();
+    sb.local().args(["download", "Model"]).assert().success();
+    let mut seed = 0x9e37_79b9_u64 ^ u64::from(std::process::id());
+    let (mut killed_before, mut killed_after) = (0, 0);
+    for trial in 0..trials {
+        let next = trial as usize % 2 == 0;
+        let new = usize::from(next);
+        sb.local().args(["upload", "Model", "--force", "--from"]).arg(&trees[new]).assert().success();
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let delay = std::time::Duration::from_millis((seed >> 33) % 1100);
+        let mut child = sb
+            .local_std()
+            .args(["download", "Model", "--limit-rate", "24M"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        let ready = tree(&sb.cache().join("models/Model"));
+        if ready == wanted[new] {
+            killed_after += 1;
+        } else {
+            assert_eq!(ready, wanted[1 - new], "trial {trial} ({status}): the ready model is neither version, whole");
+            killed_before += 1;
+        }
+        sb.local().args(["download", "Model"]).assert().success();
+        assert_eq!(tree(&sb.cache().join("models/Model")), wanted[new], "trial {trial}: the rerun finished the job");
+        assert_eq!(
+            std::fs::read_dir(sb.cache().join(".staging")).unwrap().count(),
+            0,
+            "trial {trial}: leftovers removed"
+        );
+        // Drop the old version so the next trial transfers again.
+        sb.local().args(["prune"]).assert().success();
+    }
+    println!("kill trials: {trials} ({killed_before} killed before the switch, {killed_after} after), all recovered");
+    eprintln!("kill trials: {trials} ({killed_before} killed before the switch, {killed_after} after), all recovered");
+}

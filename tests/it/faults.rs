@@ -491,3 +491,54 @@ fn sigterm_during_a_download_removes_staging_and_keeps_the_previous_version() {
     assert_eq!(std::fs::canonicalize(sb.cache().join("models/Model")).unwrap(), std::fs::canonicalize(&v1).unwrap());
     assert_eq!(std::fs::read_dir(sb.cache().join(".staging")).unwrap().count(), 0, "staging removed on SIGTERM");
 }
+
+/// The soak: many downloads through random faults (resets at random points, stalls, several
+/// per download), each into a fresh cache. Not in the default run: `scripts/reliability.sh`.
+#[test]
+#[ignore = "long: run with scripts/reliability.sh"]
+fn soak_downloads_under_random_faults() {
+    let endpoint = require_env("CROWECODE_TEST_S3_ENDPOINT");
+    let rounds: u32 = std::env::var("CROWECODE_SOAK_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let mut sb = sandbox();
+    sb.env("CROWECODE_STALL_TIMEOUT", "1");
+    let bucket = format!("soak-{:08x}", fastrand_u32());
+    let model = sb.src().join("Model");
+    write_files(&model, &[("weights.bin", &crate::common::noise(12 << 20, 91)), ("config.json", b"{}")]);
+    s3(&sb, &endpoint, &bucket).args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    s3(&sb, &endpoint, &bucket).args(["upload", "Model", "--from"]).arg(&model).assert().success();
+    let want = tree(&model);
+    let (mut ok, mut corrupted, mut failed, mut faults) = (0u32, 0u32, 0u32, 0u32);
+    let mut seed = u64::from(fastrand_u32());
+    let mut next = move |n: u64| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    for round in 0..rounds {
+        let fault = if next(4) == 0 { Fault::StallAfter(next(6 << 20)) } else { Fault::ResetAfter(next(6 << 20)) };
+        let count = 1 + next(4) as u32;
+        let proxy = Proxy::start(&endpoint, fault, count, next(5) != 0);
+        let _ = std::fs::remove_dir_all(sb.cache());
+        let out = s3(&sb, &proxy.endpoint(), &bucket)
+            .args(["download", "Model", "--part-size", "4MiB", "--concurrency", "3"])
+            .output()
+            .unwrap();
+        faults += proxy.injected();
+        let link = sb.cache().join("models/Model");
+        if out.status.success() {
+            if tree(Path::new(String::from_utf8_lossy(&out.stdout).trim())) == want {
+                ok += 1;
+            } else {
+                corrupted += 1;
+                eprintln!("round {round}: a download reported ready differs from the model");
+            }
+        } else {
+            failed += 1;
+            assert!(!link.exists(), "round {round}: a failed download left a model visible");
+            eprintln!("round {round}: failed: {}", String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or(""));
+        }
+    }
+    println!("soak: {rounds} downloads, {faults} faults injected: {ok} ok, {corrupted} corrupted, {failed} failed");
+    eprintln!("soak: {rounds} downloads, {faults} faults injected: {ok} ok, {corrupted} corrupted, {failed} failed");
+    assert_eq!(corrupted, 0);
+    assert!(ok >= rounds * 9 / 10, "{failed} of {rounds} failed");
+}
