@@ -130,7 +130,7 @@ impl Cache {
         self.models_dir().join(".versions")
     }
 
-    fn staging_root(&self) -> PathBuf {
+    pub(crate) fn staging_root(&self) -> PathBuf {
         self.root.join(".staging")
     }
 
@@ -343,16 +343,29 @@ impl Cache {
     }
 
     /// Removes staging leftovers of `model` from runs that died. Call with the lock held.
-    pub fn clean_staging(&self, model: &ModelName, _lock: &ModelLock) -> Result<usize> {
+    pub fn clean_staging(&self, model: &ModelName, lock: &ModelLock) -> Result<usize> {
+        self.clean_staging_except(model, lock, None)
+    }
+
+    /// [`Cache::clean_staging`], sparing `keep` (a staging directory being resumed) and its marker.
+    pub fn clean_staging_except(&self, model: &ModelName, _lock: &ModelLock, keep: Option<&Path>) -> Result<usize> {
         let mut removed = 0;
         let prefix = format!("{model}@");
         let Ok(rd) = fs::read_dir(self.staging_root()) else {
             return Ok(0);
         };
         for entry in rd.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                remove_tree(&entry.path())?;
+            let path = entry.path();
+            let spared =
+                keep.is_some_and(|k| path == k || path.as_os_str() == format!("{}.resume", k.display()).as_str());
+            if spared || !entry.file_name().to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&path)?;
                 removed += 1;
+            } else {
+                let _ = fs::remove_file(&path);
             }
         }
         let link_tmp = format!(".{model}.link.");

@@ -361,9 +361,47 @@ impl CloudManager {
         if self.cache.current(&model)?.as_deref() == Some(version.as_path()) {
             return Ok(done(DownloadStatus::Cached, 0));
         }
-        let removed = self.cache.clean_staging(&model, &lock)?;
+        // A crashed download of this same version left verified files behind: keep them.
+        let resume = {
+            let (cache, m, man) = (self.cache.clone(), model.clone(), manifest.clone());
+            tokio::task::spawn_blocking(move || find_resumable(&cache, &m, &man))
+                .await
+                .map_err(|e| Error::other(format!("resume task failed: {e}"), None))??
+        };
+        let removed = self.cache.clean_staging_except(&model, &lock, resume.as_ref().map(|r| r.staging.as_path()))?;
         if removed > 0 {
             tracing::info!(%model, removed, "removed leftovers of an interrupted download");
+        }
+        if let Some(r) = resume {
+            self.info(
+                &model,
+                format!(
+                    "resuming an interrupted download: {} files ({:.1} MiB) already here and verified",
+                    r.kept_files,
+                    r.kept_bytes as f64 / f64::from(1 << 20)
+                ),
+            );
+            let staging = StagingDir(r.staging.clone());
+            let extractor = Extractor::resuming(r.staging.clone(), manifest.expected_entries(), r.start_index, true);
+            let progress = Progress::new(self.reporter.clone(), model.as_str());
+            let fetched = transfer::download_archive_from(
+                self.provider.clone(),
+                &manifest.archive_key,
+                r.start_offset,
+                manifest.archive_size,
+                manifest.compression,
+                extractor,
+                &self.transfer,
+                &progress,
+            )
+            .await;
+            progress.finished();
+            // Every file was checked against its own sha256: the kept ones just now, the rest
+            // while they were written; the archive digest covers only the resumed part.
+            fetched?;
+            self.cache.install(&staging.0, &manifest, &lock)?;
+            drop(lock);
+            return Ok(done(DownloadStatus::Downloaded, manifest.archive_size - r.start_offset));
         }
         if version.is_dir() && self.cache.read_manifest_copy(&version, &model).is_some() {
             // This version was installed before (and the link moved on since): point back at it.
@@ -373,6 +411,12 @@ impl CloudManager {
 
         // Removed on every way out: an error, or this future being dropped (an interrupted process).
         let staging = StagingDir(self.cache.new_staging(&model, &lock)?);
+        if manifest.compression == Compression::None {
+            // Lets a run after a crash find and keep what this one completes.
+            let marker = resume_marker(&staging.0);
+            std::fs::write(&marker, manifest.archive_sha256.as_str())
+                .map_err(|e| Error::io("cannot write", &marker, e))?;
+        }
         self.fetch_into(&model, &manifest, &staging.0).await?;
         self.cache.install(&staging.0, &manifest, &lock)?;
         drop(lock);
@@ -868,7 +912,75 @@ impl Drop for StagingDir {
         if self.0.exists() {
             let _ = remove_tree(&self.0);
         }
+        let _ = std::fs::remove_file(resume_marker(&self.0));
     }
+}
+
+/// `<staging>.resume`: beside (never inside) a staging directory, the archive sha256 it is for.
+fn resume_marker(staging: &Path) -> PathBuf {
+    let mut name = staging.as_os_str().to_os_string();
+    name.push(".resume");
+    PathBuf::from(name)
+}
+
+/// What a crashed download left that a new one can keep.
+struct Resumable {
+    staging: PathBuf,
+    /// Index into the manifest's expected entries of the first entry still to extract.
+    start_index: usize,
+    /// Where that entry's headers begin in the archive.
+    start_offset: u64,
+    kept_files: usize,
+    kept_bytes: u64,
+}
+
+/// Finds a leftover staging directory of `manifest`'s version (uncompressed archives only) and
+/// keeps its leading run of complete files whose sha256 matches the manifest; everything else
+/// in it is removed. Blocking: it hashes the files it keeps.
+fn find_resumable(cache: &Cache, model: &ModelName, manifest: &Manifest) -> Result<Option<Resumable>> {
+    use std::collections::{HashMap, HashSet};
+    if manifest.compression != Compression::None || manifest.files.iter().any(|f| f.offset.is_none()) {
+        return Ok(None);
+    }
+    let Ok(rd) = std::fs::read_dir(cache.staging_root()) else {
+        return Ok(None);
+    };
+    let prefix = format!("{model}@");
+    let staging = rd.flatten().map(|e| e.path()).find(|p| {
+        p.is_dir()
+            && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            && std::fs::read_to_string(resume_marker(p)).is_ok_and(|s| s.trim() == manifest.archive_sha256.as_str())
+    });
+    let Some(staging) = staging else {
+        return Ok(None);
+    };
+    let files: HashMap<&str, &FileEntry> = manifest.files.iter().map(|f| (f.path.as_str(), f)).collect();
+    let expected = manifest.expected_entries();
+    let (mut start_index, mut start_offset, mut kept_bytes) = (0usize, 0u64, 0u64);
+    let mut kept: HashSet<PathBuf> = HashSet::new();
+    for (i, e) in expected.iter().enumerate() {
+        let Some(f) = files.get(e.path.as_str()) else { continue };
+        let path = staging.join(&f.path);
+        let complete = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() == f.size)
+            && archive::sha256_file(&path).is_ok_and(|(h, _)| h == f.sha256);
+        if !complete {
+            break;
+        }
+        kept.insert(path);
+        kept_bytes += f.size;
+        start_index = i + 1;
+        start_offset = f.offset.unwrap_or(0) + f.size.div_ceil(512) * 512;
+    }
+    if kept.is_empty() {
+        return Ok(None);
+    }
+    // Anything else (a half-written file, files after it) goes; directories stay.
+    for entry in walkdir::WalkDir::new(&staging).min_depth(1).into_iter().flatten() {
+        if !entry.file_type().is_dir() && !kept.contains(entry.path()) {
+            std::fs::remove_file(entry.path()).map_err(|e| Error::io("cannot remove", entry.path(), e))?;
+        }
+    }
+    Ok(Some(Resumable { staging, start_index, start_offset, kept_files: kept.len(), kept_bytes }))
 }
 
 /// The archive key recorded for a version the fallback command made (it has no archive).

@@ -99,6 +99,15 @@ impl Extractor {
         }
     }
 
+    /// Continues an extraction that stopped after `expected[..start]` were complete in `root`:
+    /// the bytes fed must begin with the archive's headers of entry `start`. Directories already
+    /// made still get their final modes at [`Extractor::finish`].
+    pub fn resuming(root: PathBuf, expected: Vec<Expected>, start: usize, verify_files: bool) -> Self {
+        let dirs =
+            expected[..start].iter().filter(|e| e.size.is_none()).map(|e| (root.join(&e.path), e.mode)).collect();
+        Self { next: start, dirs, ..Self::new(root, expected, verify_files) }
+    }
+
     /// File bytes written so far.
     pub fn bytes_written(&self) -> u64 {
         self.written

@@ -146,14 +146,30 @@ pub async fn download_archive(
     opts: &TransferOptions,
     progress: &Progress,
 ) -> Result<Sha256Hex> {
+    download_archive_from(provider, key, 0, size, compression, extractor, opts, progress).await
+}
+
+/// Like [`download_archive`], from byte `start` (an entry boundary of an uncompressed archive,
+/// for a resumed extraction); the digest returned is then of the bytes from `start` only.
+#[allow(clippy::too_many_arguments)]
+pub async fn download_archive_from(
+    provider: Arc<dyn Provider>,
+    key: &str,
+    start: u64,
+    size: u64,
+    compression: Compression,
+    extractor: Extractor,
+    opts: &TransferOptions,
+    progress: &Progress,
+) -> Result<Sha256Hex> {
     let part =
         choose_part_size(opts.part_size, size, &crate::provider::Limits { min_part_size: 1, ..Default::default() });
     let (tx, rx) = mpsc::channel::<Msg>(2);
     let consumer = tokio::task::spawn_blocking(move || consume(rx, extractor, compression));
-    progress.started(Direction::Download, size);
+    progress.started(Direction::Download, size - start);
 
     let limiter = RateLimiter::new(opts.limit_rate);
-    let ranges = (0..size.div_ceil(part)).map(|i| (i * part, ((i + 1) * part).min(size)));
+    let ranges = (0..(size - start).div_ceil(part)).map(|i| (start + i * part, (start + (i + 1) * part).min(size)));
     let mut fetches = stream::iter(ranges)
         .map(|(s, e)| fetch(provider.as_ref(), key, s, e, progress, limiter.as_ref()))
         .buffered(opts.concurrency.max(1));

@@ -776,7 +776,7 @@ fn sigkill_trials_never_leave_a_half_installed_model() {
     let mut seed = 0x9e37_79b9_u64 ^ u64::from(std::process::id());
     let (mut killed_before, mut killed_after) = (0, 0);
     for trial in 0..trials {
-        let next = trial as usize % 2 == 0;
+        let next = trial.is_multiple_of(2);
         let new = usize::from(next);
         sb.local().args(["upload", "Model", "--force", "--from"]).arg(&trees[new]).assert().success();
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -810,4 +810,73 @@ fn sigkill_trials_never_leave_a_half_installed_model() {
     }
     println!("kill trials: {trials} ({killed_before} killed before the switch, {killed_after} after), all recovered");
     eprintln!("kill trials: {trials} ({killed_before} killed before the switch, {killed_after} after), all recovered");
+}
+
+#[test]
+fn a_download_killed_midway_resumes_keeping_the_verified_files() {
+    let sb = Sandbox::new();
+    let model = sb.src().join("Model");
+    let files: Vec<(String, Vec<u8>)> =
+        (0..8).map(|i| (format!("shard-{i}.bin"), crate::common::noise(3 << 20, 200 + i))).collect();
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+    write_files(&model, &refs);
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    sb.local().args(["upload", "Model", "--models-dir"]).arg(sb.src()).assert().success();
+
+    // Kill it once about half of the files are on disk.
+    let mut child = sb
+        .local_std()
+        .args(["download", "Model", "--limit-rate", "12M", "--part-size", "1M"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let staged = || -> u64 {
+        walkdir::WalkDir::new(sb.cache().join(".staging"))
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while staged() < 10 << 20 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!sb.cache().join("models/Model").exists(), "nothing installed yet");
+
+    // The leading run of complete, matching files is what a resume may keep.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sb.bucket().join("models/Model/manifest.json")).unwrap()).unwrap();
+    let archive_size = manifest["archive_size"].as_u64().unwrap();
+    let staging =
+        std::fs::read_dir(sb.cache().join(".staging")).unwrap().flatten().find(|e| e.path().is_dir()).unwrap().path();
+    let mut kept = 0u64;
+    for f in manifest["files"].as_array().unwrap() {
+        let p = staging.join(f["path"].as_str().unwrap());
+        match std::fs::read(&p) {
+            Ok(d) if hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&d)) == f["sha256"].as_str().unwrap() => {
+                kept += d.len() as u64
+            }
+            _ => break,
+        }
+    }
+    assert!(kept >= 3 << 20, "the kill left at least one complete file ({kept} bytes)");
+
+    let out = sb.local().args(["--json", "download", "Model", "--part-size", "1M"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming an interrupted download"), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let transferred = v["models"][0]["transferred"].as_u64().unwrap();
+    assert!(
+        transferred <= archive_size - kept + (1 << 20),
+        "resumed transfer {transferred} exceeds the remainder {} plus one part",
+        archive_size - kept
+    );
+    assert_eq!(tree(&sb.cache().join("models/Model")), tree(&model));
+    sb.local().args(["verify", "Model"]).assert().success();
+    assert_eq!(std::fs::read_dir(sb.cache().join(".staging")).unwrap().count(), 0, "no leftovers");
 }
