@@ -194,8 +194,7 @@ impl Cache {
         }
     }
 
-    /// Takes the model's lock, calling `on_wait` first if another process holds it. Blocking.
-    pub fn lock(&self, model: &ModelName, on_wait: impl FnOnce()) -> Result<ModelLock> {
+    fn lock_file(&self, model: &ModelName) -> Result<(PathBuf, File)> {
         let path = self.root.join(".locks").join(format!("{model}.lock"));
         let file = File::options()
             .create(true)
@@ -203,6 +202,12 @@ impl Cache {
             .write(true)
             .open(&path)
             .map_err(|e| Error::io("cannot open lock file", &path, e))?;
+        Ok((path, file))
+    }
+
+    /// Takes the model's lock, calling `on_wait` first if another process holds it. Blocking.
+    pub fn lock(&self, model: &ModelName, on_wait: impl FnOnce()) -> Result<ModelLock> {
+        let (path, file) = self.lock_file(model)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -221,13 +226,7 @@ impl Cache {
 
     /// The model's lock if nobody holds it now; `None` if a download is using the model.
     pub fn try_lock(&self, model: &ModelName) -> Result<Option<ModelLock>> {
-        let path = self.root.join(".locks").join(format!("{model}.lock"));
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io("cannot open lock file", &path, e))?;
+        let (path, file) = self.lock_file(model)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(ModelLock { _file: file })),
             Err(fs::TryLockError::WouldBlock) => Ok(None),

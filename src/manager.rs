@@ -268,6 +268,23 @@ impl CloudManager {
         }
     }
 
+    /// Takes the model's cache lock, saying so when another process holds it and this one waits.
+    async fn lock_model(&self, model: &ModelName) -> Result<crate::cache::ModelLock> {
+        let cache = self.cache.clone();
+        let m = model.clone();
+        let reporter = self.reporter.clone();
+        tokio::task::spawn_blocking(move || {
+            cache.lock(&m, || {
+                reporter.report(Event::Info {
+                    model: m.as_str(),
+                    message: "another process is downloading this model; waiting for it".into(),
+                });
+            })
+        })
+        .await
+        .map_err(|e| Error::other(format!("lock task failed: {e}"), None))?
+    }
+
     /// Says once per process when the cache's file locks may not hold between machines.
     fn warn_unreliable_locks(&self) {
         static SAID: std::sync::Once = std::sync::Once::new();
@@ -342,21 +359,7 @@ impl CloudManager {
             return Ok(done(DownloadStatus::Cached, 0));
         }
 
-        let lock = {
-            let cache = self.cache.clone();
-            let m = model.clone();
-            let reporter = self.reporter.clone();
-            tokio::task::spawn_blocking(move || {
-                cache.lock(&m, || {
-                    reporter.report(Event::Info {
-                        model: m.as_str(),
-                        message: "another process is downloading this model; waiting for it".into(),
-                    });
-                })
-            })
-            .await
-            .map_err(|e| Error::other(format!("lock task failed: {e}"), None))??
-        };
+        let lock = self.lock_model(&model).await?;
         // Whoever held the lock may have installed exactly this version.
         if self.cache.current(&model)?.as_deref() == Some(version.as_path()) {
             return Ok(done(DownloadStatus::Cached, 0));
@@ -471,13 +474,7 @@ impl CloudManager {
             return Ok(done(DownloadStatus::Cached, 0));
         }
         self.cache.ensure_layout()?;
-        let lock = {
-            let cache = self.cache.clone();
-            let m = model.clone();
-            tokio::task::spawn_blocking(move || cache.lock(&m, || {}))
-                .await
-                .map_err(|e| Error::other(format!("lock task failed: {e}"), None))??
-        };
+        let lock = self.lock_model(&model).await?;
         if dest.is_dir() {
             return Ok(done(DownloadStatus::Cached, 0));
         }
@@ -521,13 +518,7 @@ impl CloudManager {
 
     async fn fallback(&self, model: &ModelName, command: &str, publish: bool, started: Instant) -> Result<Downloaded> {
         self.cache.ensure_layout()?;
-        let lock = {
-            let cache = self.cache.clone();
-            let m = model.clone();
-            tokio::task::spawn_blocking(move || cache.lock(&m, || {}))
-                .await
-                .map_err(|e| Error::other(format!("lock task failed: {e}"), None))??
-        };
+        let lock = self.lock_model(model).await?;
         // Someone may have published it while this process waited for the lock.
         if self.fetch_manifest(model).await?.is_some() {
             drop(lock);
