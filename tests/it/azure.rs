@@ -272,3 +272,59 @@ fn azurite_every_write_carries_the_encryption_scope() {
     assert!(blocks >= 3 && puts > blocks, "{puts} PUTs, {blocks} blocks");
     assert_eq!(count(&log, b"x-ms-encryption-scope: crowecode-scope\r\n"), puts, "every write names the scope");
 }
+
+/// Every command, in text and `--json`, verbose, with credentials of two clouds in the
+/// environment: no key, secret, session token or SAS signature appears in any output.
+#[cfg(feature = "s3")]
+#[test]
+fn no_command_prints_a_secret() {
+    let a = azurite();
+    let s3_endpoint = require_env("CROWECODE_TEST_S3_ENDPOINT");
+    let secret = "s3cr3t-Wj9kXq2vLmN8pR4tY6uB1cD5";
+    let token = "T0ken-FQoGZXIvYXdzEBcaDHh1bW9yb3VzLXNlc3Npb24";
+    let sas = a.account_sas("rl");
+    let sig = sas.split("sig=").nth(1).unwrap().to_string();
+    let mut sb = Sandbox::new();
+    sb.env("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID0001")
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_SESSION_TOKEN", token)
+        .env("AWS_REGION", "us-east-1")
+        .env("AZURE_STORAGE_CONNECTION_STRING", &a.connection_string(&a.key))
+        .env("AZURE_STORAGE_SAS_TOKEN", &sas);
+    make_model(&sb.src(), "Alpha", 81);
+    let container = format!("it-sec-{:08x}", fastrand_u32());
+    let clouds: [Vec<String>; 2] = [
+        ["--provider", "s3", "--bucket", &container, "--endpoint", &s3_endpoint].map(String::from).to_vec(),
+        ["--provider", "azure", "--bucket", &container].map(String::from).to_vec(),
+    ];
+    let src = sb.src().display().to_string();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["setup", "--create-bucket", "--no-write"],
+        vec!["status"],
+        vec!["upload", "Alpha", "--models-dir", &src],
+        vec!["list"],
+        vec!["download", "Alpha"],
+        vec!["download", "Alpha", "--only", "*.json"],
+        vec!["download", "Missing"],
+        vec!["verify", "Alpha"],
+        vec!["list", "--local"],
+        vec!["prune", "--dry-run"],
+        vec!["prune", "--remote", "--min-age", "0s"],
+    ];
+    let mut runs = 0;
+    for cloud in &clouds {
+        for command in &commands {
+            for mode in [&["-v"][..], &["--json"][..]] {
+                let out = sb.cmd().args(cloud).args(mode).args(command).output().unwrap();
+                let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+                for (what, value) in
+                    [("secret key", secret), ("session token", token), ("account key", &a.key), ("SAS signature", &sig)]
+                {
+                    assert!(!text.contains(value), "{what} printed by {cloud:?} {mode:?} {command:?}:\n{text}");
+                }
+                runs += 1;
+            }
+        }
+    }
+    assert_eq!(runs, 44);
+}

@@ -880,3 +880,34 @@ fn a_download_killed_midway_resumes_keeping_the_verified_files() {
     sb.local().args(["verify", "Model"]).assert().success();
     assert_eq!(std::fs::read_dir(sb.cache().join(".staging")).unwrap().count(), 0, "no leftovers");
 }
+
+#[test]
+fn a_download_begun_on_version_1_finishes_on_it_while_version_2_is_uploaded() {
+    let sb = Sandbox::new();
+    let v1 = sb.path().join("v1/Model");
+    let v2 = sb.path().join("v2/Model");
+    write_files(&v1, &[("w.bin", &crate::common::noise(16 << 20, 301)), ("config.json", b"{\"v\":1}")]);
+    write_files(&v2, &[("w.bin", &crate::common::noise(16 << 20, 302)), ("config.json", b"{\"v\":2}")]);
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    sb.local().args(["upload", "Model", "--from"]).arg(&v1).assert().success();
+    // About two seconds of download; version 2 is committed in the middle of it.
+    let slow = sb
+        .local_std()
+        .args(["download", "Model", "--limit-rate", "8M", "--part-size", "1M"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    sb.local().args(["upload", "Model", "--from"]).arg(&v2).assert().success();
+    let out = slow.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert_eq!(tree(&first), tree(&v1), "the running download finished on version 1");
+    let out = sb.local().args(["download", "Model"]).output().unwrap();
+    let second = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert_ne!(first, second);
+    assert_eq!(tree(&second), tree(&v2), "the next download moved to version 2");
+    assert_eq!(tree(&sb.cache().join("models/Model")), tree(&v2));
+    assert_eq!(tree(&first), tree(&v1), "version 1's files stay readable where the first run said");
+}

@@ -30,6 +30,8 @@ struct Plan {
     downstream: bool,
     injected: AtomicU32,
     bytes: AtomicU64,
+    /// Connections still to refuse outright (closed with a reset as soon as accepted).
+    refuse: AtomicU32,
 }
 
 /// A running proxy; dropped with its runtime at the end of the test.
@@ -41,6 +43,15 @@ struct Proxy {
 
 impl Proxy {
     fn start(upstream: &str, fault: Fault, count: u32, downstream: bool) -> Self {
+        Self::start_with(upstream, fault, count, downstream, 0)
+    }
+
+    /// A proxy that refuses its first `refuse` connections, then forwards faithfully.
+    fn refusing(upstream: &str, refuse: u32) -> Self {
+        Self::start_with(upstream, Fault::ResetAfter(0), 0, true, refuse)
+    }
+
+    fn start_with(upstream: &str, fault: Fault, count: u32, downstream: bool, refuse: u32) -> Self {
         let upstream: SocketAddr = upstream.trim_start_matches("http://").parse().expect("upstream host:port");
         assert!(upstream.ip().is_loopback(), "the proxy only forwards to loopback");
         let plan = Arc::new(Plan {
@@ -49,6 +60,7 @@ impl Proxy {
             downstream,
             injected: AtomicU32::new(0),
             bytes: AtomicU64::new(0),
+            refuse: AtomicU32::new(refuse),
         });
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
@@ -56,6 +68,15 @@ impl Proxy {
         let p = plan.clone();
         rt.spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if p.refuse.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1)).is_ok() {
+                    // Linger 0: the close is a reset, as from a port nobody listens on. (Deprecated
+                    // because a non-zero linger blocks on drop; a zero one returns at once.)
+                    #[allow(deprecated)]
+                    let _ = client.set_linger(Some(Duration::ZERO));
+                    p.injected.fetch_add(1, Ordering::SeqCst);
+                    drop(client);
+                    continue;
+                }
                 let plan = p.clone();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else { return };
@@ -233,6 +254,24 @@ fn persistent_faults_give_up_with_exit_7_naming_the_fault() {
     assert!(!sb.cache().join("models/Model").exists(), "nothing installed");
     let staging = sb.cache().join(".staging");
     assert!(!staging.exists() || std::fs::read_dir(&staging).unwrap().count() == 0, "nothing left in staging");
+}
+
+#[test]
+fn refused_connections_for_a_while_are_retried_both_ways() {
+    let endpoint = require_env("CROWECODE_TEST_S3_ENDPOINT");
+    let sb = sandbox();
+    let (bucket, model) = seeded(&sb, &endpoint);
+    let proxy = Proxy::refusing(&endpoint, 3);
+    download_through(&proxy, &sb, &bucket, &model);
+    assert_eq!(proxy.injected(), 3, "three connections were refused");
+    let proxy = Proxy::refusing(&endpoint, 3);
+    let out = s3(&sb, &proxy.endpoint(), &bucket)
+        .args(["upload", "Model", "--force", "--part-size", "5MiB", "--from"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(proxy.injected(), 3);
 }
 
 /// Waits until the proxy has forwarded at least `bytes`, or fails the test after 30 s.
