@@ -516,13 +516,7 @@ impl Cache {
 
     /// Total bytes of regular files under the root.
     pub fn disk_usage(&self) -> u64 {
-        walkdir::WalkDir::new(&self.root)
-            .into_iter()
-            .flatten()
-            .filter(|e| e.file_type().is_file())
-            .filter_map(|e| e.metadata().ok())
-            .map(|m| m.len())
-            .sum()
+        tree_size(&self.root)
     }
 }
 

@@ -375,55 +375,40 @@ impl CloudManager {
         if removed > 0 {
             tracing::info!(%model, removed, "removed leftovers of an interrupted download");
         }
-        if let Some(r) = resume {
-            self.info(
-                &model,
-                format!(
-                    "resuming an interrupted download: {} files ({:.1} MiB) already here and verified",
-                    r.kept_files,
-                    r.kept_bytes as f64 / f64::from(1 << 20)
-                ),
-            );
-            let staging = StagingDir(r.staging.clone());
-            let extractor = Extractor::resuming(r.staging.clone(), manifest.expected_entries(), r.start_index, true);
-            let progress = Progress::new(self.reporter.clone(), model.as_str());
-            let fetched = transfer::download_archive_from(
-                self.provider.clone(),
-                &manifest.archive_key,
-                r.start_offset,
-                manifest.archive_size,
-                manifest.compression,
-                extractor,
-                &self.transfer,
-                &progress,
-            )
-            .await;
-            progress.finished();
-            // Every file was checked against its own sha256: the kept ones just now, the rest
-            // while they were written; the archive digest covers only the resumed part.
-            fetched?;
-            self.cache.install(&staging.0, &manifest, &lock)?;
-            drop(lock);
-            return Ok(done(DownloadStatus::Downloaded, manifest.archive_size - r.start_offset));
-        }
-        if version.is_dir() && self.cache.read_manifest_copy(&version, &model).is_some() {
+        if resume.is_none() && version.is_dir() && self.cache.read_manifest_copy(&version, &model).is_some() {
             // This version was installed before (and the link moved on since): point back at it.
             self.cache.point_to(&model, &version, &lock)?;
             return Ok(done(DownloadStatus::Cached, 0));
         }
 
         // Removed on every way out: an error, or this future being dropped (an interrupted process).
-        let staging = StagingDir(self.cache.new_staging(&model, &lock)?);
-        if manifest.compression == Compression::None {
-            // Lets a run after a crash find and keep what this one completes.
-            let marker = resume_marker(&staging.0);
-            std::fs::write(&marker, manifest.archive_sha256.as_str())
-                .map_err(|e| Error::io("cannot write", &marker, e))?;
-        }
-        self.fetch_into(&model, &manifest, &staging.0).await?;
+        let staging = match &resume {
+            Some(r) => {
+                self.info(
+                    &model,
+                    format!(
+                        "resuming an interrupted download: {} files ({:.1} MiB) already here and verified",
+                        r.kept_files,
+                        r.kept_bytes as f64 / f64::from(1 << 20)
+                    ),
+                );
+                StagingDir(r.staging.clone())
+            }
+            None => {
+                let staging = StagingDir(self.cache.new_staging(&model, &lock)?);
+                if manifest.compression == Compression::None {
+                    // Lets a run after a crash find and keep what this one completes.
+                    let marker = resume_marker(&staging.0);
+                    std::fs::write(&marker, manifest.archive_sha256.as_str())
+                        .map_err(|e| Error::io("cannot write", &marker, e))?;
+                }
+                staging
+            }
+        };
+        self.fetch_into(&model, &manifest, &staging.0, resume.as_ref()).await?;
         self.cache.install(&staging.0, &manifest, &lock)?;
         drop(lock);
-        Ok(done(DownloadStatus::Downloaded, manifest.archive_size))
+        Ok(done(DownloadStatus::Downloaded, manifest.archive_size - resume.map_or(0, |r| r.start_offset)))
     }
 
     /// Downloads only the files of `name` that match one of `patterns` (see [`crate::select`]),
@@ -583,13 +568,25 @@ impl CloudManager {
         })
     }
 
-    async fn fetch_into(&self, model: &ModelName, manifest: &Manifest, staging: &Path) -> Result<()> {
-        let extractor = Extractor::new(staging.to_path_buf(), manifest.expected_entries(), false);
+    /// Fetches and extracts the archive into `staging`; with `resume`, only from the first entry
+    /// the crashed run did not complete.
+    async fn fetch_into(
+        &self,
+        model: &ModelName,
+        manifest: &Manifest,
+        staging: &Path,
+        resume: Option<&Resumable>,
+    ) -> Result<()> {
+        let extractor = match resume {
+            Some(r) => Extractor::resuming(staging.to_path_buf(), manifest.expected_entries(), r.start_index, true),
+            None => Extractor::new(staging.to_path_buf(), manifest.expected_entries(), false),
+        };
         let progress = Progress::new(self.reporter.clone(), model.as_str());
         let key = &manifest.archive_key;
         let sha = transfer::download_archive(
             self.provider.clone(),
             key,
+            resume.map_or(0, |r| r.start_offset),
             manifest.archive_size,
             manifest.compression,
             extractor,
@@ -609,7 +606,9 @@ impl CloudManager {
             }
             other => other?,
         };
-        if sha != manifest.archive_sha256 {
+        // A resumed run checked every file against its own sha256 (the kept ones by re-hashing,
+        // the rest as they were written); its digest covers only the bytes it fetched.
+        if resume.is_none() && sha != manifest.archive_sha256 {
             return Err(Error::integrity(
                 key,
                 "archive sha256 differs from the manifest",

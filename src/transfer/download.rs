@@ -135,24 +135,12 @@ pub(crate) fn extract_error(key: &str, e: ExtractError) -> Error {
     }
 }
 
-/// Downloads `size` bytes of the archive at `key` into `extractor`; returns the archive's sha256
-/// (which the caller compares with the manifest before anything becomes visible).
-pub async fn download_archive(
-    provider: Arc<dyn Provider>,
-    key: &str,
-    size: u64,
-    compression: Compression,
-    extractor: Extractor,
-    opts: &TransferOptions,
-    progress: &Progress,
-) -> Result<Sha256Hex> {
-    download_archive_from(provider, key, 0, size, compression, extractor, opts, progress).await
-}
-
-/// Like [`download_archive`], from byte `start` (an entry boundary of an uncompressed archive,
-/// for a resumed extraction); the digest returned is then of the bytes from `start` only.
+/// Downloads the archive at `key` (`size` bytes) from byte `start` into `extractor`; returns
+/// the sha256 of the bytes fetched, which for `start == 0` is the archive's and is compared with
+/// the manifest before anything becomes visible. A non-zero `start` is an entry boundary of an
+/// uncompressed archive (a resumed extraction).
 #[allow(clippy::too_many_arguments)]
-pub async fn download_archive_from(
+pub async fn download_archive(
     provider: Arc<dyn Provider>,
     key: &str,
     start: u64,

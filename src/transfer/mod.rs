@@ -10,7 +10,7 @@ use crate::provider::{Limits, Provider};
 mod download;
 mod upload;
 
-pub use download::{FileRange, download_archive, download_archive_from, download_files};
+pub use download::{FileRange, download_archive, download_files};
 pub use upload::{UploadedArchive, hash_archive, upload_archive};
 
 /// Default part size: 16 MiB.

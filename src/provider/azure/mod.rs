@@ -213,9 +213,13 @@ fn redact(text: &str) -> String {
 }
 
 fn map_err(op: &str, target: &str, err: azure_core::Error) -> ProviderError {
+    // The service's error code, when it gave one.
+    let code = match err.kind() {
+        ErrorKind::HttpResponse { error_code, .. } => error_code.as_deref().unwrap_or(""),
+        _ => "",
+    };
     let (kind, message) = match err.kind() {
-        ErrorKind::HttpResponse { status, error_code, .. } => {
-            let code = error_code.as_deref().unwrap_or("");
+        ErrorKind::HttpResponse { status, .. } => {
             let status = u16::from(*status);
             let kind = match (status, code) {
                 (_, "AuthenticationFailed" | "NoAuthenticationInformation" | "InvalidAuthenticationInfo") => {
@@ -246,14 +250,9 @@ fn map_err(op: &str, target: &str, err: azure_core::Error) -> ProviderError {
         }
         _ => (ProviderErrorKind::Other, format!("{op} {target}: {}", redact(&super::error_chain(&err)))),
     };
-    let code = match err.kind() {
-        ErrorKind::HttpResponse { error_code, .. } => error_code.clone().unwrap_or_default(),
-        ErrorKind::Credential => "credential".into(),
-        _ => String::new(),
-    };
     let mut e = ProviderError::new(kind, message);
-    e.hint = match (kind, code.as_str()) {
-        (_, "credential") => Some(CRED_HINT.into()),
+    e.hint = match (kind, code) {
+        _ if matches!(err.kind(), ErrorKind::Credential) => Some(CRED_HINT.into()),
         // Azurite answers a bad signature with this code too, so it may be the key.
         (_, "AuthorizationFailure") => Some(format!(
             "Azure refused to {op}: an account key may be wrong or rotated; a SAS may have expired or lack a permission (r,l to download; r,l,w,c to upload); an Entra identity needs Storage Blob Data Reader (download) or Contributor (upload)"
