@@ -15,25 +15,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+
+from common import drop_caches, measure
 
 MIB = 1 << 20
 BUCKET_DL = "bench-dl"
 BUCKET_UL = "bench-ul"
-
-
-def measure(cmd, env, cwd=None):
-    """Runs cmd (a list, or a string for bash); returns (wall s, cpu s, peak RSS MiB) of its tree."""
-    if isinstance(cmd, str):
-        cmd = ["bash", "-o", "pipefail", "-c", cmd]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = proc.stderr.read().decode(errors="replace")
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"command failed: {' '.join(cmd)}\n{err[-3000:]}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def run(cmd, env):
@@ -77,16 +64,6 @@ def tree_digest(root):
                     h.update(chunk)
             out[os.path.relpath(p, root)] = h.hexdigest()
     return out
-
-
-def drop_caches():
-    try:
-        subprocess.run(["sync"], check=True)
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
 
 
 SEED_DOWNLOAD = r'''

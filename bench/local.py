@@ -7,27 +7,11 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
+
+from common import drop_caches, measure
 
 MIB = 1 << 20
-
-
-def measure(cmd, env=None, cwd=None):
-    """Runs cmd; returns (wall seconds, cpu seconds, peak RSS in MiB).
-
-    The peak comes from wait4's rusage, whose high-water mark survives exec: it can never read
-    below this script's own RSS at fork time (printed as the floor), so the script keeps small."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"command failed: {' '.join(cmd)}\n{err}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def make_model(root, gib):
@@ -60,17 +44,6 @@ def own_rss_mib():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-def drop_caches():
-    """Best effort: measure from disk, not from page cache, where allowed."""
-    try:
-        subprocess.run(["sync"], check=True)
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def main():
