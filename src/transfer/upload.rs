@@ -3,9 +3,9 @@
 //! at most K parts (plus one being filled and one queued) are in memory.
 
 use std::io::{self, Read as _, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _, stream};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
@@ -32,34 +32,106 @@ pub struct UploadedArchive {
     pub parts: u32,
 }
 
-/// Cuts what is written into parts and sends them, hashing on the way.
+/// Part buffers come back here when the last `Bytes` of a sent part is dropped. An upload so
+/// touches fresh memory for at most the parts alive at once (in flight, queued, being filled):
+/// a new 16 MiB buffer for every part cost a page fault per 4 KiB, about a tenth of the upload's
+/// CPU time.
+#[derive(Clone, Default)]
+struct PartPool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl PartPool {
+    fn take(&self, size: usize) -> Vec<u8> {
+        let reused = self.0.lock().ok().and_then(|mut free| free.pop());
+        reused.filter(|b| b.len() == size).unwrap_or_else(|| vec![0u8; size])
+    }
+}
+
+/// The filled prefix of a pooled buffer, as the owner of a `Bytes`.
+struct PooledPart {
+    buf: Vec<u8>,
+    len: usize,
+    pool: PartPool,
+}
+
+impl AsRef<[u8]> for PooledPart {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for PooledPart {
+    fn drop(&mut self) {
+        if let Ok(mut free) = self.pool.0.lock() {
+            free.push(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+/// Largest read from a file at once: the bytes are still in the CPU cache when both hashes
+/// (the file's and the archive's) go over them.
+const READ_SLICE: usize = 1 << 20;
+
+/// Cuts the archive into parts and sends them, hashing on the way.
 struct PartSink {
     tx: mpsc::Sender<Bytes>,
     part_size: usize,
-    buf: BytesMut,
+    pool: PartPool,
+    /// The part being filled (taken from the pool when the first byte arrives) and its length.
+    buf: Option<Vec<u8>>,
+    len: usize,
     hasher: Sha256,
     size: u64,
     parts: u32,
 }
 
 impl PartSink {
+    fn new(tx: mpsc::Sender<Bytes>, part_size: usize) -> Self {
+        Self { tx, part_size, pool: PartPool::default(), buf: None, len: 0, hasher: Sha256::new(), size: 0, parts: 0 }
+    }
+
     fn send(&mut self) -> io::Result<()> {
-        let part = self.buf.split().freeze();
-        self.buf.reserve(self.part_size);
+        let Some(buf) = self.buf.take() else { return Ok(()) };
+        let part = PooledPart { buf, len: std::mem::take(&mut self.len), pool: self.pool.clone() };
         self.parts += 1;
-        self.tx.blocking_send(part).map_err(|_| io::Error::other("upload stopped"))
+        self.tx.blocking_send(Bytes::from_owner(part)).map_err(|_| io::Error::other("upload stopped"))
+    }
+
+    /// The unfilled rest of the current part (at most `max` bytes).
+    fn spare(&mut self, max: usize) -> &mut [u8] {
+        let (pool, size) = (&self.pool, self.part_size);
+        let buf = self.buf.get_or_insert_with(|| pool.take(size));
+        let end = (self.len + max).min(size);
+        &mut buf[self.len..end]
+    }
+
+    /// Accounts for `n` bytes just put into `spare`; sends the part once it is full.
+    fn filled(&mut self, n: usize) -> io::Result<()> {
+        if let Some(buf) = &self.buf {
+            self.hasher.update(&buf[self.len..self.len + n]);
+        }
+        self.len += n;
+        self.size += n as u64;
+        if self.len == self.part_size { self.send() } else { Ok(()) }
+    }
+
+    /// Reads the archive straight into the part buffers: no copy besides the kernel's.
+    fn read_from(&mut self, tar: &mut TarStream) -> io::Result<()> {
+        loop {
+            let n = tar.read(self.spare(READ_SLICE))?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.filled(n)?;
+        }
     }
 }
 
 impl Write for PartSink {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = (self.part_size - self.buf.len()).min(data.len());
-        self.buf.extend_from_slice(&data[..n]);
-        self.hasher.update(&data[..n]);
-        self.size += n as u64;
-        if self.buf.len() == self.part_size {
-            self.send()?;
-        }
+        let spare = self.spare(data.len());
+        let n = spare.len();
+        spare.copy_from_slice(&data[..n]);
+        self.filled(n)?;
         Ok(n)
     }
 
@@ -80,11 +152,10 @@ fn produce(
     part_size: usize,
     tx: mpsc::Sender<Bytes>,
 ) -> io::Result<Produced> {
-    let mut sink =
-        PartSink { tx, part_size, buf: BytesMut::with_capacity(part_size), hasher: Sha256::new(), size: 0, parts: 0 };
+    let mut sink = PartSink::new(tx, part_size);
     let mut tar = TarStream::new(plan);
-    let mut buf = vec![0u8; (1 << 20).min(part_size.max(64 << 10))];
-    let mut pump = |tar: &mut TarStream, w: &mut dyn Write| -> io::Result<()> {
+    let pump = |tar: &mut TarStream, w: &mut dyn Write| -> io::Result<()> {
+        let mut buf = vec![0u8; READ_SLICE];
         loop {
             let n = tar.read(&mut buf)?;
             if n == 0 {
@@ -94,7 +165,7 @@ fn produce(
         }
     };
     match compression {
-        Compression::None => pump(&mut tar, &mut sink)?,
+        Compression::None => sink.read_from(&mut tar)?,
         Compression::Zstd => {
             let mut enc = zstd::stream::write::Encoder::new(&mut sink, 3)?;
             pump(&mut tar, &mut enc)?;
@@ -106,7 +177,7 @@ fn produce(
             enc.finish()?;
         }
     }
-    if !sink.buf.is_empty() {
+    if sink.len > 0 {
         sink.send()?;
     }
     let sha256 = Sha256Hex::from_digest(&sink.hasher.finalize());
