@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _, stream};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::{Progress, RateLimiter, TransferOptions, choose_part_size};
 use crate::archive::{Compression, ExtractError, Extractor};
@@ -18,8 +18,9 @@ use crate::progress::Direction;
 use crate::provider::{GetRange, Provider, ProviderError, ProviderErrorKind};
 
 enum Msg {
-    /// One range, as the network delivered it (no copy into a range-sized buffer).
-    Data(Vec<Bytes>),
+    /// One range, as the network delivered it (no copy into a range-sized buffer), and its place
+    /// among the ranges allowed in memory, given back once it is written.
+    Data(Vec<Bytes>, OwnedSemaphorePermit),
     End,
 }
 
@@ -74,7 +75,7 @@ fn consume(
     let mut hasher = Sha256::new();
     loop {
         match rx.blocking_recv() {
-            Some(Msg::Data(chunks)) => {
+            Some(Msg::Data(chunks, _permit)) => {
                 for b in chunks {
                     hasher.update(&b);
                     sink.write_all(&b).map_err(|e| ConsumeError::Extract(ExtractError::from_io(e)))?;
@@ -158,14 +159,30 @@ pub async fn download_archive(
 
     let limiter = RateLimiter::new(opts.limit_rate);
     let ranges = (0..(size - start).div_ceil(part)).map(|i| (start + i * part, (start + (i + 1) * part).min(size)));
+    // A range holds a permit from its first byte until it is written, so that memory stays within
+    // `concurrency` ranges even while the disk is slower than the network. Permits go out in
+    // order (the semaphore is fair and `buffered` polls in order), so the range the writer waits
+    // for is never starved by later ones.
+    let in_memory = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let mut fetches = stream::iter(ranges)
-        .map(|(s, e)| fetch(provider.as_ref(), key, s, e, progress, limiter.as_ref()))
+        .map(|(s, e)| {
+            let in_memory = in_memory.clone();
+            let limiter = limiter.as_ref();
+            let provider = provider.as_ref();
+            async move {
+                let permit = in_memory
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| ProviderError::new(ProviderErrorKind::Other, "download stopped".to_string()))?;
+                fetch(provider, key, s, e, progress, limiter).await.map(|chunks| (chunks, permit))
+            }
+        })
         .buffered(opts.concurrency.max(1));
     let mut network: Option<ProviderError> = None;
     while let Some(res) = fetches.next().await {
         match res {
-            Ok(bytes) => {
-                if tx.send(Msg::Data(bytes)).await.is_err() {
+            Ok((bytes, permit)) => {
+                if tx.send(Msg::Data(bytes, permit)).await.is_err() {
                     break; // the consumer failed; its error says why
                 }
             }
