@@ -307,10 +307,7 @@ impl Cache {
                     break;
                 }
                 if !opts.dry_run {
-                    let link = self.link_path(&model);
-                    fs::remove_file(&link)
-                        .or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
-                        .map_err(|e| Error::io("cannot remove", &link, e))?;
+                    remove_file_if_present(&self.link_path(&model))?;
                 }
                 for (_, path, bytes) in kept.iter().filter(|k| k.0 == model) {
                     if !opts.dry_run {
@@ -332,12 +329,7 @@ impl Cache {
 
     fn remove_version(&self, version_dir: &Path) -> Result<()> {
         // The manifest copy first: a version without it is treated as incomplete, never used.
-        let copy = self.manifest_copy_path(version_dir);
-        match fs::remove_file(&copy) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("cannot remove", &copy, e)),
-        }
+        remove_file_if_present(&self.manifest_copy_path(version_dir))?;
         remove_tree(version_dir)
     }
 
@@ -355,8 +347,7 @@ impl Cache {
         };
         for entry in rd.flatten() {
             let path = entry.path();
-            let spared =
-                keep.is_some_and(|k| path == k || path.as_os_str() == format!("{}.resume", k.display()).as_str());
+            let spared = keep.is_some_and(|k| path == k || path == resume_marker(k));
             if spared || !entry.file_name().to_string_lossy().starts_with(&prefix) {
                 continue;
             }
@@ -518,6 +509,21 @@ impl Cache {
     pub fn disk_usage(&self) -> u64 {
         tree_size(&self.root)
     }
+}
+
+/// Removes a file (or link); one already gone is fine.
+fn remove_file_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("cannot remove", path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// `<staging>.resume`: beside (never inside) a staging directory, the archive sha256 it is for.
+pub(crate) fn resume_marker(staging: &Path) -> PathBuf {
+    let mut name = staging.as_os_str().to_os_string();
+    name.push(".resume");
+    PathBuf::from(name)
 }
 
 /// The kind of network filesystem `path` (or its nearest existing ancestor) is on, if any.

@@ -9,7 +9,7 @@ use futures::{StreamExt as _, TryStreamExt as _, stream};
 use serde::Serialize;
 
 use crate::archive::{self, ArchivePlan, Compression, Extractor};
-use crate::cache::{Cache, remove_tree};
+use crate::cache::{Cache, remove_tree, resume_marker};
 use crate::config::{self, CloudConfig, ConfigSource, FileLocation, Overrides, Resolved};
 use crate::error::{Error, Result};
 use crate::manifest::{DirEntry, FORMAT_VERSION, FileEntry, Layout, Manifest};
@@ -47,6 +47,29 @@ pub struct Downloaded {
     /// Bytes fetched from the bucket by this call.
     pub transferred: u64,
     pub seconds: f64,
+}
+
+impl Downloaded {
+    /// The whole version `manifest` describes, at `path`.
+    fn whole(
+        model: &ModelName,
+        path: PathBuf,
+        status: DownloadStatus,
+        manifest: &Manifest,
+        transferred: u64,
+        started: Instant,
+    ) -> Self {
+        Self {
+            model: model.clone(),
+            path,
+            status,
+            sha256: manifest.archive_sha256.clone(),
+            size: manifest.total_size,
+            files: manifest.files.len(),
+            transferred,
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
 }
 
 /// What `upload_model` did.
@@ -344,16 +367,8 @@ impl CloudManager {
         self.cache.ensure_layout()?;
         self.warn_unreliable_locks();
         let version = self.cache.version_path(&model, &manifest.archive_sha256);
-        let done = |status, transferred| Downloaded {
-            model: model.clone(),
-            path: version.clone(),
-            status,
-            sha256: manifest.archive_sha256.clone(),
-            size: manifest.total_size,
-            files: manifest.files.len(),
-            transferred,
-            seconds: started.elapsed().as_secs_f64(),
-        };
+        let done =
+            |status, transferred| Downloaded::whole(&model, version.clone(), status, &manifest, transferred, started);
         if self.cache.current(&model)?.as_deref() == Some(version.as_path()) {
             self.cache.touch(&version);
             return Ok(done(DownloadStatus::Cached, 0));
@@ -516,18 +531,7 @@ impl CloudManager {
             && m.archive_key == FALLBACK_KEY
         {
             self.cache.touch(&path);
-            let (sha256, size, files) = (m.archive_sha256, m.total_size, m.files.len());
-            let seconds = started.elapsed().as_secs_f64();
-            return Ok(Downloaded {
-                model: model.clone(),
-                path,
-                status: DownloadStatus::Cached,
-                sha256,
-                size,
-                files,
-                transferred: 0,
-                seconds,
-            });
+            return Ok(Downloaded::whole(model, path, DownloadStatus::Cached, &m, 0, started));
         }
         let staging = StagingDir(self.cache.new_staging(model, &lock)?);
         self.info(model, format!("not in {}; running the fallback command", self.config.location()));
@@ -556,16 +560,7 @@ impl CloudManager {
         }
         let path = self.cache.install(&staging.0, &manifest, &lock)?;
         drop(lock);
-        Ok(Downloaded {
-            model: model.clone(),
-            path,
-            status,
-            sha256: manifest.archive_sha256.clone(),
-            size: manifest.total_size,
-            files: manifest.files.len(),
-            transferred: 0,
-            seconds: started.elapsed().as_secs_f64(),
-        })
+        Ok(Downloaded::whole(model, path, status, &manifest, 0, started))
     }
 
     /// Fetches and extracts the archive into `staging`; with `resume`, only from the first entry
@@ -743,7 +738,6 @@ impl CloudManager {
         Ok(hashes.iter().all(|(p, h)| by_path.get(p.as_str()) == Some(&h)).then_some(old))
     }
 
-    /// Every model in the bucket, with its manifest's summary and this machine's cached version.
     /// Old archives in the bucket that no manifest references: all but the `keep` newest of
     /// each model, and none younger than `min_age` (an upload in progress has an archive and no
     /// manifest yet; a download that began on the previous version is still reading it). Deletes
@@ -793,6 +787,7 @@ impl CloudManager {
         Ok(out)
     }
 
+    /// Every model in the bucket, with its manifest's summary and this machine's cached version.
     pub async fn list_cloud_models(&self) -> Result<Vec<RemoteModel>> {
         let objects = self
             .provider
@@ -904,13 +899,6 @@ impl Drop for StagingDir {
         }
         let _ = std::fs::remove_file(resume_marker(&self.0));
     }
-}
-
-/// `<staging>.resume`: beside (never inside) a staging directory, the archive sha256 it is for.
-fn resume_marker(staging: &Path) -> PathBuf {
-    let mut name = staging.as_os_str().to_os_string();
-    name.push(".resume");
-    PathBuf::from(name)
 }
 
 /// What a crashed download left that a new one can keep.
