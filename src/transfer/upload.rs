@@ -172,6 +172,20 @@ impl Write for PartSink {
     }
 }
 
+/// Copies the whole archive into `w` through one buffer; returns how many bytes it had.
+fn pump(tar: &mut TarStream, w: &mut dyn Write) -> io::Result<u64> {
+    let mut buf = vec![0u8; READ_SLICE];
+    let mut size = 0u64;
+    loop {
+        let n = tar.read(&mut buf)?;
+        if n == 0 {
+            return Ok(size);
+        }
+        w.write_all(&buf[..n])?;
+        size += n as u64;
+    }
+}
+
 struct Produced {
     stream: TarStream,
     sha256: Sha256Hex,
@@ -187,16 +201,6 @@ fn produce(
 ) -> io::Result<Produced> {
     let mut sink = PartSink::new(tx, part_size, buffers);
     let mut tar = TarStream::new(plan);
-    let pump = |tar: &mut TarStream, w: &mut dyn Write| -> io::Result<()> {
-        let mut buf = vec![0u8; READ_SLICE];
-        loop {
-            let n = tar.read(&mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            w.write_all(&buf[..n])?;
-        }
-    };
     match compression {
         Compression::None => sink.read_from(&mut tar)?,
         Compression::Zstd => {
@@ -337,16 +341,7 @@ pub async fn upload_archive(
 pub fn hash_archive(plan: ArchivePlan) -> io::Result<UploadedArchive> {
     let mut tar = TarStream::new(plan);
     let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = tar.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
+    let size = pump(&mut tar, &mut hasher)?;
     let (plan, file_hashes) = tar.finish();
     Ok(UploadedArchive { plan, file_hashes, sha256: Sha256Hex::from_digest(&hasher.finalize()), size, parts: 0 })
 }
