@@ -31,7 +31,17 @@ scripts/emulators.sh start
 source "$(scripts/emulators.sh env)"
 S3S_PID=
 S3S_DIR=$(mktemp -d "${CROWECODE_BENCH_DIR:-${TMPDIR:-/tmp}}/s3s.XXXXXX" 2>/dev/null || mktemp -d)
-trap 'scripts/emulators.sh stop; [ -n "$S3S_PID" ] && kill "$S3S_PID" 2>/dev/null; rm -rf "$S3S_DIR"' EXIT
+finish() {
+  status=$?
+  scripts/emulators.sh stop
+  if [ -n "$S3S_PID" ]; then
+    kill "$S3S_PID" 2>/dev/null
+    # A failed run may be the server's doing (a full disk, for one): show the end of its log.
+    [ "$status" = 0 ] || tail -n 20 "$S3S_DIR.log" >&2
+  fi
+  rm -rf "$S3S_DIR" "$S3S_DIR.log"
+}
+trap finish EXIT
 if [ -x "$VENV/s3s/bin/s3s-fs" ]; then
   # The same credentials as rclone serve s3, so that one set serves every tool in both directions.
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
