@@ -6,11 +6,17 @@
 //! <root>/models/.versions/<Model>@<sha12>/       a complete, verified model (never modified)
 //! <root>/models/.versions/<Model>@<sha12>.manifest.json
 //! <root>/.staging/<Model>@<rand>/                extraction in progress (same filesystem)
-//! <root>/.locks/<Model>.lock                     flock: one download of a model per machine
+//! <root>/.locks/<Model>.lock                     flock: one download (or prune) of a model per machine
+//! <root>/.locks/<Model>.use                      flock: shared while a version is handed out, exclusive while one is removed
 //! ```
 //!
 //! **A version directory appears only by `rename` after verification, and the ready link only by
 //! `rename` of a new link over the old one**, so no reader ever sees a half-written model.
+//!
+//! **A version is removed only under both of the model's locks**: the download lock (so no
+//! download is installing or resuming it) and the use lock, exclusively. A reader that hands out
+//! a ready version ([`Cache::use_ready`]) holds the use lock shared while it checks the link and
+//! the manifest copy, so it sees the version whole or not at all; it never waits for a download.
 
 use std::fs::{self, File};
 use std::io;
@@ -67,6 +73,15 @@ pub struct Pruned {
     pub reason: &'static str,
 }
 
+/// What `prune` did in the cache.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PruneOutcome {
+    /// Versions and selections removed (or, with `dry_run`, that would be).
+    pub removed: Vec<Pruned>,
+    /// Models left alone because a download of them was in progress.
+    pub skipped: Vec<ModelName>,
+}
+
 /// What `prune` should do in the cache.
 #[derive(Clone, Debug)]
 pub struct PruneOptions {
@@ -98,16 +113,24 @@ impl Cache {
         Self { root: root.into() }
     }
 
-    /// Default root: `$CROWECODE_HOME`, else `$XDG_CACHE_HOME/crowecode`, else `~/.cache/crowecode`.
-    pub fn default_root(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
-        if let Some(h) = env("CROWECODE_HOME").filter(|s| !s.is_empty()) {
-            return PathBuf::from(h);
-        }
-        if let Some(x) = env("XDG_CACHE_HOME").filter(|s| !s.is_empty()) {
-            return PathBuf::from(x).join("crowecode");
-        }
-        let home = env("HOME").filter(|s| !s.is_empty()).unwrap_or_else(|| ".".into());
-        PathBuf::from(home).join(".cache").join("crowecode")
+    /// Default root: `$CROWECODE_HOME`, else `$XDG_CACHE_HOME/crowecode`, else `~/.cache/crowecode`,
+    /// made absolute. With none of them set (`docker run --user N`, cron, systemd units) there is
+    /// no sensible place, and writing gigabytes under the working directory would be a surprise:
+    /// a usage error asks for `CROWECODE_HOME`.
+    pub fn default_root(env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf> {
+        let root = if let Some(h) = env("CROWECODE_HOME").filter(|s| !s.is_empty()) {
+            PathBuf::from(h)
+        } else if let Some(x) = env("XDG_CACHE_HOME").filter(|s| !s.is_empty()) {
+            PathBuf::from(x).join("crowecode")
+        } else if let Some(home) = env("HOME").filter(|s| !s.is_empty()) {
+            PathBuf::from(home).join(".cache").join("crowecode")
+        } else {
+            return Err(Error::usage(
+                "no place for the model cache: none of CROWECODE_HOME, XDG_CACHE_HOME and HOME is set",
+                "set CROWECODE_HOME to a directory on a local disk (or pass --cache-dir DIR)",
+            ));
+        };
+        std::path::absolute(&root).map_err(|e| Error::io("cannot resolve", &root, e))
     }
 
     /// The root directory.
@@ -180,6 +203,12 @@ impl Cache {
         Manifest::parse(&bytes, model, &path.display().to_string()).ok()
     }
 
+    /// Whether a version directory is complete: its manifest copy is written before the directory
+    /// is renamed into place, and removed before it, so a version without one is never used.
+    pub fn is_complete(&self, version_dir: &Path) -> bool {
+        version_dir.is_dir() && self.manifest_copy_path(version_dir).is_file()
+    }
+
     /// The version `models/<Model>` points at, if any.
     pub fn current(&self, model: &ModelName) -> Result<Option<PathBuf>> {
         let link = self.link_path(model);
@@ -234,6 +263,45 @@ impl Cache {
         }
     }
 
+    fn use_lock_file(&self, model: &ModelName) -> Result<(PathBuf, File)> {
+        let path = self.root.join(".locks").join(format!("{model}.use"));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("cannot open lock file", &path, e))?;
+        Ok((path, file))
+    }
+
+    /// The version `models/<Model>` points at, if it is complete (its manifest copy is there),
+    /// marked as just used; with `expected`, only if it is that version. Holds the model's use
+    /// lock shared while it looks, so a concurrent `prune` cannot be halfway through removing
+    /// what it returns. Blocking, but it waits only for a prune, never for a download.
+    pub fn use_ready(&self, model: &ModelName, expected: Option<&Path>) -> Result<Option<PathBuf>> {
+        if !self.root.join(".locks").is_dir() {
+            // A cache that was never set up holds no versions.
+            return Ok(None);
+        }
+        let (path, file) = self.use_lock_file(model)?;
+        file.lock_shared().map_err(|e| Error::io("cannot lock", &path, e))?;
+        let Some(current) = self.current(model)? else {
+            return Ok(None);
+        };
+        if expected.is_some_and(|e| e != current) || !self.is_complete(&current) {
+            return Ok(None);
+        }
+        self.touch(&current);
+        Ok(Some(current))
+    }
+
+    /// The model's use lock, exclusively: no reader is handing out one of its versions.
+    fn lock_use_exclusive(&self, model: &ModelName) -> Result<ModelLock> {
+        let (path, file) = self.use_lock_file(model)?;
+        file.lock().map_err(|e| Error::io("cannot lock", &path, e))?;
+        Ok(ModelLock { _file: file })
+    }
+
     /// Records that a version was just used (for `prune --max-size`); best effort.
     pub fn touch(&self, version_dir: &Path) {
         if let Ok(f) = File::options().write(true).open(self.manifest_copy_path(version_dir)) {
@@ -249,7 +317,7 @@ impl Cache {
     /// old versions, then whole models, least recently used first, while the cache is larger
     /// than `max_size`. A model whose lock is held (a download in progress) is left alone.
     /// Blocking.
-    pub fn prune(&self, opts: &PruneOptions) -> Result<Vec<Pruned>> {
+    pub fn prune(&self, opts: &PruneOptions) -> Result<PruneOutcome> {
         use std::collections::BTreeMap;
         let wanted = |m: &ModelName| opts.models.is_empty() || opts.models.contains(m);
         let mut by_model: BTreeMap<ModelName, Vec<CachedVersion>> = BTreeMap::new();
@@ -259,11 +327,15 @@ impl Cache {
         let mut out = Vec::new();
         let mut kept: Vec<(ModelName, PathBuf, u64)> = Vec::new();
         let mut locks = Vec::new();
+        let mut skipped = Vec::new();
         for (model, mut versions) in by_model {
             let Some(lock) = self.try_lock(&model)? else {
                 tracing::info!(%model, "in use by a download; not pruned");
+                skipped.push(model.clone());
                 continue;
             };
+            // Readers hold this only while they check a version: a short wait at most.
+            let use_lock = self.lock_use_exclusive(&model)?;
             versions.sort_by_key(|v| (!v.current, std::cmp::Reverse(self.last_used(&v.path))));
             for (i, v) in versions.into_iter().enumerate() {
                 let bytes = tree_size(&v.path);
@@ -294,7 +366,7 @@ impl Cache {
                     out.push(Pruned { model: model.clone(), path: entry.path(), bytes, reason: "old selection" });
                 }
             }
-            locks.push((model, lock));
+            locks.push((model, lock, use_lock));
         }
         if let Some(max) = opts.max_size {
             let mut total: u64 = kept.iter().map(|k| k.2).sum();
@@ -324,7 +396,7 @@ impl Cache {
             }
         }
         drop(locks);
-        Ok(out)
+        Ok(PruneOutcome { removed: out, skipped })
     }
 
     fn remove_version(&self, version_dir: &Path) -> Result<()> {
@@ -468,7 +540,11 @@ impl Cache {
             let p = path.join(&f.path);
             match fs::symlink_metadata(&p) {
                 Err(_) => missing.push(f.path.clone()),
-                Ok(m) if !m.is_file() || m.len() != f.size || m.permissions().mode() & 0o777 != f.mode & 0o777 => {
+                Ok(m)
+                    if !m.is_file()
+                        || m.len() != f.size
+                        || !crate::archive::mode_matches(m.permissions().mode(), f.mode) =>
+                {
                     changed.push(f.path.clone());
                 }
                 Ok(_) => match crate::archive::sha256_file(&p) {

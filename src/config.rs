@@ -229,13 +229,24 @@ pub struct Resolved {
     pub warnings: Vec<String>,
 }
 
-/// The default config file: `$XDG_CONFIG_HOME/crowecode/cloud.json`, else `~/.config/crowecode/cloud.json`.
-pub fn default_config_path(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+/// The default config file: `$XDG_CONFIG_HOME/crowecode/cloud.json`, else
+/// `~/.config/crowecode/cloud.json`; `None` when neither variable is set (then there is no
+/// default file, never one under the working directory).
+pub fn default_config_path(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
     if let Some(x) = env("XDG_CONFIG_HOME").filter(|s| !s.is_empty()) {
-        return PathBuf::from(x).join("crowecode").join("cloud.json");
+        return Some(PathBuf::from(x).join("crowecode").join("cloud.json"));
     }
-    let home = env("HOME").filter(|s| !s.is_empty()).unwrap_or_else(|| ".".into());
-    PathBuf::from(home).join(".config").join("crowecode").join("cloud.json")
+    let home = env("HOME").filter(|s| !s.is_empty())?;
+    Some(PathBuf::from(home).join(".config").join("crowecode").join("cloud.json"))
+}
+
+/// Where to look for the config file: `explicit` (from `--config` or `CROWECODE_CONFIG`), else
+/// the default, else none.
+pub fn file_location(explicit: Option<PathBuf>, env: &dyn Fn(&str) -> Option<String>) -> FileLocation {
+    match explicit {
+        Some(path) => FileLocation { path, explicit: true },
+        None => default_config_path(env).map_or_else(FileLocation::none, |path| FileLocation { path, explicit: false }),
+    }
 }
 
 /// Where to look for a config file, and whether the user named it explicitly.
@@ -245,26 +256,78 @@ pub struct FileLocation {
     pub explicit: bool,
 }
 
+impl FileLocation {
+    /// No config file at all (a path that is never read).
+    pub fn none() -> Self {
+        Self { path: PathBuf::new(), explicit: false }
+    }
+}
+
+/// The most a config file may hold: a real one is a few hundred bytes.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Reads a config file: regular files only (a FIFO or device would block or never end), at most
+/// [`MAX_CONFIG_BYTES`]. `Ok(None)` when there is no file at `path`.
+fn read_config_file(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    if path.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("too large ({} bytes; a config is at most {MAX_CONFIG_BYTES})", meta.len()),
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "too large"));
+    }
+    Ok(Some(bytes))
+}
+
 /// Resolves the effective configuration: flags > `CROWECODE_CLOUD_CONFIG_B64` > file.
 ///
 /// `env` reads an environment variable (injected so tests need not touch the process environment).
 pub fn resolve(env: &dyn Fn(&str) -> Option<String>, file: &FileLocation, overrides: &Overrides) -> Result<Resolved> {
     let mut warnings = Vec::new();
-    let base: Option<(Document, ConfigSource)> = if let Some(b64) = env(ENV_CONFIG_B64).filter(|s| !s.trim().is_empty())
-    {
-        Some((Document::from_b64(&b64)?, ConfigSource::Env))
+    let b64 = env(ENV_CONFIG_B64);
+    if b64.as_deref().is_some_and(|v| v.trim().is_empty()) {
+        warnings.push(format!("{ENV_CONFIG_B64} is set but empty; ignored"));
+    }
+    let base: Option<(Document, ConfigSource)> = if let Some(b64) = b64.filter(|s| !s.trim().is_empty()) {
+        Some((Document::from_b64(&b64, &mut warnings)?, ConfigSource::Env))
     } else {
-        match std::fs::read(&file.path) {
-            Ok(bytes) => {
+        match read_config_file(&file.path) {
+            Ok(Some(bytes)) => {
                 let origin = file.path.display().to_string();
-                Some((Document::from_json(&bytes, &origin)?, ConfigSource::File(file.path.clone())))
+                Some((Document::from_json(&bytes, &origin, &mut warnings)?, ConfigSource::File(file.path.clone())))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !file.explicit => None,
+            Ok(None) if !file.explicit => None,
+            Ok(None) => {
+                return Err(Error::config(
+                    file.path.display().to_string(),
+                    "cannot read the config file: it does not exist",
+                    format!(
+                        "check the path given by --config or CROWECODE_CONFIG, or create it there with `crowecode-cloud --config {} setup --provider s3 --bucket NAME`",
+                        shell_quote(&file.path.display().to_string())
+                    ),
+                ));
+            }
             Err(e) => {
                 return Err(Error::config(
                     file.path.display().to_string(),
                     format!("cannot read the config file: {e}"),
-                    "check the path given by --config or CROWECODE_CONFIG, or create it with `crowecode-cloud setup`",
+                    "check the path given by --config or CROWECODE_CONFIG (a regular file of at most 1 MiB)",
                 ));
             }
         }
@@ -281,7 +344,12 @@ pub fn resolve(env: &dyn Fn(&str) -> Option<String>, file: &FileLocation, overri
         _ if !overrides.is_empty() => (Document::default(), ConfigSource::Flags),
         Some((doc, src)) => (doc, src),
         None => {
-            return Err(Error::NotConfigured { looked_at: file.path.display().to_string() });
+            let looked_at = if file.path.as_os_str().is_empty() {
+                "none: HOME and XDG_CONFIG_HOME are not set".to_string()
+            } else {
+                file.path.display().to_string()
+            };
+            return Err(Error::NotConfigured { looked_at });
         }
     };
     let origin = source.to_string();
@@ -309,8 +377,15 @@ impl Document {
         self.provider.as_deref().and_then(ProviderKind::parse)
     }
 
-    fn from_b64(raw: &str) -> Result<Self> {
+    fn from_b64(raw: &str, warnings: &mut Vec<String>) -> Result<Self> {
         let cleaned: String = raw.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        if cleaned.starts_with(['\'', '"']) || cleaned.ends_with(['\'', '"']) {
+            return Err(Error::config(
+                ENV_CONFIG_B64,
+                "not valid base64: the value starts or ends with a quote",
+                "it was quoted twice; set it to the text between the quotes of the `export` line that `crowecode-cloud setup` prints",
+            ));
+        }
         let lenient = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
         let bytes = GeneralPurpose::new(&base64::alphabet::STANDARD, lenient)
             .decode(&cleaned)
@@ -322,10 +397,12 @@ impl Document {
                     "regenerate it with `crowecode-cloud setup ...`, or unset it to use the config file",
                 )
             })?;
-        Self::from_json(&bytes, ENV_CONFIG_B64)
+        Self::from_json(&bytes, ENV_CONFIG_B64, warnings)
     }
 
-    fn from_json(bytes: &[u8], origin: &str) -> Result<Self> {
+    fn from_json(bytes: &[u8], origin: &str, warnings: &mut Vec<String>) -> Result<Self> {
+        // Windows editors write a byte order mark; it is not part of the JSON.
+        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         let hint = "the format is {\"enabled\":true,\"provider\":\"s3\",\"config\":{\"bucket\":\"NAME\",\"prefix\":\"models/\"}}; `crowecode-cloud setup` writes it";
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| Error::config(origin, format!("not valid JSON ({e})"), hint))?;
@@ -349,6 +426,14 @@ impl Document {
             Some(Value::Object(m)) => m,
             Some(_) => return Err(Error::config(origin, "\"config\" must be an object", hint)),
         };
+        for k in top.keys() {
+            if looks_like_secret(k) {
+                warnings
+                    .push(format!("{origin}: ignoring top-level key {k:?}: credentials never belong in this config"));
+            } else {
+                warnings.push(format!("{origin}: unknown top-level key {k:?} ignored (keys go under \"config\")"));
+            }
+        }
         Ok(Self { enabled, provider, keys })
     }
 
@@ -432,11 +517,38 @@ impl Document {
     }
 }
 
-fn looks_like_secret(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    ["secret", "password", "token", "credential", "connection_string", "sas", "access_key", "account_key", "private"]
-        .iter()
-        .any(|w| k.contains(w))
+/// Whether a config key names a credential. Compared case-insensitively with `_`, `-` and `.`
+/// removed, so `accountKey`, `AccessKey`, `api_key`, `SharedAccessSignature` and
+/// `azure_storage_key` are all caught; a key that is (or ends in) `key`, `sig`, `pass` or `auth`
+/// is one too. `kms_key`/`kms_key_id` name a key, they do not hold one, and are known keys.
+pub(crate) fn looks_like_secret(key: &str) -> bool {
+    let k: String = key.chars().filter(|c| !matches!(c, '_' | '-' | '.' | ' ')).collect::<String>().to_lowercase();
+    const ANYWHERE: [&str; 14] = [
+        "secret",
+        "password",
+        "passwd",
+        "token",
+        "credential",
+        "connectionstring",
+        "sas",
+        "accesskey",
+        "accountkey",
+        "apikey",
+        "storagekey",
+        "private",
+        "signature",
+        "bearer",
+    ];
+    const WHOLE_OR_END: [&str; 6] = ["key", "sig", "pass", "auth", "pwd", "authorization"];
+    ANYWHERE.iter().any(|w| k.contains(w)) || WHOLE_OR_END.iter().any(|w| k == *w || k.ends_with(w))
+}
+
+/// Single-quotes `s` for a POSIX shell.
+pub(crate) fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:=@%,".contains(c)) {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// Normalises a prefix: no leading `/`, a trailing `/` unless empty, no `.`/`..` segments.
@@ -445,7 +557,14 @@ pub fn normalise_prefix(raw: &str, origin: &str) -> Result<String> {
     if trimmed.is_empty() {
         return Ok(String::new());
     }
-    if trimmed.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") || trimmed.contains('\0') {
+    if trimmed.chars().any(char::is_control) || trimmed.contains('\\') {
+        return Err(Error::config(
+            origin,
+            format!("invalid prefix {raw:?}: control characters and '\\' are not allowed"),
+            "use a prefix like \"crowecode-models/\"",
+        ));
+    }
+    if trimmed.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
         return Err(Error::config(
             origin,
             format!("invalid prefix {raw:?}: empty, '.' or '..' path segments are not allowed"),
@@ -457,14 +576,74 @@ pub fn normalise_prefix(raw: &str, origin: &str) -> Result<String> {
 
 fn normalise_endpoint(raw: &str, origin: &str) -> Result<String> {
     let e = raw.trim().trim_end_matches('/');
-    if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() <= "https://".len() {
+    let rest = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://"));
+    let Some(rest) = rest.filter(|r| !r.is_empty()) else {
         return Err(Error::config(
             origin,
-            format!("invalid endpoint {raw:?}: expected an http:// or https:// URL"),
+            format!("invalid endpoint {:?}: expected an http:// or https:// URL", redact_url(raw)),
+            "for example --endpoint https://s3.example.com",
+        ));
+    };
+    // Never echo what might be a credential: the message shows the URL redacted.
+    if rest.contains(['?', '#']) {
+        return Err(Error::config(
+            origin,
+            format!("invalid endpoint {:?}: an endpoint has no query or fragment", redact_url(raw)),
+            "give the endpoint without `?...`; a SAS token goes in AZURE_STORAGE_SAS_TOKEN, never in the config",
+        ));
+    }
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(Error::config(
+            origin,
+            format!("invalid endpoint {:?}: an endpoint carries no user name or password", redact_url(raw)),
+            "remove `user:password@`; credentials come from the cloud's own credential chain (see README, Credentials)",
+        ));
+    }
+    if authority.is_empty() || rest.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(Error::config(
+            origin,
+            format!("invalid endpoint {:?}: no host, or spaces or control characters", redact_url(raw)),
             "for example --endpoint https://s3.example.com",
         ));
     }
     Ok(e.to_string())
+}
+
+/// A URL with what could be a credential hidden: the password of `user:password@`, and the
+/// values of `sig`, `signature`, `token`, `key` and similar query parameters.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let after = scheme_end + 3;
+        let authority_end = out[after..].find(['/', '?', '#']).map_or(out.len(), |i| after + i);
+        if let Some(at) = out[after..authority_end].rfind('@') {
+            let userinfo = &out[after..after + at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            out.replace_range(after..after + at, &format!("{user}:<redacted>"));
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (base, query) = out.split_at(q + 1);
+        let redacted: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if looks_like_secret(k) || k.eq_ignore_ascii_case("sig") => format!("{k}=<redacted>"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out = format!("{base}{}", redacted.join("&"));
+    }
+    out
+}
+
+/// AWS regions are lowercase letters, digits and dashes (`us-west-2`, `eu-central-1`);
+/// S3-compatible stores also use names like `auto` or `default`, so letters, digits, `-` and `_`.
+fn region_problem(region: &str) -> Option<&'static str> {
+    let ok = !region.is_empty()
+        && region.len() <= 64
+        && region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    (!ok).then_some("a region is letters, digits, '-' and '_', like us-west-2")
 }
 
 impl CloudConfig {
@@ -481,6 +660,15 @@ impl CloudConfig {
                         "bucket names are 3-63 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
                     }
                 },
+            ));
+        }
+        if let Some(region) = &self.region
+            && let Some(problem) = region_problem(region)
+        {
+            return Err(Error::config(
+                origin,
+                format!("invalid region {region:?}: {problem}"),
+                "for example --region us-west-2",
             ));
         }
         if let Some(sse) = &self.sse
@@ -560,6 +748,17 @@ fn bucket_problem(kind: ProviderKind, b: &str) -> Option<String> {
             if kind != ProviderKind::Azure && b.split('.').count() == 4 && b.split('.').all(|p| p.parse::<u8>().is_ok())
             {
                 return Some("it must not look like an IP address".into());
+            }
+            if kind == ProviderKind::S3
+                && (b.starts_with("xn--")
+                    || b.starts_with("sthree-")
+                    || b.ends_with("-s3alias")
+                    || b.ends_with("--ol-s3"))
+            {
+                return Some("AWS reserves the prefixes xn-- and sthree- and the suffixes -s3alias and --ol-s3".into());
+            }
+            if kind == ProviderKind::Gcs && (b.starts_with("goog") || b.contains("google") || b.contains("g00gle")) {
+                return Some("GCS forbids names that begin with \"goog\" or contain \"google\"".into());
             }
             None
         }
@@ -667,7 +866,7 @@ mod tests {
     fn unknown_keys_are_kept_secret_looking_ones_dropped() {
         let json =
             r#"{"provider":"s3","config":{"bucket":"abc","colour":"blue","aws_secret_access_key":"SHOULD-NOT-LEAK"}}"#;
-        let doc = Document::from_json(json.as_bytes(), "test").unwrap();
+        let doc = Document::from_json(json.as_bytes(), "test", &mut Vec::new()).unwrap();
         let mut warnings = Vec::new();
         let cfg = doc.into_config(&Overrides::default(), "test", &mut warnings).unwrap();
         assert!(cfg.extra.contains_key("colour"));

@@ -26,6 +26,10 @@ pub mod exit {
     pub const INTEGRITY: i32 = 6;
     /// The network was still failing after retries.
     pub const NETWORK: i32 = 7;
+    /// Stopped by SIGINT (Ctrl-C), after cleaning up.
+    pub const SIGINT: i32 = 130;
+    /// Stopped by SIGTERM (what Kubernetes sends a pod it stops), after cleaning up.
+    pub const SIGTERM: i32 = 143;
 }
 
 /// Everything that can go wrong in `crowecode_cloud`.
@@ -91,6 +95,10 @@ pub enum Error {
     /// Anything else (exit 1).
     #[error("{message}")]
     Other { message: String, hint: Option<String> },
+
+    /// Stopped by SIGINT (exit 130) or SIGTERM (exit 143), after cleaning up.
+    #[error("interrupted by {signal}{cleanup}")]
+    Interrupted { signal: &'static str, code: i32, cleanup: String },
 }
 
 impl Error {
@@ -155,6 +163,7 @@ impl Error {
             Self::Integrity { .. } => exit::INTEGRITY,
             Self::Network { .. } => exit::NETWORK,
             Self::Io { .. } | Self::Provider { .. } | Self::Other { .. } => exit::FAILURE,
+            Self::Interrupted { code, .. } => *code,
         }
     }
 
@@ -165,6 +174,9 @@ impl Error {
             Self::NotConfigured { .. } => Some(
                 "run `crowecode-cloud setup --provider s3 --bucket NAME`, or set CROWECODE_CLOUD_CONFIG_B64".into(),
             ),
+            Self::ModelNotFound { model, location } if location.starts_with("the cache") => Some(format!(
+                "it was never downloaded on this machine: run `crowecode-cloud download {model}`, or `crowecode-cloud list --local` to see the cached models"
+            )),
             Self::ModelNotFound { .. } => Some("run `crowecode-cloud list` to see the models in the bucket".into()),
             Self::Integrity { .. } => Some(
                 "nothing was installed and the previous version is untouched; run the command again, and if it fails the same way re-upload the model".into(),
@@ -173,9 +185,17 @@ impl Error {
                 "check the network path to the storage endpoint (proxy, DNS, firewall); the command resumes where it stopped when run again".into()
             })),
             Self::Provider { source, .. } => source.hint.clone(),
+            Self::Interrupted { .. } => Some("run the same command again: downloads and uploads restart cleanly".into()),
             Self::Io { source, .. } => match source.kind() {
-                io::ErrorKind::StorageFull => Some("free disk space, or point --cache-dir at a larger filesystem".into()),
-                io::ErrorKind::PermissionDenied => Some("check the directory's owner and mode, or choose another with --cache-dir".into()),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Some(
+                    "free disk space (`crowecode-cloud prune` removes cached versions that are not current; `--max-size` evicts least recently used models), or point --cache-dir at a larger filesystem".into(),
+                ),
+                io::ErrorKind::PermissionDenied => Some(
+                    "check the owner and mode of that path; for the cache, --cache-dir (CROWECODE_HOME) chooses another".into(),
+                ),
+                io::ErrorKind::ReadOnlyFilesystem => Some(
+                    "that filesystem is read-only: point --cache-dir (CROWECODE_HOME) at a writable one; cached models can still be read there".into(),
+                ),
                 _ => None,
             },
         }

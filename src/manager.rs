@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::archive::{self, ArchivePlan, Compression, Extractor};
 use crate::cache::{Cache, remove_tree, resume_marker};
-use crate::config::{self, CloudConfig, ConfigSource, FileLocation, Overrides, Resolved};
+use crate::config::{self, CloudConfig, ConfigSource, Overrides, Resolved};
 use crate::error::{Error, Result};
 use crate::manifest::{DirEntry, FORMAT_VERSION, FileEntry, Layout, Manifest};
 use crate::names::{ModelName, Sha256Hex};
@@ -116,6 +116,17 @@ pub struct RemotePruned {
     pub bytes: u64,
 }
 
+/// What `prune --remote` found (and, when applied, removed).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RemotePruneOutcome {
+    /// Unreferenced archives.
+    pub archives: Vec<RemotePruned>,
+    /// Keys of unfinished multipart uploads older than the minimum age.
+    pub unfinished_uploads: Vec<String>,
+    /// Models skipped because their manifest could not be read.
+    pub skipped: Vec<ModelName>,
+}
+
 /// One model in the bucket.
 #[derive(Clone, Debug, Serialize)]
 pub struct RemoteModel {
@@ -203,17 +214,14 @@ impl CloudManager {
     /// Configuration from `CROWECODE_CLOUD_CONFIG_B64` or the config file, cache from
     /// `CROWECODE_HOME` (or the XDG default), default transfer options.
     pub async fn from_env() -> Result<Self> {
-        let explicit = process_env(config::ENV_CONFIG_PATH).filter(|s| !s.is_empty());
-        let file = FileLocation {
-            path: explicit.clone().map(PathBuf::from).unwrap_or_else(|| config::default_config_path(&process_env)),
-            explicit: explicit.is_some(),
-        };
+        let explicit = process_env(config::ENV_CONFIG_PATH).filter(|s| !s.is_empty()).map(PathBuf::from);
+        let file = config::file_location(explicit, &process_env);
         let resolved = config::resolve(&process_env, &file, &Overrides::default())?;
         Self::new(
             resolved,
-            Cache::new(Cache::default_root(&process_env)),
+            Cache::new(Cache::default_root(&process_env)?),
             TransferOptions::default(),
-            RetryPolicy::from_env(&process_env),
+            RetryPolicy::from_env(&process_env)?,
         )
         .await
     }
@@ -308,6 +316,14 @@ impl CloudManager {
         .map_err(|e| Error::other(format!("lock task failed: {e}"), None))?
     }
 
+    /// [`Cache::use_ready`] off the async threads.
+    async fn use_ready(&self, model: &ModelName, expected: Option<&Path>) -> Result<Option<PathBuf>> {
+        let (cache, m, e) = (self.cache.clone(), model.clone(), expected.map(Path::to_path_buf));
+        tokio::task::spawn_blocking(move || cache.use_ready(&m, e.as_deref()))
+            .await
+            .map_err(|e| Error::other(format!("cache task failed: {e}"), None))?
+    }
+
     /// Says once per process when the cache's file locks may not hold between machines.
     fn warn_unreliable_locks(&self) {
         static SAID: std::sync::Once = std::sync::Once::new();
@@ -326,7 +342,15 @@ impl CloudManager {
     pub async fn fetch_manifest(&self, model: &ModelName) -> Result<Option<Manifest>> {
         let key = self.layout.manifest_key(model);
         match self.provider.get_bytes(&key).await {
-            Ok(bytes) => Ok(Some(Manifest::parse(&bytes, model, &key)?)),
+            Ok(bytes) if looks_like_html(&bytes) => Err(Error::other(
+                format!("reading {key}: the storage endpoint answered with a web page, not the object"),
+                Some(format!(
+                    "{} does not answer like {}: check --endpoint (config `endpoint`) and any proxy or captive portal in between",
+                    self.config.endpoint.as_deref().unwrap_or("the endpoint"),
+                    self.config.provider
+                )),
+            )),
+            Ok(bytes) => Ok(Some(Manifest::parse(&bytes, model, &key)?.confined(&self.layout, &key)?)),
             Err(e) if e.kind == ProviderErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::from_provider(format!("reading {key}"), e)),
         }
@@ -335,8 +359,7 @@ impl CloudManager {
     /// Returns the cached model if there is one, without contacting the bucket; downloads it otherwise.
     pub async fn ensure_model(&self, name: &str) -> Result<PathBuf> {
         let model = ModelName::new(name)?;
-        if let Some(path) = self.cache.current(&model)? {
-            self.cache.touch(&path);
+        if let Some(path) = self.use_ready(&model, None).await? {
             return Ok(path);
         }
         Ok(self.download_model(name).await?.path)
@@ -369,14 +392,13 @@ impl CloudManager {
         let version = self.cache.version_path(&model, &manifest.archive_sha256);
         let done =
             |status, transferred| Downloaded::whole(&model, version.clone(), status, &manifest, transferred, started);
-        if self.cache.current(&model)?.as_deref() == Some(version.as_path()) {
-            self.cache.touch(&version);
+        if self.use_ready(&model, Some(&version)).await?.is_some() {
             return Ok(done(DownloadStatus::Cached, 0));
         }
 
         let lock = self.lock_model(&model).await?;
         // Whoever held the lock may have installed exactly this version.
-        if self.cache.current(&model)?.as_deref() == Some(version.as_path()) {
+        if self.cache.current(&model)?.as_deref() == Some(version.as_path()) && self.cache.is_complete(&version) {
             return Ok(done(DownloadStatus::Cached, 0));
         }
         // A crashed download of this same version left verified files behind: keep them.
@@ -450,9 +472,19 @@ impl CloudManager {
             manifest.files.iter().filter(|f| patterns.iter().any(|p| crate::select::matches(p, &f.path))).collect();
         if selected.is_empty() {
             let some: Vec<&str> = manifest.files.iter().take(5).map(|f| f.path.as_str()).collect();
+            let dirs: Vec<String> = patterns
+                .iter()
+                .filter(|p| !p.ends_with('/') && manifest.files.iter().any(|f| f.path.starts_with(&format!("{p}/"))))
+                .map(|p| format!("{p}/"))
+                .collect();
+            let hint = if dirs.is_empty() {
+                format!("its files include: {}", some.join(", "))
+            } else {
+                format!("a directory is matched with a trailing slash: did you mean {}?", dirs.join(", "))
+            };
             return Err(Error::Usage {
                 message: format!("no file of {model} matches {}", patterns.join(", ")),
-                hint: Some(format!("its files include: {}", some.join(", "))),
+                hint: Some(hint),
             });
         }
         let mut sorted = patterns.to_vec();
@@ -502,6 +534,7 @@ impl CloudManager {
                 path: f.path.clone(),
             });
         }
+        self.check_archive_size(&manifest).await?;
         let progress = Progress::new(self.reporter.clone(), model.as_str());
         let fetched =
             transfer::download_files(self.provider.clone(), &manifest.archive_key, files, &self.transfer, &progress)
@@ -533,9 +566,15 @@ impl CloudManager {
             self.cache.touch(&path);
             return Ok(Downloaded::whole(model, path, DownloadStatus::Cached, &m, 0, started));
         }
+        // What a killed fallback of this model left behind is never resumed: remove it.
+        self.cache.clean_staging(model, &lock)?;
         let staging = StagingDir(self.cache.new_staging(model, &lock)?);
         self.info(model, format!("not in {}; running the fallback command", self.config.location()));
         run_fallback(command, model, &staging.0).await?;
+        let dir = staging.0.clone();
+        tokio::task::spawn_blocking(move || resolve_links_inside(&dir))
+            .await
+            .map_err(|e| Error::other(format!("link check failed: {e}"), None))??;
         let has_files = walkdir::WalkDir::new(&staging.0).into_iter().flatten().any(|e| !e.file_type().is_dir());
         if !has_files {
             return Err(Error::other(
@@ -555,12 +594,42 @@ impl CloudManager {
         if publish {
             // The staging tree is what gets uploaded; it is moved into the cache afterwards.
             let opts = UploadOptions { compression: Compression::None, force: false };
-            self.upload_model(model.as_str(), &staging.0, &opts).await?;
-            status = DownloadStatus::Published;
+            match self.upload_model(model.as_str(), &staging.0, &opts).await {
+                Ok(_) => status = DownloadStatus::Published,
+                // Another machine published a different tree first: theirs is the bucket's
+                // version now; this machine still has a complete model of its own.
+                Err(Error::Other { message, .. }) if message.contains(CONFLICT) => self.info(
+                    model,
+                    "another machine published a different tree of this model first; this machine installs its own copy, the next download takes the bucket's".into(),
+                ),
+                Err(e) => return Err(e),
+            }
         }
         let path = self.cache.install(&staging.0, &manifest, &lock)?;
         drop(lock);
         Ok(Downloaded::whole(model, path, status, &manifest, 0, started))
+    }
+
+    /// One HEAD before the ranged reads: an archive that is missing, shorter or longer than the
+    /// manifest says is an integrity failure (exit 6), found at once instead of after retries.
+    async fn check_archive_size(&self, manifest: &Manifest) -> Result<()> {
+        let key = &manifest.archive_key;
+        match self.provider.head(key).await {
+            Ok(meta) if meta.size == manifest.archive_size => Ok(()),
+            Ok(meta) => Err(Error::integrity(
+                key,
+                format!(
+                    "the archive in the bucket is {} bytes, the manifest says {} (truncated or replaced)",
+                    meta.size, manifest.archive_size
+                ),
+                Some(manifest.archive_size.to_string()),
+                Some(meta.size.to_string()),
+            )),
+            Err(e) if e.kind == ProviderErrorKind::NotFound => {
+                Err(Error::integrity(key, "the archive the manifest names is missing from the bucket", None, None))
+            }
+            Err(e) => Err(Error::from_provider(format!("reading {key}"), e)),
+        }
     }
 
     /// Fetches and extracts the archive into `staging`; with `resume`, only from the first entry
@@ -576,8 +645,9 @@ impl CloudManager {
             Some(r) => Extractor::resuming(staging.to_path_buf(), manifest.expected_entries(), r.start_index, true),
             None => Extractor::new(staging.to_path_buf(), manifest.expected_entries(), false),
         };
-        let progress = Progress::new(self.reporter.clone(), model.as_str());
         let key = &manifest.archive_key;
+        self.check_archive_size(manifest).await?;
+        let progress = Progress::new(self.reporter.clone(), model.as_str());
         let sha = transfer::download_archive(
             self.provider.clone(),
             key,
@@ -679,11 +749,27 @@ impl CloudManager {
             // The archive is unreferenced now; do not leave it behind.
             let _ = self.provider.delete(&archive_key).await;
             if e.kind == ProviderErrorKind::Precondition {
+                // The same tree uploaded twice at once (CI retries, `--publish` on a fleet's cold
+                // start) is no conflict: the bucket holds exactly this tree.
+                if let Ok(Some(winner)) = self.fetch_manifest(&model).await
+                    && winner.same_tree(&manifest)
+                {
+                    return Ok(Uploaded {
+                        model,
+                        status: UploadStatus::UpToDate,
+                        archive_key: winner.archive_key.clone(),
+                        sha256: winner.archive_sha256.clone(),
+                        archive_size: winner.archive_size,
+                        size: winner.total_size,
+                        files: winner.files.len(),
+                        compression: winner.compression,
+                        parts: 0,
+                        seconds: started.elapsed().as_secs_f64(),
+                    });
+                }
                 return Err(Error::other(
-                    format!(
-                        "another upload of {model} committed while this one ran; its version was kept and this one discarded"
-                    ),
-                    Some(format!("run `crowecode-cloud upload {model}` again if this tree should win")),
+                    format!("{model}: {CONFLICT}; its version was kept and this one discarded"),
+                    Some("run the same upload command again if this tree should win".into()),
                 ));
             }
             return Err(Error::from_provider(format!("writing {manifest_key}"), e));
@@ -740,15 +826,18 @@ impl CloudManager {
 
     /// Old archives in the bucket that no manifest references: all but the `keep` newest of
     /// each model, and none younger than `min_age` (an upload in progress has an archive and no
-    /// manifest yet; a download that began on the previous version is still reading it). Deletes
-    /// them when `apply`; a model without a manifest is left alone. `models` empty means all.
+    /// manifest yet; a download that began on the previous version is still reading it). Also
+    /// unfinished multipart uploads under the prefix older than `min_age` (a killed upload's parts,
+    /// billed until aborted). Deletes and aborts them when `apply`. A model without a manifest is
+    /// left alone; one whose manifest cannot be read is skipped with a warning, the others pruned.
+    /// `models` empty means all.
     pub async fn prune_remote(
         &self,
         models: &[ModelName],
         keep: usize,
         min_age: std::time::Duration,
         apply: bool,
-    ) -> Result<Vec<RemotePruned>> {
+    ) -> Result<RemotePruneOutcome> {
         let names: Vec<ModelName> = if models.is_empty() {
             let objects = self
                 .provider
@@ -760,10 +849,19 @@ impl CloudManager {
             models.to_vec()
         };
         let cutoff = SystemTime::now().checked_sub(min_age).unwrap_or(SystemTime::UNIX_EPOCH);
-        let mut out = Vec::new();
+        let mut out = RemotePruneOutcome::default();
         for model in names {
-            let Some(manifest) = self.fetch_manifest(&model).await? else {
-                continue;
+            let manifest = match self.fetch_manifest(&model).await {
+                Ok(Some(m)) => m,
+                Ok(None) => continue,
+                Err(e @ (Error::Integrity { .. } | Error::Other { .. })) if models.is_empty() => {
+                    self.reporter.report(Event::Warning {
+                        message: format!("{model}: skipped, its manifest cannot be read ({e})"),
+                    });
+                    out.skipped.push(model);
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             let prefix = self.layout.archives_prefix(&model);
             let mut archives =
@@ -781,8 +879,25 @@ impl CloudManager {
                         .await
                         .map_err(|e| Error::from_provider(format!("deleting {}", o.key), e))?;
                 }
-                out.push(RemotePruned { model: model.clone(), key: o.key, bytes: o.size });
+                out.archives.push(RemotePruned { model: model.clone(), key: o.key, bytes: o.size });
             }
+        }
+        let pending = self.provider.list_pending_uploads(self.layout.prefix()).await.map_err(|e| {
+            Error::from_provider(format!("listing unfinished uploads in {}", self.config.location()), e)
+        })?;
+        for p in pending {
+            let wanted = models.is_empty() || models.iter().any(|m| p.key.starts_with(&self.layout.archives_prefix(m)));
+            // An upload without a start time is treated as young: it may be running now.
+            if !wanted || p.initiated.is_none_or(|t| t > cutoff) {
+                continue;
+            }
+            if apply {
+                self.provider
+                    .abort_multipart(&p.key, &p.upload_id)
+                    .await
+                    .map_err(|e| Error::from_provider(format!("aborting the upload of {}", p.key), e))?;
+            }
+            out.unfinished_uploads.push(p.key);
         }
         Ok(out)
     }
@@ -889,6 +1004,17 @@ impl CloudManager {
     }
 }
 
+/// Whether an answer is an HTML page (a portal, a proxy's error page, a web server at the
+/// wrong URL) rather than the JSON or bytes that were asked for.
+fn looks_like_html(bytes: &[u8]) -> bool {
+    let head: Vec<u8> = bytes.iter().copied().skip_while(u8::is_ascii_whitespace).take(15).collect();
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    head.starts_with("<!doctype html")
+        || head.starts_with("<html")
+        || head.starts_with("<head")
+        || head.starts_with("<body")
+}
+
 /// A staging directory that removes itself unless it was moved into place.
 struct StagingDir(PathBuf);
 
@@ -952,13 +1078,75 @@ fn find_resumable(cache: &Cache, model: &ModelName, manifest: &Manifest) -> Resu
     if kept.is_empty() {
         return Ok(None);
     }
-    // Anything else (a half-written file, files after it) goes; directories stay.
-    for entry in walkdir::WalkDir::new(&staging).min_depth(1).into_iter().flatten() {
-        if !entry.file_type().is_dir() && !kept.contains(entry.path()) {
-            std::fs::remove_file(entry.path()).map_err(|e| Error::io("cannot remove", entry.path(), e))?;
+    // Anything else (a half-written file, files after it) goes; so do directories the manifest
+    // does not list (nothing may be installed that it does not describe).
+    let dirs: HashSet<PathBuf> = manifest
+        .dirs
+        .iter()
+        .map(|d| staging.join(&d.path))
+        .chain(
+            manifest
+                .files
+                .iter()
+                .flat_map(|f| staging.join(&f.path).ancestors().skip(1).map(Path::to_path_buf).collect::<Vec<_>>()),
+        )
+        .collect();
+    for entry in walkdir::WalkDir::new(&staging).min_depth(1).contents_first(true).into_iter().flatten() {
+        let path = entry.path();
+        if entry.file_type().is_dir() {
+            if !dirs.contains(path) {
+                remove_tree(path)?;
+            }
+        } else if !kept.contains(path) {
+            std::fs::remove_file(path).map_err(|e| Error::io("cannot remove", path, e))?;
         }
     }
     Ok(Some(Resumable { staging, start_index, start_offset, kept_files: kept.len(), kept_bytes }))
+}
+
+/// How a lost manifest commit is described (and recognised by the fallback's `--publish`).
+const CONFLICT: &str = "another upload of a different tree committed while this one ran";
+
+/// Makes the tree a fallback command left at `dir` safe to install and upload: a symbolic link
+/// to a file inside `dir` is replaced by a copy of that file; any other link (out of `dir`, to a
+/// directory, dangling) is refused, so nothing from elsewhere on the machine is installed or
+/// published, and the installed version holds no link. Blocking.
+fn resolve_links_inside(dir: &Path) -> Result<()> {
+    let root = std::fs::canonicalize(dir).map_err(|e| Error::io("cannot resolve", dir, e))?;
+    let links: Vec<PathBuf> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.path_is_symlink())
+        .map(|e| e.path().to_path_buf())
+        .collect();
+    for link in links {
+        let rel = link.strip_prefix(dir).unwrap_or(&link).display().to_string();
+        let refuse = |why: String| {
+            Error::other(
+                format!("the fallback command left a symbolic link {rel} {why}; nothing was installed or uploaded"),
+                Some("have the command copy files into {dest} (e.g. `cp -rL`, or `git clone` then remove links); links out of {dest} are never followed".into()),
+            )
+        };
+        let target = match std::fs::canonicalize(&link) {
+            Ok(t) => t,
+            Err(_) => {
+                return Err(refuse(format!(
+                    "that points nowhere (-> {:?})",
+                    std::fs::read_link(&link).unwrap_or_default()
+                )));
+            }
+        };
+        if !target.starts_with(&root) {
+            return Err(refuse("that points outside {dest}".to_string()));
+        }
+        if !target.is_file() {
+            return Err(refuse("to a directory".to_string()));
+        }
+        let tmp = link.with_file_name(format!(".{}.link-copy", link.file_name().unwrap_or_default().to_string_lossy()));
+        std::fs::copy(&target, &tmp).map_err(|e| Error::io("cannot copy", &target, e))?;
+        std::fs::rename(&tmp, &link).map_err(|e| Error::io("cannot replace", &link, e))?;
+    }
+    Ok(())
 }
 
 /// The archive key recorded for a version the fallback command made (it has no archive).
@@ -974,17 +1162,25 @@ async fn run_fallback(template: &str, model: &ModelName, dest: &Path) -> Result<
         .as_fd()
         .try_clone_to_owned()
         .map_err(|e| Error::Io { context: "cannot pass stderr to the fallback command".into(), source: e })?;
-    let status = tokio::process::Command::new("sh")
+    let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(&command)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::from(stdout))
         .env("CROWECODE_MODEL", model.as_str())
         .env("CROWECODE_DEST", dest)
+        // Its own process group, so everything it starts can be stopped with it.
+        .process_group(0)
         .kill_on_drop(true)
-        .status()
-        .await
+        .spawn()
         .map_err(|e| Error::Io { context: format!("cannot run the fallback command `{command}`"), source: e })?;
+    // Kills the whole group when this future ends, however it ends (finished, failed, or dropped
+    // by SIGINT/SIGTERM): nothing the command started may go on writing into the cache.
+    let _group = child.id().map(ProcessGroup);
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| Error::Io { context: format!("cannot wait for the fallback command `{command}`"), source: e })?;
     if !status.success() {
         let how = match status.code() {
             Some(code) => format!("exit code {code}"),
@@ -996,6 +1192,20 @@ async fn run_fallback(template: &str, model: &ModelName, dest: &Path) -> Result<
         ));
     }
     Ok(())
+}
+
+/// A process group, killed (SIGKILL) on drop.
+struct ProcessGroup(u32);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Ok(pgid) = libc::pid_t::try_from(self.0) {
+            // SAFETY: kill(2) with a negative pid signals that process group; no memory involved.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
 }
 
 fn build_manifest(

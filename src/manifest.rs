@@ -104,6 +104,17 @@ impl Manifest {
                 return Err(format!("path {path} listed twice"));
             }
         }
+        // A file cannot also be a directory of another entry (`d` and `d/a`).
+        let file_paths: HashSet<&str> = self.files.iter().map(|f| f.path.as_str()).collect();
+        for path in self.files.iter().map(|f| &f.path).chain(self.dirs.iter().map(|d| &d.path)) {
+            let mut parent = path.as_str();
+            while let Some((up, _)) = parent.rsplit_once('/') {
+                if file_paths.contains(up) {
+                    return Err(format!("{up} is listed as a file and as a directory of {path}"));
+                }
+                parent = up;
+            }
+        }
         let total = self.files.iter().try_fold(0u64, |acc, f| acc.checked_add(f.size)).ok_or("file sizes overflow")?;
         if total != self.total_size {
             return Err(format!("total_size {} is not the sum of file sizes {total}", self.total_size));
@@ -137,6 +148,29 @@ impl Manifest {
             .collect();
         out.sort_by(|a, b| a.path.cmp(&b.path));
         out
+    }
+
+    /// Checks that the archive this manifest names (read from `key`) is one of the model's own
+    /// archives under `layout`, so a manifest cannot steer a reader to another model's or
+    /// another team's objects.
+    pub fn confined(self, layout: &Layout, key: &str) -> Result<Self> {
+        let own = layout.archives_prefix(&self.model);
+        let name = self.archive_key.strip_prefix(&own);
+        let ok = name.is_some_and(|n| {
+            !n.is_empty() && !n.contains('/') && n != "." && n != ".." && !n.chars().any(char::is_control)
+        });
+        if !ok {
+            return Err(Error::integrity(
+                key,
+                format!(
+                    "the manifest names the archive {:?}, which is not one of the model's own archives under {own}",
+                    self.archive_key
+                ),
+                None,
+                None,
+            ));
+        }
+        Ok(self)
     }
 
     /// Whether `other` describes the same tree (paths, sizes, digests, modes), whatever the archive.
@@ -246,6 +280,38 @@ mod tests {
         assert!(Manifest::parse(b"{not json", &model, "k").is_err());
         let newer = String::from_utf8(sample().to_bytes()).unwrap().replace("\"format\": 1", "\"format\": 9");
         assert!(Manifest::parse(newer.as_bytes(), &model, "k").unwrap_err().to_string().contains("newer"));
+    }
+
+    #[test]
+    fn the_archive_must_be_one_of_the_models_own() {
+        let layout = Layout::new("p/");
+        assert!(sample().confined(&layout, "k").is_ok());
+        for key in [
+            "p/Other/archives/x.tar",
+            "zz-other-team/x.tar",
+            "p/Alpha/archives/../../Other/archives/x.tar",
+            "p/Alpha/archives/",
+            "p/Alpha/archives/sub/x.tar",
+            "p/Alpha/manifest.json",
+            "../../etc/passwd",
+            "/etc/passwd",
+            "",
+        ] {
+            let mut m = sample();
+            m.archive_key = key.into();
+            let err = m.confined(&layout, "k").unwrap_err();
+            assert_eq!(err.exit_code(), 6, "{key}");
+        }
+        assert!(sample().confined(&Layout::new(""), "k").is_err(), "another prefix is another place");
+    }
+
+    #[test]
+    fn a_path_cannot_be_a_file_and_a_directory() {
+        let mut m = sample();
+        m.files.push(FileEntry { path: "w.bin/a".into(), ..m.files[0].clone() });
+        m.files[1].offset = Some(1024);
+        m.total_size = 20;
+        assert!(m.validate().unwrap_err().contains("as a file and as a directory"));
     }
 
     #[test]

@@ -103,8 +103,11 @@ impl Extractor {
     /// the bytes fed must begin with the archive's headers of entry `start`. Directories already
     /// made still get their final modes at [`Extractor::finish`].
     pub fn resuming(root: PathBuf, expected: Vec<Expected>, start: usize, verify_files: bool) -> Self {
-        let dirs =
-            expected[..start].iter().filter(|e| e.size.is_none()).map(|e| (root.join(&e.path), e.mode)).collect();
+        let dirs = expected[..start]
+            .iter()
+            .filter(|e| e.size.is_none())
+            .map(|e| (root.join(&e.path), super::installed_mode(e.mode)))
+            .collect();
         Self { next: start, dirs, ..Self::new(root, expected, verify_files) }
     }
 
@@ -306,7 +309,7 @@ impl Extractor {
         let target = self.root.join(&path);
         if is_dir {
             fs::create_dir_all(&target).map_err(io_at(&target))?;
-            self.dirs.push((target, mode));
+            self.dirs.push((target, super::installed_mode(mode)));
             return Ok(());
         }
         if let Some(parent) = target.parent() {
@@ -334,7 +337,7 @@ impl Extractor {
                 return Err(ExtractError::FileHash { path: exp.path.clone(), expected: want.clone(), computed: got });
             }
         }
-        file.set_permissions(fs::Permissions::from_mode(exp.mode & 0o777)).map_err(io_at(&target))?;
+        file.set_permissions(fs::Permissions::from_mode(super::installed_mode(exp.mode))).map_err(io_at(&target))?;
         Ok(())
     }
 

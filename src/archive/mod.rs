@@ -13,8 +13,56 @@ mod hash;
 mod tar;
 
 pub use extract::{ExtractError, Extractor};
+
+#[cfg(test)]
+mod mode_tests {
+    use super::*;
+
+    #[test]
+    fn installed_modes_are_never_group_or_world_writable() {
+        for m in [0o666, 0o777, 0o4777, 0o1777, 0o2775] {
+            assert_eq!(installed_mode(m) & 0o7022, 0, "{m:o}");
+        }
+        assert_eq!(installed_mode(0o644) & 0o700, 0o600);
+        assert!(mode_matches(0o644, 0o666));
+        assert!(mode_matches(0o600, 0o666), "a stricter umask");
+        assert!(!mode_matches(0o666, 0o666), "world-writable on disk");
+        assert!(!mode_matches(0o400, 0o644), "the owner lost a bit");
+        assert!(!mode_matches(0o755, 0o644), "a bit the manifest does not have");
+    }
+}
 pub use hash::{HashReader, sha256_file};
 pub use tar::{ArchivePlan, PlannedEntry, TarStream, scan_tree};
+
+/// The permission bits a file or directory of a model gets on this machine: the manifest's
+/// `rwx` bits less the process umask (as tar does for users other than root), and never writable
+/// by group or others, whatever the manifest says: a verified version directory is not for
+/// other local users to rewrite. Setuid, setgid and sticky bits never survive.
+pub fn installed_mode(mode: u32) -> u32 {
+    mode & 0o777 & !(umask() | 0o022)
+}
+
+/// Whether a mode found on disk is what [`installed_mode`] gives for `manifest_mode`, under this
+/// or another umask (the model may have been installed by another process): no bit beyond the
+/// manifest's, the owner's bits intact, nothing writable by group or others.
+pub fn mode_matches(on_disk: u32, manifest_mode: u32) -> bool {
+    let on_disk = on_disk & 0o7777;
+    let allowed = manifest_mode & 0o777 & !0o022;
+    on_disk & !allowed == 0 && on_disk & 0o700 == allowed & 0o700
+}
+
+/// The process umask, read without changing it (`/proc/self/status`); 022 where unknown.
+fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| l.strip_prefix("Umask:").and_then(|v| u32::from_str_radix(v.trim(), 8).ok()))
+            })
+            .unwrap_or(0o022)
+    })
+}
 
 /// Compression of the archive.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -10,7 +10,7 @@ use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use crate::archive::Compression;
 use crate::cache::Cache;
 use crate::commands::{self, Context, EnvReader};
-use crate::config::{self, FileLocation, Overrides};
+use crate::config::{self, Overrides};
 use crate::error::{Error, exit};
 use crate::manager::UploadOptions;
 use crate::provider::RetryPolicy;
@@ -29,7 +29,8 @@ Examples:
   crowecode-cloud list --json
 
 Exit codes: 0 ok, 1 other failure, 2 usage, 3 not configured, 4 credentials or permission,
-5 model not found, 6 integrity failure, 7 network still failing after retries.";
+5 model not found, 6 integrity failure, 7 network still failing after retries,
+130 interrupted (SIGINT), 143 terminated (SIGTERM).";
 
 /// Keep ML model directories in one S3, GCS or Azure bucket; download them once per machine,
 /// fast and verified.
@@ -158,7 +159,7 @@ enum Command {
         /// Model names
         #[arg(required = true, value_name = "MODEL")]
         models: Vec<String>,
-        /// Folder holding one directory per model [default: $CROWECODE_HOME/models]
+        /// Folder holding one directory per model [default: ./models]
         #[arg(long, value_name = "DIR", env = "CROWECODE_MODELS_DIR", hide_env_values = true, conflicts_with = "from")]
         models_dir: Option<PathBuf>,
         /// The directory to upload, for a single MODEL
@@ -209,7 +210,7 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 1)]
         keep: usize,
         /// Evict least recently used models until the cache is at most SIZE, e.g. 200G
-        #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "remote")]
+        #[arg(long, value_name = "SIZE", value_parser = parse_size_or_zero, conflicts_with = "remote")]
         max_size: Option<u64>,
         /// Prune old archives in the bucket instead of the cache
         #[arg(long)]
@@ -256,6 +257,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// Where `upload MODEL` looks for `<MODEL>/` without `--models-dir`: the project's own `models/`.
+const DEFAULT_MODELS_DIR: &str = "models";
+
+/// `path` made absolute against the working directory (printed paths are always absolute).
+fn absolute(path: &std::path::Path) -> crate::Result<PathBuf> {
+    std::path::absolute(path).map_err(|e| Error::io("cannot resolve", path, e))
+}
+
+/// [`parse_size`], also taking `0` (for `prune --max-size 0`: evict everything not in use).
+fn parse_size_or_zero(s: &str) -> Result<u64, String> {
+    if s.trim().parse::<f64>().is_ok_and(|v| v == 0.0) { Ok(0) } else { parse_size(s) }
+}
+
 fn env_reader() -> EnvReader {
     Arc::new(|k: &str| std::env::var(k).ok().filter(|v| !v.is_empty()))
 }
@@ -279,17 +293,16 @@ pub fn main() -> std::process::ExitCode {
     bound_allocator();
     let matches = match Cli::command().try_get_matches() {
         Ok(m) => m,
-        Err(e) => {
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
             let _ = e.print();
-            return std::process::ExitCode::from(if e.use_stderr() { exit::USAGE as u8 } else { 0 });
+            return std::process::ExitCode::SUCCESS;
         }
+        Err(e) => return usage_error(&e),
     };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return std::process::ExitCode::from(exit::USAGE as u8);
-        }
+        Err(e) => return usage_error(&e),
     };
     // Generated from the definitions above; no config, no runtime.
     match &cli.command {
@@ -320,6 +333,29 @@ pub fn main() -> std::process::ExitCode {
     std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
+/// A command line clap refused: its message on stderr, and with `--json` anywhere before `--`
+/// the usual error object on stdout too, so a script reading JSON gets JSON. Exit 2.
+fn usage_error(e: &clap::Error) -> std::process::ExitCode {
+    let _ = e.print();
+    let json = std::env::args_os().skip(1).take_while(|a| a != "--").any(|a| a == "--json");
+    if json {
+        let rendered = e.render().to_string();
+        let message = rendered
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("invalid command line")
+            .trim_start_matches("error: ")
+            .to_string();
+        let object = serde_json::json!({
+            "error": message,
+            "hint": "run `crowecode-cloud --help` (or `crowecode-cloud COMMAND --help`) for the usage",
+            "exit_code": exit::USAGE,
+        });
+        println!("{}", serde_json::to_string_pretty(&object).expect("serialises"));
+    }
+    std::process::ExitCode::from(exit::USAGE as u8)
+}
+
 /// Writes generated text to stdout; a closed pipe (`| head`) is not an error.
 fn print_generated(text: &[u8], what: &str) -> std::process::ExitCode {
     use std::io::Write as _;
@@ -341,8 +377,11 @@ fn init_tracing(verbose: u8, quiet: bool) {
         _ => "debug",
     };
     let filter = std::env::var("CROWECODE_LOG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| default.to_string());
+    use std::io::IsTerminal as _;
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_target(verbose > 1)
         .without_time()
@@ -355,7 +394,13 @@ struct Interrupted(i32, &'static str);
 async fn run(cli: Cli) -> i32 {
     let env = env_reader();
     let printer = Arc::new(Printer::new(cli.global.json, cli.global.quiet, cli.global.no_progress, &*env));
-    let ctx = build_context(&cli, env, printer.clone());
+    let ctx = match build_context(&cli, env, printer.clone()) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            printer.error(&e);
+            return e.exit_code();
+        }
+    };
     // SIGINT (Ctrl-C) and SIGTERM (what Kubernetes sends a pod it stops) end the command
     // cleanly: dropping it removes its staging directory and queues its multipart upload, which
     // is aborted here before exiting.
@@ -370,8 +415,8 @@ async fn run(cli: Cli) -> i32 {
             }
         };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => (130, "SIGINT"),
-            () = sigterm => (143, "SIGTERM"),
+            _ = tokio::signal::ctrl_c() => (exit::SIGINT, "SIGINT"),
+            () = sigterm => (exit::SIGTERM, "SIGTERM"),
         }
     };
     // The command's future is dropped when this select! ends, before any cleanup below.
@@ -385,24 +430,22 @@ async fn run(cli: Cli) -> i32 {
                 .await
                 .unwrap_or(0);
             let cleanup = if aborted > 0 { format!("; aborted {aborted} unfinished upload(s)") } else { String::new() };
-            printer.error(&Error::other(
-                format!("interrupted by {name}{cleanup}"),
-                Some("run the same command again: downloads and uploads restart cleanly".into()),
-            ));
+            printer.error(&Error::Interrupted { signal: name, code, cleanup });
             return code;
         }
         Ok(r) => r,
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             printer.error(&e);
             e.exit_code()
         }
-    }
+    };
+    if code == exit::OK && printer.stdout_failed() { exit::FAILURE } else { code }
 }
 
-fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> Context {
+fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> crate::Result<Context> {
     let s = &cli.storage;
     let overrides = Overrides {
         provider: s.provider.clone(),
@@ -418,11 +461,11 @@ fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> Context {
         encryption_scope: s.encryption_scope.clone(),
         fallback_command: s.fallback_command.clone(),
     };
-    let config_file = match &cli.global.config {
-        Some(p) => FileLocation { path: p.clone(), explicit: true },
-        None => FileLocation { path: config::default_config_path(&*env), explicit: false },
+    let config_file = config::file_location(cli.global.config.as_ref().map(|p| absolute(p)).transpose()?, &*env);
+    let cache_root = match &cli.global.cache_dir {
+        Some(dir) => absolute(dir)?,
+        None => Cache::default_root(&*env)?,
     };
-    let cache_root = cli.global.cache_dir.clone().unwrap_or_else(|| Cache::default_root(&*env));
     let transfer = match &cli.command {
         Command::Upload { transfer, .. } | Command::Download { transfer, .. } => TransferOptions {
             part_size: transfer.part_size,
@@ -431,8 +474,19 @@ fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> Context {
         },
         _ => TransferOptions::default(),
     };
-    let retry = RetryPolicy::from_env(&*env);
-    Context { env, config_file, overrides, cache_root, transfer, retry, reporter: printer }
+    let mut retry = RetryPolicy::from_env(&*env)?;
+    if matches!(cli.command, Command::Status) {
+        retry = retry.for_health_check(&*env);
+    }
+    if let Some(v) = env("CROWECODE_PROGRESS_INTERVAL")
+        && !v.trim().parse::<f64>().is_ok_and(|s| s.is_finite() && s > 0.0 && s <= 86_400.0)
+    {
+        return Err(Error::usage(
+            format!("CROWECODE_PROGRESS_INTERVAL={v:?} is not a number of seconds between 0 and 86400"),
+            "set it to a value like 5, or unset it for the default",
+        ));
+    }
+    Ok(Context { env, config_file, overrides, cache_root, transfer, retry, reporter: printer })
 }
 
 async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate::Result<i32> {
@@ -460,9 +514,20 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
         }
         Command::Upload { models, models_dir, from, compression, force, .. } => {
             let source = match (from, models_dir) {
-                (Some(dir), _) => commands::upload::Source::Dir(dir.clone()),
-                (None, Some(dir)) => commands::upload::Source::ModelsDir(dir.clone()),
-                (None, None) => commands::upload::Source::ModelsDir(Cache::new(&ctx.cache_root).models_dir()),
+                (Some(dir), _) => commands::upload::Source::Dir(absolute(dir)?),
+                (None, dir) => {
+                    let dir = absolute(dir.as_deref().unwrap_or(std::path::Path::new(DEFAULT_MODELS_DIR)))?;
+                    if dir == Cache::new(&ctx.cache_root).models_dir() {
+                        return Err(Error::usage(
+                            format!(
+                                "{} is the cache's own directory of downloaded models, not a source to upload",
+                                dir.display()
+                            ),
+                            "put the models to upload in another directory and pass --models-dir DIR (or --from DIR for one model)",
+                        ));
+                    }
+                    commands::upload::Source::ModelsDir(dir)
+                }
             };
             let opts = UploadOptions { compression: *compression, force: *force };
             let batch = commands::upload::run(ctx, models, &source, &opts).await?;

@@ -38,6 +38,21 @@ pub struct Printer {
     quiet: bool,
     mode: Mode,
     transfers: Mutex<HashMap<String, Transfer>>,
+    stdout_failed: std::sync::atomic::AtomicBool,
+}
+
+/// `text` with control characters (C0, DEL, C1) escaped as `\n`, `\u{1b}`…, so a file or key
+/// name from a bucket cannot move the cursor, recolour the terminal or set its title.
+pub fn safe(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect()
+}
+
+/// `1 file`, `3 files`.
+fn files(n: usize) -> String {
+    if n == 1 { "1 file".into() } else { format!("{n} files") }
 }
 
 /// `1.5 GiB`, `12.0 MiB`, `512 B`.
@@ -77,22 +92,39 @@ impl Printer {
             Mode::Bars(MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8)))
         } else {
             let secs = env("CROWECODE_PROGRESS_INTERVAL")
-                .and_then(|v| v.parse::<f64>().ok())
-                .filter(|v| *v > 0.0)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v > 0.0 && *v <= 86_400.0)
                 .unwrap_or(5.0);
             Mode::Lines(Duration::from_secs_f64(secs))
         };
-        Self { json, quiet, mode, transfers: Mutex::new(HashMap::new()) }
+        Self { json, quiet, mode, transfers: Mutex::new(HashMap::new()), stdout_failed: Default::default() }
     }
 
     fn out(&self, text: &str) {
-        let mut stdout = std::io::stdout().lock();
-        if let Err(e) = writeln!(stdout, "{text}").and_then(|()| stdout.flush())
-            && e.kind() == std::io::ErrorKind::BrokenPipe
-        {
+        // Rust's stdout swallows writes to a closed descriptor (EBADF): ask the kernel instead.
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        let written = if unsafe { libc::fcntl(1, libc::F_GETFD) } == -1 {
+            Err(std::io::Error::from_raw_os_error(libc::EBADF))
+        } else {
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{text}").and_then(|()| stdout.flush())
+        };
+        match written {
+            Ok(()) => {}
             // `crowecode-cloud list | head` is fine.
-            std::process::exit(0);
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+            Err(e) => {
+                if !self.stdout_failed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    eprintln!("error: cannot write the result to stdout: {e}");
+                }
+            }
         }
+    }
+
+    /// Whether some result could not be written to stdout (the command then exits 1: a script
+    /// reading `MODEL=$(crowecode-cloud download …)` must not get an empty value and success).
+    pub fn stdout_failed(&self) -> bool {
+        self.stdout_failed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn json_out<T: Serialize>(&self, value: &T) {
@@ -124,10 +156,10 @@ impl Printer {
 
     /// An error: the message, its causes and a hint on stderr; with `--json` also an object on stdout.
     pub fn error(&self, e: &Error) {
-        let mut text = format!("error: {e}");
+        let mut text = format!("error: {}", safe(&e.to_string()));
         let mut source = std::error::Error::source(e);
         while let Some(s) = source {
-            let line = s.to_string();
+            let line = safe(&s.to_string());
             if !text.contains(&line) {
                 text.push_str(&format!("\n  caused by: {line}"));
             }
@@ -137,7 +169,7 @@ impl Printer {
             text.push_str(&format!("\n  expected: {x}\n  computed: {c}"));
         }
         if let Some(h) = e.hint() {
-            text.push_str(&format!("\nhint: {h}"));
+            text.push_str(&format!("\nhint: {}", safe(&h)));
         }
         self.err_line(&text);
         if self.json {
@@ -167,12 +199,12 @@ impl Printer {
 
     fn model_errors<T>(&self, batch: &Batch<T>) {
         for e in &batch.errors {
-            let mut text = format!("error: {}: {}", e.model, e.error);
+            let mut text = format!("error: {}: {}", e.model, safe(&e.error));
             if let (Some(x), Some(c)) = (&e.expected, &e.computed) {
                 text.push_str(&format!("\n  expected: {x}\n  computed: {c}"));
             }
             if let Some(h) = &e.hint {
-                text.push_str(&format!("\nhint: {h}"));
+                text.push_str(&format!("\nhint: {}", safe(h)));
             }
             self.err_line(&text);
         }
@@ -224,7 +256,12 @@ impl Printer {
             Some(e) => lines.push(format!("bucket:       NOT reachable: {e}")),
         }
         if !r.pending_uploads.is_empty() {
-            lines.push(format!("unfinished uploads: {} ({})", r.pending_uploads.len(), r.pending_uploads.join(", ")));
+            let keys: Vec<String> = r.pending_uploads.iter().map(|k| safe(k)).collect();
+            lines.push(format!("unfinished uploads: {} ({})", r.pending_uploads.len(), keys.join(", ")));
+            lines.push(
+                "  (a killed upload's parts; `crowecode-cloud prune --remote --yes` aborts those older than --min-age)"
+                    .into(),
+            );
         }
         lines.push(format!("cache:        {} ({})", r.cache_dir.display(), fmt_bytes(r.cache_bytes)));
         lines.push(format!(
@@ -304,9 +341,9 @@ impl Printer {
                     self.note(&format!("{}: up to date (sha256 {}), nothing uploaded", u.model, u.sha256.short()))
                 }
                 UploadStatus::Uploaded => self.note(&format!(
-                    "{}: uploaded {} files, {} in {} part{} in {} ({}), sha256 {}",
+                    "{}: uploaded {}, {} in {} part{} in {} ({}), sha256 {}",
                     u.model,
-                    u.files,
+                    files(u.files),
                     fmt_bytes(u.archive_size),
                     u.parts,
                     if u.parts == 1 { "" } else { "s" },
@@ -330,13 +367,13 @@ impl Printer {
         }
         for r in &batch.models {
             if r.ok {
-                self.out(&format!("{}: ok, {} files match {}", r.model, r.files_checked, r.path.display()));
+                self.out(&format!("{}: ok, {} match {}", r.model, files(r.files_checked), r.path.display()));
                 continue;
             }
             let mut text = format!("{}: DIFFERS from its manifest ({})", r.model, r.path.display());
             for (what, list) in [("missing", &r.missing), ("changed", &r.changed), ("extra", &r.extra)] {
                 for p in list {
-                    text.push_str(&format!("\n  {what}: {p}"));
+                    text.push_str(&format!("\n  {what}: {}", safe(p)));
                 }
             }
             self.out(&text);
@@ -360,16 +397,23 @@ impl Printer {
             self.out(&format!("{verb} {} ({}, {}): {}", p.path.display(), p.model, p.reason, fmt_bytes(p.bytes)));
         }
         for p in &r.remote {
-            self.out(&format!("{verb} {} ({}): {}", p.key, p.model, fmt_bytes(p.bytes)));
+            self.out(&format!("{verb} {} ({}): {}", safe(&p.key), p.model, fmt_bytes(p.bytes)));
+        }
+        let abort = if r.dry_run { "would abort" } else { "aborted" };
+        for key in &r.unfinished_uploads {
+            self.out(&format!("{abort} the unfinished upload {}", safe(key)));
+        }
+        for m in &r.skipped {
+            self.note(&format!("{m}: left alone, a download of it is in progress"));
         }
         let n = r.local.len() + r.remote.len();
-        if n == 0 {
+        if n == 0 && r.unfinished_uploads.is_empty() {
             self.note("nothing to prune");
-        } else {
-            self.note(&format!("{verb} {n} item(s), {}", fmt_bytes(r.freed_bytes)));
+        } else if n > 0 {
+            self.note(&format!("{verb} {n} item(s), {}", fmt_bytes(r.would_free_bytes)));
         }
-        if r.dry_run && !r.remote.is_empty() {
-            self.note("hint: add --yes to delete these archives from the bucket");
+        if r.dry_run && !(r.remote.is_empty() && r.unfinished_uploads.is_empty()) {
+            self.note("hint: add --yes to delete these archives and abort these uploads");
         }
     }
 
@@ -381,18 +425,18 @@ impl Printer {
                     self.note(&format!("{}: already current (sha256 {})", d.model, d.sha256.short()))
                 }
                 DownloadStatus::Downloaded => self.note(&format!(
-                    "{}: downloaded and verified {} files, {} in {} ({}), sha256 {}",
+                    "{}: downloaded and verified {}, {} in {} ({}), sha256 {}",
                     d.model,
-                    d.files,
+                    files(d.files),
                     fmt_bytes(d.transferred),
                     fmt_secs(d.seconds),
                     rate(d.transferred, d.seconds),
                     d.sha256.short()
                 )),
                 DownloadStatus::Fallback | DownloadStatus::Published => self.note(&format!(
-                    "{}: made by the fallback command ({} files, {}){}, sha256 {}",
+                    "{}: made by the fallback command ({}, {}){}, sha256 {}",
                     d.model,
-                    d.files,
+                    files(d.files),
                     fmt_bytes(d.size),
                     if d.status == DownloadStatus::Published { " and uploaded to the bucket" } else { "" },
                     d.sha256.short()

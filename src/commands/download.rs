@@ -10,12 +10,21 @@ use crate::names::ModelName;
 /// With `only`, just the matching files of each model (see [`crate::select`]).
 /// With `publish`, a model made by the fallback command is also uploaded.
 pub async fn run(ctx: &Context, models: &[String], only: &[String], publish: bool) -> Result<Batch<Downloaded>> {
+    // An invalid name is that model's failure (exit 2); the others go ahead. All names are
+    // checked before any I/O, and when none is valid nothing is set up at all.
+    let mut batch = Batch { models: Vec::new(), errors: Vec::new() };
+    let mut valid = Vec::new();
     for m in models {
-        ModelName::new(m)?;
+        match ModelName::new(m) {
+            Ok(_) => valid.push(m.clone()),
+            Err(e) => batch.errors.push(ModelError::new(m, &e)),
+        }
+    }
+    if valid.is_empty() {
+        return Ok(batch);
     }
     let manager = ctx.manager().await?;
-    let mut batch = Batch { models: Vec::new(), errors: Vec::new() };
-    for m in models {
+    for m in &valid {
         let result = if only.is_empty() {
             manager.download_model_or_fallback(m, publish).await
         } else {

@@ -29,7 +29,14 @@ pub struct Report {
     pub dry_run: bool,
     pub local: Vec<Pruned>,
     pub remote: Vec<RemotePruned>,
+    /// With `--remote`: unfinished multipart uploads older than `--min-age` (aborted with `--yes`).
+    pub unfinished_uploads: Vec<String>,
+    /// Models left alone because they were being downloaded.
+    pub skipped: Vec<ModelName>,
+    /// Bytes really freed (0 on a dry run).
     pub freed_bytes: u64,
+    /// Bytes the listed items take: what was freed, or would be without `--dry-run` / with `--yes`.
+    pub would_free_bytes: u64,
 }
 
 /// Prunes the cache, or with `remote` the bucket.
@@ -38,18 +45,34 @@ pub async fn run(ctx: &Context, opts: &Options) -> Result<Report> {
     if opts.remote {
         let manager = ctx.manager().await?;
         let apply = opts.yes && !opts.dry_run;
-        let remote = match manager.prune_remote(&models, opts.keep, opts.min_age, apply).await {
+        let out = match manager.prune_remote(&models, opts.keep, opts.min_age, apply).await {
             Ok(r) => r,
             Err(e) => return Err(manager.explain(e).await),
         };
-        let freed_bytes = remote.iter().map(|r| r.bytes).sum();
-        return Ok(Report { dry_run: !apply, local: Vec::new(), remote, freed_bytes });
+        let would_free_bytes = out.archives.iter().map(|r| r.bytes).sum();
+        return Ok(Report {
+            dry_run: !apply,
+            local: Vec::new(),
+            remote: out.archives,
+            unfinished_uploads: out.unfinished_uploads,
+            skipped: out.skipped,
+            freed_bytes: if apply { would_free_bytes } else { 0 },
+            would_free_bytes,
+        });
     }
     let cache = Cache::new(&ctx.cache_root);
     let popts = PruneOptions { models, keep: opts.keep, max_size: opts.max_size, dry_run: opts.dry_run };
-    let local = tokio::task::spawn_blocking(move || cache.prune(&popts))
+    let out = tokio::task::spawn_blocking(move || cache.prune(&popts))
         .await
         .map_err(|e| Error::other(format!("prune task failed: {e}"), None))??;
-    let freed_bytes = local.iter().map(|p| p.bytes).sum();
-    Ok(Report { dry_run: opts.dry_run, local, remote: Vec::new(), freed_bytes })
+    let would_free_bytes = out.removed.iter().map(|p| p.bytes).sum();
+    Ok(Report {
+        dry_run: opts.dry_run,
+        local: out.removed,
+        remote: Vec::new(),
+        unfinished_uploads: Vec::new(),
+        skipped: out.skipped,
+        freed_bytes: if opts.dry_run { 0 } else { would_free_bytes },
+        would_free_bytes,
+    })
 }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::Context;
-use crate::config::{self, CloudConfig, ProviderKind};
+use super::{Context, EnvReader};
+use crate::config::{self, CloudConfig, ConfigSource, FileLocation, ProviderKind};
 use crate::error::{Error, Result};
 use crate::provider;
 
@@ -31,15 +31,22 @@ pub struct SetupOptions {
     pub write: bool,
 }
 
+/// The prefix `setup` writes when none is given: the one existing deployments use, so the seed's
+/// own `setup` command prints the seed's own config string. A config document without a `prefix`
+/// key still means no prefix (buckets written that way stay readable).
+pub const DEFAULT_PREFIX: &str = "crowecode-models/";
+
 /// Runs setup: the flags (over any existing config) are validated and saved.
+///
+/// A config file at an explicit path that does not exist yet is created (with its directories,
+/// mode 0700). With `--provider` and `--bucket` given, a config file (or
+/// `CROWECODE_CLOUD_CONFIG_B64`) that cannot be parsed is set aside rather than blocking the
+/// command that repairs it: the file is kept as `<file>.bak`.
 pub async fn run(ctx: &Context, opts: &SetupOptions) -> Result<SetupOutcome> {
     let env = ctx.env.clone();
     let mut overrides = ctx.overrides.clone();
-    if overrides.provider.is_none()
-        && overrides.bucket.is_none()
-        && !ctx.config_file.path.exists()
-        && env(config::ENV_CONFIG_B64).is_none()
-    {
+    let b64_set = env(config::ENV_CONFIG_B64).is_some_and(|v| !v.trim().is_empty());
+    if overrides.provider.is_none() && overrides.bucket.is_none() && !ctx.config_file.path.exists() && !b64_set {
         return Err(Error::usage(
             "setup needs at least --provider and --bucket",
             "for example: crowecode-cloud setup --provider s3 --bucket my-models --region us-west-2",
@@ -52,7 +59,46 @@ pub async fn run(ctx: &Context, opts: &SetupOptions) -> Result<SetupOutcome> {
         let abs = std::path::absolute(b).map_err(|e| Error::io("cannot resolve", std::path::Path::new(b), e))?;
         overrides.bucket = Some(abs.display().to_string());
     }
-    let resolved = config::resolve(&move |k| env(k), &ctx.config_file, &overrides)?;
+    // The file setup is about to write need not exist yet, even at an explicit path.
+    let file = FileLocation { path: ctx.config_file.path.clone(), explicit: false };
+    let complete = overrides.provider.is_some() && overrides.bucket.is_some();
+    let mut notes = Vec::new();
+    let mut set_aside = None;
+    let resolve =
+        |env: EnvReader, file: &FileLocation, ov: &config::Overrides| config::resolve(&move |k| env(k), file, ov);
+    let mut resolved = match resolve(env.clone(), &file, &overrides) {
+        Err(Error::Config { origin, message, .. }) if complete && is_document_error(&message) => {
+            // Only the document is broken: the flags say everything setup needs.
+            if origin == config::ENV_CONFIG_B64 {
+                notes.push(format!(
+                    "{origin} in this environment is not usable ({message}); the export line below replaces it"
+                ));
+                let without_b64: EnvReader =
+                    std::sync::Arc::new(move |k: &str| if k == config::ENV_CONFIG_B64 { None } else { env(k) });
+                resolve(without_b64, &file, &overrides)?
+            } else {
+                set_aside = Some(ctx.config_file.path.clone());
+                notes.push(format!(
+                    "{origin} was not usable ({message}); replaced, the old file is kept as {origin}.bak"
+                ));
+                resolve(env.clone(), &FileLocation::none(), &overrides)?
+            }
+        }
+        other => other?,
+    };
+    if overrides.prefix.is_none() && resolved.source == ConfigSource::Flags {
+        // A fresh configuration (not an edit of an existing one): the deployments' default prefix.
+        overrides.prefix = Some(DEFAULT_PREFIX.into());
+        let env = ctx.env.clone();
+        let nowhere = FileLocation::none();
+        let base = if set_aside.is_some() { &nowhere } else { &file };
+        let without_bad_b64: EnvReader = if notes.iter().any(|n| n.starts_with(config::ENV_CONFIG_B64)) {
+            std::sync::Arc::new(move |k: &str| if k == config::ENV_CONFIG_B64 { None } else { env(k) })
+        } else {
+            env
+        };
+        resolved = resolve(without_bad_b64, base, &overrides)?;
+    }
     let cfg = resolved.config;
     let bucket_created = if opts.create_bucket {
         let p = provider::from_config(&cfg, ctx.retry.clone()).await?;
@@ -61,6 +107,11 @@ pub async fn run(ctx: &Context, opts: &SetupOptions) -> Result<SetupOutcome> {
         None
     };
     let config_file = if opts.write {
+        if let Some(path) = &set_aside {
+            let mut bak = path.as_os_str().to_os_string();
+            bak.push(".bak");
+            std::fs::rename(path, &bak).map_err(|e| Error::io("cannot set aside", path, e))?;
+        }
         config::write_config_file(&ctx.config_file.path, &cfg)?;
         Some(ctx.config_file.path.clone())
     } else {
@@ -72,6 +123,23 @@ pub async fn run(ctx: &Context, opts: &SetupOptions) -> Result<SetupOutcome> {
         config: cfg,
         config_file,
         bucket_created,
-        warnings: resolved.warnings,
+        warnings: notes.into_iter().chain(resolved.warnings).collect(),
     })
+}
+
+/// Whether a config error is about the document's text (JSON, base64, shape) rather than a value
+/// that the flags could not fix either.
+fn is_document_error(message: &str) -> bool {
+    [
+        "not valid JSON",
+        "not valid base64",
+        "expected a JSON object",
+        "must be true or false",
+        "must be a string",
+        "must be an object",
+        "disabled",
+        "too large",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }

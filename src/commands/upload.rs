@@ -18,18 +18,27 @@ pub enum Source {
 
 /// Uploads each model; a failure of one does not stop the others.
 pub async fn run(ctx: &Context, models: &[String], source: &Source, opts: &UploadOptions) -> Result<Batch<Uploaded>> {
-    for m in models {
-        ModelName::new(m)?;
-    }
     if matches!(source, Source::Dir(_)) && models.len() != 1 {
         return Err(Error::usage(
             "--from takes exactly one model",
             "upload several models with --models-dir DIR instead",
         ));
     }
-    let manager = ctx.manager().await?;
+    // An invalid name is that model's failure (exit 2); the others go ahead. All names are
+    // checked before any I/O, and when none is valid nothing is set up at all.
     let mut batch = Batch { models: Vec::new(), errors: Vec::new() };
+    let mut valid = Vec::new();
     for m in models {
+        match ModelName::new(m) {
+            Ok(_) => valid.push(m.clone()),
+            Err(e) => batch.errors.push(ModelError::new(m, &e)),
+        }
+    }
+    if valid.is_empty() {
+        return Ok(batch);
+    }
+    let manager = ctx.manager().await?;
+    for m in &valid {
         let dir = match source {
             Source::ModelsDir(d) => d.join(m),
             Source::Dir(d) => d.clone(),

@@ -158,6 +158,16 @@ fn describe_google_credentials() -> Result<String> {
     Ok("metadata server (GKE workload identity or the VM's service account)".into())
 }
 
+/// A 404 on a call that names no existing object (a listing, an insert, starting an upload)
+/// can only mean that the bucket is missing.
+fn bucket_level(mut e: ProviderError) -> ProviderError {
+    if e.kind == ProviderErrorKind::NotFound {
+        e.kind = ProviderErrorKind::BucketNotFound;
+        e.hint = Some("check the bucket name, or create it with `crowecode-cloud setup --create-bucket ...`".into());
+    }
+    e
+}
+
 fn map_err(op: &str, target: &str, err: GcsError) -> ProviderError {
     match &err {
         GcsError::Response(r) => {
@@ -250,7 +260,11 @@ impl Provider for GcsProvider {
                 page_token,
                 ..Default::default()
             };
-            let page = self.client.list_objects(&req).await.map_err(|e| map_err("objects.list", &self.bucket, e))?;
+            let page = self
+                .client
+                .list_objects(&req)
+                .await
+                .map_err(|e| bucket_level(map_err("objects.list", &self.bucket, e)))?;
             out.extend(page.items.unwrap_or_default().iter().map(meta));
             page_token = page.next_page_token.filter(|t| !t.is_empty());
             if page_token.is_none() {
@@ -300,7 +314,7 @@ impl Provider for GcsProvider {
             .client
             .upload_object(&req, data, &UploadType::Multipart(Box::new(object)))
             .await
-            .map_err(|e| map_err("objects.insert", key, e))?;
+            .map_err(|e| bucket_level(map_err("objects.insert", key, e)))?;
         Ok(Some(o.generation.to_string()))
     }
 
@@ -318,7 +332,7 @@ impl Provider for GcsProvider {
             .client
             .prepare_resumable_upload(&req, &UploadType::Simple(media))
             .await
-            .map_err(|e| map_err("resumable upload", key, e))?;
+            .map_err(|e| bucket_level(map_err("resumable upload", key, e)))?;
         let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         self.sessions.lock().expect("sessions lock").insert(id.clone(), Session { client, part_size, next: 1 });
         Ok(id)

@@ -43,27 +43,58 @@ impl Default for RetryPolicy {
     }
 }
 
+/// The largest number of seconds a timing variable takes: one day.
+const MAX_ENV_SECONDS: f64 = 86_400.0;
+
 impl RetryPolicy {
     /// The defaults, adjusted by `CROWECODE_MAX_ATTEMPTS`, `CROWECODE_STALL_TIMEOUT` and
     /// `CROWECODE_REQUEST_TIMEOUT` (seconds, fractions allowed) when set.
-    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Self {
+    ///
+    /// A value that is not a positive number (or is too large: more than a day, more than 1000
+    /// attempts) is a usage error naming the variable, as for `CROWECODE_CONCURRENCY`.
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> crate::Result<Self> {
         let mut p = Self::default();
-        let secs = |name: &str| {
-            env(name).and_then(|v| v.parse::<f64>().ok()).filter(|s| *s > 0.0).map(Duration::from_secs_f64)
+        let secs = |name: &str| -> crate::Result<Option<Duration>> {
+            let Some(v) = env(name).filter(|v| !v.trim().is_empty()) else { return Ok(None) };
+            match v.trim().parse::<f64>() {
+                Ok(s) if s.is_finite() && s > 0.0 && s <= MAX_ENV_SECONDS => Ok(Some(Duration::from_secs_f64(s))),
+                _ => Err(crate::Error::usage(
+                    format!("{name}={v:?} is not a number of seconds between 0 and {MAX_ENV_SECONDS}"),
+                    format!("set {name} to a value like 30 or 0.5, or unset it for the default"),
+                )),
+            }
         };
-        if let Some(n) = env("CROWECODE_MAX_ATTEMPTS").and_then(|v| v.parse::<u32>().ok()).filter(|n| *n > 0) {
-            p.max_attempts = n;
+        if let Some(v) = env("CROWECODE_MAX_ATTEMPTS").filter(|v| !v.trim().is_empty()) {
+            p.max_attempts = v.trim().parse::<u32>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| {
+                crate::Error::usage(
+                    format!("CROWECODE_MAX_ATTEMPTS={v:?} is not a whole number from 1 to 1000"),
+                    "set it to a value like 8, or unset it for the default",
+                )
+            })?;
         }
-        if let Some(d) = secs("CROWECODE_STALL_TIMEOUT") {
+        if let Some(d) = secs("CROWECODE_STALL_TIMEOUT")? {
             p.stall_timeout = d;
         }
-        if let Some(d) = secs("CROWECODE_REQUEST_TIMEOUT") {
+        if let Some(d) = secs("CROWECODE_REQUEST_TIMEOUT")? {
             p.request_timeout = d;
         }
-        if let Some(d) = secs("CROWECODE_RETRY_BACKOFF") {
+        if let Some(d) = secs("CROWECODE_RETRY_BACKOFF")? {
             p.initial_backoff = d;
         }
-        p
+        Ok(p)
+    }
+
+    /// For a health check (`status`): a short request timeout and few attempts, unless the
+    /// environment chose otherwise, so an endpoint that never answers is reported in seconds.
+    #[must_use]
+    pub fn for_health_check(mut self, env: &dyn Fn(&str) -> Option<String>) -> Self {
+        if env("CROWECODE_REQUEST_TIMEOUT").is_none() {
+            self.request_timeout = Duration::from_secs(10);
+        }
+        if env("CROWECODE_MAX_ATTEMPTS").is_none() {
+            self.max_attempts = 2;
+        }
+        self
     }
 
     /// Backoff before attempt `attempt + 1` (1-based `attempt`), with ±25% jitter.
@@ -110,7 +141,11 @@ impl Retrying {
                 Ok(v) => return Ok(v),
                 Err(e) if e.temporary && attempt < self.policy.max_attempts => {
                     let wait = self.policy.backoff(attempt);
-                    tracing::debug!(attempt, ?wait, error = %e, "{what}: retrying");
+                    tracing::warn!(
+                        "retrying ({attempt}/{}) in {:.1}s: {e}",
+                        self.policy.max_attempts,
+                        wait.as_secs_f64()
+                    );
                     tokio::time::sleep(wait).await;
                 }
                 Err(mut e) => {
@@ -270,7 +305,7 @@ impl Provider for Retrying {
     }
 
     async fn check_bucket(&self) -> PResult<()> {
-        self.call("HeadBucket", || self.inner.check_bucket()).await
+        self.call("checking the bucket", || self.inner.check_bucket()).await
     }
 
     async fn create_bucket(&self) -> PResult<bool> {

@@ -93,6 +93,41 @@ impl S3Provider {
     }
 }
 
+/// Decodes a key from a listing made with `encoding-type=url` (`+` is a space, `%XX` a byte, as
+/// botocore decodes it); `None` when it is not valid encoding or not UTF-8.
+fn url_decode(key: &str) -> Option<String> {
+    let bytes = key.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = key.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+const NOT_S3_HINT: &str = "this endpoint does not speak S3 (a captive portal, a web server or a wrong URL?): check --endpoint and any proxy in between";
+
+/// A successful PUT carries an ETag; an answer without one came from something that is not S3
+/// (a portal answering 200 to everything) and stored nothing.
+fn require_etag(op: &str, key: &str, etag: Option<&str>) -> PResult<String> {
+    etag.map(str::to_string).ok_or_else(|| {
+        ProviderError::new(
+            ProviderErrorKind::Other,
+            format!("{op} {key}: the answer has no ETag, so nothing was stored"),
+        )
+        .with_hint(NOT_S3_HINT)
+    })
+}
+
 /// Maps an SDK failure to a provider error: kind from the service code and HTTP status, a
 /// message naming the operation and the code, a hint for credential problems.
 fn map_err<E>(op: &str, target: &str, err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> ProviderError
@@ -145,8 +180,18 @@ where
                 ProviderErrorKind::BucketNotFound => {
                     Some("check the bucket name and region, or create it with `crowecode-cloud setup --create-bucket ...`".into())
                 }
+                _ if code.is_empty() && status.is_some_and(|s| (200..300).contains(&s)) => Some(NOT_S3_HINT.into()),
+                _ if matches!(status, Some(301 | 307 | 400)) && (code.is_empty() || code == "PermanentRedirect") => Some(
+                    "S3 answers like this when the bucket is in another region: check --region (or the endpoint)".into(),
+                ),
                 _ => None,
             };
+            if code.is_empty() && status.is_some_and(|s| (200..300).contains(&s)) {
+                e.message = format!(
+                    "{op} {target}: the endpoint answered HTTP {} with a body that is not an S3 answer",
+                    status.unwrap_or(200)
+                );
+            }
             e.with_source(err)
         }
         SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
@@ -228,14 +273,36 @@ impl Provider for S3Provider {
     }
 
     async fn list(&self, prefix: &str) -> PResult<Vec<ObjectMeta>> {
-        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).into_paginator().send();
+        // `encoding-type=url`: a key with a character XML 1.0 cannot carry (a control character)
+        // would otherwise make the whole listing unparseable.
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .encoding_type(aws_sdk_s3::types::EncodingType::Url)
+            .into_paginator()
+            .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| map_err("ListObjectsV2", &self.bucket, e))?;
+            // A server that ignores the request answers with plain keys, and says so by omission.
+            let encoded = page.encoding_type() == Some(&aws_sdk_s3::types::EncodingType::Url);
             for o in page.contents() {
                 let Some(key) = o.key() else { continue };
+                let key = if encoded {
+                    match url_decode(key) {
+                        Some(k) => k,
+                        None => {
+                            tracing::warn!("skipping a listed key that is not valid URL encoding: {key:?}");
+                            continue;
+                        }
+                    }
+                } else {
+                    key.to_string()
+                };
                 out.push(ObjectMeta {
-                    key: key.to_string(),
+                    key,
                     size: o.size().unwrap_or(0).max(0) as u64,
                     etag: o.e_tag().map(str::to_string),
                     last_modified: o.last_modified().and_then(|t| std::time::SystemTime::try_from(*t).ok()),
@@ -295,7 +362,7 @@ impl Provider for S3Provider {
             PutMode::IfMatch(etag) => req.if_match(etag),
         };
         let out = req.send().await.map_err(|e| map_err("PutObject", key, e))?;
-        Ok(out.e_tag().map(str::to_string))
+        require_etag("PutObject", key, out.e_tag()).map(Some)
     }
 
     async fn create_multipart(&self, key: &str, _part_size: u64) -> PResult<String> {
@@ -488,6 +555,16 @@ fn mask(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listed_keys_are_url_decoded_like_botocore() {
+        assert_eq!(url_decode("p/a+b%2Bc/manifest.json").as_deref(), Some("p/a b+c/manifest.json"));
+        assert_eq!(url_decode("p/%1B%5B31mRED/manifest.json").as_deref(), Some("p/\u{1b}[31mRED/manifest.json"));
+        assert_eq!(url_decode("p/%C3%A9").as_deref(), Some("p/\u{e9}"));
+        assert_eq!(url_decode("bad%2"), None);
+        assert_eq!(url_decode("bad%zz"), None);
+        assert_eq!(url_decode("%FF"), None, "not UTF-8");
+    }
 
     #[test]
     fn content_range_parsing() {

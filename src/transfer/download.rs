@@ -276,9 +276,12 @@ pub async fn download_files(
                     Some(computed.to_string()),
                 ));
             }
-            tokio::fs::set_permissions(&f.dest, std::fs::Permissions::from_mode(f.mode & 0o7777))
-                .await
-                .map_err(|e| Error::io("cannot set permissions of", &f.dest, e))?;
+            tokio::fs::set_permissions(
+                &f.dest,
+                std::fs::Permissions::from_mode(crate::archive::installed_mode(f.mode)),
+            )
+            .await
+            .map_err(|e| Error::io("cannot set permissions of", &f.dest, e))?;
             Ok(())
         })
         .buffer_unordered(opts.concurrency.max(1))

@@ -36,7 +36,8 @@ impl Default for TransferOptions {
 }
 
 /// Holds a transfer to an average rate: each call reserves the next `n / rate` seconds of a
-/// virtual clock and waits for its slot. Idle time earns no credit, so there are no bursts.
+/// virtual clock and waits until its slot has passed, so even the first part (or a model of a
+/// single part) takes `n / rate`. Idle time earns no credit, so there are no bursts.
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
     bytes_per_sec: f64,
@@ -55,7 +56,7 @@ impl RateLimiter {
             let mut next = self.next.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let start = (*next).max(tokio::time::Instant::now());
             *next = start + std::time::Duration::from_secs_f64(n as f64 / self.bytes_per_sec);
-            start
+            *next
         };
         tokio::time::sleep_until(wait_until).await;
     }

@@ -51,6 +51,8 @@ const ONE_PARTITION: usize = 1 << 45;
 pub struct AzureProvider {
     container: BlobContainerClient,
     name: String,
+    /// The config's prefix: `status` checks access with a listing under it.
+    prefix: String,
     encryption_scope: Option<String>,
     credentials: String,
 }
@@ -164,6 +166,7 @@ impl AzureProvider {
         Ok(Self {
             container,
             name: cfg.bucket.clone(),
+            prefix: cfg.prefix.clone(),
             encryption_scope: cfg.encryption_scope.clone(),
             credentials: credentials.to_string(),
         })
@@ -306,7 +309,10 @@ impl Provider for AzureProvider {
     }
 
     async fn list(&self, prefix: &str) -> PResult<Vec<ObjectMeta>> {
-        let options = BlobContainerClientListBlobsOptions { prefix: Some(prefix.to_string()), ..Default::default() };
+        // No `prefix=` at all for the whole container: an empty value is a parameter that
+        // servers canonicalise differently for SharedKey (Azurite rejects the signature).
+        let prefix_param = (!prefix.is_empty()).then(|| prefix.to_string());
+        let options = BlobContainerClientListBlobsOptions { prefix: prefix_param, ..Default::default() };
         let mut pager = self.container.list_blobs(Some(options)).map_err(|e| map_err("list", prefix, e))?;
         let mut out = Vec::new();
         while let Some(item) = pager.try_next().await.map_err(|e| map_err("list", prefix, e))? {
@@ -422,8 +428,19 @@ impl Provider for AzureProvider {
     }
 
     async fn check_bucket(&self) -> PResult<()> {
-        match self.container.get_properties(None).await {
-            Ok(_) => Ok(()),
+        // A one-blob listing under the prefix, as `list` does: a container (service) SAS
+        // authorises List Blobs but not Get Container Properties.
+        let options = BlobContainerClientListBlobsOptions {
+            prefix: (!self.prefix.is_empty()).then(|| self.prefix.clone()),
+            maxresults: Some(1),
+            ..Default::default()
+        };
+        let first_page = match self.container.list_blobs(Some(options)) {
+            Ok(mut pager) => pager.try_next().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match first_page {
+            Ok(()) => Ok(()),
             Err(e) => {
                 let mut e = map_err("check container", &self.name, e);
                 if e.kind == ProviderErrorKind::NotFound {
