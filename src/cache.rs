@@ -402,7 +402,17 @@ impl Cache {
     fn remove_version(&self, version_dir: &Path) -> Result<()> {
         // The manifest copy first: a version without it is treated as incomplete, never used.
         remove_file_if_present(&self.manifest_copy_path(version_dir))?;
-        remove_tree(version_dir)
+        // Then the directory leaves its path whole (a rename into staging), so anyone holding
+        // that path sees the complete version or nothing, never a half-deleted one. A prune
+        // killed here leaves `<Model>@removing-…`, which the next download's cleanup removes.
+        let name = version_dir.file_name().unwrap_or_default().to_string_lossy();
+        let model = name.split_once('@').map_or(name.as_ref(), |(m, _)| m);
+        let _ = fs::create_dir_all(self.staging_root());
+        let trash = self.staging_root().join(format!("{model}@removing-{:016x}", fastrand::u64(..)));
+        match fs::rename(version_dir, &trash) {
+            Ok(()) => remove_tree(&trash),
+            Err(_) => remove_tree(version_dir),
+        }
     }
 
     /// Removes staging leftovers of `model` from runs that died. Call with the lock held.

@@ -767,8 +767,14 @@ fn bucket_problem(kind: ProviderKind, b: &str) -> Option<String> {
 
 /// Writes the config file with mode 0600, atomically (temp file + rename), creating its directory.
 pub fn write_config_file(path: &Path, cfg: &CloudConfig) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create the config directory", dir, e))?;
+    // Directories it creates are private (0700); existing ones are left as they are.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io("cannot create the config directory", dir, e))?;
     let mut text = serde_json::to_string_pretty(&cfg.to_document()).expect("config serialises");
     text.push('\n');
     let tmp = dir.join(format!(".cloud.json.{}.tmp", std::process::id()));

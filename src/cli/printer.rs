@@ -101,14 +101,8 @@ impl Printer {
     }
 
     fn out(&self, text: &str) {
-        // Rust's stdout swallows writes to a closed descriptor (EBADF): ask the kernel instead.
-        // SAFETY: F_GETFD only reads the descriptor's flags.
-        let written = if unsafe { libc::fcntl(1, libc::F_GETFD) } == -1 {
-            Err(std::io::Error::from_raw_os_error(libc::EBADF))
-        } else {
-            let mut stdout = std::io::stdout().lock();
-            writeln!(stdout, "{text}").and_then(|()| stdout.flush())
-        };
+        let mut stdout = std::io::stdout().lock();
+        let written = writeln!(stdout, "{text}").and_then(|()| stdout.flush());
         match written {
             Ok(()) => {}
             // `crowecode-cloud list | head` is fine.

@@ -12,7 +12,9 @@ mod examples;
 mod faults;
 #[cfg(feature = "gcs")]
 mod gcs;
+mod hardening;
 mod hostile;
 mod roundtrip;
 #[cfg(feature = "s3")]
 mod s3;
+mod user_paths;
