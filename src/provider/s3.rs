@@ -478,7 +478,13 @@ impl Provider for S3Provider {
     async fn check_bucket(&self) -> PResult<()> {
         // A one-key listing rather than HeadBucket: HEAD answers carry no error code, so a wrong
         // secret and a missing permission would look alike. Listing is what reads need anyway.
-        match self.client.list_objects_v2().bucket(&self.bucket).max_keys(1).send().await {
+        let request = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .max_keys(1)
+            .encoding_type(aws_sdk_s3::types::EncodingType::Url);
+        match request.send().await {
             Ok(_) => Ok(()),
             Err(e) => {
                 let mut e = map_err("ListObjectsV2", &self.bucket, e);

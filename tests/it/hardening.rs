@@ -397,3 +397,154 @@ fn u11_prune_max_size_0_evicts_everything_not_in_use() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!sb.cache().join("models/A").exists());
 }
+
+#[cfg(feature = "gcs")]
+#[test]
+fn w9_a_missing_gcs_bucket_is_exit_3_for_every_command() {
+    let sb = Sandbox::new();
+    let src = make_model(&sb.src(), "M", 10);
+    let endpoint = crate::common::require_env("CROWECODE_TEST_GCS_ENDPOINT");
+    let gcs = |args: &[&str]| {
+        let mut c = sb.cmd();
+        c.args(["--provider", "gcs", "--bucket", "nobucket-hardening", "--prefix", "x/", "--endpoint", &endpoint]);
+        c.args(args).output().unwrap()
+    };
+    for args in [&["status"][..], &["list"], &["download", "M"], &["prune", "--remote"]] {
+        let out = gcs(args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr(&out));
+    }
+    let out = gcs(&["upload", "M", "--from", &src.display().to_string()]);
+    assert_eq!(out.status.code(), Some(3), "upload: {}", stderr(&out));
+}
+
+#[cfg(feature = "s3")]
+fn moto_bucket(sb: &mut Sandbox, prefix: &str) -> Vec<String> {
+    sb.env("AWS_ACCESS_KEY_ID", "moto-key").env("AWS_SECRET_ACCESS_KEY", "moto-secret").env("AWS_REGION", "us-east-1");
+    let bucket = format!("hard-{:08x}", crate::conformance::fastrand_u32());
+    let endpoint = crate::common::require_env("CROWECODE_TEST_S3_ENDPOINT");
+    let args: Vec<String> = ["--provider", "s3", "--bucket", &bucket, "--endpoint", &endpoint, "--prefix", prefix]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let out = sb.cmd().args(&args).args(["setup", "--create-bucket", "--no-write"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    args
+}
+
+#[cfg(feature = "s3")]
+#[test]
+fn w13_a_key_with_a_control_character_does_not_break_listing() {
+    let mut sb = Sandbox::new();
+    let args = moto_bucket(&mut sb, "lst/");
+    let bucket = &args[3];
+    upload_with(&sb, &args, "A", &make_model(&sb.src(), "A", 11));
+    let python = format!("{}/python", crate::common::require_env("CROWECODE_TEST_EMU_BIN"));
+    let put = std::process::Command::new(python)
+        .arg("-c")
+        .arg("import boto3,sys; boto3.client('s3',endpoint_url=sys.argv[1],region_name='us-east-1',aws_access_key_id='k',aws_secret_access_key='s').put_object(Bucket=sys.argv[2],Key='lst/\\x1b[31mRED/manifest.json',Body=b'{}')")
+        .args([&args[5], bucket])
+        .output()
+        .unwrap();
+    assert!(put.status.success(), "{}", stderr(&put));
+    let out = sb.cmd().args(&args).arg("list").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains('A'), "{}", stdout(&out));
+    assert!(sb.cmd().args(&args).arg("status").output().unwrap().status.success());
+}
+
+#[cfg(feature = "s3")]
+fn upload_with(sb: &Sandbox, args: &[String], model: &str, dir: &Path) {
+    let out = sb.cmd().args(args).args(["upload", model, "-q", "--from"]).arg(dir).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[cfg(feature = "s3")]
+#[test]
+fn u5_prune_remote_aborts_the_parts_of_a_killed_upload() {
+    let mut sb = Sandbox::new();
+    let args = moto_bucket(&mut sb, "mpu/");
+    let src = sb.src().join("A");
+    write_files(&src, &[("w.bin", &crate::common::noise(30 << 20, 12))]);
+    let mut c = sb.std_cmd();
+    c.args(&args).args(["upload", "M", "--part-size", "5M", "--limit-rate", "10M", "--from"]).arg(&src);
+    let mut child = c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    upload_with(&sb, &args, "M", &src);
+    let status = sb.cmd().args(&args).args(["--json", "status"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["pending_uploads"].as_array().unwrap().len(), 1, "{v}");
+    let out = sb.cmd().args(&args).args(["--json", "prune", "--remote", "--min-age", "0s", "--yes"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["unfinished_uploads"].as_array().unwrap().len(), 1, "{v}");
+    let status = sb.cmd().args(&args).args(["--json", "status"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["pending_uploads"].as_array().unwrap().len(), 0, "{v}");
+}
+
+/// A server on loopback that answers every request with `200` and an HTML page, as a captive
+/// portal or a web server at the wrong URL does. Returns its port.
+fn html_server() -> u16 {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten().take(200) {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut stream = stream;
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    let mut any = false;
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                        any = true;
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        line.clear();
+                    }
+                    if !any {
+                        return;
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let page = b"<html>portal</html>";
+                    let head =
+                        format!("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n", page.len());
+                    if stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(page)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[cfg(feature = "s3")]
+#[test]
+fn w4_an_endpoint_answering_html_is_not_taken_for_success() {
+    let mut sb = Sandbox::new();
+    sb.env("AWS_ACCESS_KEY_ID", "k").env("AWS_SECRET_ACCESS_KEY", "s").env("AWS_REGION", "us-east-1");
+    let endpoint = format!("http://127.0.0.1:{}", html_server());
+    let src = make_model(&sb.src(), "M", 13);
+    let s3 = |args: &[&str]| {
+        let mut c = sb.cmd();
+        c.args(["--provider", "s3", "--bucket", "advtest", "--prefix", "h/", "--endpoint", &endpoint]).args(args);
+        c.output().unwrap()
+    };
+    let out = s3(&["upload", "M", "--from", &src.display().to_string()]);
+    assert_ne!(out.status.code(), Some(0), "nothing was stored: {}", stderr(&out));
+    assert!(stderr(&out).contains("--endpoint"), "{}", stderr(&out));
+    let out = s3(&["download", "M"]);
+    assert_ne!(out.status.code(), Some(6), "not an integrity failure: {}", stderr(&out));
+    assert!(stderr(&out).contains("--endpoint"), "{}", stderr(&out));
+}
