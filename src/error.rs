@@ -1,12 +1,81 @@
-//! The library's error type and the exit codes it maps to.
+//! The library's error types and the exit codes they map to: [`Error`], what users see, and
+//! [`ProviderError`], what a storage call reports (the bottom of the crate: it imports nothing
+//! of it, so every layer can use both).
 //!
 //! Every error carries the context a user needs (model, bucket, key, path) and most carry a hint:
-//! the command or flag to try next. The CLI renders them in one place (`cli::render_error`).
+//! the command or flag to try next. The CLI renders them in one place (`cli::Printer::error`).
 
 use std::io;
 use std::path::Path;
 
-use crate::provider::{ProviderError, ProviderErrorKind};
+/// What kind of failure a storage call had; retries and exit codes key on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderErrorKind {
+    /// The object does not exist.
+    NotFound,
+    /// The bucket (container, directory) does not exist.
+    BucketNotFound,
+    /// No credentials, or credentials the service rejects.
+    Unauthenticated,
+    /// Authenticated, but the action is not allowed.
+    PermissionDenied,
+    /// A conditional write lost (create-only target exists, or the ETag changed).
+    Precondition,
+    /// The service asked us to slow down.
+    RateLimited,
+    /// The operation is not supported by this backend.
+    Unsupported,
+    /// Connection reset, timeout, 5xx, or a stream that stalled.
+    Transport,
+    /// Anything else.
+    Other,
+}
+
+/// A failed storage call.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    /// What went wrong, provider-agnostically.
+    pub kind: ProviderErrorKind,
+    /// Whether trying again may help.
+    pub temporary: bool,
+    /// One line, including the service's own code when it gave one; never a secret.
+    pub message: String,
+    /// What the user can do, when the provider knows better than the caller.
+    pub hint: Option<String>,
+    /// How many attempts were made before giving up (set by the retry layer).
+    pub attempts: u32,
+    /// The underlying error.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ProviderError {
+    /// A new error; `temporary` follows from the kind (transport and rate limiting).
+    pub fn new(kind: ProviderErrorKind, message: impl Into<String>) -> Self {
+        let temporary = matches!(kind, ProviderErrorKind::Transport | ProviderErrorKind::RateLimited);
+        Self { kind, temporary, message: message.into(), hint: None, attempts: 0, source: None }
+    }
+
+    /// Adds a hint.
+    #[must_use]
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Adds the underlying error.
+    #[must_use]
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Whether this is a missing object.
+    pub fn is_not_found(&self) -> bool {
+        self.kind == ProviderErrorKind::NotFound
+    }
+}
 
 /// Process exit codes, documented in the README. Stable: scripts depend on them.
 pub mod exit {

@@ -9,7 +9,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layers, top to bottom (nothing calls upward): [`cli`] → [`commands`] → [`CloudManager`] →
+//! Layers, top to bottom (nothing calls upward): [`cli`] → [`commands`] → [`CloudManager`] → [`ops`] →
 //! [`transfer`] → [`archive`] / [`cache`] → [`provider`] → [`config`]. See ARCHITECTURE.md.
 
 pub mod archive;
@@ -21,6 +21,7 @@ pub mod error;
 pub mod manager;
 pub mod manifest;
 pub mod names;
+pub mod ops;
 pub mod progress;
 pub mod provider;
 pub mod select;

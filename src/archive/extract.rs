@@ -439,18 +439,7 @@ mod tests {
     use super::*;
 
     fn header(name: &str, typeflag: u8, size: u64, link: &str) -> [u8; 512] {
-        let mut h = [0u8; 512];
-        h[..name.len()].copy_from_slice(name.as_bytes());
-        h[100..108].copy_from_slice(b"0000644\0");
-        h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
-        h[156] = typeflag;
-        h[157..157 + link.len()].copy_from_slice(link.as_bytes());
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        h[148..156].copy_from_slice(b"        ");
-        let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
-        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-        h
+        crate::archive::testing::tar_header(name, typeflag, size, link)
     }
 
     fn expect(path: &str, size: u64) -> Vec<Expected> {
@@ -468,14 +457,8 @@ mod tests {
     }
 
     fn archive_of(headers_and_data: &[(&[u8; 512], &[u8])]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (h, d) in headers_and_data {
-            out.extend_from_slice(&h[..]);
-            out.extend_from_slice(d);
-            out.resize(padded(out.len() as u64) as usize, 0);
-        }
-        out.extend_from_slice(&[0u8; 1024]);
-        out
+        let owned: Vec<([u8; 512], Vec<u8>)> = headers_and_data.iter().map(|(h, d)| (**h, d.to_vec())).collect();
+        crate::archive::testing::tar_of(&owned)
     }
 
     #[test]

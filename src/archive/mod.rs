@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 pub(crate) mod extract;
 mod hash;
 mod tar;
+#[doc(hidden)]
+pub mod testing;
 
 pub use extract::{ExtractError, Extractor};
 

@@ -3,7 +3,6 @@
 use super::{Batch, Context, ModelError};
 use crate::error::Result;
 use crate::manager::Downloaded;
-use crate::names::ModelName;
 
 /// Downloads each model; a failure of one does not stop the others. Names are all validated
 /// before any I/O.
@@ -12,14 +11,7 @@ use crate::names::ModelName;
 pub async fn run(ctx: &Context, models: &[String], only: &[String], publish: bool) -> Result<Batch<Downloaded>> {
     // An invalid name is that model's failure (exit 2); the others go ahead. All names are
     // checked before any I/O, and when none is valid nothing is set up at all.
-    let mut batch = Batch { models: Vec::new(), errors: Vec::new() };
-    let mut valid = Vec::new();
-    for m in models {
-        match ModelName::new(m) {
-            Ok(_) => valid.push(m.clone()),
-            Err(e) => batch.errors.push(ModelError::new(m, &e)),
-        }
-    }
+    let (valid, mut batch) = Batch::valid_names(models);
     if valid.is_empty() {
         return Ok(batch);
     }

@@ -44,14 +44,29 @@ pub struct Context {
 impl Context {
     /// Resolves the configuration and builds a manager.
     pub async fn manager(&self) -> Result<CloudManager> {
+        self.manager_for(self.resolve()?).await
+    }
+
+    /// Resolves the configuration, reporting its warnings.
+    pub fn resolve(&self) -> Result<config::Resolved> {
         let env = self.env.clone();
         let resolved = config::resolve(&move |k| env(k), &self.config_file, &self.overrides)?;
         for message in &resolved.warnings {
             self.reporter.report(crate::progress::Event::Warning { message: message.clone() });
         }
-        Ok(CloudManager::new(resolved, Cache::new(&self.cache_root), self.transfer.clone(), self.retry.clone())
+        Ok(resolved)
+    }
+
+    /// A manager over `resolved`.
+    pub async fn manager_for(&self, resolved: config::Resolved) -> Result<CloudManager> {
+        Ok(CloudManager::new(resolved, self.cache(), self.transfer.clone(), self.retry.clone())
             .await?
             .with_reporter(self.reporter.clone()))
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> Cache {
+        Cache::new(&self.cache_root)
     }
 }
 
@@ -96,6 +111,20 @@ pub struct Batch<T> {
 }
 
 impl<T> Batch<T> {
+    /// The names of `models` that are valid, and a batch holding an error (exit 2) for each
+    /// invalid one: one bad name is that model's failure, the others go ahead.
+    pub fn valid_names(models: &[String]) -> (Vec<String>, Self) {
+        let mut batch = Self { models: Vec::new(), errors: Vec::new() };
+        let mut valid = Vec::new();
+        for m in models {
+            match crate::names::ModelName::new(m) {
+                Ok(_) => valid.push(m.clone()),
+                Err(e) => batch.errors.push(ModelError::new(m, &e)),
+            }
+        }
+        (valid, batch)
+    }
+
     /// The exit code: that of the first failure, or 0.
     pub fn exit_code(&self) -> i32 {
         self.errors.first().map_or(0, |e| e.exit_code)

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use super::{Batch, Context, ModelError};
 use crate::error::{Error, Result};
 use crate::manager::{UploadOptions, Uploaded};
-use crate::names::ModelName;
 
 /// Where the model directories are.
 #[derive(Clone, Debug)]
@@ -26,14 +25,7 @@ pub async fn run(ctx: &Context, models: &[String], source: &Source, opts: &Uploa
     }
     // An invalid name is that model's failure (exit 2); the others go ahead. All names are
     // checked before any I/O, and when none is valid nothing is set up at all.
-    let mut batch = Batch { models: Vec::new(), errors: Vec::new() };
-    let mut valid = Vec::new();
-    for m in models {
-        match ModelName::new(m) {
-            Ok(_) => valid.push(m.clone()),
-            Err(e) => batch.errors.push(ModelError::new(m, &e)),
-        }
-    }
+    let (valid, mut batch) = Batch::valid_names(models);
     if valid.is_empty() {
         return Ok(batch);
     }

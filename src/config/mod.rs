@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
@@ -14,6 +14,15 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+
+mod file;
+mod validate;
+
+use file::read_config_file;
+pub use file::{FileLocation, MAX_CONFIG_BYTES, default_config_path, file_location, write_config_file};
+use validate::{bucket_problem, normalise_endpoint, region_problem};
+pub(crate) use validate::{looks_like_secret, shell_quote};
+pub use validate::{normalise_prefix, redact_url};
 
 /// Name of the environment variable holding the base64 config.
 pub const ENV_CONFIG_B64: &str = "CROWECODE_CLOUD_CONFIG_B64";
@@ -227,72 +236,6 @@ pub struct Resolved {
     pub source: ConfigSource,
     /// Things worth telling the user (unknown keys, ignored keys); never values.
     pub warnings: Vec<String>,
-}
-
-/// The default config file: `$XDG_CONFIG_HOME/crowecode/cloud.json`, else
-/// `~/.config/crowecode/cloud.json`; `None` when neither variable is set (then there is no
-/// default file, never one under the working directory).
-pub fn default_config_path(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
-    if let Some(x) = env("XDG_CONFIG_HOME").filter(|s| !s.is_empty()) {
-        return Some(PathBuf::from(x).join("crowecode").join("cloud.json"));
-    }
-    let home = env("HOME").filter(|s| !s.is_empty())?;
-    Some(PathBuf::from(home).join(".config").join("crowecode").join("cloud.json"))
-}
-
-/// Where to look for the config file: `explicit` (from `--config` or `CROWECODE_CONFIG`), else
-/// the default, else none.
-pub fn file_location(explicit: Option<PathBuf>, env: &dyn Fn(&str) -> Option<String>) -> FileLocation {
-    match explicit {
-        Some(path) => FileLocation { path, explicit: true },
-        None => default_config_path(env).map_or_else(FileLocation::none, |path| FileLocation { path, explicit: false }),
-    }
-}
-
-/// Where to look for a config file, and whether the user named it explicitly.
-#[derive(Clone, Debug)]
-pub struct FileLocation {
-    pub path: PathBuf,
-    pub explicit: bool,
-}
-
-impl FileLocation {
-    /// No config file at all (a path that is never read).
-    pub fn none() -> Self {
-        Self { path: PathBuf::new(), explicit: false }
-    }
-}
-
-/// The most a config file may hold: a real one is a few hundred bytes.
-pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
-
-/// Reads a config file: regular files only (a FIFO or device would block or never end), at most
-/// [`MAX_CONFIG_BYTES`]. `Ok(None)` when there is no file at `path`.
-fn read_config_file(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    use std::io::Read as _;
-    if path.as_os_str().is_empty() {
-        return Ok(None);
-    }
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if !meta.is_file() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
-    }
-    if meta.len() > MAX_CONFIG_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("too large ({} bytes; a config is at most {MAX_CONFIG_BYTES})", meta.len()),
-        ));
-    }
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "too large"));
-    }
-    Ok(Some(bytes))
 }
 
 /// Resolves the effective configuration: flags > `CROWECODE_CLOUD_CONFIG_B64` > file.
@@ -517,135 +460,6 @@ impl Document {
     }
 }
 
-/// Whether a config key names a credential. Compared case-insensitively with `_`, `-` and `.`
-/// removed, so `accountKey`, `AccessKey`, `api_key`, `SharedAccessSignature` and
-/// `azure_storage_key` are all caught; a key that is (or ends in) `key`, `sig`, `pass` or `auth`
-/// is one too. `kms_key`/`kms_key_id` name a key, they do not hold one, and are known keys.
-pub(crate) fn looks_like_secret(key: &str) -> bool {
-    let k: String = key.chars().filter(|c| !matches!(c, '_' | '-' | '.' | ' ')).collect::<String>().to_lowercase();
-    const ANYWHERE: [&str; 14] = [
-        "secret",
-        "password",
-        "passwd",
-        "token",
-        "credential",
-        "connectionstring",
-        "sas",
-        "accesskey",
-        "accountkey",
-        "apikey",
-        "storagekey",
-        "private",
-        "signature",
-        "bearer",
-    ];
-    const WHOLE_OR_END: [&str; 6] = ["key", "sig", "pass", "auth", "pwd", "authorization"];
-    ANYWHERE.iter().any(|w| k.contains(w)) || WHOLE_OR_END.iter().any(|w| k == *w || k.ends_with(w))
-}
-
-/// Single-quotes `s` for a POSIX shell.
-pub(crate) fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:=@%,".contains(c)) {
-        return s.to_string();
-    }
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-/// Normalises a prefix: no leading `/`, a trailing `/` unless empty, no `.`/`..` segments.
-pub fn normalise_prefix(raw: &str, origin: &str) -> Result<String> {
-    let trimmed = raw.trim().trim_matches('/');
-    if trimmed.is_empty() {
-        return Ok(String::new());
-    }
-    if trimmed.chars().any(char::is_control) || trimmed.contains('\\') {
-        return Err(Error::config(
-            origin,
-            format!("invalid prefix {raw:?}: control characters and '\\' are not allowed"),
-            "use a prefix like \"crowecode-models/\"",
-        ));
-    }
-    if trimmed.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
-        return Err(Error::config(
-            origin,
-            format!("invalid prefix {raw:?}: empty, '.' or '..' path segments are not allowed"),
-            "use a prefix like \"crowecode-models/\"",
-        ));
-    }
-    Ok(format!("{trimmed}/"))
-}
-
-fn normalise_endpoint(raw: &str, origin: &str) -> Result<String> {
-    let e = raw.trim().trim_end_matches('/');
-    let rest = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://"));
-    let Some(rest) = rest.filter(|r| !r.is_empty()) else {
-        return Err(Error::config(
-            origin,
-            format!("invalid endpoint {:?}: expected an http:// or https:// URL", redact_url(raw)),
-            "for example --endpoint https://s3.example.com",
-        ));
-    };
-    // Never echo what might be a credential: the message shows the URL redacted.
-    if rest.contains(['?', '#']) {
-        return Err(Error::config(
-            origin,
-            format!("invalid endpoint {:?}: an endpoint has no query or fragment", redact_url(raw)),
-            "give the endpoint without `?...`; a SAS token goes in AZURE_STORAGE_SAS_TOKEN, never in the config",
-        ));
-    }
-    let authority = rest.split('/').next().unwrap_or("");
-    if authority.contains('@') {
-        return Err(Error::config(
-            origin,
-            format!("invalid endpoint {:?}: an endpoint carries no user name or password", redact_url(raw)),
-            "remove `user:password@`; credentials come from the cloud's own credential chain (see README, Credentials)",
-        ));
-    }
-    if authority.is_empty() || rest.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(Error::config(
-            origin,
-            format!("invalid endpoint {:?}: no host, or spaces or control characters", redact_url(raw)),
-            "for example --endpoint https://s3.example.com",
-        ));
-    }
-    Ok(e.to_string())
-}
-
-/// A URL with what could be a credential hidden: the password of `user:password@`, and the
-/// values of `sig`, `signature`, `token`, `key` and similar query parameters.
-pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_string();
-    if let Some(scheme_end) = out.find("://") {
-        let after = scheme_end + 3;
-        let authority_end = out[after..].find(['/', '?', '#']).map_or(out.len(), |i| after + i);
-        if let Some(at) = out[after..authority_end].rfind('@') {
-            let userinfo = &out[after..after + at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            out.replace_range(after..after + at, &format!("{user}:<redacted>"));
-        }
-    }
-    if let Some(q) = out.find('?') {
-        let (base, query) = out.split_at(q + 1);
-        let redacted: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((k, _)) if looks_like_secret(k) || k.eq_ignore_ascii_case("sig") => format!("{k}=<redacted>"),
-                _ => pair.to_string(),
-            })
-            .collect();
-        out = format!("{base}{}", redacted.join("&"));
-    }
-    out
-}
-
-/// AWS regions are lowercase letters, digits and dashes (`us-west-2`, `eu-central-1`);
-/// S3-compatible stores also use names like `auto` or `default`, so letters, digits, `-` and `_`.
-fn region_problem(region: &str) -> Option<&'static str> {
-    let ok = !region.is_empty()
-        && region.len() <= 64
-        && region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    (!ok).then_some("a region is letters, digits, '-' and '_', like us-west-2")
-}
-
 impl CloudConfig {
     /// Checks the bucket name against the provider's rules and the encryption options for consistency.
     pub fn validate(&self, origin: &str) -> Result<()> {
@@ -719,81 +533,6 @@ fn document_string(cfg: &CloudConfig) -> String {
     }
     serde_json::to_string(&Doc { enabled: true, provider: cfg.provider.as_str(), config: cfg })
         .expect("config serialises")
-}
-
-fn bucket_problem(kind: ProviderKind, b: &str) -> Option<String> {
-    let bytes = b.as_bytes();
-    let lower_digit = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    match kind {
-        ProviderKind::Local => (b.is_empty() || b.contains('\0')).then(|| "it must be a directory path".into()),
-        ProviderKind::S3 | ProviderKind::Gcs | ProviderKind::Azure => {
-            let max = if kind == ProviderKind::Gcs && b.contains('.') { 222 } else { 63 };
-            if b.len() < 3 || b.len() > max {
-                return Some(format!("it must be 3 to {max} characters long"));
-            }
-            let allowed = |c: u8| match kind {
-                ProviderKind::S3 => lower_digit(c) || c == b'-' || c == b'.',
-                ProviderKind::Gcs => lower_digit(c) || c == b'-' || c == b'.' || c == b'_',
-                _ => lower_digit(c) || c == b'-',
-            };
-            if let Some(c) = bytes.iter().find(|c| !allowed(**c)) {
-                return Some(format!("it contains {:?}", *c as char));
-            }
-            if !lower_digit(bytes[0]) || !lower_digit(bytes[bytes.len() - 1]) {
-                return Some("it must start and end with a lowercase letter or digit".into());
-            }
-            if b.contains("..") || b.contains("--") && kind == ProviderKind::Azure {
-                return Some("it contains consecutive '.' or '-'".into());
-            }
-            if kind != ProviderKind::Azure && b.split('.').count() == 4 && b.split('.').all(|p| p.parse::<u8>().is_ok())
-            {
-                return Some("it must not look like an IP address".into());
-            }
-            if kind == ProviderKind::S3
-                && (b.starts_with("xn--")
-                    || b.starts_with("sthree-")
-                    || b.ends_with("-s3alias")
-                    || b.ends_with("--ol-s3"))
-            {
-                return Some("AWS reserves the prefixes xn-- and sthree- and the suffixes -s3alias and --ol-s3".into());
-            }
-            if kind == ProviderKind::Gcs && (b.starts_with("goog") || b.contains("google") || b.contains("g00gle")) {
-                return Some("GCS forbids names that begin with \"goog\" or contain \"google\"".into());
-            }
-            None
-        }
-    }
-}
-
-/// Writes the config file with mode 0600, atomically (temp file + rename), creating its directory.
-pub fn write_config_file(path: &Path, cfg: &CloudConfig) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    // Directories it creates are private (0700); existing ones are left as they are.
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| Error::io("cannot create the config directory", dir, e))?;
-    let mut text = serde_json::to_string_pretty(&cfg.to_document()).expect("config serialises");
-    text.push('\n');
-    let tmp = dir.join(format!(".cloud.json.{}.tmp", std::process::id()));
-    {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io("cannot write", &tmp, e))?;
-        f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| Error::io("cannot write", &tmp, e))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io("cannot write", path, e)
-    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,133 @@
+//! `prune` in the cache: versions that are not current, selections of old versions, and whole
+//! models over a size limit, least recently used first. A version is removed only under both of
+//! its model's locks, and leaves its path whole (see [`Cache::remove_version`]).
+
+use std::fs;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::{Cache, CachedVersion, remove_file_if_present, remove_tree, tree_size};
+use crate::error::Result;
+use crate::names::ModelName;
+
+/// A cached version that `prune` removed, or would remove with `--dry-run`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Pruned {
+    pub model: ModelName,
+    pub path: PathBuf,
+    /// Bytes on disk it took.
+    pub bytes: u64,
+    /// `not current`, `over --max-size` or `old selection`.
+    pub reason: &'static str,
+}
+
+/// What `prune` did in the cache.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PruneOutcome {
+    /// Versions and selections removed (or, with `dry_run`, that would be).
+    pub removed: Vec<Pruned>,
+    /// Models left alone because a download of them was in progress.
+    pub skipped: Vec<ModelName>,
+}
+
+/// What `prune` should do in the cache.
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    /// Only these models (all when empty).
+    pub models: Vec<ModelName>,
+    /// Versions to keep per model, the current one first (at least 1).
+    pub keep: usize,
+    /// Evict whole models, least recently used first, until the cache is at most this big.
+    pub max_size: Option<u64>,
+    /// Report without deleting.
+    pub dry_run: bool,
+}
+
+impl Cache {
+    /// Removes cached versions that are not current (beyond `keep` per model), selections of
+    /// old versions, then whole models, least recently used first, while the cache is larger
+    /// than `max_size`. A model whose lock is held (a download in progress) is left alone.
+    /// Blocking.
+    pub fn prune(&self, opts: &PruneOptions) -> Result<PruneOutcome> {
+        use std::collections::BTreeMap;
+        let wanted = |m: &ModelName| opts.models.is_empty() || opts.models.contains(m);
+        let mut by_model: BTreeMap<ModelName, Vec<CachedVersion>> = BTreeMap::new();
+        for v in self.list()?.into_iter().filter(|v| wanted(&v.model)) {
+            by_model.entry(v.model.clone()).or_default().push(v);
+        }
+        let mut out = Vec::new();
+        let mut kept: Vec<(ModelName, PathBuf, u64)> = Vec::new();
+        let mut locks = Vec::new();
+        let mut skipped = Vec::new();
+        for (model, mut versions) in by_model {
+            let Some(lock) = self.try_lock(&model)? else {
+                tracing::info!(%model, "in use by a download; not pruned");
+                skipped.push(model.clone());
+                continue;
+            };
+            // Readers hold this only while they check a version: a short wait at most.
+            let use_lock = self.lock_use_exclusive(&model)?;
+            versions.sort_by_key(|v| (!v.current, std::cmp::Reverse(self.last_used(&v.path))));
+            for (i, v) in versions.into_iter().enumerate() {
+                let bytes = tree_size(&v.path);
+                if i < opts.keep.max(1) {
+                    kept.push((model.clone(), v.path, bytes));
+                    continue;
+                }
+                if !opts.dry_run {
+                    self.remove_version(&v.path)?;
+                }
+                out.push(Pruned { model: model.clone(), path: v.path, bytes, reason: "not current" });
+            }
+            // Selections (`download --only`) of versions no longer current.
+            let current_tag =
+                self.current(&model)?.and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+            if let Ok(rd) = fs::read_dir(self.models_dir().join(".partial")) {
+                for entry in rd.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !name.starts_with(&format!("{model}@"))
+                        || current_tag.as_ref().is_some_and(|t| name.starts_with(&format!("{t}-")))
+                    {
+                        continue;
+                    }
+                    let bytes = tree_size(&entry.path());
+                    if !opts.dry_run {
+                        remove_tree(&entry.path())?;
+                    }
+                    out.push(Pruned { model: model.clone(), path: entry.path(), bytes, reason: "old selection" });
+                }
+            }
+            locks.push((model, lock, use_lock));
+        }
+        if let Some(max) = opts.max_size {
+            let mut total: u64 = kept.iter().map(|k| k.2).sum();
+            // Least recently used models first; a model goes whole (link, then its versions).
+            let mut models: Vec<ModelName> = kept.iter().map(|k| k.0.clone()).collect();
+            models.dedup();
+            models.sort_by_key(|m| kept.iter().filter(|k| &k.0 == m).map(|k| self.last_used(&k.1)).max());
+            for model in models {
+                if total <= max {
+                    break;
+                }
+                if !opts.dry_run {
+                    remove_file_if_present(&self.link_path(&model))?;
+                }
+                for (_, path, bytes) in kept.iter().filter(|k| k.0 == model) {
+                    if !opts.dry_run {
+                        self.remove_version(path)?;
+                    }
+                    total = total.saturating_sub(*bytes);
+                    out.push(Pruned {
+                        model: model.clone(),
+                        path: path.clone(),
+                        bytes: *bytes,
+                        reason: "over --max-size",
+                    });
+                }
+            }
+        }
+        drop(locks);
+        Ok(PruneOutcome { removed: out, skipped })
+    }
+}

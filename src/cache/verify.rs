@@ -1,0 +1,95 @@
+//! `verify`: re-hash an installed version against the manifest it was installed from.
+
+use std::fs;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::Cache;
+use crate::error::{Error, Result};
+use crate::names::ModelName;
+
+/// How an installed version compares with its manifest.
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyReport {
+    pub model: ModelName,
+    pub path: PathBuf,
+    /// Whether every file matches and nothing is missing or extra.
+    pub ok: bool,
+    pub files_checked: usize,
+    /// In the manifest, not on disk.
+    pub missing: Vec<String>,
+    /// On disk with another size, sha256 or mode than the manifest says.
+    pub changed: Vec<String>,
+    /// On disk, not in the manifest.
+    pub extra: Vec<String>,
+}
+
+impl Cache {
+    /// Re-hashes the current version of `model` against the manifest it was installed from.
+    /// Blocking; reads every byte of the model.
+    pub fn verify(&self, model: &ModelName) -> Result<VerifyReport> {
+        use std::collections::BTreeSet;
+        use std::os::unix::fs::PermissionsExt as _;
+
+        let Some(path) = self.current(model)? else {
+            return Err(Error::ModelNotFound {
+                model: model.to_string(),
+                location: format!("the cache {}", self.root.display()),
+            });
+        };
+        let manifest = self.read_manifest_copy(&path, model).ok_or_else(|| {
+            Error::integrity(
+                path.display().to_string(),
+                "the manifest this version was installed from is missing or unreadable",
+                None,
+                None,
+            )
+        })?;
+        let mut missing = Vec::new();
+        let mut changed = Vec::new();
+        for f in &manifest.files {
+            let p = path.join(&f.path);
+            match fs::symlink_metadata(&p) {
+                Err(_) => missing.push(f.path.clone()),
+                Ok(m)
+                    if !m.is_file()
+                        || m.len() != f.size
+                        || !crate::archive::mode_matches(m.permissions().mode(), f.mode) =>
+                {
+                    changed.push(f.path.clone());
+                }
+                Ok(_) => match crate::archive::sha256_file(&p) {
+                    Ok((sha, _)) if sha == f.sha256 => {}
+                    Ok(_) => changed.push(f.path.clone()),
+                    Err(e) => return Err(Error::io("cannot read", &p, e)),
+                },
+            }
+        }
+        let known: BTreeSet<&str> = manifest
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .chain(manifest.dirs.iter().map(|d| d.path.as_str()))
+            .collect();
+        let mut extra = Vec::new();
+        for entry in walkdir::WalkDir::new(&path).min_depth(1).sort_by_file_name() {
+            let entry = entry.map_err(|e| Error::other(format!("cannot walk {}: {e}", path.display()), None))?;
+            let rel = entry.path().strip_prefix(&path).expect("under the version dir").to_string_lossy().into_owned();
+            let parent_of_known = entry.file_type().is_dir() && known.iter().any(|k| k.starts_with(&format!("{rel}/")));
+            if !known.contains(rel.as_str()) && !parent_of_known {
+                extra.push(rel);
+            }
+        }
+        let ok = missing.is_empty() && changed.is_empty() && extra.is_empty();
+        Ok(VerifyReport {
+            model: model.clone(),
+            path,
+            ok,
+            files_checked: manifest.files.len(),
+            missing,
+            changed,
+            extra,
+        })
+    }
+}

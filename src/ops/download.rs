@@ -1,0 +1,195 @@
+//! Downloading a whole version: read the manifest, hand out the cached version if it is the one,
+//! else, under the model's lock, fetch the archive into a staging area (resuming what a crashed
+//! run verified) and commit it. A model missing from the bucket goes to the fallback command.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{Session, blocking, fallback};
+use crate::archive::Extractor;
+use crate::cache::{Acquired, Resume};
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::names::{ModelName, Sha256Hex};
+use crate::provider::ProviderErrorKind;
+use crate::transfer::{self, Progress};
+
+/// What `download_model` did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DownloadStatus {
+    /// Bytes were transferred and installed.
+    Downloaded,
+    /// The cached version was already current.
+    Cached,
+    /// Missing from the bucket; made by the fallback command and installed.
+    Fallback,
+    /// Made by the fallback command, installed, and uploaded for the next machine.
+    Published,
+}
+
+/// The result of one model download.
+#[derive(Clone, Debug, Serialize)]
+pub struct Downloaded {
+    pub model: ModelName,
+    /// The ready, verified version directory.
+    pub path: PathBuf,
+    pub status: DownloadStatus,
+    /// Archive sha256 of the installed version.
+    pub sha256: Sha256Hex,
+    /// Sum of file sizes.
+    pub size: u64,
+    pub files: usize,
+    /// Bytes fetched from the bucket by this call.
+    pub transferred: u64,
+    pub seconds: f64,
+}
+
+impl Downloaded {
+    /// The whole version `manifest` describes, at `path`.
+    pub(crate) fn whole(
+        path: PathBuf,
+        status: DownloadStatus,
+        manifest: &Manifest,
+        transferred: u64,
+        started: Instant,
+    ) -> Self {
+        Self {
+            model: manifest.model.clone(),
+            path,
+            status,
+            sha256: manifest.archive_sha256.clone(),
+            size: manifest.total_size,
+            files: manifest.files.len(),
+            transferred,
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// The cached model if there is one, without contacting the bucket; a download otherwise.
+pub(crate) async fn ensure(s: &Session, name: &str) -> Result<PathBuf> {
+    let model = ModelName::new(name)?;
+    if let Some(path) = s.use_ready(&model, None).await? {
+        return Ok(path);
+    }
+    Ok(model_or_fallback(s, name, false).await?.path)
+}
+
+/// The bucket's current version of `name`, ready in the cache; when the bucket has no such
+/// model and a fallback command is configured, what it makes (uploaded too with `publish`).
+pub(crate) async fn model_or_fallback(s: &Session, name: &str, publish: bool) -> Result<Downloaded> {
+    let started = Instant::now();
+    let model = ModelName::new(name)?;
+    match s.fetch_manifest(&model).await? {
+        Some(manifest) => whole_version(s, manifest, started).await,
+        None => match s.config.fallback_command.clone() {
+            Some(command) => fallback::run(s, &model, &command, publish, started).await,
+            None => Err(s.not_found(&model)),
+        },
+    }
+}
+
+/// Makes the version `manifest` describes ready in the cache. One download per model per
+/// machine: concurrent calls wait for the first and then find the version ready.
+pub(crate) async fn whole_version(s: &Session, manifest: Manifest, started: Instant) -> Result<Downloaded> {
+    let model = manifest.model.clone();
+    let version = s.cache.version_path(&model, &manifest.archive_sha256);
+    if let Some(path) = s.use_ready(&model, Some(&version)).await? {
+        return Ok(Downloaded::whole(path, DownloadStatus::Cached, &manifest, 0, started));
+    }
+    let lock = s.lock(&model).await?;
+    let acquired = {
+        let (cache, m) = (s.cache.clone(), manifest.clone());
+        blocking(move || cache.begin(lock, &m)).await?
+    };
+    let staging = match acquired {
+        Acquired::Ready(path) => return Ok(Downloaded::whole(path, DownloadStatus::Cached, &manifest, 0, started)),
+        Acquired::Staging(staging) => staging,
+    };
+    if let Some(r) = staging.resume() {
+        s.info(
+            &model,
+            format!(
+                "resuming an interrupted download: {} files ({:.1} MiB) already here and verified",
+                r.kept_files,
+                r.kept_bytes as f64 / f64::from(1 << 20)
+            ),
+        );
+    }
+    let resume = staging.resume().cloned();
+    fetch_into(s, &manifest, staging.dir(), resume.as_ref()).await?;
+    let path = staging.commit(&manifest)?;
+    let transferred = manifest.archive_size - resume.map_or(0, |r| r.start_offset);
+    Ok(Downloaded::whole(path, DownloadStatus::Downloaded, &manifest, transferred, started))
+}
+
+/// One HEAD before the ranged reads: an archive that is missing, shorter or longer than the
+/// manifest says is an integrity failure (exit 6), found at once instead of after retries.
+pub(crate) async fn check_archive_size(s: &Session, manifest: &Manifest) -> Result<()> {
+    let key = &manifest.archive_key;
+    match s.provider.head(key).await {
+        Ok(meta) if meta.size == manifest.archive_size => Ok(()),
+        Ok(meta) => Err(Error::integrity(
+            key,
+            format!(
+                "the archive in the bucket is {} bytes, the manifest says {} (truncated or replaced)",
+                meta.size, manifest.archive_size
+            ),
+            Some(manifest.archive_size.to_string()),
+            Some(meta.size.to_string()),
+        )),
+        Err(e) if e.kind == ProviderErrorKind::NotFound => {
+            Err(Error::integrity(key, "the archive the manifest names is missing from the bucket", None, None))
+        }
+        Err(e) => Err(Error::from_provider(format!("reading {key}"), e)),
+    }
+}
+
+/// Fetches and extracts the archive into `staging`; with `resume`, only from the first entry
+/// the crashed run did not complete.
+async fn fetch_into(
+    s: &Session,
+    manifest: &Manifest,
+    staging: &std::path::Path,
+    resume: Option<&Resume>,
+) -> Result<()> {
+    let extractor = match resume {
+        Some(r) => Extractor::resuming(staging.to_path_buf(), manifest.expected_entries(), r.start_index, true),
+        None => Extractor::new(staging.to_path_buf(), manifest.expected_entries(), false),
+    };
+    let key = &manifest.archive_key;
+    check_archive_size(s, manifest).await?;
+    let progress = Progress::new(s.reporter.clone(), manifest.model.as_str());
+    let sha = transfer::download_archive(
+        s.provider.clone(),
+        key,
+        resume.map_or(0, |r| r.start_offset),
+        manifest.archive_size,
+        manifest.compression,
+        extractor,
+        &s.transfer,
+        &progress,
+    )
+    .await;
+    progress.finished();
+    let sha = match sha {
+        Err(Error::Provider { source, .. }) if source.kind == ProviderErrorKind::NotFound => {
+            return Err(Error::integrity(key, "the archive the manifest names is missing from the bucket", None, None));
+        }
+        other => other?,
+    };
+    // A resumed run checked every file against its own sha256 (the kept ones by re-hashing,
+    // the rest as they were written); its digest covers only the bytes it fetched.
+    if resume.is_none() && sha != manifest.archive_sha256 {
+        return Err(Error::integrity(
+            key,
+            "archive sha256 differs from the manifest",
+            Some(manifest.archive_sha256.to_string()),
+            Some(sha.to_string()),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! `list`: every model in the bucket with its manifest's summary and this machine's cached version.
+
+use futures::{StreamExt as _, TryStreamExt as _, stream};
+use serde::Serialize;
+
+use super::Session;
+use crate::archive::Compression;
+use crate::error::{Error, Result};
+use crate::names::{ModelName, Sha256Hex};
+
+/// One model in the bucket.
+#[derive(Clone, Debug, Serialize)]
+pub struct RemoteModel {
+    pub model: ModelName,
+    pub size: Option<u64>,
+    pub files: Option<usize>,
+    pub sha256: Option<Sha256Hex>,
+    pub uploaded_at: Option<String>,
+    pub compression: Option<Compression>,
+    /// The cached version's short sha, when this machine has one.
+    pub cached: Option<String>,
+    /// Whether the cached version is the bucket's current one.
+    pub cached_current: bool,
+    /// Why the manifest could not be read, if it could not.
+    pub error: Option<String>,
+}
+
+impl RemoteModel {
+    /// A model whose manifest could not be read: listed with the reason, nothing else known.
+    fn unreadable(model: ModelName, cached: Option<String>, error: String) -> Self {
+        Self {
+            model,
+            size: None,
+            files: None,
+            sha256: None,
+            uploaded_at: None,
+            compression: None,
+            cached,
+            cached_current: false,
+            error: Some(error),
+        }
+    }
+}
+
+/// Every model in the bucket, with its manifest's summary and this machine's cached version.
+pub(crate) async fn run(s: &Session) -> Result<Vec<RemoteModel>> {
+    let objects = s
+        .provider
+        .list(s.layout.prefix())
+        .await
+        .map_err(|e| Error::from_provider(format!("listing {}", s.config.location()), e))?;
+    let models: Vec<ModelName> = objects.iter().filter_map(|o| s.layout.model_of_manifest_key(&o.key)).collect();
+    stream::iter(models)
+        .map(|model| async move {
+            let cached_path = s.cache.current(&model).ok().flatten();
+            let cached = cached_path
+                .as_ref()
+                .and_then(|p| p.file_name())
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.split_once('@'))
+                .map(|(_, s)| s.to_string());
+            match s.fetch_manifest(&model).await {
+                Ok(Some(m)) => Ok(RemoteModel {
+                    cached_current: cached.as_deref() == Some(m.archive_sha256.short()),
+                    model,
+                    size: Some(m.total_size),
+                    files: Some(m.files.len()),
+                    sha256: Some(m.archive_sha256),
+                    uploaded_at: Some(m.created_at),
+                    compression: Some(m.compression),
+                    cached,
+                    error: None,
+                }),
+                Ok(None) => Ok(RemoteModel::unreadable(model, cached, "manifest vanished while listing".into())),
+                Err(e @ (Error::Integrity { .. } | Error::Other { .. })) => {
+                    Ok(RemoteModel::unreadable(model, cached, e.to_string()))
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .buffered(8)
+        .try_collect()
+        .await
+}

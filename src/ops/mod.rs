@@ -1,0 +1,115 @@
+//! The operations behind [`CloudManager`](crate::CloudManager), one module each, each readable top
+//! to bottom: a whole-version download (and resume), a selection of files (`--only`), the
+//! fallback command, upload, remote prune, list and status. They share a [`Session`]: the
+//! configuration, the provider, the cache, the transfer options and the reporter.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::cache::{Cache, ModelLock};
+use crate::config::CloudConfig;
+use crate::error::{Error, Result};
+use crate::manifest::{Layout, Manifest};
+use crate::names::ModelName;
+use crate::progress::{Event, Reporter};
+use crate::provider::{Provider, ProviderErrorKind, ProviderExt as _};
+use crate::transfer::TransferOptions;
+
+pub mod download;
+pub mod fallback;
+pub mod list;
+pub mod prune_remote;
+pub mod selection;
+pub mod status;
+pub mod upload;
+
+/// What every operation works with.
+pub(crate) struct Session {
+    pub config: CloudConfig,
+    pub layout: Layout,
+    pub provider: Arc<dyn Provider>,
+    pub cache: Cache,
+    pub transfer: TransferOptions,
+    pub reporter: Arc<dyn Reporter>,
+}
+
+impl Session {
+    /// A note about `model` for the user.
+    pub fn info(&self, model: &ModelName, message: String) {
+        self.reporter.report(Event::Info { model: model.as_str(), message });
+    }
+
+    /// The error for a model the bucket does not have.
+    pub fn not_found(&self, model: &ModelName) -> Error {
+        Error::ModelNotFound { model: model.to_string(), location: self.config.location() }
+    }
+
+    /// The model's current manifest, or `None` if the bucket has none. A manifest must describe
+    /// `model` and name one of its own archives; an HTML page in its place means the endpoint is
+    /// not the storage service.
+    pub async fn fetch_manifest(&self, model: &ModelName) -> Result<Option<Manifest>> {
+        let key = self.layout.manifest_key(model);
+        match self.provider.get_bytes(&key).await {
+            Ok(bytes) if looks_like_html(&bytes) => Err(Error::other(
+                format!("reading {key}: the storage endpoint answered with a web page, not the object"),
+                Some(format!(
+                    "{} does not answer like {}: check --endpoint (config `endpoint`) and any proxy or captive portal in between",
+                    self.config.endpoint.as_deref().unwrap_or("the endpoint"),
+                    self.config.provider
+                )),
+            )),
+            Ok(bytes) => Ok(Some(Manifest::parse(&bytes, model, &key)?.confined(&self.layout, &key)?)),
+            Err(e) if e.kind == ProviderErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::from_provider(format!("reading {key}"), e)),
+        }
+    }
+
+    /// Takes the model's cache lock, saying so when another process holds it and this one waits.
+    pub async fn lock(&self, model: &ModelName) -> Result<ModelLock> {
+        self.cache.ensure_layout()?;
+        self.warn_unreliable_locks();
+        let (cache, m, reporter) = (self.cache.clone(), model.clone(), self.reporter.clone());
+        blocking(move || {
+            cache.lock(&m, || {
+                reporter.report(Event::Info {
+                    model: m.as_str(),
+                    message: "another process is downloading this model; waiting for it".into(),
+                });
+            })
+        })
+        .await
+    }
+
+    /// The version `models/<Model>` points at, when complete (and, with `expected`, that one),
+    /// marked as used; see [`Cache::use_ready`].
+    pub async fn use_ready(&self, model: &ModelName, expected: Option<&Path>) -> Result<Option<PathBuf>> {
+        let (cache, m, e) = (self.cache.clone(), model.clone(), expected.map(Path::to_path_buf));
+        blocking(move || cache.use_ready(&m, e.as_deref())).await
+    }
+
+    /// Says once per process when the cache's file locks may not hold between machines.
+    fn warn_unreliable_locks(&self) {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            if let Some(message) = self.cache.lock_warning() {
+                self.reporter.report(Event::Warning { message });
+            }
+        });
+    }
+}
+
+/// Runs blocking file-system work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::other(format!("a background task failed: {e}"), None))?
+}
+
+/// Whether an answer is an HTML page (a portal, a proxy's error page, a web server at the
+/// wrong URL) rather than the JSON or bytes that were asked for.
+fn looks_like_html(bytes: &[u8]) -> bool {
+    let head: Vec<u8> = bytes.iter().copied().skip_while(u8::is_ascii_whitespace).take(15).collect();
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    head.starts_with("<!doctype html")
+        || head.starts_with("<html")
+        || head.starts_with("<head")
+        || head.starts_with("<body")
+}

@@ -1,0 +1,99 @@
+//! A selection of a version's files (`download --only`): each file by a ranged read of the
+//! uncompressed archive, verified against its own sha256, installed in a directory of its own
+//! (never the model's version directory), so a partial model is never taken for the model.
+
+use std::time::Instant;
+
+use super::Session;
+use super::download::{DownloadStatus, Downloaded, check_archive_size};
+use crate::archive::Compression;
+use crate::error::{Error, Result};
+use crate::manifest::FileEntry;
+use crate::names::ModelName;
+use crate::transfer::{self, Progress};
+
+/// Downloads only the files of `name` that match one of `patterns` (see [`crate::select`]); they
+/// land in a directory of their own, which is returned as `path`; a second identical request
+/// finds it there.
+pub(crate) async fn run(s: &Session, name: &str, patterns: &[String]) -> Result<Downloaded> {
+    let started = Instant::now();
+    let model = ModelName::new(name)?;
+    let manifest = s.fetch_manifest(&model).await?.ok_or_else(|| s.not_found(&model))?;
+    if manifest.compression != Compression::None {
+        return Err(Error::other(
+            format!(
+                "{model} was uploaded with {} compression, so its files cannot be read one by one",
+                manifest.compression.as_str()
+            ),
+            Some("download the whole model, or upload it again with `--compression none` to allow --only".into()),
+        ));
+    }
+    let selected: Vec<&FileEntry> =
+        manifest.files.iter().filter(|f| patterns.iter().any(|p| crate::select::matches(p, &f.path))).collect();
+    if selected.is_empty() {
+        let some: Vec<&str> = manifest.files.iter().take(5).map(|f| f.path.as_str()).collect();
+        let dirs: Vec<String> = patterns
+            .iter()
+            .filter(|p| !p.ends_with('/') && manifest.files.iter().any(|f| f.path.starts_with(&format!("{p}/"))))
+            .map(|p| format!("{p}/"))
+            .collect();
+        let hint = if dirs.is_empty() {
+            format!("its files include: {}", some.join(", "))
+        } else {
+            format!("a directory is matched with a trailing slash: did you mean {}?", dirs.join(", "))
+        };
+        return Err(Error::Usage {
+            message: format!("no file of {model} matches {}", patterns.join(", ")),
+            hint: Some(hint),
+        });
+    }
+    let mut sorted = patterns.to_vec();
+    sorted.sort();
+    let key = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(sorted.join("\n").as_bytes())[..4]);
+    let dest = s.cache.selection_path(&model, &manifest.archive_sha256, &key);
+    let size = selected.iter().map(|f| f.size).sum();
+    let done = |status, transferred| Downloaded {
+        model: model.clone(),
+        path: dest.clone(),
+        status,
+        sha256: manifest.archive_sha256.clone(),
+        size,
+        files: selected.len(),
+        transferred,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if dest.is_dir() {
+        return Ok(done(DownloadStatus::Cached, 0));
+    }
+    let lock = s.lock(&model).await?;
+    if dest.is_dir() {
+        return Ok(done(DownloadStatus::Cached, 0));
+    }
+    let staging = s.cache.begin_empty(lock)?;
+    let mut files = Vec::with_capacity(selected.len());
+    for f in &selected {
+        let offset = f.offset.ok_or_else(|| {
+            Error::integrity(&manifest.archive_key, format!("the manifest has no offset for {}", f.path), None, None)
+        })?;
+        let dest = staging.dir().join(&f.path);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io("cannot create", parent, e))?;
+        }
+        files.push(transfer::FileRange {
+            offset,
+            size: f.size,
+            sha256: f.sha256.clone(),
+            dest,
+            mode: f.mode,
+            path: f.path.clone(),
+        });
+    }
+    check_archive_size(s, &manifest).await?;
+    let progress = Progress::new(s.reporter.clone(), model.as_str());
+    let fetched =
+        transfer::download_files(s.provider.clone(), &manifest.archive_key, files, &s.transfer, &progress).await;
+    progress.finished();
+    fetched?;
+    staging.commit_to(&dest)?;
+    Ok(done(DownloadStatus::Downloaded, size))
+}

@@ -1,0 +1,128 @@
+//! `status`: configuration, credentials, reachability and cache in one report, which never fails
+//! on a storage error: it reports it.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::Session;
+use crate::cache::Cache;
+use crate::config::{CloudConfig, ConfigSource};
+use crate::error::Error;
+
+/// A readable account of the setup, for `status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusReport {
+    pub config_source: String,
+    pub provider: String,
+    pub location: String,
+    pub bucket: String,
+    pub prefix: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub credentials: String,
+    pub reachable: bool,
+    pub error: Option<String>,
+    /// The exit code `status` ends with when the bucket is not reachable.
+    pub exit_code: i32,
+    pub models_in_bucket: Option<usize>,
+    pub pending_uploads: Vec<String>,
+    pub cache_dir: PathBuf,
+    pub cache_bytes: u64,
+    pub models_cached: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Configuration, credentials, reachability and cache, in one report. Never fails on a
+/// storage error: it reports it.
+pub(crate) async fn run(s: &Session, source: &ConfigSource, warnings: &[String]) -> StatusReport {
+    let credentials = s.provider.credential_source().await;
+    let mut report = StatusReport::offline(&s.config, source, warnings, &s.cache, credentials);
+    match s.provider.check_bucket().await {
+        Ok(()) => {
+            report.reachable = true;
+            report.models_in_bucket = s
+                .provider
+                .list(s.layout.prefix())
+                .await
+                .ok()
+                .map(|objs| objs.iter().filter(|o| s.layout.model_of_manifest_key(&o.key).is_some()).count());
+            report.pending_uploads = s
+                .provider
+                .list_pending_uploads(s.layout.prefix())
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p.key)
+                .collect();
+        }
+        Err(e) => {
+            let err = Error::from_provider(format!("checking {}", s.config.location()), e);
+            report.error = Some(describe(&err));
+            report.exit_code = err.exit_code();
+        }
+    }
+    report
+}
+
+/// One line for a failed check: the message (without the `bucket:` origin a missing bucket's
+/// error carries) and its hint.
+fn describe(err: &Error) -> String {
+    let message = match err {
+        Error::Config { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    match err.hint() {
+        Some(h) => format!("{message} (hint: {h})"),
+        None => message,
+    }
+}
+
+impl StatusReport {
+    /// What is known without asking the bucket: the configuration and the cache.
+    fn offline(
+        config: &CloudConfig,
+        source: &ConfigSource,
+        warnings: &[String],
+        cache: &Cache,
+        credentials: String,
+    ) -> Self {
+        let mut models_cached: Vec<String> =
+            cache.list().unwrap_or_default().into_iter().filter(|v| v.current).map(|v| v.model.to_string()).collect();
+        models_cached.dedup();
+        Self {
+            config_source: source.to_string(),
+            provider: config.provider.to_string(),
+            location: config.location(),
+            bucket: config.bucket.clone(),
+            prefix: config.prefix.clone(),
+            region: config.region.clone(),
+            endpoint: config.endpoint.clone(),
+            credentials,
+            reachable: false,
+            error: None,
+            exit_code: 0,
+            models_in_bucket: None,
+            pending_uploads: Vec::new(),
+            cache_dir: cache.root().to_path_buf(),
+            cache_bytes: cache.disk_usage(),
+            models_cached,
+            warnings: warnings.iter().cloned().chain(cache.lock_warning()).collect(),
+        }
+    }
+
+    /// The report when no provider could be set up at all (a credentials file that does not
+    /// parse, say): the configuration and the cache, with the reason the bucket was not checked.
+    pub(crate) fn without_provider(
+        config: &CloudConfig,
+        source: &ConfigSource,
+        warnings: &[String],
+        cache: &Cache,
+        err: &Error,
+    ) -> Self {
+        let mut report = Self::offline(config, source, warnings, cache, "not usable (see the error)".into());
+        report.error = Some(describe(err));
+        report.exit_code = err.exit_code();
+        report
+    }
+}
