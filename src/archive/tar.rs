@@ -69,6 +69,18 @@ pub fn scan_tree(root: &Path) -> Result<ArchivePlan> {
         let entry = entry.map_err(|e| {
             let path = e.path().map(Path::to_path_buf).unwrap_or_else(|| root.to_path_buf());
             match e.into_io_error() {
+                Some(io) if io.kind() == io::ErrorKind::NotFound && path.is_symlink() => Error::other(
+                    format!(
+                        "{} is a dangling symbolic link (-> {})",
+                        path.display(),
+                        std::fs::read_link(&path).unwrap_or_default().display()
+                    ),
+                    Some("remove the link, or put the file it names in place; links are followed on upload".into()),
+                ),
+                Some(io) if io.kind() == io::ErrorKind::PermissionDenied => Error::other(
+                    format!("cannot read {} in the model directory: {io}", path.display()),
+                    Some("check the owner and mode of that file or directory (the upload reads every file)".into()),
+                ),
                 Some(io) => Error::io("cannot read", &path, io),
                 None => Error::other(
                     format!("symbolic link loop at {}", path.display()),
@@ -84,7 +96,12 @@ pub fn scan_tree(root: &Path) -> Result<ArchivePlan> {
             ));
         };
         if let Err(why) = super::check_relative_path(rel_str) {
-            return Err(Error::other(format!("cannot archive {}: {why}", entry.path().display()), None));
+            let hint = if rel_str.contains('\\') {
+                "rename it without '\\': a backslash is a path separator on Windows and in some tools, so manifests refuse it"
+            } else {
+                "rename it; model paths are relative, without empty, '.' or '..' segments"
+            };
+            return Err(Error::other(format!("cannot archive {}: {why}", entry.path().display()), Some(hint.into())));
         }
         let m =
             entry.metadata().map_err(|e| Error::other(format!("cannot read {}: {e}", entry.path().display()), None))?;
@@ -187,7 +204,7 @@ fn ustar_header(name: &[u8], mode: u32, size: u64, typeflag: u8) -> [u8; 512] {
 
 enum Phase {
     Header(usize),
-    Data { file: File, remaining: u64, hasher: Box<Sha256> },
+    Data { file: File, remaining: u64, hasher: Box<Sha256>, stamp: Stamp },
     Padding(usize),
     Trailer(usize),
     Done,
@@ -231,11 +248,28 @@ impl TarStream {
                     self.hashes[self.idx] = Some(Sha256Hex::from_digest(&Sha256::digest(b"")));
                     self.next_entry();
                 } else {
-                    self.phase = Phase::Data { file, remaining: size, hasher: Box::new(Sha256::new()) };
+                    let stamp = Stamp::of(&file)?;
+                    self.phase = Phase::Data { file, remaining: size, hasher: Box::new(Sha256::new()), stamp };
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// When a file's data or inode last changed, as `fstat` says: equal before and after reading it
+/// means nothing wrote to it meanwhile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(file: &File) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = file.metadata()?;
+        Ok(Self { mtime: (m.mtime(), m.mtime_nsec()), ctime: (m.ctime(), m.ctime_nsec()) })
     }
 }
 
@@ -260,12 +294,17 @@ impl Read for TarStream {
                     }
                     self.start_data()?;
                 }
-                Phase::Data { file, remaining, hasher } => {
+                Phase::Data { file, remaining, hasher, stamp } => {
                     if *remaining == 0 {
                         let entry = &self.plan.entries[self.idx];
                         let mut probe = [0u8; 1];
                         if file.read(&mut probe)? != 0 {
                             return Err(changed(&entry.source, "grew"));
+                        }
+                        // Rewritten in place at the same size: the bytes read may be half old,
+                        // half new, and would still hash "correctly".
+                        if Stamp::of(file)? != *stamp {
+                            return Err(changed(&entry.source, "was modified"));
                         }
                         let digest = std::mem::replace(hasher, Box::new(Sha256::new())).finalize();
                         self.hashes[self.idx] = Some(Sha256Hex::from_digest(&digest));

@@ -256,6 +256,32 @@ impl Cache {
         Ok(out)
     }
 
+    /// Fails, before a byte is fetched, when the cache's filesystem has less room than `needed`
+    /// bytes: a 60 GB model should not fill the disk to find that out. Unknown free space passes.
+    pub fn check_room(&self, needed: u64) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let dir = self.staging_root();
+        let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return Ok(()) };
+        // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Ok(());
+        }
+        let free = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
+        if free >= needed {
+            return Ok(());
+        }
+        Err(Error::Io {
+            context: format!(
+                "the cache {} has {} MiB free and this model needs {} MiB",
+                self.root.display(),
+                free >> 20,
+                needed.div_ceil(1 << 20)
+            ),
+            source: io::Error::from(io::ErrorKind::StorageFull),
+        })
+    }
+
     /// Total bytes of regular files under the root.
     pub fn disk_usage(&self) -> u64 {
         tree_size(&self.root)

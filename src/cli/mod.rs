@@ -165,8 +165,8 @@ enum Command {
         /// The directory to upload, for a single MODEL
         #[arg(long, value_name = "DIR")]
         from: Option<PathBuf>,
-        /// Archive compression (dense weights barely compress; none is fastest)
-        #[arg(long, value_enum, default_value_t = Compression::None)]
+        /// Archive compression: none (fastest, allows --only and resume), zstd or gzip
+        #[arg(long, value_enum, default_value_t = Compression::None, hide_possible_values = true)]
         compression: Compression,
         /// Upload even if the bucket already holds this exact tree
         #[arg(long)]
@@ -270,8 +270,10 @@ fn parse_size_or_zero(s: &str) -> Result<u64, String> {
     if s.trim().parse::<f64>().is_ok_and(|v| v == 0.0) { Ok(0) } else { parse_size(s) }
 }
 
+/// The process environment; an empty variable counts as unset, except an empty
+/// `CROWECODE_CLOUD_CONFIG_B64`, which the configuration warns about (a Secret that lost its value).
 fn env_reader() -> EnvReader {
-    Arc::new(|k: &str| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    Arc::new(|k: &str| std::env::var(k).ok().filter(|v| !v.is_empty() || k == config::ENV_CONFIG_B64))
 }
 
 /// Keeps large transfer buffers out of glibc's heap arenas.

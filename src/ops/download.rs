@@ -120,6 +120,7 @@ pub(crate) async fn whole_version(s: &Session, manifest: Manifest, started: Inst
         );
     }
     let resume = staging.resume().cloned();
+    s.cache.check_room(manifest.total_size - resume.as_ref().map_or(0, |r| r.kept_bytes))?;
     fetch_into(s, &manifest, staging.dir(), resume.as_ref()).await?;
     let path = staging.commit(&manifest)?;
     let transferred = manifest.archive_size - resume.map_or(0, |r| r.start_offset);

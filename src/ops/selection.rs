@@ -70,6 +70,7 @@ pub(crate) async fn run(s: &Session, name: &str, patterns: &[String]) -> Result<
         return Ok(done(DownloadStatus::Cached, 0));
     }
     let staging = s.cache.begin_empty(lock)?;
+    s.cache.check_room(size)?;
     let mut files = Vec::with_capacity(selected.len());
     for f in &selected {
         let offset = f.offset.ok_or_else(|| {

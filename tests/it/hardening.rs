@@ -548,3 +548,171 @@ fn w4_an_endpoint_answering_html_is_not_taken_for_success() {
     assert_ne!(out.status.code(), Some(6), "not an integrity failure: {}", stderr(&out));
     assert!(stderr(&out).contains("--endpoint"), "{}", stderr(&out));
 }
+
+/// A container (service) SAS for `container`, signed with the account key as Microsoft's SDK
+/// signs it (its `generate_container_sas` gives the same signature for the same fields).
+#[cfg(feature = "azure")]
+fn container_sas(a: &crate::azure::Azurite, container: &str, permissions: &str) -> String {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac as _};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (version, expiry) = ("2026-10-06", "2099-01-01T00:00:00Z");
+    let resource = format!("/blob/{}/{container}", a.account);
+    let text = [permissions, "", expiry, &resource, "", "", "", version, "c", "", "", "", "", "", "", ""].join("\n");
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&b64.decode(&a.key).unwrap()).unwrap();
+    mac.update(text.as_bytes());
+    let sig = b64.encode(mac.finalize().into_bytes()).replace('+', "%2B").replace('/', "%2F").replace('=', "%3D");
+    format!("se={}&sp={permissions}&sv={version}&sr=c&sig={sig}", expiry.replace(':', "%3A"))
+}
+
+#[cfg(feature = "azure")]
+#[test]
+fn w2_status_is_reachable_with_a_container_sas() {
+    let a = crate::azure::azurite();
+    let mut sb = Sandbox::new();
+    let container = format!("sas-{:08x}", crate::conformance::fastrand_u32());
+    let base = [
+        "--provider",
+        "azure",
+        "--bucket",
+        &container,
+        "--prefix",
+        "sasdemo/",
+        "--account",
+        &a.account,
+        "--endpoint",
+        &a.endpoint,
+    ];
+    let out = sb
+        .cmd()
+        .env("AZURE_STORAGE_CONNECTION_STRING", a.connection_string(&a.key))
+        .args(base)
+        .args(["setup", "--create-bucket", "--no-write"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for permissions in ["rcwdl", "rl"] {
+        sb.env("AZURE_STORAGE_SAS_TOKEN", &container_sas(&a, &container, permissions));
+        if permissions == "rcwdl" {
+            let src = make_model(&sb.src(), "M", 14);
+            let out = sb.cmd().args(base).args(["upload", "M", "-q", "--from"]).arg(&src).output().unwrap();
+            assert!(out.status.success(), "the SAS works for upload: {}", stderr(&out));
+        }
+        let out = sb.cmd().args(base).args(["--json", "status"]).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(0), "{permissions}: {v}");
+        assert_eq!(v["reachable"], true, "{v}");
+        assert_eq!(v["models_in_bucket"], 1, "{v}");
+    }
+}
+
+#[test]
+fn u7_hints_fit_the_situation() {
+    let sb = set_up();
+    // A model never downloaded here: verify says to download it.
+    let out = sb.cmd().args(["verify", "Nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert!(stderr(&out).contains("crowecode-cloud download Nope"), "{}", stderr(&out));
+    // A dangling link in the model directory is named as one.
+    let src = make_model(&sb.src(), "D", 15);
+    std::os::unix::fs::symlink("/nonexistent/target", src.join("dead")).unwrap();
+    let out = sb.cmd().args(["upload", "D", "--from"]).arg(&src).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("dangling symbolic link") && stderr(&out).contains("/nonexistent/target"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_file(src.join("dead")).unwrap();
+    // A backslash in a file name says why it is refused.
+    write_files(&src, &[("a\\b.json", b"{}")]);
+    let out = sb.cmd().args(["upload", "D", "--from"]).arg(&src).output().unwrap();
+    assert!(stderr(&out).contains("backslash is a path separator"), "{}", stderr(&out));
+    // An empty CROWECODE_CLOUD_CONFIG_B64 (a Secret that lost its value) is said, not ignored.
+    let out = sb.cmd().env("CROWECODE_CLOUD_CONFIG_B64", "").arg("status").output().unwrap();
+    assert!(stderr(&out).contains("CROWECODE_CLOUD_CONFIG_B64 is set but empty"), "{}", stderr(&out));
+}
+
+#[test]
+fn w14_a_file_rewritten_in_place_during_upload_is_refused() {
+    let sb = set_up();
+    let src = sb.src().join("G");
+    write_files(&src, &[("w.bin", &crate::common::noise(6 << 20, 16))]);
+    let path = src.join("w.bin");
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        use std::io::{Seek as _, Write as _};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(std::io::SeekFrom::Start(5 << 20)).unwrap();
+        f.write_all(&[0u8; 4096]).unwrap();
+    });
+    let out = sb
+        .cmd()
+        .args(["upload", "G", "--limit-rate", "3M", "--part-size", "1M", "--concurrency", "1", "--from"])
+        .arg(&src)
+        .output()
+        .unwrap();
+    writer.join().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("was modified while it was being archived"), "{}", stderr(&out));
+    assert!(!sb.bucket().join("crowecode-models/G/manifest.json").exists(), "nothing committed");
+}
+
+/// A 4 MiB tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let status =
+            std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(dir).status();
+        assert!(status.is_ok_and(|s| s.success()), "mounting a tmpfs (the tests run as root, as CI does) failed");
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn u7_a_model_larger_than_the_free_space_fails_before_fetching() {
+    let sb = set_up();
+    let src = sb.src().join("Big");
+    write_files(&src, &[("w.bin", &crate::common::noise(6 << 20, 17))]);
+    upload(&sb, "Big", &src);
+    let small = sb.path().join("small-cache");
+    let _fs = Tmpfs::mount(&small);
+    let out = sb.cmd().arg("--cache-dir").arg(&small).args(["download", "Big"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("MiB free") && stderr(&out).contains("prune"), "{}", stderr(&out));
+    let staged = walkdir::WalkDir::new(small.join(".staging")).min_depth(1).into_iter().count();
+    assert_eq!(staged, 0, "nothing left in staging");
+}
+
+#[test]
+fn u1_status_against_an_endpoint_that_never_answers_is_quick() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _hold = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().take(16) {
+            held.push(s);
+        }
+    });
+    let mut sb = Sandbox::new();
+    sb.env("AWS_ACCESS_KEY_ID", "k").env("AWS_SECRET_ACCESS_KEY", "s").env("AWS_REGION", "us-east-1");
+    let started = std::time::Instant::now();
+    let out = sb
+        .cmd()
+        .env_remove("CROWECODE_MAX_ATTEMPTS")
+        .args(["--provider", "s3", "--bucket", "silent", "--endpoint", &format!("http://127.0.0.1:{port}"), "status"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(took.as_secs() < 40, "a health check answers in seconds, took {took:?}");
+    assert!(stderr(&out).contains("retrying (1/2)"), "{}", stderr(&out));
+}
