@@ -267,6 +267,7 @@ impl Cache {
         if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
             return Ok(());
         }
+        #[allow(clippy::useless_conversion)] // the field types differ between targets
         let free = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
         if free >= needed {
             return Ok(());
