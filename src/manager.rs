@@ -15,7 +15,7 @@ use crate::progress::{Reporter, Silent};
 use crate::provider::{self, Provider, RetryPolicy};
 use crate::transfer::TransferOptions;
 
-pub use crate::ops::download::{DownloadStatus, Downloaded};
+pub use crate::ops::download::{DownloadOptions, DownloadStatus, Downloaded};
 pub use crate::ops::list::RemoteModel;
 pub use crate::ops::prune_remote::{RemotePruneOutcome, RemotePruned};
 pub use crate::ops::status::StatusReport;
@@ -144,14 +144,20 @@ impl CloudManager {
     /// installs it unless it is already there. One download per model per machine: concurrent
     /// calls wait for the first and then find the model ready.
     pub async fn download_model(&self, name: &str) -> Result<Downloaded> {
-        ops::download::model_or_fallback(&self.session, name, false).await
+        self.download(name, &DownloadOptions::default()).await
     }
 
     /// [`CloudManager::download_model`]; and when the bucket has no such model and the config
     /// names a `fallback_command`, runs it to make the model, installs the result like a
     /// download, and with `publish` uploads it so the next machine finds it in the bucket.
     pub async fn download_model_or_fallback(&self, name: &str, publish: bool) -> Result<Downloaded> {
-        ops::download::model_or_fallback(&self.session, name, publish).await
+        self.download(name, &DownloadOptions { publish, force: false }).await
+    }
+
+    /// [`CloudManager::download_model_or_fallback`] with all its options: `force` fetches and
+    /// verifies the version again even when it is cached, and replaces the cached copy.
+    pub async fn download(&self, name: &str, opts: &DownloadOptions) -> Result<Downloaded> {
+        ops::download::model_or_fallback(&self.session, name, opts).await
     }
 
     /// Downloads only the files of `name` that match one of `patterns` (see [`crate::select`]),

@@ -245,6 +245,15 @@ impl TarStream {
                 let file = File::open(&entry.source)
                     .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", entry.source.display())))?;
                 if size == 0 {
+                    // A file that says it is empty but reads as more (procfs, sysfs) would be
+                    // archived as empty: refuse it like a file that grew.
+                    let mut probe = [0u8; 1];
+                    if (&file).read(&mut probe)? != 0 {
+                        return Err(io::Error::other(format!(
+                            "{} has a size of 0 but reads as more (a /proc or /sys file?): copy it to a real file first",
+                            entry.source.display()
+                        )));
+                    }
                     self.hashes[self.idx] = Some(Sha256Hex::from_digest(&Sha256::digest(b"")));
                     self.next_entry();
                 } else {

@@ -41,6 +41,8 @@ pub struct Staging {
     dir: PathBuf,
     resume: Option<Resume>,
     committed: bool,
+    /// Replace an installed copy of the version on commit (`download --force`).
+    replace: bool,
     // Released last, after the directory is gone or in place.
     _lock: ModelLock,
 }
@@ -87,14 +89,36 @@ impl Cache {
                 (dir, None)
             }
         };
-        Ok(Acquired::Staging(Staging { cache: self.clone(), dir, resume, committed: false, _lock: lock }))
+        Ok(Acquired::Staging(Staging {
+            cache: self.clone(),
+            dir,
+            resume,
+            committed: false,
+            replace: false,
+            _lock: lock,
+        }))
     }
 
     /// A fresh, empty staging area for the model of `lock` (a fallback's `{dest}`, a selection).
     pub fn begin_empty(&self, lock: ModelLock) -> Result<Staging> {
         self.ensure_layout()?;
         let dir = self.new_staging(lock.model())?;
-        Ok(Staging { cache: self.clone(), dir, resume: None, committed: false, _lock: lock })
+        Ok(Staging { cache: self.clone(), dir, resume: None, committed: false, replace: false, _lock: lock })
+    }
+
+    /// A fresh staging area for the version `manifest` describes whose commit replaces an
+    /// installed copy of it (`download --force`, after `verify` found the copy changed).
+    pub fn begin_replacing(&self, lock: ModelLock, manifest: &Manifest) -> Result<Staging> {
+        if *lock.model() != manifest.model {
+            return Err(Error::other(
+                format!("the lock is for {}, the manifest for {}", lock.model(), manifest.model),
+                None,
+            ));
+        }
+        self.clean_staging_except(lock.model(), None)?;
+        let mut staging = self.begin_empty(lock)?;
+        staging.replace = true;
+        Ok(staging)
     }
 
     /// Removes what killed runs of the model of `lock` left in staging (and half-made links).
@@ -161,7 +185,17 @@ impl Staging {
         let tmp = copy.with_extension("json.tmp");
         fs::write(&tmp, manifest.to_bytes()).map_err(|e| Error::io("cannot write", &tmp, e))?;
         fs::rename(&tmp, &copy).map_err(|e| Error::io("cannot write", &copy, e))?;
-        if version.is_dir() {
+        if version.is_dir() && self.replace {
+            // Swapped with readers held off, so none sees the version path missing: the old
+            // copy leaves by one rename, the verified one arrives by another.
+            let _readers = cache.lock_use_exclusive(&manifest.model)?;
+            let old = cache.staging_root().join(format!("{}@replaced-{:016x}", manifest.model, fastrand::u64(..)));
+            fs::rename(&version, &old).map_err(|e| Error::io("cannot move aside", &version, e))?;
+            fs::rename(&self.dir, &version)
+                .map_err(|e| Error::io("cannot move the verified model into", &version, e))?;
+            self.committed = true;
+            let _ = remove_tree(&old);
+        } else if version.is_dir() {
             // The same version is already complete (an earlier run); keep it. Dropping removes
             // this directory.
         } else {

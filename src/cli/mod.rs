@@ -195,6 +195,10 @@ enum Command {
         /// Upload what the fallback command made, so the next machine gets it from the bucket
         #[arg(long, conflicts_with = "only")]
         publish: bool,
+        /// Fetch and verify again even when the cached version is current, replacing it (after
+        /// `verify` found it changed)
+        #[arg(long, conflicts_with = "only")]
+        force: bool,
         #[command(flatten)]
         transfer: TransferArgs,
     },
@@ -542,8 +546,9 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
             let differs = batch.models.iter().any(|r| !r.ok);
             Ok(if differs { exit::INTEGRITY } else { batch.exit_code() })
         }
-        Command::Download { models, only, publish, .. } => {
-            let batch = commands::download::run(ctx, models, only, *publish).await?;
+        Command::Download { models, only, publish, force, .. } => {
+            let opts = crate::manager::DownloadOptions { publish: *publish, force: *force };
+            let batch = commands::download::run(ctx, models, only, &opts).await?;
             printer.downloads(&batch);
             Ok(batch.exit_code())
         }

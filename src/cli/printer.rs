@@ -374,9 +374,9 @@ impl Printer {
         }
         for r in batch.models.iter().filter(|r| !r.ok) {
             self.note(&format!(
-                "hint: remove {} and run `crowecode-cloud download {}` for a clean, verified copy",
-                r.path.display(),
-                r.model
+                "hint: `crowecode-cloud download {} --force` fetches a clean, verified copy and replaces {}",
+                r.model,
+                r.path.display()
             ));
         }
     }

@@ -69,41 +69,59 @@ impl Downloaded {
     }
 }
 
+/// How to download.
+#[derive(Clone, Debug, Default)]
+pub struct DownloadOptions {
+    /// Upload what the fallback command made, so the next machine finds it in the bucket.
+    pub publish: bool,
+    /// Fetch and verify again even when the version is cached, replacing the cached copy.
+    pub force: bool,
+}
+
 /// The cached model if there is one, without contacting the bucket; a download otherwise.
 pub(crate) async fn ensure(s: &Session, name: &str) -> Result<PathBuf> {
     let model = ModelName::new(name)?;
     if let Some(path) = s.use_ready(&model, None).await? {
         return Ok(path);
     }
-    Ok(model_or_fallback(s, name, false).await?.path)
+    Ok(model_or_fallback(s, name, &DownloadOptions::default()).await?.path)
 }
 
 /// The bucket's current version of `name`, ready in the cache; when the bucket has no such
 /// model and a fallback command is configured, what it makes (uploaded too with `publish`).
-pub(crate) async fn model_or_fallback(s: &Session, name: &str, publish: bool) -> Result<Downloaded> {
+pub(crate) async fn model_or_fallback(s: &Session, name: &str, opts: &DownloadOptions) -> Result<Downloaded> {
     let started = Instant::now();
     let model = ModelName::new(name)?;
     match s.fetch_manifest(&model).await? {
-        Some(manifest) => whole_version(s, manifest, started).await,
+        Some(manifest) => whole_version(s, manifest, opts.force, started).await,
         None => match s.config.fallback_command.clone() {
-            Some(command) => fallback::run(s, &model, &command, publish, started).await,
+            Some(command) => fallback::run(s, &model, &command, opts.publish, started).await,
             None => Err(s.not_found(&model)),
         },
     }
 }
 
 /// Makes the version `manifest` describes ready in the cache. One download per model per
-/// machine: concurrent calls wait for the first and then find the version ready.
-pub(crate) async fn whole_version(s: &Session, manifest: Manifest, started: Instant) -> Result<Downloaded> {
+/// machine: concurrent calls wait for the first and then find the version ready. With `force`,
+/// the version is fetched and verified again, and replaces the cached copy.
+pub(crate) async fn whole_version(
+    s: &Session,
+    manifest: Manifest,
+    force: bool,
+    started: Instant,
+) -> Result<Downloaded> {
     let model = manifest.model.clone();
     let version = s.cache.version_path(&model, &manifest.archive_sha256);
-    if let Some(path) = s.use_ready(&model, Some(&version)).await? {
+    if !force && let Some(path) = s.use_ready(&model, Some(&version)).await? {
         return Ok(Downloaded::whole(path, DownloadStatus::Cached, &manifest, 0, started));
     }
     let lock = s.lock(&model).await?;
     let acquired = {
         let (cache, m) = (s.cache.clone(), manifest.clone());
-        blocking(move || cache.begin(lock, &m)).await?
+        blocking(
+            move || if force { cache.begin_replacing(lock, &m).map(Acquired::Staging) } else { cache.begin(lock, &m) },
+        )
+        .await?
     };
     let staging = match acquired {
         Acquired::Ready(path) => return Ok(Downloaded::whole(path, DownloadStatus::Cached, &manifest, 0, started)),

@@ -25,7 +25,7 @@ pub(crate) async fn run(
     // Someone may have published it while this process waited for the lock.
     if let Some(manifest) = s.fetch_manifest(model).await? {
         drop(lock);
-        return download::whole_version(s, manifest, started).await;
+        return download::whole_version(s, manifest, false, started).await;
     }
     // Made here by an earlier fallback (and never published): that is the model.
     if !publish

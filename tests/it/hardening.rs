@@ -658,25 +658,6 @@ fn w14_a_file_rewritten_in_place_during_upload_is_refused() {
     assert!(!sb.bucket().join("crowecode-models/G/manifest.json").exists(), "nothing committed");
 }
 
-/// A 4 MiB tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let status =
-            std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(dir).status();
-        assert!(status.is_ok_and(|s| s.success()), "mounting a tmpfs (the tests run as root, as CI does) failed");
-        Self(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn u7_a_model_larger_than_the_free_space_fails_before_fetching() {
     let sb = set_up();
@@ -684,7 +665,7 @@ fn u7_a_model_larger_than_the_free_space_fails_before_fetching() {
     write_files(&src, &[("w.bin", &crate::common::noise(6 << 20, 17))]);
     upload(&sb, "Big", &src);
     let small = sb.path().join("small-cache");
-    let _fs = Tmpfs::mount(&small);
+    let _fs = crate::common::SmallDisk::mount(&small, "4m");
     let out = sb.cmd().arg("--cache-dir").arg(&small).args(["download", "Big"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("MiB free") && stderr(&out).contains("prune"), "{}", stderr(&out));
@@ -715,4 +696,23 @@ fn u1_status_against_an_endpoint_that_never_answers_is_quick() {
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert!(took.as_secs() < 40, "a health check answers in seconds, took {took:?}");
     assert!(stderr(&out).contains("retrying (1/2)"), "{}", stderr(&out));
+}
+
+#[test]
+fn u11_download_force_replaces_a_changed_copy_with_a_verified_one() {
+    let sb = set_up();
+    let alpha = make_model(&sb.src(), "A", 18);
+    upload(&sb, "A", &alpha);
+    let path = stdout(&sb.cmd().args(["download", "A", "-q"]).output().unwrap()).trim().to_string();
+    std::fs::write(Path::new(&path).join("config.json"), "tampered").unwrap();
+    let out = sb.cmd().args(["verify", "A"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    assert!(stderr(&out).contains("download A --force"), "{}", stderr(&out));
+    let out = sb.cmd().args(["download", "A", "--force"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), path, "the same version path");
+    assert!(sb.cmd().args(["verify", "A"]).output().unwrap().status.success());
+    assert_eq!(tree(Path::new(&path)), tree(&alpha));
+    let left = walkdir::WalkDir::new(sb.cache().join(".staging")).min_depth(1).into_iter().count();
+    assert_eq!(left, 0, "the replaced copy is gone");
 }

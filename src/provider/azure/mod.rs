@@ -217,8 +217,11 @@ fn redact(text: &str) -> String {
 
 fn map_err(op: &str, target: &str, err: azure_core::Error) -> ProviderError {
     // The service's error code, when it gave one.
+    // A bare number (some servers repeat the status there) is no code.
     let code = match err.kind() {
-        ErrorKind::HttpResponse { error_code, .. } => error_code.as_deref().unwrap_or(""),
+        ErrorKind::HttpResponse { error_code, .. } => {
+            error_code.as_deref().filter(|c| !c.chars().all(|ch| ch.is_ascii_digit())).unwrap_or("")
+        }
         _ => "",
     };
     let (kind, message) = match err.kind() {
@@ -243,7 +246,14 @@ fn map_err(op: &str, target: &str, err: azure_core::Error) -> ProviderError {
                 (500..=599, _) | (408, _) => ProviderErrorKind::Transport,
                 _ => ProviderErrorKind::Other,
             };
-            (kind, format!("{op} {target}: HTTP {status} {}", if code.is_empty() { "(no error code)" } else { code }))
+            let message = if (200..300).contains(&status) {
+                format!(
+                    "{op} {target}: the endpoint answered HTTP {status} with something that is not an Azure Blob answer"
+                )
+            } else {
+                format!("{op} {target}: HTTP {status} {}", if code.is_empty() { "(no error code)" } else { code })
+            };
+            (kind, message)
         }
         ErrorKind::Connection | ErrorKind::Io => {
             (ProviderErrorKind::Transport, format!("{op} {target}: {}", redact(&super::error_chain(&err))))
@@ -268,6 +278,9 @@ fn map_err(op: &str, target: &str, err: azure_core::Error) -> ProviderError {
         )),
         (ProviderErrorKind::Transport, _) => {
             Some("check the network path to the blob endpoint; the command retries before giving up".into())
+        }
+        _ if matches!(err.kind(), ErrorKind::HttpResponse { status, .. } if (200..300).contains(&u16::from(*status))) => {
+            Some("this endpoint does not speak Azure Blob (a captive portal, a web server or a wrong URL?): check --endpoint and any proxy in between".into())
         }
         _ => None,
     };
