@@ -346,12 +346,17 @@ fn usage_error(e: &clap::Error) -> std::process::ExitCode {
     let json = std::env::args_os().skip(1).take_while(|a| a != "--").any(|a| a == "--json");
     if json {
         let rendered = e.render().to_string();
-        let message = rendered
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("invalid command line")
+        // The text before the usage block, on one line.
+        let message: String = rendered
+            .split("\nUsage:")
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
             .trim_start_matches("error: ")
             .to_string();
+        let message = if message.is_empty() { "invalid command line".to_string() } else { message };
         let object = serde_json::json!({
             "error": message,
             "hint": "run `crowecode-cloud --help` (or `crowecode-cloud COMMAND --help`) for the usage",

@@ -400,6 +400,9 @@ impl Printer {
         for m in &r.skipped {
             self.note(&format!("{m}: left alone, a download of it is in progress"));
         }
+        for m in &r.unreadable {
+            self.note(&format!("{m}: left alone, its manifest cannot be read (see the warning above)"));
+        }
         let n = r.local.len() + r.remote.len();
         if n == 0 && r.unfinished_uploads.is_empty() {
             self.note("nothing to prune");

@@ -33,6 +33,8 @@ pub struct Report {
     pub unfinished_uploads: Vec<String>,
     /// Models left alone because they were being downloaded.
     pub skipped: Vec<ModelName>,
+    /// With `--remote`: models left alone because their manifest could not be read.
+    pub unreadable: Vec<ModelName>,
     /// Bytes really freed (0 on a dry run).
     pub freed_bytes: u64,
     /// Bytes the listed items take: what was freed, or would be without `--dry-run` / with `--yes`.
@@ -55,7 +57,8 @@ pub async fn run(ctx: &Context, opts: &Options) -> Result<Report> {
             local: Vec::new(),
             remote: out.archives,
             unfinished_uploads: out.unfinished_uploads,
-            skipped: out.skipped,
+            skipped: Vec::new(),
+            unreadable: out.skipped,
             freed_bytes: if apply { would_free_bytes } else { 0 },
             would_free_bytes,
         });
@@ -72,6 +75,7 @@ pub async fn run(ctx: &Context, opts: &Options) -> Result<Report> {
         remote: Vec::new(),
         unfinished_uploads: Vec::new(),
         skipped: out.skipped,
+        unreadable: Vec::new(),
         freed_bytes: if opts.dry_run { 0 } else { would_free_bytes },
         would_free_bytes,
     })
