@@ -95,6 +95,9 @@ pub mod exit {
     pub const INTEGRITY: i32 = 6;
     /// The network was still failing after retries.
     pub const NETWORK: i32 = 7;
+    /// A tag moved meanwhile: a compare-and-swap lost (or the storage cannot do one); nothing
+    /// was changed by this command.
+    pub const CONFLICT: i32 = 8;
     /// Stopped by SIGINT (Ctrl-C), after cleaning up.
     pub const SIGINT: i32 = 130;
     /// Stopped by SIGTERM (what Kubernetes sends a pod it stops), after cleaning up.
@@ -165,6 +168,11 @@ pub enum Error {
     #[error("{message}")]
     Other { message: String, hint: Option<String> },
 
+    /// A tag (or the model's latest version) moved while this command ran, or the storage
+    /// cannot move tags safely (exit 8).
+    #[error("{message}")]
+    Conflict { message: String, hint: Option<String> },
+
     /// Stopped by SIGINT (exit 130) or SIGTERM (exit 143), after cleaning up.
     #[error("interrupted by {signal}{cleanup}")]
     Interrupted { signal: &'static str, code: i32, cleanup: String },
@@ -232,6 +240,7 @@ impl Error {
             Self::Integrity { .. } => exit::INTEGRITY,
             Self::Network { .. } => exit::NETWORK,
             Self::Io { .. } | Self::Provider { .. } | Self::Other { .. } => exit::FAILURE,
+            Self::Conflict { .. } => exit::CONFLICT,
             Self::Interrupted { code, .. } => *code,
         }
     }
@@ -239,7 +248,11 @@ impl Error {
     /// What to do next, when there is something useful to say.
     pub fn hint(&self) -> Option<String> {
         match self {
-            Self::Usage { hint, .. } | Self::Config { hint, .. } | Self::Access { hint, .. } | Self::Other { hint, .. } => hint.clone(),
+            Self::Usage { hint, .. }
+            | Self::Config { hint, .. }
+            | Self::Access { hint, .. }
+            | Self::Other { hint, .. }
+            | Self::Conflict { hint, .. } => hint.clone(),
             Self::NotConfigured { .. } => Some(
                 "run `crowecode-cloud setup --provider s3 --bucket NAME`, or set CROWECODE_CLOUD_CONFIG_B64".into(),
             ),

@@ -24,6 +24,7 @@ pub mod names;
 pub mod ops;
 pub mod progress;
 pub mod provider;
+pub mod reference;
 pub mod select;
 pub mod transfer;
 

@@ -13,13 +13,16 @@ use crate::names::ModelName;
 use crate::ops::{self, Session};
 use crate::progress::{Reporter, Silent};
 use crate::provider::{self, Provider, RetryPolicy};
+use crate::reference::TagName;
 use crate::transfer::TransferOptions;
 
 pub use crate::ops::download::{DownloadOptions, DownloadStatus, Downloaded};
 pub use crate::ops::list::RemoteModel;
 pub use crate::ops::prune_remote::{RemotePruneOutcome, RemotePruned};
 pub use crate::ops::status::StatusReport;
+pub use crate::ops::tags::{Deleted, History, Resolution, VersionEntry};
 pub use crate::ops::upload::{UploadOptions, UploadStatus, Uploaded};
+pub use crate::ops::versions::{Moved, TagMove};
 
 /// The library's entry point.
 pub struct CloudManager {
@@ -135,7 +138,8 @@ impl CloudManager {
         self.session.fetch_manifest(model).await
     }
 
-    /// Returns the cached model if there is one, without contacting the bucket; downloads it otherwise.
+    /// Returns the cached version `reference` names if this machine has it, without contacting
+    /// the bucket; downloads it otherwise. References: `Alpha`, `Alpha:prod`, `Alpha@sha256:…`.
     pub async fn ensure_model(&self, name: &str) -> Result<PathBuf> {
         ops::download::ensure(&self.session, name).await
     }
@@ -183,6 +187,42 @@ impl CloudManager {
         apply: bool,
     ) -> Result<RemotePruneOutcome> {
         ops::prune_remote::run(&self.session, models, keep, min_age, apply).await
+    }
+
+    /// The version a reference (`Alpha`, `Alpha:prod`, `Alpha@sha256:…`) names now, pinned.
+    pub async fn resolve(&self, reference: &str) -> Result<Resolution> {
+        ops::tags::resolve(&self.session, reference).await
+    }
+
+    /// Points `tags` at the version `reference` names; with `if_current`, only tags that point
+    /// where it does now (compare-and-swap: of two concurrent moves exactly one wins).
+    pub async fn tag(&self, reference: &str, tags: &[TagName], if_current: Option<&str>) -> Result<Vec<Moved>> {
+        ops::tags::tag(&self.session, reference, tags, if_current).await
+    }
+
+    /// Removes the tag `reference` (`Alpha:TAG`) names; `false` if there was none.
+    pub async fn untag(&self, reference: &str) -> Result<bool> {
+        ops::tags::untag(&self.session, reference).await
+    }
+
+    /// Moves a tag (`Alpha` is `Alpha:latest`) back to where it pointed before its last move.
+    pub async fn rollback(&self, reference: &str) -> Result<Moved> {
+        ops::tags::rollback(&self.session, reference).await
+    }
+
+    /// The model's versions, newest first, with their tags, and the moves of the tag named.
+    pub async fn history(&self, reference: &str) -> Result<History> {
+        ops::tags::history(&self.session, reference).await
+    }
+
+    /// Deletes one version (`Alpha@VERSION`); refused for a tagged one unless `force` untags it.
+    pub async fn delete_version(&self, reference: &str, force: bool) -> Result<Deleted> {
+        ops::tags::delete_version(&self.session, reference, force).await
+    }
+
+    /// Deletes every object of a model from the bucket.
+    pub async fn delete_model(&self, model: &ModelName) -> Result<Deleted> {
+        ops::tags::delete_model(&self.session, model).await
     }
 
     /// Every model in the bucket, with its manifest's summary and this machine's cached version.

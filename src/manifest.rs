@@ -150,27 +150,41 @@ impl Manifest {
         out
     }
 
-    /// Checks that the archive this manifest names (read from `key`) is one of the model's own
-    /// archives under `layout`, so a manifest cannot steer a reader to another model's or
-    /// another team's objects.
-    pub fn confined(self, layout: &Layout, key: &str) -> Result<Self> {
-        let own = layout.archives_prefix(&self.model);
-        let name = self.archive_key.strip_prefix(&own);
-        let ok = name.is_some_and(|n| {
-            !n.is_empty() && !n.contains('/') && n != "." && n != ".." && !n.chars().any(char::is_control)
-        });
-        if !ok {
+    /// Checks that the archive this manifest names (read from `key`) is one of the model's own:
+    /// `…<Model>/archives/<name>`, so a manifest cannot steer a reader to another model's or
+    /// another team's objects. The prefix before `<Model>/` is not checked: where the model lives
+    /// now decides where its archive is read ([`Layout::archive_key`]), so a model copied to
+    /// another prefix or bucket with any copy tool still downloads.
+    pub fn confined(self, _layout: &Layout, key: &str) -> Result<Self> {
+        if self.archive_name().is_none() {
             return Err(Error::integrity(
                 key,
                 format!(
-                    "the manifest names the archive {:?}, which is not one of the model's own archives under {own}",
-                    self.archive_key
+                    "the manifest names the archive {:?}, which is not one of the model's own archives ({}/archives/NAME)",
+                    self.archive_key, self.model
                 ),
                 None,
                 None,
             ));
         }
         Ok(self)
+    }
+
+    /// The archive's file name, when `archive_key` is `[…/]<Model>/archives/<name>` with a plain
+    /// name (no `/`, not `.` or `..`, no control characters).
+    pub fn archive_name(&self) -> Option<&str> {
+        let own = format!("{}/archives/", self.model);
+        let at = self.archive_key.rfind(&own)?;
+        if at > 0 && !self.archive_key[..at].ends_with('/') {
+            return None;
+        }
+        let name = &self.archive_key[at + own.len()..];
+        let plain = !name.is_empty()
+            && !name.contains('/')
+            && name != "."
+            && name != ".."
+            && !name.chars().any(char::is_control);
+        plain.then_some(name)
     }
 
     /// Whether `other` describes the same tree (paths, sizes, digests, modes), whatever the archive.
@@ -215,6 +229,35 @@ impl Layout {
     pub fn new_archive_key(&self, model: &ModelName, now: SystemTime, compression: Compression) -> String {
         let stamp = humantime::format_rfc3339_seconds(now).to_string().replace([':', '-'], "");
         format!("{}{stamp}-{:08x}.{}", self.archives_prefix(model), fastrand::u32(..), compression.extension())
+    }
+
+    /// Where the archive of `manifest` is read: its file name under this layout's archives of the
+    /// model (the manifest's own `archive_key` may carry the prefix of where it was written).
+    pub fn archive_key(&self, manifest: &Manifest) -> String {
+        match manifest.archive_name() {
+            Some(name) => format!("{}{name}", self.archives_prefix(&manifest.model)),
+            None => manifest.archive_key.clone(),
+        }
+    }
+
+    /// `<prefix><Model>/versions/`: one immutable manifest per version, named by its digest.
+    pub fn versions_prefix(&self, model: &ModelName) -> String {
+        format!("{}{model}/versions/", self.prefix)
+    }
+
+    /// `<prefix><Model>/versions/<hex>.json`.
+    pub fn version_key(&self, model: &ModelName, version: &crate::reference::VersionId) -> String {
+        format!("{}{}.json", self.versions_prefix(model), version.hex())
+    }
+
+    /// `<prefix><Model>/tags/`: the only mutable objects, moved by compare-and-swap.
+    pub fn tags_prefix(&self, model: &ModelName) -> String {
+        format!("{}{model}/tags/", self.prefix)
+    }
+
+    /// `<prefix><Model>/tags/<tag>.json`.
+    pub fn tag_key(&self, model: &ModelName, tag: &crate::reference::TagName) -> String {
+        format!("{}{tag}.json", self.tags_prefix(model))
     }
 
     /// The model a listed key is the manifest of, if it is one.
@@ -295,6 +338,7 @@ mod tests {
             "p/Alpha/manifest.json",
             "../../etc/passwd",
             "/etc/passwd",
+            "p/NotAlpha/archives/x.tar",
             "",
         ] {
             let mut m = sample();
@@ -302,7 +346,10 @@ mod tests {
             let err = m.confined(&layout, "k").unwrap_err();
             assert_eq!(err.exit_code(), 6, "{key}");
         }
-        assert!(sample().confined(&Layout::new(""), "k").is_err(), "another prefix is another place");
+        // Copied to another prefix (or bucket): the archive is read where the model is now.
+        let copied = sample().confined(&Layout::new("elsewhere/"), "k").unwrap();
+        assert_eq!(Layout::new("elsewhere/").archive_key(&copied), "elsewhere/Alpha/archives/x.tar");
+        assert_eq!(Layout::new("").archive_key(&copied), "Alpha/archives/x.tar");
     }
 
     #[test]

@@ -53,7 +53,7 @@ impl Cache {
     /// staging area, resumable when a crashed run of this version left verified files (then the
     /// rest of that directory is cleared). Leftovers of other runs are removed. Blocking: it
     /// hashes the files it keeps.
-    pub fn begin(&self, lock: ModelLock, manifest: &Manifest) -> Result<Acquired> {
+    pub fn begin(&self, lock: ModelLock, manifest: &Manifest, link: bool) -> Result<Acquired> {
         let model = lock.model().clone();
         if model != manifest.model {
             return Err(Error::other(format!("the lock is for {model}, the manifest for {}", manifest.model), None));
@@ -61,7 +61,8 @@ impl Cache {
         self.ensure_layout()?;
         let version = self.version_path(&model, &manifest.archive_sha256);
         // Whoever held the lock before may have installed exactly this version.
-        if self.current(&model)?.as_deref() == Some(version.as_path()) && self.is_complete(&version) {
+        let linked = self.current(&model)?.as_deref() == Some(version.as_path());
+        if (linked || !link) && self.is_complete(&version) {
             return Ok(Acquired::Ready(version));
         }
         let resumable = find_resumable(self, &model, manifest)?;
@@ -177,8 +178,9 @@ impl Staging {
     }
 
     /// Moves the verified tree into place as the version `manifest` describes (its manifest
-    /// copy first), then points `models/<Model>` at it. Returns the version directory.
-    pub fn commit(mut self, manifest: &Manifest) -> Result<PathBuf> {
+    /// copy first), then, with `link`, points `models/<Model>` at it (a download of `latest`; a
+    /// pinned or tagged version leaves the link alone). Returns the version directory.
+    pub fn commit(mut self, manifest: &Manifest, link: bool) -> Result<PathBuf> {
         let cache = &self.cache;
         let version = cache.version_path(&manifest.model, &manifest.archive_sha256);
         let copy = cache.manifest_copy_path(&version);
@@ -203,7 +205,9 @@ impl Staging {
                 .map_err(|e| Error::io("cannot move the verified model into", &version, e))?;
             self.committed = true;
         }
-        cache.point_to(&manifest.model, &version)?;
+        if link {
+            cache.point_to(&manifest.model, &version)?;
+        }
         Ok(version)
     }
 

@@ -95,6 +95,21 @@ impl Cache {
         Ok(Some(current))
     }
 
+    /// `version_dir` of `model` if it is complete, marked as used; held like [`Cache::use_ready`]
+    /// (shared use lock), whatever `models/<Model>` points at (a pinned version).
+    pub fn use_version(&self, model: &ModelName, version_dir: &Path) -> Result<Option<PathBuf>> {
+        if !self.root.join(".locks").is_dir() {
+            return Ok(None);
+        }
+        let (path, file) = self.use_lock_file(model)?;
+        file.lock_shared().map_err(|e| Error::io("cannot lock", &path, e))?;
+        if !self.is_complete(version_dir) {
+            return Ok(None);
+        }
+        self.touch(version_dir);
+        Ok(Some(version_dir.to_path_buf()))
+    }
+
     /// The model's use lock, exclusively: no reader is handing out one of its versions.
     pub(super) fn lock_use_exclusive(&self, model: &ModelName) -> Result<ModelLock> {
         let (path, file) = self.use_lock_file(model)?;

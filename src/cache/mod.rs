@@ -29,6 +29,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::names::{ModelName, Sha256Hex};
+use crate::reference::{TagName, Target, VersionId};
 
 mod install;
 mod lock;
@@ -166,6 +167,69 @@ impl Cache {
         version_dir.is_dir() && self.manifest_copy_path(version_dir).is_file()
     }
 
+    /// Records which version (manifest digest) a version directory holds: `<dir>.version`.
+    pub fn record_version(&self, version_dir: &Path, id: &VersionId) -> Result<()> {
+        let path = sidecar(version_dir, ".version");
+        fs::write(&path, format!("{}\n", id.hex())).map_err(|e| Error::io("cannot write", &path, e))
+    }
+
+    /// The version id a version directory was recorded with.
+    pub fn version_of(&self, version_dir: &Path) -> Option<VersionId> {
+        VersionId::parse(fs::read_to_string(sidecar(version_dir, ".version")).ok()?.trim())
+    }
+
+    /// The complete version directory of `model` holding the version `target` names (a whole
+    /// id or a prefix), found with no request to the bucket.
+    pub fn find_version(&self, model: &ModelName, target: &Target) -> Option<PathBuf> {
+        let prefix = format!("{model}@");
+        let rd = fs::read_dir(self.versions_dir()).ok()?;
+        let mut found = Vec::new();
+        for entry in rd.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(&prefix) || !path.is_dir() {
+                continue;
+            }
+            let Some(id) = self.version_of(&path) else { continue };
+            let hit = match target {
+                Target::Version(v) => &id == v,
+                Target::Prefix(p) => id.hex().starts_with(p.as_str()),
+                Target::Tag(_) => false,
+            };
+            if hit && self.is_complete(&path) {
+                found.push(path);
+            }
+        }
+        (found.len() == 1).then(|| found.remove(0))
+    }
+
+    /// Remembers that `tag` of `model` resolved to `id` here (for `download --offline`, and so
+    /// `prune` keeps it): `models/.refs/<Model>/<tag>`.
+    pub fn set_ref(&self, model: &ModelName, tag: &TagName, id: &VersionId) -> Result<()> {
+        let dir = self.models_dir().join(".refs").join(model.as_str());
+        fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create", &dir, e))?;
+        let path = dir.join(tag.as_str());
+        let tmp = dir.join(format!(".{tag}.{:016x}", fastrand::u64(..)));
+        fs::write(&tmp, format!("{}\n", id.hex())).map_err(|e| Error::io("cannot write", &tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| Error::io("cannot write", &path, e))
+    }
+
+    /// What `tag` of `model` last resolved to on this machine.
+    pub fn get_ref(&self, model: &ModelName, tag: &TagName) -> Option<VersionId> {
+        let path = self.models_dir().join(".refs").join(model.as_str()).join(tag.as_str());
+        VersionId::parse(fs::read_to_string(path).ok()?.trim())
+    }
+
+    /// Every version id some tag of `model` last resolved to here.
+    pub fn refs(&self, model: &ModelName) -> Vec<VersionId> {
+        let dir = self.models_dir().join(".refs").join(model.as_str());
+        let Ok(rd) = fs::read_dir(dir) else { return Vec::new() };
+        rd.flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| VersionId::parse(fs::read_to_string(e.path()).ok()?.trim()))
+            .collect()
+    }
+
     /// The version `models/<Model>` points at, if any.
     pub fn current(&self, model: &ModelName) -> Result<Option<PathBuf>> {
         let link = self.link_path(model);
@@ -194,6 +258,7 @@ impl Cache {
     pub(crate) fn remove_version(&self, version_dir: &Path) -> Result<()> {
         // The manifest copy first: a version without it is treated as incomplete, never used.
         remove_file_if_present(&self.manifest_copy_path(version_dir))?;
+        let _ = fs::remove_file(sidecar(version_dir, ".version"));
         // Then the directory leaves its path whole (a rename into staging), so anyone holding
         // that path sees the complete version or nothing, never a half-deleted one. A prune
         // killed here leaves `<Model>@removing-…`, which the next download's cleanup removes.
@@ -287,6 +352,13 @@ impl Cache {
     pub fn disk_usage(&self) -> u64 {
         tree_size(&self.root)
     }
+}
+
+/// `<dir><suffix>`: a file beside a version directory (`.manifest.json`, `.version`).
+pub(crate) fn sidecar(version_dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = version_dir.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// Removes a file (or link); one already gone is fine.

@@ -36,7 +36,8 @@ pub struct PruneOutcome {
 pub struct PruneOptions {
     /// Only these models (all when empty).
     pub models: Vec<ModelName>,
-    /// Versions to keep per model, the current one first (at least 1).
+    /// Versions to keep per model, the current one first (at least 1); versions a tag resolved
+    /// to on this machine are kept too.
     pub keep: usize,
     /// Evict whole models, least recently used first, until the cache is at most this big.
     pub max_size: Option<u64>,
@@ -68,10 +69,15 @@ impl Cache {
             };
             // Readers hold this only while they check a version: a short wait at most.
             let use_lock = self.lock_use_exclusive(&model)?;
-            versions.sort_by_key(|v| (!v.current, std::cmp::Reverse(self.last_used(&v.path))));
+            // What tags resolved to here is kept like the current version (a pinned deploy
+            // serves it); --max-size may still evict the whole model.
+            let referenced = self.refs(&model);
+            let tagged = |v: &CachedVersion| self.version_of(&v.path).is_some_and(|id| referenced.contains(&id));
+            versions.sort_by_key(|v| (!(v.current || tagged(v)), std::cmp::Reverse(self.last_used(&v.path))));
+            let protected = versions.iter().filter(|v| v.current || tagged(v)).count();
             for (i, v) in versions.into_iter().enumerate() {
                 let bytes = tree_size(&v.path);
-                if i < opts.keep.max(1) {
+                if i < opts.keep.max(1).max(protected) {
                     kept.push((model.clone(), v.path, bytes));
                     continue;
                 }

@@ -153,12 +153,18 @@ enum Command {
     },
     /// Upload model directories to the bucket
     #[command(
-        after_help = "Uploads <models-dir>/<MODEL> for each MODEL, or --from DIR for one model.\nA tree identical to the bucket's current version uploads nothing (use --force to upload anyway)."
+        after_help = "Uploads <models-dir>/<MODEL> for each MODEL, or --from DIR for one model, as a new immutable\nversion, then moves `latest` (unless --no-latest) and each tag to it, and prints the pinned\nreference MODEL@sha256:... A tree identical to `latest` uploads nothing (--force uploads anyway)."
     )]
     Upload {
-        /// Model names
-        #[arg(required = true, value_name = "MODEL")]
+        /// Model names, each optionally with a tag to move to the new version: Alpha:prod
+        #[arg(required = true, value_name = "MODEL[:TAG]")]
         models: Vec<String>,
+        /// Also move TAG to the uploaded version (repeatable)
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// Leave `latest` where it is: upload a candidate to test and promote with `tag`
+        #[arg(long)]
+        no_latest: bool,
         /// Folder holding one directory per model [default: ./models]
         #[arg(long, value_name = "DIR", env = "CROWECODE_MODELS_DIR", hide_env_values = true, conflicts_with = "from")]
         models_dir: Option<PathBuf>,
@@ -174,13 +180,67 @@ enum Command {
         #[command(flatten)]
         transfer: TransferArgs,
     },
+    /// Print the pinned reference (MODEL@sha256:...) of each reference, one per line
+    #[command(
+        after_help = "References: Alpha (= Alpha:latest), Alpha:TAG, Alpha@sha256:HEX, Alpha@HEX (a unique prefix of 12+).\nA CI job resolves once and hands the pinned reference to the deploy: every pod then gets the same bytes."
+    )]
+    Resolve {
+        /// References
+        #[arg(required = true, value_name = "REF")]
+        references: Vec<String>,
+    },
+    /// Point tags at the version a reference names (compare-and-swap: concurrent moves cannot clobber)
+    Tag {
+        /// The version: Alpha@sha256:..., Alpha:TAG or Alpha
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// Tags to move
+        #[arg(required = true, value_name = "TAG")]
+        tags: Vec<String>,
+        /// Move only if the tag points where REF2 does now (as `git update-ref NEW OLD`)
+        #[arg(long, value_name = "REF2")]
+        if_current: Option<String>,
+    },
+    /// Remove a tag (MODEL:TAG)
+    Untag {
+        /// MODEL:TAG
+        #[arg(value_name = "MODEL:TAG")]
+        reference: String,
+    },
+    /// Move a tag (default latest) back to the version it pointed at before its last move
+    Rollback {
+        /// MODEL or MODEL:TAG
+        #[arg(value_name = "MODEL[:TAG]")]
+        reference: String,
+    },
+    /// A model's versions (newest first) with their tags, and a tag's moves (who, when)
+    History {
+        /// MODEL or MODEL:TAG
+        #[arg(value_name = "MODEL[:TAG]")]
+        reference: String,
+    },
+    /// Delete a version (MODEL@VERSION) from the bucket, or with --all --yes a whole model
+    Delete {
+        /// MODEL@VERSION, or MODEL with --all
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// Remove the tags pointing at the version first (never latest)
+        #[arg(long)]
+        force: bool,
+        /// Every version, tag and archive of the model
+        #[arg(long)]
+        all: bool,
+        /// Really delete the whole model (with --all)
+        #[arg(long)]
+        yes: bool,
+    },
     /// Re-hash installed models against their manifests; exit 6 on any difference
     Verify {
         /// Model names
         #[arg(required = true, value_name = "MODEL")]
         models: Vec<String>,
     },
-    /// Download models into the cache (verified) and print their paths, one per line
+    /// Download models (any reference: Alpha, Alpha:prod, Alpha@sha256:...) into the cache, verified; print their paths
     #[command(
         after_help = "Prints each ready model's directory on stdout: MODEL=$(crowecode-cloud download Alpha)\nConcurrent downloads of one model on a machine wait for the first; a cached current model costs one manifest read."
     )]
@@ -523,7 +583,7 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
             printer.list_remote(&out);
             Ok(exit::OK)
         }
-        Command::Upload { models, models_dir, from, compression, force, .. } => {
+        Command::Upload { models, tags, no_latest, models_dir, from, compression, force, .. } => {
             let source = match (from, models_dir) {
                 (Some(dir), _) => commands::upload::Source::Dir(absolute(dir)?),
                 (None, dir) => {
@@ -540,10 +600,41 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
                     commands::upload::Source::ModelsDir(dir)
                 }
             };
-            let opts = UploadOptions { compression: *compression, force: *force };
+            let tags = tags.iter().map(|t| crate::reference::TagName::new(t)).collect::<crate::Result<Vec<_>>>()?;
+            let opts = UploadOptions { compression: *compression, force: *force, tags, no_latest: *no_latest };
             let batch = commands::upload::run(ctx, models, &source, &opts).await?;
             printer.uploads(&batch);
             Ok(batch.exit_code())
+        }
+        Command::Resolve { references } => {
+            let batch = commands::versions::resolve(ctx, references).await?;
+            printer.resolutions(&batch);
+            Ok(batch.exit_code())
+        }
+        Command::Tag { reference, tags, if_current } => {
+            let (model, moved) = commands::versions::tag(ctx, reference, tags, if_current.as_deref()).await?;
+            printer.moves(&model, &moved);
+            Ok(exit::OK)
+        }
+        Command::Untag { reference } => {
+            let removed = commands::versions::untag(ctx, reference).await?;
+            printer.untagged(reference, removed);
+            Ok(if removed { exit::OK } else { exit::NOT_FOUND })
+        }
+        Command::Rollback { reference } => {
+            let (model, moved) = commands::versions::rollback(ctx, reference).await?;
+            printer.moves(&model, &[moved]);
+            Ok(exit::OK)
+        }
+        Command::History { reference } => {
+            let history = commands::versions::history(ctx, reference).await?;
+            printer.history(&history);
+            Ok(exit::OK)
+        }
+        Command::Delete { reference, force, all, yes } => {
+            let deleted = commands::versions::delete(ctx, reference, *force, *all, *yes).await?;
+            printer.deleted(&deleted);
+            Ok(exit::OK)
         }
         Command::Verify { models } => {
             let batch = commands::verify::run(ctx, models).await?;

@@ -332,7 +332,7 @@ impl Printer {
         for u in &batch.models {
             match u.status {
                 UploadStatus::UpToDate => {
-                    self.note(&format!("{}: up to date (sha256 {}), nothing uploaded", u.model, u.sha256.short()))
+                    self.note(&format!("{}: up to date (version {}), nothing uploaded", u.model, u.version.short()))
                 }
                 UploadStatus::Uploaded => self.note(&format!(
                     "{}: uploaded {}, {} in {} part{} in {} ({}), sha256 {}",
@@ -346,10 +346,95 @@ impl Printer {
                     u.sha256.short()
                 )),
             }
+            if !u.tags.is_empty() {
+                let tags: Vec<String> = u.tags.iter().map(ToString::to_string).collect();
+                self.note(&format!("{}: {} → {}", u.model, tags.join(", "), u.version.short()));
+            }
         }
         self.model_errors(batch);
         if self.json {
             self.json_out(batch);
+        } else {
+            // The pinned reference, for the deploy step: REF=$(crowecode-cloud upload Alpha).
+            for u in &batch.models {
+                self.out(&u.reference);
+            }
+        }
+    }
+
+    /// Output of `resolve`: the pinned references on stdout, one per line.
+    pub fn resolutions(&self, batch: &Batch<crate::manager::Resolution>) {
+        self.model_errors(batch);
+        if self.json {
+            return self.json_out(batch);
+        }
+        for r in &batch.models {
+            self.out(&r.pinned);
+        }
+    }
+
+    /// Output of `tag` and `rollback`: each move on stderr, the pinned reference on stdout.
+    pub fn moves(&self, model: &str, moved: &[crate::manager::Moved]) {
+        if self.json {
+            return self.json_out(&serde_json::json!({ "model": model, "moved": moved }));
+        }
+        for m in moved {
+            let from = m.from.as_ref().map_or_else(|| "(new)".to_string(), |v| v.short().to_string());
+            let what =
+                if m.changed { format!("{from} → {}", m.to.short()) } else { format!("already at {}", m.to.short()) };
+            self.note(&format!("{model}:{}: {what}", m.tag));
+        }
+        if let Some(m) = moved.first() {
+            self.out(&format!("{model}@{}", m.to));
+        }
+    }
+
+    /// Output of `untag`.
+    pub fn untagged(&self, reference: &str, removed: bool) {
+        if self.json {
+            return self.json_out(&serde_json::json!({ "reference": reference, "removed": removed }));
+        }
+        self.note(&if removed { format!("{reference}: removed") } else { format!("{reference}: no such tag") });
+    }
+
+    /// Output of `history`: versions newest first, then the tag's moves.
+    pub fn history(&self, h: &crate::manager::History) {
+        if self.json {
+            return self.json_out(h);
+        }
+        let mut lines = vec![format!("{:<14} {:<22} {:>10} {:>6}  TAGS", "VERSION", "CREATED", "SIZE", "FILES")];
+        for v in &h.versions {
+            let tags: Vec<String> = v.tags.iter().map(ToString::to_string).collect();
+            lines.push(format!(
+                "{:<14} {:<22} {:>10} {:>6}  {}",
+                v.version.short(),
+                v.created_at,
+                fmt_bytes(v.size),
+                v.files,
+                tags.join(", ")
+            ));
+        }
+        if !h.moves.is_empty() {
+            lines.push(String::new());
+            lines.push(format!("moves of {}:{} (newest first):", h.model, h.tag));
+            for m in &h.moves {
+                let from = m.from.as_ref().map_or_else(|| "(new)".to_string(), |v| v.short().to_string());
+                lines.push(format!("  {}  {from} → {}  by {}", m.at, m.to.short(), safe(&m.by)));
+            }
+        }
+        self.out(&lines.join("\n"));
+    }
+
+    /// Output of `delete`: the keys removed.
+    pub fn deleted(&self, d: &crate::manager::Deleted) {
+        if self.json {
+            return self.json_out(d);
+        }
+        for t in &d.untagged {
+            self.note(&format!("removed tag {t}"));
+        }
+        for k in &d.keys {
+            self.out(&format!("deleted {}", safe(k)));
         }
     }
 

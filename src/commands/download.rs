@@ -17,7 +17,7 @@ pub async fn run(
 ) -> Result<Batch<Downloaded>> {
     // An invalid name is that model's failure (exit 2); the others go ahead. All names are
     // checked before any I/O, and when none is valid nothing is set up at all.
-    let (valid, mut batch) = Batch::valid_names(models);
+    let (valid, mut batch) = Batch::valid_references(models);
     if valid.is_empty() {
         return Ok(batch);
     }

@@ -22,6 +22,7 @@ pub mod setup;
 pub mod status;
 pub mod upload;
 pub mod verify;
+pub mod versions;
 
 /// Reads an environment variable (injected, so tests and embedders control the environment).
 pub type EnvReader = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -114,11 +115,20 @@ impl<T> Batch<T> {
     /// The names of `models` that are valid, and a batch holding an error (exit 2) for each
     /// invalid one: one bad name is that model's failure, the others go ahead.
     pub fn valid_names(models: &[String]) -> (Vec<String>, Self) {
+        Self::valid(models, |m| crate::names::ModelName::new(m).map(|_| ()))
+    }
+
+    /// [`Batch::valid_names`] for references (`Alpha`, `Alpha:prod`, `Alpha@sha256:…`).
+    pub fn valid_references(models: &[String]) -> (Vec<String>, Self) {
+        Self::valid(models, |m| crate::reference::Reference::parse(m).map(|_| ()))
+    }
+
+    fn valid(models: &[String], check: impl Fn(&str) -> Result<()>) -> (Vec<String>, Self) {
         let mut batch = Self { models: Vec::new(), errors: Vec::new() };
         let mut valid = Vec::new();
         for m in models {
-            match crate::names::ModelName::new(m) {
-                Ok(_) => valid.push(m.clone()),
+            match check(m) {
+                Ok(()) => valid.push(m.clone()),
                 Err(e) => batch.errors.push(ModelError::new(m, &e)),
             }
         }

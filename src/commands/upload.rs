@@ -25,17 +25,36 @@ pub async fn run(ctx: &Context, models: &[String], source: &Source, opts: &Uploa
     }
     // An invalid name is that model's failure (exit 2); the others go ahead. All names are
     // checked before any I/O, and when none is valid nothing is set up at all.
-    let (valid, mut batch) = Batch::valid_names(models);
-    if valid.is_empty() {
+    // `Alpha:prod` uploads Alpha and moves prod too; a version (`@…`) names no upload.
+    let (valid, mut batch) = Batch::valid_references(models);
+    let mut uploads = Vec::new();
+    for m in valid {
+        let r = crate::reference::Reference::parse(&m)?;
+        match r.tag() {
+            Some(tag) => uploads.push((m, r.model.clone(), tag.clone())),
+            None => batch.errors.push(ModelError::new(
+                &m,
+                &Error::usage(
+                    format!("{m} names a version; upload creates one"),
+                    "upload MODEL or MODEL:TAG; `crowecode-cloud tag` points tags at existing versions",
+                ),
+            )),
+        }
+    }
+    if uploads.is_empty() {
         return Ok(batch);
     }
     let manager = ctx.manager().await?;
-    for m in &valid {
+    for (m, model, tag) in &uploads {
         let dir = match source {
-            Source::ModelsDir(d) => d.join(m),
+            Source::ModelsDir(d) => d.join(model.as_str()),
             Source::Dir(d) => d.clone(),
         };
-        match manager.upload_model(m, &dir, opts).await {
+        let mut opts = opts.clone();
+        if !tag.is_latest() {
+            opts.tags.insert(0, tag.clone());
+        }
+        match manager.upload_model(model.as_str(), &dir, &opts).await {
             Ok(u) => batch.models.push(u),
             Err(e) => batch.errors.push(ModelError::new(m, &manager.explain(e).await)),
         }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::versions::{self, Found};
 use super::{Session, blocking, fallback};
 use crate::archive::Extractor;
 use crate::cache::{Acquired, Resume};
@@ -14,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::names::{ModelName, Sha256Hex};
 use crate::provider::ProviderErrorKind;
+use crate::reference::{Reference, Target, VersionId};
 use crate::transfer::{self, Progress};
 
 /// What `download_model` did.
@@ -45,6 +47,10 @@ pub struct Downloaded {
     /// Bytes fetched from the bucket by this call.
     pub transferred: u64,
     pub seconds: f64,
+    /// The version's id (`sha256:…`), when known.
+    pub version: Option<String>,
+    /// The tag it was found through.
+    pub tag: Option<String>,
 }
 
 impl Downloaded {
@@ -65,6 +71,8 @@ impl Downloaded {
             files: manifest.files.len(),
             transferred,
             seconds: started.elapsed().as_secs_f64(),
+            version: None,
+            tag: None,
         }
     }
 }
@@ -78,53 +86,110 @@ pub struct DownloadOptions {
     pub force: bool,
 }
 
-/// The cached model if there is one, without contacting the bucket; a download otherwise.
-pub(crate) async fn ensure(s: &Session, name: &str) -> Result<PathBuf> {
-    let model = ModelName::new(name)?;
-    if let Some(path) = s.use_ready(&model, None).await? {
+/// The version `reference` names if this machine has it, without contacting the bucket
+/// (`latest`: what `models/<Model>` points at; another tag: what it last resolved to here); a
+/// download otherwise.
+pub(crate) async fn ensure(s: &Session, reference: &str) -> Result<PathBuf> {
+    let r = Reference::parse(reference)?;
+    if let Some((path, _)) = cached(s, &r).await? {
         return Ok(path);
     }
-    Ok(model_or_fallback(s, name, &DownloadOptions::default()).await?.path)
+    Ok(model_or_fallback(s, reference, &DownloadOptions::default()).await?.path)
 }
 
-/// The bucket's current version of `name`, ready in the cache; when the bucket has no such
-/// model and a fallback command is configured, what it makes (uploaded too with `publish`).
-pub(crate) async fn model_or_fallback(s: &Session, name: &str, opts: &DownloadOptions) -> Result<Downloaded> {
+/// The version `r` names as this machine has it, and its id when recorded; no request.
+pub(crate) async fn cached(s: &Session, r: &Reference) -> Result<Option<(PathBuf, Option<VersionId>)>> {
+    let model = &r.model;
+    let path = match &r.target {
+        Target::Tag(tag) if tag.is_latest() => s.use_ready(model, None).await?,
+        Target::Tag(tag) => match s.cache.get_ref(model, tag) {
+            Some(id) => use_found(s, model, s.cache.find_version(model, &Target::Version(id))).await?,
+            None => None,
+        },
+        target => use_found(s, model, s.cache.find_version(model, target)).await?,
+    };
+    Ok(path.map(|p| {
+        let id = s.cache.version_of(&p);
+        (p, id)
+    }))
+}
+
+async fn use_found(s: &Session, model: &ModelName, dir: Option<PathBuf>) -> Result<Option<PathBuf>> {
+    let Some(dir) = dir else { return Ok(None) };
+    let (cache, m) = (s.cache.clone(), model.clone());
+    blocking(move || cache.use_version(&m, &dir)).await
+}
+
+/// The version `reference` names, ready in the cache; when the bucket has no such model and a
+/// fallback command is configured, what it makes (uploaded too with `publish`). A pinned
+/// version this machine has costs no request at all.
+pub(crate) async fn model_or_fallback(s: &Session, reference: &str, opts: &DownloadOptions) -> Result<Downloaded> {
     let started = Instant::now();
-    let model = ModelName::new(name)?;
-    match s.fetch_manifest(&model).await? {
-        Some(manifest) => whole_version(s, manifest, opts.force, started).await,
-        None => match s.config.fallback_command.clone() {
+    let r = Reference::parse(reference)?;
+    let model = r.model.clone();
+    if !opts.force
+        && !matches!(r.target, Target::Tag(_))
+        && let Some((path, id)) = cached(s, &r).await?
+        && let Some(manifest) = s.cache.read_manifest_copy(&path, &model)
+    {
+        let mut done = Downloaded::whole(path, DownloadStatus::Cached, &manifest, 0, started);
+        done.version = id.map(|v| v.to_string());
+        return Ok(done);
+    }
+    match versions::resolve(s, &r).await? {
+        Some(found) => whole_version(s, found, r.is_latest(), opts.force, started).await,
+        None if r.is_latest() => match s.config.fallback_command.clone() {
             Some(command) => fallback::run(s, &model, &command, opts.publish, started).await,
             None => Err(s.not_found(&model)),
         },
+        None => Err(Error::ModelNotFound { model: r.to_string(), location: s.config.location() }),
     }
 }
 
-/// Makes the version `manifest` describes ready in the cache. One download per model per
-/// machine: concurrent calls wait for the first and then find the version ready. With `force`,
-/// the version is fetched and verified again, and replaces the cached copy.
+/// Makes the version `found` describes ready in the cache. One download per model per
+/// machine: concurrent calls wait for the first and then find the version ready. With `link`
+/// (a download of `latest`), `models/<Model>` points at it afterwards. With `force`, the version
+/// is fetched and verified again, and replaces the cached copy.
 pub(crate) async fn whole_version(
     s: &Session,
-    manifest: Manifest,
+    found: Found,
+    link: bool,
     force: bool,
     started: Instant,
 ) -> Result<Downloaded> {
+    let Found { manifest, version: id, tag, .. } = found;
     let model = manifest.model.clone();
     let version = s.cache.version_path(&model, &manifest.archive_sha256);
-    if !force && let Some(path) = s.use_ready(&model, Some(&version)).await? {
-        return Ok(Downloaded::whole(path, DownloadStatus::Cached, &manifest, 0, started));
+    let finish = |path: PathBuf, status, transferred| -> Result<Downloaded> {
+        s.cache.record_version(&path, &id)?;
+        if let Some(tag) = &tag {
+            s.cache.set_ref(&model, tag, &id)?;
+        }
+        let mut done = Downloaded::whole(path, status, &manifest, transferred, started);
+        done.version = Some(id.to_string());
+        done.tag = tag.as_ref().map(|t| t.to_string());
+        Ok(done)
+    };
+    if !force {
+        let ready = if link {
+            s.use_ready(&model, Some(&version)).await?
+        } else {
+            use_found(s, &model, Some(version.clone())).await?
+        };
+        if let Some(path) = ready {
+            return finish(path, DownloadStatus::Cached, 0);
+        }
     }
     let lock = s.lock(&model).await?;
     let acquired = {
         let (cache, m) = (s.cache.clone(), manifest.clone());
-        blocking(
-            move || if force { cache.begin_replacing(lock, &m).map(Acquired::Staging) } else { cache.begin(lock, &m) },
-        )
+        blocking(move || {
+            if force { cache.begin_replacing(lock, &m).map(Acquired::Staging) } else { cache.begin(lock, &m, link) }
+        })
         .await?
     };
     let staging = match acquired {
-        Acquired::Ready(path) => return Ok(Downloaded::whole(path, DownloadStatus::Cached, &manifest, 0, started)),
+        Acquired::Ready(path) => return finish(path, DownloadStatus::Cached, 0),
         Acquired::Staging(staging) => staging,
     };
     if let Some(r) = staging.resume() {
@@ -140,15 +205,15 @@ pub(crate) async fn whole_version(
     let resume = staging.resume().cloned();
     s.cache.check_room(manifest.total_size - resume.as_ref().map_or(0, |r| r.kept_bytes))?;
     fetch_into(s, &manifest, staging.dir(), resume.as_ref()).await?;
-    let path = staging.commit(&manifest)?;
+    let path = staging.commit(&manifest, link)?;
     let transferred = manifest.archive_size - resume.map_or(0, |r| r.start_offset);
-    Ok(Downloaded::whole(path, DownloadStatus::Downloaded, &manifest, transferred, started))
+    finish(path, DownloadStatus::Downloaded, transferred)
 }
 
 /// One HEAD before the ranged reads: an archive that is missing, shorter or longer than the
 /// manifest says is an integrity failure (exit 6), found at once instead of after retries.
 pub(crate) async fn check_archive_size(s: &Session, manifest: &Manifest) -> Result<()> {
-    let key = &manifest.archive_key;
+    let key = &s.layout.archive_key(manifest);
     match s.provider.head(key).await {
         Ok(meta) if meta.size == manifest.archive_size => Ok(()),
         Ok(meta) => Err(Error::integrity(
@@ -179,7 +244,7 @@ async fn fetch_into(
         Some(r) => Extractor::resuming(staging.to_path_buf(), manifest.expected_entries(), r.start_index, true),
         None => Extractor::new(staging.to_path_buf(), manifest.expected_entries(), false),
     };
-    let key = &manifest.archive_key;
+    let key = &s.layout.archive_key(manifest);
     check_archive_size(s, manifest).await?;
     let progress = Progress::new(s.reporter.clone(), manifest.model.as_str());
     let sha = transfer::download_archive(

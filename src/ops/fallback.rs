@@ -23,9 +23,9 @@ pub(crate) async fn run(
 ) -> Result<Downloaded> {
     let lock = s.lock(model).await?;
     // Someone may have published it while this process waited for the lock.
-    if let Some(manifest) = s.fetch_manifest(model).await? {
+    if let Some(found) = super::versions::resolve(s, &crate::reference::Reference::parse(model.as_str())?).await? {
         drop(lock);
-        return download::whole_version(s, manifest, false, started).await;
+        return download::whole_version(s, found, true, false, started).await;
     }
     // Made here by an earlier fallback (and never published): that is the model.
     if !publish
@@ -60,19 +60,19 @@ pub(crate) async fn run(
     let mut status = DownloadStatus::Fallback;
     if publish {
         // The staging tree is what gets uploaded; it is moved into the cache afterwards.
-        let opts = UploadOptions { compression: Compression::None, force: false };
+        let opts = UploadOptions { compression: Compression::None, ..Default::default() };
         match upload::run(s, model.as_str(), staging.dir(), &opts).await {
             Ok(_) => status = DownloadStatus::Published,
             // Another machine published a different tree first: theirs is the bucket's
             // version now; this machine still has a complete model of its own.
-            Err(Error::Other { message, .. }) if message.contains(CONFLICT) => s.info(
+            Err(Error::Conflict { message, .. }) if message.contains(CONFLICT) => s.info(
                 model,
                 "another machine published a different tree of this model first; this machine installs its own copy, the next download takes the bucket's".into(),
             ),
             Err(e) => return Err(e),
         }
     }
-    let path = staging.commit(&manifest)?;
+    let path = staging.commit(&manifest, true)?;
     Ok(Downloaded::whole(path, status, &manifest, 0, started))
 }
 

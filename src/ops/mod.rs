@@ -21,7 +21,9 @@ pub mod list;
 pub mod prune_remote;
 pub mod selection;
 pub mod status;
+pub mod tags;
 pub mod upload;
+pub mod versions;
 
 /// What every operation works with.
 pub(crate) struct Session {
@@ -48,8 +50,20 @@ impl Session {
     /// `model` and name one of its own archives; an HTML page in its place means the endpoint is
     /// not the storage service.
     pub async fn fetch_manifest(&self, model: &ModelName) -> Result<Option<Manifest>> {
+        Ok(self.fetch_manifest_bytes(model).await?.map(|(m, _)| m))
+    }
+
+    /// [`Session::fetch_manifest`], with the bytes as stored.
+    pub async fn fetch_manifest_bytes(&self, model: &ModelName) -> Result<Option<(Manifest, bytes::Bytes)>> {
         let key = self.layout.manifest_key(model);
-        match self.provider.get_bytes(&key).await {
+        let Some(bytes) = self.get_small(&key).await? else { return Ok(None) };
+        Ok(Some((Manifest::parse(&bytes, model, &key)?.confined(&self.layout, &key)?, bytes)))
+    }
+
+    /// A small object (a manifest, a tag), or `None` when there is none. An HTML page in its
+    /// place means the endpoint is not the storage service (exit 1 with a hint, not exit 6).
+    pub async fn get_small(&self, key: &str) -> Result<Option<bytes::Bytes>> {
+        match self.provider.get_bytes(key).await {
             Ok(bytes) if looks_like_html(&bytes) => Err(Error::other(
                 format!("reading {key}: the storage endpoint answered with a web page, not the object"),
                 Some(format!(
@@ -58,7 +72,7 @@ impl Session {
                     self.config.provider
                 )),
             )),
-            Ok(bytes) => Ok(Some(Manifest::parse(&bytes, model, &key)?.confined(&self.layout, &key)?)),
+            Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind == ProviderErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::from_provider(format!("reading {key}"), e)),
         }

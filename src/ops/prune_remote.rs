@@ -71,7 +71,8 @@ pub(crate) async fn run(
         let prefix = s.layout.archives_prefix(&model);
         let mut archives =
             s.provider.list(&prefix).await.map_err(|e| Error::from_provider(format!("listing {prefix}"), e))?;
-        archives.retain(|o| o.key != manifest.archive_key);
+        let current = s.layout.archive_key(&manifest);
+        archives.retain(|o| o.key != current);
         // Keys begin with a UTC stamp: newest last in key order.
         archives.sort_by(|a, b| b.key.cmp(&a.key));
         for o in archives.into_iter().skip(keep) {

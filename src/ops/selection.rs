@@ -9,16 +9,20 @@ use super::download::{DownloadStatus, Downloaded, check_archive_size};
 use crate::archive::Compression;
 use crate::error::{Error, Result};
 use crate::manifest::FileEntry;
-use crate::names::ModelName;
+use crate::reference::Reference;
 use crate::transfer::{self, Progress};
 
 /// Downloads only the files of `name` that match one of `patterns` (see [`crate::select`]); they
 /// land in a directory of their own, which is returned as `path`; a second identical request
 /// finds it there.
-pub(crate) async fn run(s: &Session, name: &str, patterns: &[String]) -> Result<Downloaded> {
+pub(crate) async fn run(s: &Session, reference: &str, patterns: &[String]) -> Result<Downloaded> {
     let started = Instant::now();
-    let model = ModelName::new(name)?;
-    let manifest = s.fetch_manifest(&model).await?.ok_or_else(|| s.not_found(&model))?;
+    let r = Reference::parse(reference)?;
+    let model = r.model.clone();
+    let found = super::versions::resolve(s, &r)
+        .await?
+        .ok_or_else(|| Error::ModelNotFound { model: r.to_string(), location: s.config.location() })?;
+    let manifest = &found.manifest;
     if manifest.compression != Compression::None {
         return Err(Error::other(
             format!(
@@ -61,6 +65,8 @@ pub(crate) async fn run(s: &Session, name: &str, patterns: &[String]) -> Result<
         files: selected.len(),
         transferred,
         seconds: started.elapsed().as_secs_f64(),
+        version: Some(found.version.to_string()),
+        tag: found.tag.as_ref().map(|t| t.to_string()),
     };
     if dest.is_dir() {
         return Ok(done(DownloadStatus::Cached, 0));
@@ -89,10 +95,11 @@ pub(crate) async fn run(s: &Session, name: &str, patterns: &[String]) -> Result<
             path: f.path.clone(),
         });
     }
-    check_archive_size(s, &manifest).await?;
+    check_archive_size(s, manifest).await?;
     let progress = Progress::new(s.reporter.clone(), model.as_str());
     let fetched =
-        transfer::download_files(s.provider.clone(), &manifest.archive_key, files, &s.transfer, &progress).await;
+        transfer::download_files(s.provider.clone(), &s.layout.archive_key(manifest), files, &s.transfer, &progress)
+            .await;
     progress.finished();
     fetched?;
     staging.commit_to(&dest)?;

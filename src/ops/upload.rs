@@ -5,19 +5,22 @@
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
+use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _, stream};
 use serde::Serialize;
 
+use super::versions::{self, Expect};
 use super::{Session, blocking};
 use crate::archive::{self, ArchivePlan, Compression};
 use crate::error::{Error, Result};
 use crate::manifest::{DirEntry, FORMAT_VERSION, FileEntry, Manifest};
 use crate::names::{ModelName, Sha256Hex};
 use crate::provider::{ProviderErrorKind, PutMode};
+use crate::reference::{Reference, TagName, Target, VersionId};
 use crate::transfer::{self, Progress};
 
 /// How a lost manifest commit is described (and recognised by the fallback's `--publish`).
-pub(crate) const CONFLICT: &str = "another upload of a different tree committed while this one ran";
+pub(crate) const CONFLICT: &str = "another upload of a different tree moved latest while this one ran";
 
 /// What `upload_model` did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -45,6 +48,39 @@ pub struct Uploaded {
     /// Parts the archive was uploaded in (0 when up to date).
     pub parts: u32,
     pub seconds: f64,
+    /// The version's id (`sha256:…`).
+    pub version: VersionId,
+    /// The pinned reference, `Model@sha256:…`, for a deploy step.
+    pub reference: String,
+    /// Tags moved to it.
+    pub tags: Vec<TagName>,
+}
+
+impl Uploaded {
+    fn of(
+        m: &Manifest,
+        version: &VersionId,
+        status: UploadStatus,
+        tags: Vec<TagName>,
+        parts: u32,
+        started: Instant,
+    ) -> Self {
+        Self {
+            model: m.model.clone(),
+            status,
+            archive_key: m.archive_key.clone(),
+            sha256: m.archive_sha256.clone(),
+            archive_size: m.archive_size,
+            size: m.total_size,
+            files: m.files.len(),
+            compression: m.compression,
+            parts,
+            seconds: started.elapsed().as_secs_f64(),
+            version: version.clone(),
+            reference: Reference::pinned(&m.model, version).to_string(),
+            tags,
+        }
+    }
 }
 
 /// Options for `upload_model`.
@@ -53,6 +89,10 @@ pub struct UploadOptions {
     pub compression: Compression,
     /// Upload even if the bucket already holds the same tree.
     pub force: bool,
+    /// Tags to move to the version, besides `latest`.
+    pub tags: Vec<TagName>,
+    /// Leave `latest` where it is (a candidate for testing before promotion).
+    pub no_latest: bool,
 }
 
 /// Uploads the directory `dir` as model `name`, unless the bucket already holds the same tree.
@@ -62,38 +102,35 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
     let model = ModelName::new(name)?;
     let dir_owned = dir.to_path_buf();
     let plan = blocking(move || archive::scan_tree(&dir_owned)).await?;
-    let manifest_key = s.layout.manifest_key(&model);
-    let current = match s.provider.head(&manifest_key).await {
-        Ok(meta) => Some(meta),
-        Err(e) if e.kind == ProviderErrorKind::NotFound => None,
-        Err(e) => return Err(Error::from_provider(format!("reading {manifest_key}"), e)),
-    };
-    let existing = match &current {
-        Some(_) => match s.fetch_manifest(&model).await {
-            Ok(m) => m,
+    // Before a byte is uploaded: tags can only be moved where conditional writes hold.
+    if !opts.no_latest || !opts.tags.is_empty() {
+        versions::require_conditional_writes(s).await?;
+    }
+    let latest =
+        match versions::resolve(s, &Reference { model: model.clone(), target: Target::Tag(TagName::latest()) }).await {
+            Ok(found) => found,
             Err(e @ Error::Integrity { .. }) => {
-                s.info(&model, format!("the current manifest is unreadable and will be replaced ({e})"));
+                s.info(&model, format!("the current version is unreadable and will be replaced ({e})"));
                 None
             }
             Err(e) => return Err(e),
-        },
-        None => None,
-    };
-    if let Some(old) = existing.as_ref().filter(|_| !opts.force)
-        && let Some(same) = unchanged(&plan, old).await?
+        };
+    // Where `latest` points now, as a tag (a bucket of an earlier release has only manifest.json).
+    let latest_tag = versions::read_tag(s, &model, &TagName::latest()).await.ok().flatten().map(|r| r.version);
+
+    if let Some(old) = latest.as_ref().filter(|_| !opts.force)
+        && unchanged(&plan, &old.manifest).await?.is_some()
     {
-        return Ok(Uploaded {
-            model,
-            status: UploadStatus::UpToDate,
-            archive_key: same.archive_key.clone(),
-            sha256: same.archive_sha256.clone(),
-            archive_size: same.archive_size,
-            size: same.total_size,
-            files: same.files.len(),
-            compression: same.compression,
-            parts: 0,
-            seconds: started.elapsed().as_secs_f64(),
-        });
+        // Nothing to upload; the version gets its object and its tags if it has none yet (a
+        // model of an earlier release gets versions on its next upload).
+        put_version(s, &model, &old.version, &old.bytes).await?;
+        let mut tags = Vec::new();
+        if !opts.no_latest && latest_tag.is_none() {
+            versions::move_tag(s, &model, &TagName::latest(), &old.version, Expect::Current(None)).await?;
+            tags.push(TagName::latest());
+        }
+        tags.extend(move_named_tags(s, &model, &old.version, &opts.tags).await?);
+        return Ok(Uploaded::of(&old.manifest, &old.version, UploadStatus::UpToDate, tags, 0, started));
     }
 
     let archive_key = s.layout.new_archive_key(&model, SystemTime::now(), opts.compression);
@@ -103,51 +140,80 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
     progress.finished();
     let up = up?;
     let manifest = build_manifest(&model, &archive_key, opts.compression, &up);
-    let mode = match &current {
-        Some(meta) => meta.etag.clone().map_or(PutMode::Overwrite, PutMode::IfMatch),
-        None => PutMode::Create,
-    };
-    if let Err(e) = s.provider.put(&manifest_key, manifest.to_bytes().into(), mode).await {
+    let bytes = Bytes::from(manifest.to_bytes());
+    let version = VersionId::of(&bytes);
+    if let Err(e) = put_version(s, &model, &version, &bytes).await {
         // The archive is unreferenced now; do not leave it behind.
         let _ = s.provider.delete(&archive_key).await;
-        if e.kind == ProviderErrorKind::Precondition {
-            // The same tree uploaded twice at once (CI retries, `--publish` on a fleet's cold
-            // start) is no conflict: the bucket holds exactly this tree.
-            if let Ok(Some(winner)) = s.fetch_manifest(&model).await
-                && winner.same_tree(&manifest)
-            {
-                return Ok(Uploaded {
-                    model,
-                    status: UploadStatus::UpToDate,
-                    archive_key: winner.archive_key.clone(),
-                    sha256: winner.archive_sha256.clone(),
-                    archive_size: winner.archive_size,
-                    size: winner.total_size,
-                    files: winner.files.len(),
-                    compression: winner.compression,
-                    parts: 0,
-                    seconds: started.elapsed().as_secs_f64(),
+        return Err(e);
+    }
+    let mut tags = Vec::new();
+    if !opts.no_latest {
+        match versions::move_tag(s, &model, &TagName::latest(), &version, Expect::Current(latest_tag)).await {
+            Ok(_) => tags.push(TagName::latest()),
+            Err(Error::Conflict { message, .. }) => {
+                // The same tree uploaded twice at once (CI retries, `--publish` on a fleet's cold
+                // start) is no conflict: the bucket holds exactly this tree.
+                if let Ok(Some(winner)) = versions::resolve(s, &Reference::parse(model.as_str())?).await
+                    && winner.manifest.same_tree(&manifest)
+                {
+                    let _ = s.provider.delete(&s.layout.version_key(&model, &version)).await;
+                    let _ = s.provider.delete(&archive_key).await;
+                    let tags = move_named_tags(s, &model, &winner.version, &opts.tags).await?;
+                    return Ok(Uploaded::of(
+                        &winner.manifest,
+                        &winner.version,
+                        UploadStatus::UpToDate,
+                        tags,
+                        0,
+                        started,
+                    ));
+                }
+                return Err(Error::Conflict {
+                    message: format!(
+                        "{CONFLICT} ({message}); this one is kept as version {}",
+                        version.short()
+                    ),
+                    hint: Some(format!(
+                        "`crowecode-cloud tag {model}@{} latest` makes it latest, if this tree should win",
+                        version.short()
+                    )),
                 });
             }
-            return Err(Error::other(
-                format!("{model}: {CONFLICT}; its version was kept and this one discarded"),
-                Some("run the same upload command again if this tree should win".into()),
-            ));
+            Err(e) => return Err(e),
         }
-        return Err(Error::from_provider(format!("writing {manifest_key}"), e));
     }
-    Ok(Uploaded {
-        model,
-        status: UploadStatus::Uploaded,
-        archive_key,
-        sha256: manifest.archive_sha256.clone(),
-        archive_size: manifest.archive_size,
-        size: manifest.total_size,
-        files: manifest.files.len(),
-        compression: opts.compression,
-        parts: up.parts,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    tags.extend(move_named_tags(s, &model, &version, &opts.tags).await?);
+    if !opts.no_latest {
+        versions::write_alias(s, &model).await?;
+    }
+    Ok(Uploaded::of(&manifest, &version, UploadStatus::Uploaded, tags, up.parts, started))
+}
+
+/// Writes a version object, create-only: an existing one has the same bytes (its name is their
+/// digest).
+async fn put_version(s: &Session, model: &ModelName, version: &VersionId, bytes: &Bytes) -> Result<()> {
+    let key = s.layout.version_key(model, version);
+    match s.provider.put(&key, bytes.clone(), PutMode::Create).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind == ProviderErrorKind::Precondition => Ok(()),
+        Err(e) => Err(Error::from_provider(format!("writing {key}"), e)),
+    }
+}
+
+/// Moves each of `tags` (other than `latest`) to `version`, wherever they point now.
+async fn move_named_tags(
+    s: &Session,
+    model: &ModelName,
+    version: &VersionId,
+    tags: &[TagName],
+) -> Result<Vec<TagName>> {
+    let mut moved = Vec::new();
+    for tag in tags.iter().filter(|t| !t.is_latest()) {
+        versions::move_tag(s, model, tag, version, Expect::Any).await?;
+        moved.push(tag.clone());
+    }
+    Ok(moved)
 }
 
 /// `Some(old)` when the tree in `plan` is exactly the one `old` describes (hashing only when

@@ -186,6 +186,20 @@ pub fn tree(root: &Path) -> BTreeMap<String, (char, u32, String)> {
 
 pub use crowecode_cloud::archive::testing::{tar_header, tar_of};
 
+/// Makes `manifest` the manifest of `model`'s latest version in the bucket directory
+/// `models_root` (the prefix's directory), as anyone with write access to the bucket could: a
+/// version object named by its digest, `latest` pointed at it, and the `manifest.json` alias.
+pub fn plant_latest(models_root: &Path, model: &str, manifest: &[u8]) {
+    let id = sha256_hex(manifest);
+    let dir = models_root.join(model);
+    std::fs::create_dir_all(dir.join("versions")).unwrap();
+    std::fs::create_dir_all(dir.join("tags")).unwrap();
+    std::fs::write(dir.join("versions").join(format!("{id}.json")), manifest).unwrap();
+    let tag = serde_json::json!({"format": 1, "model": model, "tag": "latest", "version": id, "moves": []});
+    std::fs::write(dir.join("tags/latest.json"), serde_json::to_vec(&tag).unwrap()).unwrap();
+    std::fs::write(dir.join("manifest.json"), manifest).unwrap();
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }

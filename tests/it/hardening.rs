@@ -186,7 +186,7 @@ fn s5_a_manifest_naming_another_models_archive_is_refused_with_exit_6() {
     let o: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("O/manifest.json")).unwrap()).unwrap();
     let mut m = o.clone();
     m["model"] = "M".into();
-    std::fs::write(root.join("M/manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    crate::common::plant_latest(&root, "M", &serde_json::to_vec(&m).unwrap());
     let out = sb.cmd().args(["download", "M"]).output().unwrap();
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(stderr(&out).contains("not one of the model's own archives"), "{}", stderr(&out));

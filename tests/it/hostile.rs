@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::common::{Sandbox, make_model, sha256_hex, tar_header, tar_of, tree};
+use crate::common::{Sandbox, make_model, plant_latest, sha256_hex, tar_header, tar_of, tree};
 
 /// A sandbox with model `Evil` uploaded and downloaded (the ready version to protect).
 fn ready_sandbox() -> (Sandbox, String) {
@@ -39,7 +39,7 @@ fn plant(sb: &Sandbox, archive: &[u8], files: &[(&str, u64)], sha_override: Opti
         "created_at": "2026-01-01T00:00:00Z",
         "tool_version": "0.0.0",
     });
-    std::fs::write(sb.bucket().join("models/Evil/manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    plant_latest(&sb.bucket().join("models"), "Evil", &serde_json::to_vec(&manifest).unwrap());
 }
 
 /// Downloads, expects exit 6 with `needle` in stderr, and checks nothing escaped or changed.

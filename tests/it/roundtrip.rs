@@ -116,7 +116,7 @@ proptest! {
         build(&src, &spec);
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let m = manager(dir.path());
-        let up = rt.block_on(m.upload_model("Model", &src, &UploadOptions { compression, force: false })).unwrap();
+        let up = rt.block_on(m.upload_model("Model", &src, &UploadOptions { compression, ..Default::default() })).unwrap();
         let down = rt.block_on(m.download_model("Model")).unwrap();
         prop_assert_eq!(tree(&down.path), tree(&src));
         prop_assert_eq!(down.sha256, up.sha256);

@@ -173,8 +173,17 @@ fn rclone_ranged_reads_answered_with_200_still_download_correctly() {
     let sb = sandbox(&key, &secret);
     let model = make_model(&sb.src(), "Ranged", 24);
     s3(&sb, &endpoint, &b).args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    // rclone ignores conditional writes: moving a tag there is refused unless accepted as unsafe.
+    let out = s3(&sb, &endpoint, &b).args(["upload", "Ranged", "--from"]).arg(&model).output().unwrap();
+    assert_eq!(out.status.code(), Some(8), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CROWECODE_UNSAFE_TAG_MOVES=1"));
     // Small enough for one PUT (rclone cannot take this SDK's multipart uploads).
-    s3(&sb, &endpoint, &b).args(["upload", "Ranged", "--from"]).arg(&model).assert().success();
+    s3(&sb, &endpoint, &b)
+        .env("CROWECODE_UNSAFE_TAG_MOVES", "1")
+        .args(["upload", "Ranged", "--from"])
+        .arg(&model)
+        .assert()
+        .success();
     let out = s3(&sb, &endpoint, &b)
         .args(["download", "Ranged", "--part-size", "64K", "--concurrency", "4"])
         .output()
@@ -294,7 +303,8 @@ fn server_side_encryption_is_sent_on_every_write() {
         let client = aws_sdk_s3::Client::from_conf(conf);
         let listed = client.list_objects_v2().bucket(&b).send().await.unwrap();
         let keys: Vec<String> = listed.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect();
-        assert_eq!(keys.len(), 2, "{keys:?}");
+        // The archive, the version, the tag `latest` and the manifest.json alias.
+        assert_eq!(keys.len(), 4, "{keys:?}");
         for key in keys {
             let head = client.head_object().bucket(&b).key(&key).send().await.unwrap();
             assert_eq!(head.server_side_encryption().map(|s| s.as_str()), Some("AES256"), "{key}");

@@ -1,0 +1,277 @@
+//! Naming versions: `resolve` (a reference to its pinned form), `tag` and `untag`, `rollback`,
+//! `history` and `delete`. Every tag move is a compare-and-swap (see [`super::versions`]).
+
+use serde::Serialize;
+
+use super::Session;
+use super::versions::{self, Expect, Found, Moved, TagMove};
+use crate::error::{Error, Result};
+use crate::names::ModelName;
+use crate::provider::ProviderErrorKind;
+use crate::reference::{Reference, TagName, Target, VersionId};
+
+/// A reference and the version it names now.
+#[derive(Clone, Debug, Serialize)]
+pub struct Resolution {
+    /// As given.
+    pub reference: String,
+    pub model: ModelName,
+    pub version: VersionId,
+    /// `Model@sha256:…`: hand this to a deploy.
+    pub pinned: String,
+    /// The tag it went through.
+    pub tag: Option<TagName>,
+}
+
+/// The version `reference` names, or exit 5 when there is none.
+pub(crate) async fn resolve(s: &Session, reference: &str) -> Result<Resolution> {
+    let r = Reference::parse(reference)?;
+    let found = find(s, &r).await?;
+    Ok(Resolution {
+        reference: reference.to_string(),
+        model: r.model.clone(),
+        pinned: Reference::pinned(&r.model, &found.version).to_string(),
+        version: found.version,
+        tag: found.tag,
+    })
+}
+
+async fn find(s: &Session, r: &Reference) -> Result<Found> {
+    versions::resolve(s, r)
+        .await?
+        .ok_or_else(|| Error::ModelNotFound { model: r.to_string(), location: s.config.location() })
+}
+
+/// Points each of `tags` at the version `reference` names. With `if_current`, each tag moves only
+/// if it points where `if_current` does now (a deploy promotes only what it tested against).
+pub(crate) async fn tag(
+    s: &Session,
+    reference: &str,
+    tags: &[TagName],
+    if_current: Option<&str>,
+) -> Result<Vec<Moved>> {
+    let r = Reference::parse(reference)?;
+    let to = find(s, &r).await?.version;
+    let expect = match if_current {
+        Some(other) => {
+            let other = Reference::parse(other)?;
+            if other.model != r.model {
+                return Err(Error::usage(
+                    format!("--if-current {other} names another model than {r}"),
+                    "give a reference to the same model",
+                ));
+            }
+            Expect::Current(Some(find(s, &other).await?.version))
+        }
+        None => Expect::Any,
+    };
+    let mut moved = Vec::new();
+    for tag in tags {
+        moved.push(versions::move_tag(s, &r.model, tag, &to, expect.clone()).await?);
+        if tag.is_latest() {
+            versions::write_alias(s, &r.model).await?;
+        }
+    }
+    Ok(moved)
+}
+
+/// Removes a tag. `latest` is not removed: it exists while the model does.
+pub(crate) async fn untag(s: &Session, reference: &str) -> Result<bool> {
+    let r = Reference::parse(reference)?;
+    let tag = match &r.target {
+        Target::Tag(t) if !t.is_latest() && reference.contains(':') => t.clone(),
+        Target::Tag(_) => {
+            return Err(Error::usage(
+                format!("`untag {reference}` would remove latest, which exists while the model does"),
+                "untag MODEL:TAG for another tag; `crowecode-cloud delete MODEL --all --yes` removes a model",
+            ));
+        }
+        _ => return Err(Error::usage(format!("{reference} names a version, not a tag"), "untag MODEL:TAG")),
+    };
+    versions::remove_tag(s, &r.model, &tag).await
+}
+
+/// Moves the tag back to the version it pointed at before its last move.
+pub(crate) async fn rollback(s: &Session, reference: &str) -> Result<Moved> {
+    let r = Reference::parse(reference)?;
+    let Some(tag) = r.tag().cloned() else {
+        return Err(Error::usage(format!("{reference} names a version, not a tag"), "rollback MODEL or MODEL:TAG"));
+    };
+    let record = versions::read_tag(s, &r.model, &tag)
+        .await?
+        .ok_or_else(|| Error::ModelNotFound { model: r.to_string(), location: s.config.location() })?;
+    let previous = record.previous().cloned().ok_or_else(|| {
+        Error::usage(
+            format!("{r} has never moved, so there is nothing to roll back to"),
+            format!(
+                "see `crowecode-cloud history {r}`; `crowecode-cloud tag {}@VERSION {tag}` points it anywhere",
+                r.model
+            ),
+        )
+    })?;
+    if versions::by_id(s, &r.model, &previous).await?.is_none() {
+        return Err(Error::integrity(
+            s.layout.version_key(&r.model, &previous),
+            format!("the version {r} pointed at before ({}) is no longer in the bucket", previous.short()),
+            None,
+            None,
+        ));
+    }
+    let moved = versions::move_tag(s, &r.model, &tag, &previous, Expect::Current(Some(record.version))).await?;
+    if tag.is_latest() {
+        versions::write_alias(s, &r.model).await?;
+    }
+    Ok(moved)
+}
+
+/// One version in a history.
+#[derive(Clone, Debug, Serialize)]
+pub struct VersionEntry {
+    pub version: VersionId,
+    pub created_at: String,
+    /// Sum of file sizes.
+    pub size: u64,
+    pub files: usize,
+    /// Tags pointing at it now.
+    pub tags: Vec<TagName>,
+}
+
+/// A model's versions, newest first, and one tag's moves, newest first.
+#[derive(Clone, Debug, Serialize)]
+pub struct History {
+    pub model: ModelName,
+    pub tag: TagName,
+    pub versions: Vec<VersionEntry>,
+    pub moves: Vec<TagMove>,
+}
+
+/// The versions of the model `reference` names and the moves of its tag.
+pub(crate) async fn history(s: &Session, reference: &str) -> Result<History> {
+    let r = Reference::parse(reference)?;
+    let tag = r.tag().cloned().unwrap_or_else(TagName::latest);
+    let model = r.model.clone();
+    let tags = versions::list_tags(s, &model).await?;
+    let mut ids = versions::list_versions(s, &model).await?;
+    let legacy = versions::legacy(s, &model).await?;
+    if ids.is_empty()
+        && let Some(l) = &legacy
+    {
+        ids.push(l.version.clone());
+    }
+    if ids.is_empty() {
+        return Err(s.not_found(&model));
+    }
+    let mut entries = Vec::new();
+    for id in ids {
+        let found = match versions::by_id(s, &model, &id).await? {
+            Some(f) => f,
+            None => match &legacy {
+                Some(l) if l.version == id => l.clone(),
+                _ => continue,
+            },
+        };
+        let mut on: Vec<TagName> = tags.iter().filter(|t| t.version == id).map(|t| t.tag.clone()).collect();
+        if on.is_empty() && tags.is_empty() && legacy.as_ref().is_some_and(|l| l.version == id) {
+            on.push(TagName::latest());
+        }
+        entries.push(VersionEntry {
+            version: id,
+            created_at: found.manifest.created_at.clone(),
+            size: found.manifest.total_size,
+            files: found.manifest.files.len(),
+            tags: on,
+        });
+    }
+    entries.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.version.cmp(&b.version)));
+    let mut moves = tags.iter().find(|t| t.tag == tag).map(|t| t.moves.clone()).unwrap_or_default();
+    moves.reverse();
+    Ok(History { model, tag, versions: entries, moves })
+}
+
+/// What `delete` removed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Deleted {
+    pub model: Option<ModelName>,
+    /// Keys deleted from the bucket.
+    pub keys: Vec<String>,
+    /// Tags removed first (`--force`).
+    pub untagged: Vec<TagName>,
+}
+
+/// Deletes one version (its manifest, and its archive when no other version uses it). A
+/// version a tag points at is refused unless `force`, which removes those tags first.
+pub(crate) async fn delete_version(s: &Session, reference: &str, force: bool) -> Result<Deleted> {
+    let r = Reference::parse(reference)?;
+    if r.tag().is_some() {
+        return Err(Error::usage(
+            format!("`delete {reference}` names a tag; delete takes a version (MODEL@VERSION) or MODEL --all"),
+            "`crowecode-cloud resolve MODEL:TAG` prints the version a tag points at",
+        ));
+    }
+    let found = find(s, &r).await?;
+    let model = r.model.clone();
+    let tags = versions::list_tags(s, &model).await?;
+    let on: Vec<TagName> = tags.iter().filter(|t| t.version == found.version).map(|t| t.tag.clone()).collect();
+    if !on.is_empty() && !force {
+        let names: Vec<String> = on.iter().map(ToString::to_string).collect();
+        return Err(Error::usage(
+            format!("{model}@{} is tagged {}: deleting it would break them", found.version.short(), names.join(", ")),
+            "move those tags elsewhere first (`crowecode-cloud tag`), or add --force to remove them with it",
+        ));
+    }
+    if on.iter().any(TagName::is_latest) {
+        return Err(Error::usage(
+            format!("{model}@{} is latest", found.version.short()),
+            "point latest at another version first (`crowecode-cloud rollback` or `tag`), or delete the whole model with --all",
+        ));
+    }
+    let mut out = Deleted { model: Some(model.clone()), ..Default::default() };
+    for tag in on {
+        versions::remove_tag(s, &model, &tag).await?;
+        out.untagged.push(tag);
+    }
+    let archive = s.layout.archive_key(&found.manifest);
+    let mut shared = false;
+    for id in versions::list_versions(s, &model).await? {
+        if id != found.version
+            && let Some(other) = versions::by_id(s, &model, &id).await?
+        {
+            shared |= s.layout.archive_key(&other.manifest) == archive;
+        }
+    }
+    let key = s.layout.version_key(&model, &found.version);
+    delete_key(s, &key).await?;
+    out.keys.push(key);
+    if !shared {
+        delete_key(s, &archive).await?;
+        out.keys.push(archive);
+    }
+    Ok(out)
+}
+
+/// Deletes every object of a model: versions, tags, archives and `manifest.json`.
+pub(crate) async fn delete_model(s: &Session, model: &ModelName) -> Result<Deleted> {
+    let prefix = format!("{}{model}/", s.layout.prefix());
+    let objects = s.provider.list(&prefix).await.map_err(|e| Error::from_provider(format!("listing {prefix}"), e))?;
+    if objects.is_empty() {
+        return Err(s.not_found(model));
+    }
+    let mut out = Deleted { model: Some(model.clone()), ..Default::default() };
+    // The manifest and the tags first: readers then find no model rather than a half-deleted one.
+    let manifest = s.layout.manifest_key(model);
+    let mut keys: Vec<String> = objects.into_iter().map(|o| o.key).collect();
+    keys.sort_by_key(|k| (k != &manifest, !k.contains("/tags/"), !k.contains("/versions/")));
+    for key in keys {
+        delete_key(s, &key).await?;
+        out.keys.push(key);
+    }
+    Ok(out)
+}
+
+async fn delete_key(s: &Session, key: &str) -> Result<()> {
+    match s.provider.delete(key).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind == ProviderErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::from_provider(format!("deleting {key}"), e)),
+    }
+}

@@ -1,0 +1,407 @@
+//! Versions and tags in the bucket, with no server in front of it:
+//!
+//! ```text
+//! <prefix><Model>/versions/<hex>.json   a version: its manifest, named by the sha256 of its bytes; written create-only
+//! <prefix><Model>/tags/<tag>.json       a tag: which version, and every move; the only mutable objects, moved by compare-and-swap
+//! <prefix><Model>/manifest.json         the manifest of `latest`, as earlier releases read and wrote it
+//! ```
+//!
+//! Resolving a reference checks every hop: a tag names a version id, the version's bytes must
+//! hash to it, the manifest names the archive's sha256, which the download checks. So a pinned
+//! reference fixes every byte, and only a tag can be changed by someone with write access.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::Session;
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::names::ModelName;
+use crate::provider::{ProviderErrorKind, PutMode};
+use crate::reference::{MIN_PREFIX, Reference, TagName, Target, VersionId};
+
+/// The largest tag object read: a tag is its version and its moves (the newest `MAX_MOVES`).
+const MAX_TAG_BYTES: usize = 1 << 20;
+/// Moves a tag object keeps (the oldest go first).
+const MAX_MOVES: usize = 1000;
+
+/// A version found for a reference.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub manifest: Manifest,
+    pub version: VersionId,
+    /// The manifest's bytes, exactly as stored (they hash to `version`).
+    pub bytes: Bytes,
+    /// The tag it was found through, if any.
+    pub tag: Option<TagName>,
+}
+
+/// One move of a tag.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagMove {
+    /// Where it pointed before (none when the tag was created).
+    pub from: Option<VersionId>,
+    pub to: VersionId,
+    /// RFC 3339 UTC.
+    pub at: String,
+    /// Who moved it: the CI job or `user@host`.
+    pub by: String,
+}
+
+/// A tag object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRecord {
+    pub format: u32,
+    pub model: ModelName,
+    pub tag: TagName,
+    pub version: VersionId,
+    /// Oldest first.
+    #[serde(default)]
+    pub moves: Vec<TagMove>,
+}
+
+impl TagRecord {
+    /// Where the tag pointed before its last move.
+    pub fn previous(&self) -> Option<&VersionId> {
+        self.moves.last().and_then(|m| m.from.as_ref())
+    }
+}
+
+/// The version `reference` names, or `None` when the model (or the tag, or a version with that
+/// id) is not in the bucket. A version whose bytes do not hash to its id, or a tag naming a
+/// version that is missing, is an integrity failure (exit 6).
+pub(crate) async fn resolve(s: &Session, reference: &Reference) -> Result<Option<Found>> {
+    let model = &reference.model;
+    match &reference.target {
+        Target::Tag(tag) => match read_tag(s, model, tag).await? {
+            Some(record) => {
+                let found = by_id(s, model, &record.version).await?.ok_or_else(|| {
+                    Error::integrity(
+                        s.layout.tag_key(model, tag),
+                        format!("the tag names the version {}, which is missing from the bucket", record.version),
+                        None,
+                        None,
+                    )
+                })?;
+                Ok(Some(Found { tag: Some(tag.clone()), ..found }))
+            }
+            // A bucket written before versions existed: its manifest is `latest`.
+            None if tag.is_latest() => Ok(legacy(s, model).await?.map(|f| Found { tag: Some(tag.clone()), ..f })),
+            None => Ok(None),
+        },
+        Target::Version(id) => match by_id(s, model, id).await? {
+            Some(found) => Ok(Some(found)),
+            None => Ok(legacy(s, model).await?.filter(|f| &f.version == id)),
+        },
+        Target::Prefix(prefix) => {
+            let mut ids = list_versions(s, model).await?;
+            if let Some(legacy) = legacy(s, model).await?
+                && !ids.contains(&legacy.version)
+            {
+                ids.push(legacy.version);
+            }
+            ids.retain(|id| id.hex().starts_with(prefix.as_str()));
+            match ids.as_slice() {
+                [] => Ok(None),
+                [id] => Ok(Some(match by_id(s, model, id).await? {
+                    Some(found) => found,
+                    None => legacy(s, model).await?.ok_or_else(|| s.not_found(model))?,
+                })),
+                _ => Err(Error::usage(
+                    format!("{model}@{prefix} matches {} versions", ids.len()),
+                    format!("give more hex digits (at least {MIN_PREFIX}), or the whole `sha256:` id"),
+                )),
+            }
+        }
+    }
+}
+
+/// The version stored as `versions/<id>.json`, checked against its id.
+pub(crate) async fn by_id(s: &Session, model: &ModelName, id: &VersionId) -> Result<Option<Found>> {
+    let key = s.layout.version_key(model, id);
+    let Some(bytes) = s.get_small(&key).await? else { return Ok(None) };
+    let computed = VersionId::of(&bytes);
+    if &computed != id {
+        return Err(Error::integrity(
+            &key,
+            "the version's manifest does not hash to its id (it was changed in the bucket)",
+            Some(id.to_string()),
+            Some(computed.to_string()),
+        ));
+    }
+    let manifest = Manifest::parse(&bytes, model, &key)?.confined(&s.layout, &key)?;
+    Ok(Some(Found { manifest, version: id.clone(), bytes, tag: None }))
+}
+
+/// `manifest.json`, as earlier releases wrote it (and as this one keeps it: the alias of
+/// `latest`); its id is its digest.
+pub(crate) async fn legacy(s: &Session, model: &ModelName) -> Result<Option<Found>> {
+    let Some((manifest, bytes)) = s.fetch_manifest_bytes(model).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Found { manifest, version: VersionId::of(&bytes), bytes, tag: None }))
+}
+
+/// The ids of the versions stored under `versions/`, in no particular order.
+pub(crate) async fn list_versions(s: &Session, model: &ModelName) -> Result<Vec<VersionId>> {
+    let prefix = s.layout.versions_prefix(model);
+    let objects = s.provider.list(&prefix).await.map_err(|e| Error::from_provider(format!("listing {prefix}"), e))?;
+    Ok(objects
+        .iter()
+        .filter_map(|o| o.key.strip_prefix(&prefix)?.strip_suffix(".json").and_then(VersionId::parse))
+        .collect())
+}
+
+/// The model's tags, by name.
+pub(crate) async fn list_tags(s: &Session, model: &ModelName) -> Result<Vec<TagRecord>> {
+    let prefix = s.layout.tags_prefix(model);
+    let objects = s.provider.list(&prefix).await.map_err(|e| Error::from_provider(format!("listing {prefix}"), e))?;
+    let mut out = Vec::new();
+    for o in objects {
+        let Some(name) = o.key.strip_prefix(&prefix).and_then(|n| n.strip_suffix(".json")) else { continue };
+        let Ok(tag) = TagName::new(name) else { continue };
+        if let Some(record) = read_tag(s, model, &tag).await? {
+            out.push(record);
+        }
+    }
+    out.sort_by(|a, b| a.tag.cmp(&b.tag));
+    Ok(out)
+}
+
+/// A tag object, if the tag exists (a plain read: what resolving a reference needs).
+pub(crate) async fn read_tag(s: &Session, model: &ModelName, tag: &TagName) -> Result<Option<TagRecord>> {
+    let key = s.layout.tag_key(model, tag);
+    let Some(bytes) = s.get_small(&key).await? else { return Ok(None) };
+    parse_tag(&key, &bytes, model, tag).map(Some)
+}
+
+/// A tag object and its ETag, for a compare-and-swap: the ETag is read first, so if the tag
+/// moves between the two reads the swap fails instead of writing over that move.
+async fn read_tag_for_move(
+    s: &Session,
+    model: &ModelName,
+    tag: &TagName,
+) -> Result<Option<(TagRecord, Option<String>)>> {
+    let key = s.layout.tag_key(model, tag);
+    let etag = match s.provider.head(&key).await {
+        Ok(meta) => meta.etag,
+        Err(e) if e.kind == ProviderErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::from_provider(format!("reading {key}"), e)),
+    };
+    let Some(bytes) = s.get_small(&key).await? else { return Ok(None) };
+    Ok(Some((parse_tag(&key, &bytes, model, tag)?, etag)))
+}
+
+fn parse_tag(key: &str, bytes: &[u8], model: &ModelName, tag: &TagName) -> Result<TagRecord> {
+    let bad = |what: String| Error::integrity(key, what, None, None);
+    if bytes.len() > MAX_TAG_BYTES {
+        return Err(bad(format!("a tag of {} bytes is larger than any tag this tool writes", bytes.len())));
+    }
+    let record: TagRecord = serde_json::from_slice(bytes).map_err(|e| bad(format!("unreadable tag: {e}")))?;
+    if &record.model != model || &record.tag != tag || record.format != 1 {
+        return Err(bad(format!(
+            "the object is tag {}:{} (format {}), not {model}:{tag}",
+            record.model, record.tag, record.format
+        )));
+    }
+    Ok(record)
+}
+
+/// What a tag move must find.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Expect {
+    /// Wherever it points when read; a move by someone else between that read and the write is
+    /// a conflict.
+    Any,
+    /// The tag points here now (`None`: the tag does not exist yet). Anything else is a conflict.
+    Current(Option<VersionId>),
+}
+
+/// What a tag move did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Moved {
+    pub tag: TagName,
+    pub from: Option<VersionId>,
+    pub to: VersionId,
+    /// False when the tag already pointed there.
+    pub changed: bool,
+}
+
+/// Points `tag` of `model` at `to` by compare-and-swap: it moves only if it still points where
+/// `expect` says, and of two concurrent moves exactly one wins; the other gets a conflict (exit 8)
+/// naming who moved it. Refused on storage that ignores conditional writes.
+pub(crate) async fn move_tag(
+    s: &Session,
+    model: &ModelName,
+    tag: &TagName,
+    to: &VersionId,
+    expect: Expect,
+) -> Result<Moved> {
+    require_conditional_writes(s).await?;
+    let key = s.layout.tag_key(model, tag);
+    let current = read_tag_for_move(s, model, tag).await?;
+    let now = current.as_ref().map(|(r, _)| r.version.clone());
+    if let Expect::Current(expected) = &expect
+        && &now != expected
+    {
+        return Err(conflict(model, tag, current.as_ref().map(|(r, _)| r), expected.as_ref()));
+    }
+    if now.as_ref() == Some(to) {
+        return Ok(Moved { tag: tag.clone(), from: now, to: to.clone(), changed: false });
+    }
+    let mv = TagMove { from: now.clone(), to: to.clone(), at: now_rfc3339(), by: mover() };
+    let (record, mode) = match current {
+        Some((mut record, etag)) => {
+            record.version = to.clone();
+            record.moves.push(mv);
+            if record.moves.len() > MAX_MOVES {
+                let excess = record.moves.len() - MAX_MOVES;
+                record.moves.drain(..excess);
+            }
+            let mode = etag.map(PutMode::IfMatch).ok_or_else(|| Error::Conflict {
+                message: format!("{model}:{tag}: the storage gave no ETag for the tag, so it cannot be moved safely"),
+                hint: Some(UNSAFE_HINT.into()),
+            })?;
+            (record, mode)
+        }
+        None => (
+            TagRecord { format: 1, model: model.clone(), tag: tag.clone(), version: to.clone(), moves: vec![mv] },
+            PutMode::Create,
+        ),
+    };
+    let mut bytes = serde_json::to_vec_pretty(&record).expect("tag serialises");
+    bytes.push(b'\n');
+    match s.provider.put(&key, bytes.into(), mode).await {
+        Ok(_) => Ok(Moved { tag: tag.clone(), from: now, to: to.clone(), changed: true }),
+        Err(e) if e.kind == ProviderErrorKind::Precondition => {
+            let winner = read_tag(s, model, tag).await.ok().flatten();
+            Err(conflict(model, tag, winner.as_ref(), now.as_ref()))
+        }
+        Err(e) => Err(Error::from_provider(format!("writing {key}"), e)),
+    }
+}
+
+/// Removes a tag (compare-and-swap semantics do not apply: removing is idempotent).
+pub(crate) async fn remove_tag(s: &Session, model: &ModelName, tag: &TagName) -> Result<bool> {
+    let key = s.layout.tag_key(model, tag);
+    if read_tag(s, model, tag).await?.is_none() {
+        return Ok(false);
+    }
+    s.provider.delete(&key).await.map_err(|e| Error::from_provider(format!("deleting {key}"), e))?;
+    Ok(true)
+}
+
+/// Writes `manifest.json` (what earlier releases read) as the manifest of `latest`, until it is:
+/// a concurrent upload may move `latest` again meanwhile, and then its manifest is written.
+pub(crate) async fn write_alias(s: &Session, model: &ModelName) -> Result<()> {
+    let key = s.layout.manifest_key(model);
+    for _ in 0..5 {
+        let Some(record) = read_tag(s, model, &TagName::latest()).await? else { return Ok(()) };
+        let found = by_id(s, model, &record.version).await?.ok_or_else(|| s.not_found(model))?;
+        let mode = match s.provider.head(&key).await {
+            Ok(meta) => match meta.etag {
+                Some(etag) => PutMode::IfMatch(etag),
+                None => PutMode::Overwrite,
+            },
+            Err(e) if e.kind == ProviderErrorKind::NotFound => PutMode::Create,
+            Err(e) => return Err(Error::from_provider(format!("reading {key}"), e)),
+        };
+        if let Ok(Some((_, bytes))) = s.fetch_manifest_bytes(model).await
+            && bytes == found.bytes
+        {
+            return Ok(());
+        }
+        match s.provider.put(&key, found.bytes.clone(), mode).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind == ProviderErrorKind::Precondition => continue,
+            Err(e) => return Err(Error::from_provider(format!("writing {key}"), e)),
+        }
+    }
+    Ok(())
+}
+
+const UNSAFE_HINT: &str = "this storage does not honour conditional writes (rclone `serve s3` does not), so two moves could silently overwrite each other; use a store that does (S3, GCS, Azure, MinIO), or set CROWECODE_UNSAFE_TAG_MOVES=1 to accept last-writer-wins";
+
+/// Whether the storage honours create-only writes: checked once per process with a probe object
+/// (S3 compatibles differ, and emulators too). `CROWECODE_UNSAFE_TAG_MOVES=1` skips the check.
+pub(crate) async fn require_conditional_writes(s: &Session) -> Result<()> {
+    if std::env::var("CROWECODE_UNSAFE_TAG_MOVES").is_ok_and(|v| v == "1") {
+        return Ok(());
+    }
+    match conditional_writes(s).await? {
+        true => Ok(()),
+        false => Err(Error::Conflict {
+            message: format!(
+                "{} ignores conditional writes, so tags cannot be moved safely there",
+                s.config.location()
+            ),
+            hint: Some(UNSAFE_HINT.into()),
+        }),
+    }
+}
+
+/// Probes whether a create-only write of an existing object fails, as it must for tags.
+pub(crate) async fn conditional_writes(s: &Session) -> Result<bool> {
+    static KNOWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if let Some(known) = KNOWN.get() {
+        return Ok(*known);
+    }
+    // Model names start with a letter or digit: this key is never taken for a model.
+    let key = format!("{}_crowecode-probe-{:016x}", s.layout.prefix(), fastrand::u64(..));
+    let put = |mode| s.provider.put(&key, Bytes::from_static(b"probe\n"), mode);
+    put(PutMode::Create).await.map_err(|e| Error::from_provider(format!("writing {key}"), e))?;
+    let honoured = match put(PutMode::Create).await {
+        Ok(_) => false,
+        Err(e) if e.kind == ProviderErrorKind::Precondition => true,
+        Err(e) => {
+            let _ = s.provider.delete(&key).await;
+            return Err(Error::from_provider(format!("writing {key}"), e));
+        }
+    };
+    let _ = s.provider.delete(&key).await;
+    let _ = KNOWN.set(honoured);
+    Ok(honoured)
+}
+
+fn conflict(model: &ModelName, tag: &TagName, now: Option<&TagRecord>, expected: Option<&VersionId>) -> Error {
+    let expected = expected.map_or_else(|| "not to exist yet".to_string(), |v| format!("to point at {}", v.short()));
+    let message = match now {
+        Some(record) => {
+            let by = record.moves.last().map(|m| format!(" (moved by {} at {})", m.by, m.at)).unwrap_or_default();
+            format!(
+                "{model}:{tag} points at {}{by}, not as expected {expected}; nothing was changed",
+                record.version.short()
+            )
+        }
+        None => format!("{model}:{tag} does not exist, expected {expected}; nothing was changed"),
+    };
+    Error::Conflict {
+        message,
+        hint: Some(format!(
+            "see `crowecode-cloud history {model}:{tag}`; run the command again if it should still move (it compares with where the tag is now)"
+        )),
+    }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// Who is moving a tag: the CI job when there is one, else `user@host`.
+fn mover() -> String {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let (Some(repo), Some(run)) = (env("GITHUB_REPOSITORY"), env("GITHUB_RUN_ID")) {
+        return format!("github:{repo}#{run}");
+    }
+    if let (Some(project), Some(job)) = (env("CI_PROJECT_PATH"), env("CI_JOB_ID")) {
+        return format!("gitlab:{project}#{job}");
+    }
+    let user = env("USER").or_else(|| env("LOGNAME")).unwrap_or_else(|| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| env("HOSTNAME"))
+        .unwrap_or_else(|| "unknown-host".into());
+    format!("{user}@{host}")
+}
