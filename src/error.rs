@@ -256,6 +256,9 @@ impl Error {
             Self::NotConfigured { .. } => Some(
                 "run `crowecode-cloud setup --provider s3 --bucket NAME`, or set CROWECODE_CLOUD_CONFIG_B64".into(),
             ),
+            Self::ModelNotFound { model, location } if location.ends_with("(offline)") => Some(format!(
+                "--offline uses only what this machine has: download {model} once while the bucket is reachable"
+            )),
             Self::ModelNotFound { model, location } if location.starts_with("the cache") => Some(format!(
                 "it was never downloaded on this machine: run `crowecode-cloud download {model}`, or `crowecode-cloud list --local` to see the cached models"
             )),

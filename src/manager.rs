@@ -155,7 +155,7 @@ impl CloudManager {
     /// names a `fallback_command`, runs it to make the model, installs the result like a
     /// download, and with `publish` uploads it so the next machine finds it in the bucket.
     pub async fn download_model_or_fallback(&self, name: &str, publish: bool) -> Result<Downloaded> {
-        self.download(name, &DownloadOptions { publish, force: false }).await
+        self.download(name, &DownloadOptions { publish, ..Default::default() }).await
     }
 
     /// [`CloudManager::download_model_or_fallback`] with all its options: `force` fetches and

@@ -267,6 +267,16 @@ impl Layout {
         ModelName::new(name).ok()
     }
 
+    /// The model a listed key belongs to, if it is a model's manifest or one of its versions.
+    pub fn model_of_key(&self, key: &str) -> Option<ModelName> {
+        if let Some(m) = self.model_of_manifest_key(key) {
+            return Some(m);
+        }
+        let rest = key.strip_prefix(&self.prefix)?;
+        let (name, version) = rest.split_once("/versions/")?;
+        (version.ends_with(".json") && !version.contains('/')).then(|| ModelName::new(name).ok())?
+    }
+
     /// The prefix every model key starts with.
     pub fn prefix(&self) -> &str {
         &self.prefix

@@ -259,18 +259,21 @@ enum Command {
         /// `verify` found it changed)
         #[arg(long, conflicts_with = "only")]
         force: bool,
+        /// No request to the bucket: a version from the cache, a tag as this machine last resolved it
+        #[arg(long, conflicts_with_all = ["only", "publish", "force"])]
+        offline: bool,
         #[command(flatten)]
         transfer: TransferArgs,
     },
     /// Free space: cached versions that are not current, or with --remote unreferenced archives
     #[command(
-        after_help = "In the cache: keeps --keep versions per model (the current one first), removes selections of\nold versions, then with --max-size evicts least recently used models. A model being downloaded\nis left alone.\nWith --remote: lists archives in the bucket that no manifest references, except the --keep\nnewest per model and any younger than --min-age; deletes them only with --yes."
+        after_help = "In the cache: keeps --keep versions per model (the current one first), removes selections of\nold versions, then with --max-size evicts least recently used models. A model being downloaded\nis left alone.\nWith --remote: lists versions no tag points at (keeping each tag's previous one, the --keep newest\nand any younger than --min-age) and the archives no kept version references; deletes them only\nwith --yes."
     )]
     Prune {
         /// Only these models [default: all]
         #[arg(value_name = "MODEL")]
         models: Vec<String>,
-        /// Versions (or with --remote, unreferenced archives) to keep per model
+        /// Versions to keep per model (in the cache: the current one first; with --remote: the newest)
         #[arg(long, value_name = "N", default_value_t = 1)]
         keep: usize,
         /// Evict least recently used models until the cache is at most SIZE, e.g. 200G
@@ -642,8 +645,8 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
             let differs = batch.models.iter().any(|r| !r.ok);
             Ok(if differs { exit::INTEGRITY } else { batch.exit_code() })
         }
-        Command::Download { models, only, publish, force, .. } => {
-            let opts = crate::manager::DownloadOptions { publish: *publish, force: *force };
+        Command::Download { models, only, publish, force, offline, .. } => {
+            let opts = crate::manager::DownloadOptions { publish: *publish, force: *force, offline: *offline };
             let batch = commands::download::run(ctx, models, only, &opts).await?;
             printer.downloads(&batch);
             Ok(batch.exit_code())

@@ -249,6 +249,15 @@ impl Printer {
             )),
             Some(e) => lines.push(format!("bucket:       NOT reachable: {e}")),
         }
+        match r.conditional_writes {
+            Some(true) => lines.push("tags:         moved by compare-and-swap (conditional writes honoured)".into()),
+            Some(false) => lines.push(
+                "tags:         CANNOT be moved safely: this storage ignores conditional writes (CROWECODE_UNSAFE_TAG_MOVES=1 accepts last-writer-wins)"
+                    .into(),
+            ),
+            None if r.reachable => lines.push("tags:         conditional writes not checked (no permission to write)".into()),
+            None => {}
+        }
         if !r.pending_uploads.is_empty() {
             let keys: Vec<String> = r.pending_uploads.iter().map(|k| safe(k)).collect();
             lines.push(format!("unfinished uploads: {} ({})", r.pending_uploads.len(), keys.join(", ")));
@@ -274,15 +283,25 @@ impl Printer {
             self.note(&format!("no models in {}", out.location));
             return;
         }
-        let mut rows = vec![["MODEL", "SIZE", "FILES", "SHA256", "UPLOADED", "CACHED"].map(String::from).to_vec()];
+        let mut rows =
+            vec![["MODEL", "VERSION", "SIZE", "FILES", "UPLOADED", "TAGS", "CACHED"].map(String::from).to_vec()];
         for m in &out.models {
+            let tags: Vec<String> = m
+                .tags
+                .iter()
+                .map(|(t, v)| if Some(v) == m.version.as_ref() { t.to_string() } else { format!("{t}={}", v.short()) })
+                .collect();
             if let Some(err) = &m.error {
+                // The whole reason is in `--json`; a table row stays a row.
+                let short: String = safe(err).chars().take(60).collect();
+                let cut = if short.len() < err.len() { "…" } else { "" };
                 rows.push(vec![
                     m.model.to_string(),
                     "?".into(),
                     "?".into(),
                     "?".into(),
-                    format!("unreadable: {err}"),
+                    format!("unreadable: {short}{cut}"),
+                    tags.join(" "),
                     String::new(),
                 ]);
                 continue;
@@ -294,10 +313,11 @@ impl Printer {
             };
             rows.push(vec![
                 m.model.to_string(),
+                m.version.as_ref().map(|v| v.short().to_string()).unwrap_or_default(),
                 m.size.map(fmt_bytes).unwrap_or_default(),
                 m.files.map(|n| n.to_string()).unwrap_or_default(),
-                m.sha256.as_ref().map(|s| s.short().to_string()).unwrap_or_default(),
                 m.uploaded_at.clone().unwrap_or_default(),
+                tags.join(" "),
                 cached,
             ]);
         }
@@ -475,7 +495,7 @@ impl Printer {
         for p in &r.local {
             self.out(&format!("{verb} {} ({}, {}): {}", p.path.display(), p.model, p.reason, fmt_bytes(p.bytes)));
         }
-        for p in &r.remote {
+        for p in r.remote_versions.iter().chain(&r.remote) {
             self.out(&format!("{verb} {} ({}): {}", safe(&p.key), p.model, fmt_bytes(p.bytes)));
         }
         let abort = if r.dry_run { "would abort" } else { "aborted" };
@@ -488,13 +508,13 @@ impl Printer {
         for m in &r.unreadable {
             self.note(&format!("{m}: left alone, its manifest cannot be read (see the warning above)"));
         }
-        let n = r.local.len() + r.remote.len();
+        let n = r.local.len() + r.remote.len() + r.remote_versions.len();
         if n == 0 && r.unfinished_uploads.is_empty() {
             self.note("nothing to prune");
         } else if n > 0 {
             self.note(&format!("{verb} {n} item(s), {}", fmt_bytes(r.would_free_bytes)));
         }
-        if r.dry_run && !(r.remote.is_empty() && r.unfinished_uploads.is_empty()) {
+        if r.dry_run && !(r.remote.is_empty() && r.remote_versions.is_empty() && r.unfinished_uploads.is_empty()) {
             self.note("hint: add --yes to delete these archives and abort these uploads");
         }
     }

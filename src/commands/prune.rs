@@ -29,6 +29,8 @@ pub struct Report {
     pub dry_run: bool,
     pub local: Vec<Pruned>,
     pub remote: Vec<RemotePruned>,
+    /// With `--remote`: version objects no tag keeps.
+    pub remote_versions: Vec<RemotePruned>,
     /// With `--remote`: unfinished multipart uploads older than `--min-age` (aborted with `--yes`).
     pub unfinished_uploads: Vec<String>,
     /// Models left alone because they were being downloaded.
@@ -51,11 +53,12 @@ pub async fn run(ctx: &Context, opts: &Options) -> Result<Report> {
             Ok(r) => r,
             Err(e) => return Err(manager.explain(e).await),
         };
-        let would_free_bytes = out.archives.iter().map(|r| r.bytes).sum();
+        let would_free_bytes = out.archives.iter().chain(&out.versions).map(|r| r.bytes).sum();
         return Ok(Report {
             dry_run: !apply,
             local: Vec::new(),
             remote: out.archives,
+            remote_versions: out.versions,
             unfinished_uploads: out.unfinished_uploads,
             skipped: Vec::new(),
             unreadable: out.skipped,
@@ -73,6 +76,7 @@ pub async fn run(ctx: &Context, opts: &Options) -> Result<Report> {
         dry_run: opts.dry_run,
         local: out.removed,
         remote: Vec::new(),
+        remote_versions: Vec::new(),
         unfinished_uploads: Vec::new(),
         skipped: out.skipped,
         unreadable: Vec::new(),

@@ -84,6 +84,9 @@ pub struct DownloadOptions {
     pub publish: bool,
     /// Fetch and verify again even when the version is cached, replacing the cached copy.
     pub force: bool,
+    /// No request to the bucket: a pinned version from the cache, or a tag as this machine last
+    /// resolved it (for nodes that restart during a storage outage).
+    pub offline: bool,
 }
 
 /// The version `reference` names if this machine has it, without contacting the bucket
@@ -127,6 +130,19 @@ pub(crate) async fn model_or_fallback(s: &Session, reference: &str, opts: &Downl
     let started = Instant::now();
     let r = Reference::parse(reference)?;
     let model = r.model.clone();
+    if opts.offline {
+        let Some((path, id)) = cached(s, &r).await? else {
+            return Err(Error::ModelNotFound {
+                model: r.to_string(),
+                location: format!("the cache {} (offline)", s.cache.root().display()),
+            });
+        };
+        let manifest = s.cache.read_manifest_copy(&path, &model).ok_or_else(|| s.not_found(&model))?;
+        let mut done = Downloaded::whole(path, DownloadStatus::Cached, &manifest, 0, started);
+        done.version = id.map(|v| v.to_string());
+        done.tag = r.tag().map(ToString::to_string);
+        return Ok(done);
+    }
     if !opts.force
         && !matches!(r.target, Target::Tag(_))
         && let Some((path, id)) = cached(s, &r).await?

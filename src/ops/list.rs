@@ -3,10 +3,13 @@
 use futures::{StreamExt as _, TryStreamExt as _, stream};
 use serde::Serialize;
 
-use super::Session;
+use std::collections::BTreeMap;
+
+use super::{Session, versions};
 use crate::archive::Compression;
 use crate::error::{Error, Result};
 use crate::names::{ModelName, Sha256Hex};
+use crate::reference::{Reference, TagName, VersionId};
 
 /// One model in the bucket.
 #[derive(Clone, Debug, Serialize)]
@@ -23,6 +26,10 @@ pub struct RemoteModel {
     pub cached_current: bool,
     /// Why the manifest could not be read, if it could not.
     pub error: Option<String>,
+    /// The version `latest` points at.
+    pub version: Option<VersionId>,
+    /// Every tag and the version it points at.
+    pub tags: BTreeMap<TagName, VersionId>,
 }
 
 impl RemoteModel {
@@ -38,6 +45,8 @@ impl RemoteModel {
             cached,
             cached_current: false,
             error: Some(error),
+            version: None,
+            tags: BTreeMap::new(),
         }
     }
 }
@@ -49,7 +58,8 @@ pub(crate) async fn run(s: &Session) -> Result<Vec<RemoteModel>> {
         .list(s.layout.prefix())
         .await
         .map_err(|e| Error::from_provider(format!("listing {}", s.config.location()), e))?;
-    let models: Vec<ModelName> = objects.iter().filter_map(|o| s.layout.model_of_manifest_key(&o.key)).collect();
+    let mut models: Vec<ModelName> = objects.iter().filter_map(|o| s.layout.model_of_key(&o.key)).collect();
+    models.dedup();
     stream::iter(models)
         .map(|model| async move {
             let cached_path = s.cache.current(&model).ok().flatten();
@@ -59,8 +69,19 @@ pub(crate) async fn run(s: &Session) -> Result<Vec<RemoteModel>> {
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.split_once('@'))
                 .map(|(_, s)| s.to_string());
-            match s.fetch_manifest(&model).await {
-                Ok(Some(m)) => Ok(RemoteModel {
+            let tags: BTreeMap<TagName, VersionId> = versions::list_tags(s, &model)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| (t.tag, t.version))
+                .collect();
+            match versions::resolve(s, &Reference::parse(model.as_str())?)
+                .await
+                .map(|f| f.map(|f| (f.manifest, f.version)))
+            {
+                Ok(Some((m, version))) => Ok(RemoteModel {
+                    version: Some(version),
+                    tags,
                     cached_current: cached.as_deref() == Some(m.archive_sha256.short()),
                     model,
                     size: Some(m.total_size),
@@ -71,7 +92,14 @@ pub(crate) async fn run(s: &Session) -> Result<Vec<RemoteModel>> {
                     cached,
                     error: None,
                 }),
-                Ok(None) => Ok(RemoteModel::unreadable(model, cached, "manifest vanished while listing".into())),
+                Ok(None) => Ok(RemoteModel {
+                    tags,
+                    ..RemoteModel::unreadable(
+                        model,
+                        cached,
+                        "no latest version (only candidates uploaded with --no-latest)".into(),
+                    )
+                }),
                 Err(e @ (Error::Integrity { .. } | Error::Other { .. })) => {
                     Ok(RemoteModel::unreadable(model, cached, e.to_string()))
                 }

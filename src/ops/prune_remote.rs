@@ -1,15 +1,17 @@
-//! `prune --remote`: archives in the bucket that no manifest references (all but the newest few
-//! per model, none younger than a minimum age) and unfinished multipart uploads; a list unless
-//! applied.
+//! `prune --remote`, reference-based: versions no tag keeps (beyond the newest few and the young
+//! ones), the archives no kept version references, and unfinished multipart uploads; a list
+//! unless applied.
 
+use std::collections::HashSet;
 use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::Session;
+use super::{Session, versions};
 use crate::error::{Error, Result};
 use crate::names::ModelName;
 use crate::progress::Event;
+use crate::reference::{Reference, VersionId};
 
 /// An unreferenced archive that `prune --remote` deleted (or would delete).
 #[derive(Clone, Debug, Serialize)]
@@ -22,21 +24,20 @@ pub struct RemotePruned {
 /// What `prune --remote` found (and, when applied, removed).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RemotePruneOutcome {
-    /// Unreferenced archives.
+    /// Archives no kept version references.
     pub archives: Vec<RemotePruned>,
+    /// Versions no tag keeps, beyond the newest few and the young ones.
+    pub versions: Vec<RemotePruned>,
     /// Keys of unfinished multipart uploads older than the minimum age.
     pub unfinished_uploads: Vec<String>,
     /// Models skipped because their manifest could not be read.
     pub skipped: Vec<ModelName>,
 }
 
-/// Old archives in the bucket that no manifest references: all but the `keep` newest of
-/// each model, and none younger than `min_age` (an upload in progress has an archive and no
-/// manifest yet; a download that began on the previous version is still reading it). Also
+/// `prune --remote` over `models` (empty: every model): per model see [`prune_model`]; also
 /// unfinished multipart uploads under the prefix older than `min_age` (a killed upload's parts,
-/// billed until aborted). Deletes and aborts them when `apply`. A model without a manifest is
-/// left alone; one whose manifest cannot be read is skipped with a warning, the others pruned.
-/// `models` empty means all.
+/// billed until aborted). Deletes and aborts when `apply`. A model whose manifest cannot be read
+/// is skipped with a warning, the others pruned.
 pub(crate) async fn run(
     s: &Session,
     models: &[ModelName],
@@ -57,32 +58,14 @@ pub(crate) async fn run(
     let cutoff = SystemTime::now().checked_sub(min_age).unwrap_or(SystemTime::UNIX_EPOCH);
     let mut out = RemotePruneOutcome::default();
     for model in names {
-        let manifest = match s.fetch_manifest(&model).await {
-            Ok(Some(m)) => m,
-            Ok(None) => continue,
+        match prune_model(s, &model, keep, cutoff, apply, &mut out).await {
+            Ok(()) => {}
             Err(e @ (Error::Integrity { .. } | Error::Other { .. })) if models.is_empty() => {
                 s.reporter
                     .report(Event::Warning { message: format!("{model}: skipped, its manifest cannot be read ({e})") });
                 out.skipped.push(model);
-                continue;
             }
             Err(e) => return Err(e),
-        };
-        let prefix = s.layout.archives_prefix(&model);
-        let mut archives =
-            s.provider.list(&prefix).await.map_err(|e| Error::from_provider(format!("listing {prefix}"), e))?;
-        let current = s.layout.archive_key(&manifest);
-        archives.retain(|o| o.key != current);
-        // Keys begin with a UTC stamp: newest last in key order.
-        archives.sort_by(|a, b| b.key.cmp(&a.key));
-        for o in archives.into_iter().skip(keep) {
-            if o.last_modified.is_none_or(|t| t > cutoff) {
-                continue;
-            }
-            if apply {
-                s.provider.delete(&o.key).await.map_err(|e| Error::from_provider(format!("deleting {}", o.key), e))?;
-            }
-            out.archives.push(RemotePruned { model: model.clone(), key: o.key, bytes: o.size });
         }
     }
     let pending = s
@@ -105,4 +88,68 @@ pub(crate) async fn run(
         out.unfinished_uploads.push(p.key);
     }
     Ok(out)
+}
+
+/// One model, reference-based: it keeps every version a tag points at, each tag's previous
+/// version (so a rollback works), the `keep` newest versions, and every version younger than the
+/// cutoff; then the archives no kept version references (none younger than the cutoff: an upload
+/// in progress has an archive and no version yet).
+async fn prune_model(
+    s: &Session,
+    model: &ModelName,
+    keep: usize,
+    cutoff: SystemTime,
+    apply: bool,
+    out: &mut RemotePruneOutcome,
+) -> Result<()> {
+    let Some(latest) = versions::resolve(s, &Reference::parse(model.as_str())?).await? else {
+        return Ok(());
+    };
+    let tags = versions::list_tags(s, model).await?;
+    let mut found = Vec::new();
+    for id in versions::list_versions(s, model).await? {
+        if let Some(f) = versions::by_id(s, model, &id).await? {
+            found.push(f);
+        }
+    }
+    if !found.iter().any(|f| f.version == latest.version) {
+        found.push(latest.clone());
+    }
+    // Newest first: by creation time (whole seconds), then by when `latest` moved to it.
+    let moved_at = |v: &VersionId| {
+        tags.iter().filter(|t| t.tag.is_latest()).flat_map(|t| t.moves.iter().rposition(|m| &m.to == v)).max()
+    };
+    found.sort_by(|a, b| {
+        b.manifest.created_at.cmp(&a.manifest.created_at).then_with(|| moved_at(&b.version).cmp(&moved_at(&a.version)))
+    });
+    let mut kept: HashSet<VersionId> = tags.iter().map(|t| t.version.clone()).collect();
+    kept.extend(tags.iter().filter_map(|t| t.previous().cloned()));
+    kept.insert(latest.version.clone());
+    kept.extend(found.iter().take(keep).map(|f| f.version.clone()));
+    let young = |created: &str| humantime::parse_rfc3339_weak(created).map_or(true, |t| t > cutoff);
+    kept.extend(found.iter().filter(|f| young(&f.manifest.created_at)).map(|f| f.version.clone()));
+    let mut referenced: HashSet<String> = HashSet::new();
+    for f in &found {
+        if kept.contains(&f.version) {
+            referenced.insert(s.layout.archive_key(&f.manifest));
+        } else {
+            let key = s.layout.version_key(model, &f.version);
+            if apply {
+                s.provider.delete(&key).await.map_err(|e| Error::from_provider(format!("deleting {key}"), e))?;
+            }
+            out.versions.push(RemotePruned { model: model.clone(), key, bytes: f.bytes.len() as u64 });
+        }
+    }
+    let prefix = s.layout.archives_prefix(model);
+    let archives = s.provider.list(&prefix).await.map_err(|e| Error::from_provider(format!("listing {prefix}"), e))?;
+    for o in archives {
+        if referenced.contains(&o.key) || o.last_modified.is_none_or(|t| t > cutoff) {
+            continue;
+        }
+        if apply {
+            s.provider.delete(&o.key).await.map_err(|e| Error::from_provider(format!("deleting {}", o.key), e))?;
+        }
+        out.archives.push(RemotePruned { model: model.clone(), key: o.key, bytes: o.size });
+    }
+    Ok(())
 }

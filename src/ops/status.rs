@@ -31,6 +31,9 @@ pub struct StatusReport {
     pub cache_bytes: u64,
     pub models_cached: Vec<String>,
     pub warnings: Vec<String>,
+    /// Whether the bucket honours conditional writes (tag moves need them); `None` when it could
+    /// not be checked (unreachable, or no permission to write).
+    pub conditional_writes: Option<bool>,
 }
 
 /// Configuration, credentials, reachability and cache, in one report. Never fails on a
@@ -55,6 +58,7 @@ pub(crate) async fn run(s: &Session, source: &ConfigSource, warnings: &[String])
                 .into_iter()
                 .map(|p| p.key)
                 .collect();
+            report.conditional_writes = super::versions::conditional_writes(s).await.ok();
         }
         Err(e) => {
             let err = Error::from_provider(format!("checking {}", s.config.location()), e);
@@ -108,6 +112,7 @@ impl StatusReport {
             cache_bytes: cache.disk_usage(),
             models_cached,
             warnings: warnings.iter().cloned().chain(cache.lock_warning()).collect(),
+            conditional_writes: None,
         }
     }
 

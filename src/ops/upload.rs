@@ -170,10 +170,7 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
                     ));
                 }
                 return Err(Error::Conflict {
-                    message: format!(
-                        "{CONFLICT} ({message}); this one is kept as version {}",
-                        version.short()
-                    ),
+                    message: format!("{CONFLICT} ({message}); this one is kept as version {}", version.short()),
                     hint: Some(format!(
                         "`crowecode-cloud tag {model}@{} latest` makes it latest, if this tree should win",
                         version.short()

@@ -382,7 +382,9 @@ fn u6_prune_remote_skips_an_unreadable_manifest_and_prunes_the_rest() {
     let out = sb.cmd().args(["--json", "prune", "--remote", "--min-age", "0s", "--keep", "0"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["remote"].as_array().unwrap().len(), 2, "{v}");
+    // Three versions: latest and its previous are kept, the oldest goes with its archive.
+    assert_eq!(v["remote"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["remote_versions"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v["unreadable"], serde_json::json!(["junk"]));
     assert!(!stderr(&out).contains("download of it is in progress"), "{}", stderr(&out));
     assert_eq!(v["freed_bytes"], 0, "a list frees nothing");
