@@ -6,6 +6,7 @@
 mod azure;
 mod cli;
 mod common;
+mod compat;
 mod conformance;
 mod examples;
 #[cfg(feature = "s3")]
@@ -18,3 +19,4 @@ mod roundtrip;
 #[cfg(feature = "s3")]
 mod s3;
 mod user_paths;
+mod versions;

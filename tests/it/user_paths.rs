@@ -121,7 +121,7 @@ fn setup_replaces_a_broken_config_file_and_keeps_it_aside() {
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Provider {
+pub(crate) enum Provider {
     Local,
     S3,
     Gcs,
@@ -152,7 +152,7 @@ enum ConfigAt {
 
 /// The storage flags a user of this provider's emulator adds to the documented `setup`, and the
 /// credentials they put in the environment.
-fn provider_args(sb: &mut Sandbox, p: Provider) -> (Vec<String>, String) {
+pub(crate) fn provider_args(sb: &mut Sandbox, p: Provider) -> (Vec<String>, String) {
     let n = fastrand_u32();
     match p {
         Provider::Local => {

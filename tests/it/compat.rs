@@ -1,0 +1,102 @@
+//! Compatibility both ways with release 0.1.0 (before versions and tags): a bucket it wrote
+//! (committed under `tests/fixtures/bucket-0.1.0`) downloads with this release and gets versions on
+//! its next upload; and 0.1.0 itself (built from git history by `scripts/test-env.sh`) downloads
+//! the newest version from a bucket this release wrote, through the `manifest.json` alias.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::{Sandbox, require_env, tree, write_files};
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The tree release 0.1.0 uploaded as `Old` into the fixture bucket.
+fn old_tree(root: &Path) -> PathBuf {
+    let dir = root.join("Old");
+    let weights: Vec<u8> = (0..3000u32).map(|i| ((i * 37 + 11) % 256) as u8).collect();
+    write_files(
+        &dir,
+        &[
+            ("config.json", b"{\"architectures\":[\"OldForCausalLM\"],\"hidden_size\":64}\n"),
+            ("tokenizer/tokenizer.json", b"{\"vocab\":[\"a\",\"b\"]}\n"),
+            ("weights.bin", &weights),
+        ],
+    );
+    dir
+}
+
+/// A copy of the fixture bucket, set up as the README says.
+fn fixture_bucket(sb: &Sandbox) -> PathBuf {
+    let bucket = sb.path().join("bucket-0.1.0");
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bucket-0.1.0"))
+        .arg(&bucket)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = sb.cmd().args(["setup", "--provider", "local", "--bucket"]).arg(&bucket).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    bucket
+}
+
+#[test]
+fn a_bucket_of_the_previous_release_downloads_and_gets_versions_on_its_next_upload() {
+    let sb = Sandbox::new();
+    let bucket = fixture_bucket(&sb);
+    let src = old_tree(&sb.src());
+    let out = sb.cmd().args(["download", "Old"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(tree(Path::new(&stdout(&out))), tree(&src));
+    // Its version is the digest of its manifest: a pin works before any new upload.
+    let pinned = stdout(&sb.cmd().args(["resolve", "Old"]).output().unwrap());
+    let manifest = std::fs::read(bucket.join("crowecode-models/Old/manifest.json")).unwrap();
+    assert_eq!(pinned, format!("Old@sha256:{}", crate::common::sha256_hex(&manifest)));
+    assert!(sb.cmd().args(["download", &pinned]).output().unwrap().status.success());
+    // The next upload of the same tree uploads nothing and gives it a version and latest.
+    let out = sb.cmd().args(["upload", "Old", "--from"]).arg(&src).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), pinned);
+    assert!(stderr(&out).contains("up to date"), "{}", stderr(&out));
+    let root = bucket.join("crowecode-models/Old");
+    assert!(root.join("tags/latest.json").is_file());
+    assert!(root.join(format!("versions/{}.json", pinned.split("sha256:").nth(1).unwrap())).is_file());
+    assert_eq!(std::fs::read(root.join("manifest.json")).unwrap(), manifest, "the old manifest is untouched");
+    let h: serde_json::Value =
+        serde_json::from_slice(&sb.cmd().args(["--json", "history", "Old"]).output().unwrap().stdout).unwrap();
+    assert_eq!(h["versions"].as_array().unwrap().len(), 1, "{h}");
+}
+
+#[test]
+fn the_previous_release_downloads_the_newest_version_from_a_bucket_this_one_wrote() {
+    let old = require_env("CROWECODE_TEST_OLD_BIN");
+    let sb = Sandbox::new();
+    let bucket = sb.bucket();
+    let out =
+        sb.cmd().args(["setup", "--provider", "local", "--create-bucket", "--bucket"]).arg(&bucket).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let src = old_tree(&sb.src());
+    for v in 0..2 {
+        write_files(&src, &[("config.json", format!("{{\"v\":{v}}}").as_bytes())]);
+        let out = sb.cmd().args(["upload", "Old", "--tag", "prod", "--from"]).arg(&src).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let home = sb.path().join("old-home");
+    let out = std::process::Command::new(&old)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &home)
+        .env("CROWECODE_HOME", home.join("cache"))
+        .args(["--provider", "local", "--bucket"])
+        .arg(&bucket)
+        .args(["--prefix", "crowecode-models/", "download", "Old"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "release 0.1.0: {}", stderr(&out));
+    assert_eq!(tree(Path::new(&stdout(&out))), tree(&src), "the newest version");
+}
