@@ -30,8 +30,9 @@ step "setup: a local directory as the bucket"
 run crowecode-cloud setup --provider local --bucket "$WORK/bucket" --prefix models/ --create-bucket
 run crowecode-cloud status
 
-step "upload (CI does this once)"
-run crowecode-cloud upload Demo --models-dir "$WORK/models"
+step "upload (CI does this once): a version, tagged; the pinned reference goes to stdout"
+REF=$(crowecode-cloud upload Demo:prod --models-dir "$WORK/models")
+echo "REF=$REF"
 run crowecode-cloud upload Demo --models-dir "$WORK/models"
 
 step "list"
@@ -43,9 +44,17 @@ echo "MODEL=$MODEL"
 run diff -r "$WORK/models/Demo" "$MODEL" && echo "byte-identical to the uploaded tree"
 run crowecode-cloud download Demo --json
 
-step "a damaged archive in the bucket is refused; the ready model stays"
+step "a pinned download stays on its version while latest moves"
 echo '{"architectures":["DemoForCausalLM"],"hidden_size":1024}' > "$WORK/models/Demo/config.json"
-crowecode-cloud upload Demo --models-dir "$WORK/models" --quiet
+crowecode-cloud upload Demo --models-dir "$WORK/models" --quiet >/dev/null
+run crowecode-cloud history Demo
+PINNED=$(crowecode-cloud download "$REF")
+[ "$PINNED" = "$MODEL" ] && echo "$REF is still $PINNED (no request: it is cached)"
+run crowecode-cloud rollback Demo
+run crowecode-cloud resolve Demo Demo:prod
+run crowecode-cloud tag Demo@"$(crowecode-cloud --json history Demo | python3 -c 'import json,sys; print(json.load(sys.stdin)["versions"][0]["version"])')" latest
+
+step "a damaged archive in the bucket is refused; the ready model stays"
 ARCHIVE=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["archive_key"])' "$WORK/bucket/models/Demo/manifest.json")
 printf 'X' | dd of="$WORK/bucket/$ARCHIVE" bs=1 seek=5000000 conv=notrunc status=none
 set +e
