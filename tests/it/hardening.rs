@@ -677,6 +677,7 @@ fn u7_a_model_larger_than_the_free_space_fails_before_fetching() {
     assert_eq!(staged, 0, "nothing left in staging");
 }
 
+#[cfg(feature = "s3")]
 #[test]
 fn u1_status_against_an_endpoint_that_never_answers_is_quick() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
