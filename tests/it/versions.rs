@@ -305,3 +305,41 @@ fn upload_with_a_tag_in_the_reference_and_without_latest() {
     ok(&sb, &["untag", "U:rc"]);
     assert_eq!(run(&sb, &["resolve", "U:rc"]).status.code(), Some(5));
 }
+
+/// Rewrites an object on moto with boto3 (from the test servers' virtual environment), as someone
+/// with write access to the bucket could.
+#[cfg(feature = "s3")]
+fn moto_flip(bucket: &str, key: &str, at: usize) {
+    let python = format!("{}/python", crate::common::require_env("CROWECODE_TEST_EMU_BIN"));
+    let script = "import boto3,sys\n\
+        c=boto3.client('s3',endpoint_url=sys.argv[1],region_name='us-east-1',aws_access_key_id='k',aws_secret_access_key='s')\n\
+        b=bytearray(c.get_object(Bucket=sys.argv[2],Key=sys.argv[3])['Body'].read())\n\
+        b[int(sys.argv[4])]^=0x20\n\
+        c.put_object(Bucket=sys.argv[2],Key=sys.argv[3],Body=bytes(b))";
+    let endpoint = crate::common::require_env("CROWECODE_TEST_S3_ENDPOINT");
+    let out = std::process::Command::new(python)
+        .args(["-c", script, &endpoint, bucket, key, &at.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[cfg(feature = "s3")]
+#[test]
+fn tampering_on_moto_is_refused_for_a_pinned_reference() {
+    let (sb, args) = set_up(Provider::S3);
+    let bucket = args[args.iter().position(|a| a == "--bucket").unwrap() + 1].clone();
+    let src = make_model(&sb.src(), "P", 8);
+    let pinned = upload(&sb, "P", &src, &[]);
+    let id = pinned.split("sha256:").nth(1).unwrap().to_string();
+    let version = format!("crowecode-models/P/versions/{id}.json");
+    moto_flip(&bucket, &version, 40);
+    let out = run(&sb, &["download", &pinned]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not hash to its id"), "{}", stderr(&out));
+    moto_flip(&bucket, &version, 40);
+    // Restored, it downloads: nothing of the refused attempt was kept.
+    let v: serde_json::Value = serde_json::from_str(&ok(&sb, &["--json", "download", &pinned])).unwrap();
+    assert_eq!(v["models"][0]["status"], "downloaded", "{v}");
+    assert_eq!(tree(Path::new(v["models"][0]["path"].as_str().unwrap())), tree(&src));
+}
