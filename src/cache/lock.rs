@@ -79,35 +79,28 @@ impl Cache {
     /// lock shared while it looks, so a concurrent `prune` cannot be halfway through removing
     /// what it returns. Blocking, but it waits only for a prune, never for a download.
     pub fn use_ready(&self, model: &ModelName, expected: Option<&Path>) -> Result<Option<PathBuf>> {
+        self.hand_out(model, || Ok(self.current(model)?.filter(|current| expected.is_none_or(|e| e == current))))
+    }
+
+    /// `version_dir` of `model` if it is complete, marked as used; held like [`Cache::use_ready`]
+    /// (shared use lock), whatever `models/<Model>` points at (a pinned version).
+    pub fn use_version(&self, model: &ModelName, version_dir: &Path) -> Result<Option<PathBuf>> {
+        self.hand_out(model, || Ok(Some(version_dir.to_path_buf())))
+    }
+
+    /// With the model's use lock shared: the version `pick` names, if it is complete, touched.
+    fn hand_out(&self, model: &ModelName, pick: impl FnOnce() -> Result<Option<PathBuf>>) -> Result<Option<PathBuf>> {
         if !self.root.join(".locks").is_dir() {
             // A cache that was never set up holds no versions.
             return Ok(None);
         }
         let (path, file) = self.use_lock_file(model)?;
         file.lock_shared().map_err(|e| Error::io("cannot lock", &path, e))?;
-        let Some(current) = self.current(model)? else {
+        let Some(version) = pick()?.filter(|v| self.is_complete(v)) else {
             return Ok(None);
         };
-        if expected.is_some_and(|e| e != current) || !self.is_complete(&current) {
-            return Ok(None);
-        }
-        self.touch(&current);
-        Ok(Some(current))
-    }
-
-    /// `version_dir` of `model` if it is complete, marked as used; held like [`Cache::use_ready`]
-    /// (shared use lock), whatever `models/<Model>` points at (a pinned version).
-    pub fn use_version(&self, model: &ModelName, version_dir: &Path) -> Result<Option<PathBuf>> {
-        if !self.root.join(".locks").is_dir() {
-            return Ok(None);
-        }
-        let (path, file) = self.use_lock_file(model)?;
-        file.lock_shared().map_err(|e| Error::io("cannot lock", &path, e))?;
-        if !self.is_complete(version_dir) {
-            return Ok(None);
-        }
-        self.touch(version_dir);
-        Ok(Some(version_dir.to_path_buf()))
+        self.touch(&version);
+        Ok(Some(version))
     }
 
     /// The model's use lock, exclusively: no reader is handing out one of its versions.

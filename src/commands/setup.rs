@@ -60,44 +60,40 @@ pub async fn run(ctx: &Context, opts: &SetupOptions) -> Result<SetupOutcome> {
         overrides.bucket = Some(abs.display().to_string());
     }
     // The file setup is about to write need not exist yet, even at an explicit path.
-    let file = FileLocation { path: ctx.config_file.path.clone(), explicit: false };
+    let mut file = FileLocation { path: ctx.config_file.path.clone(), explicit: false };
     let complete = overrides.provider.is_some() && overrides.bucket.is_some();
     let mut notes = Vec::new();
     let mut set_aside = None;
-    let resolve =
-        |env: EnvReader, file: &FileLocation, ov: &config::Overrides| config::resolve(&move |k| env(k), file, ov);
-    let mut resolved = match resolve(env.clone(), &file, &overrides) {
+    // What the configuration is read from; a broken part is left out, for this resolution and the
+    // one with the default prefix below.
+    let mut env_used: EnvReader = env.clone();
+    let resolve = |env: &EnvReader, file: &FileLocation, ov: &config::Overrides| {
+        let env = env.clone();
+        config::resolve(&move |k| env(k), file, ov)
+    };
+    let mut resolved = match resolve(&env_used, &file, &overrides) {
         Err(Error::Config { origin, message, .. }) if complete && is_document_error(&message) => {
             // Only the document is broken: the flags say everything setup needs.
             if origin == config::ENV_CONFIG_B64 {
                 notes.push(format!(
                     "{origin} in this environment is not usable ({message}); the export line below replaces it"
                 ));
-                let without_b64: EnvReader =
-                    std::sync::Arc::new(move |k: &str| if k == config::ENV_CONFIG_B64 { None } else { env(k) });
-                resolve(without_b64, &file, &overrides)?
+                env_used = std::sync::Arc::new(move |k: &str| if k == config::ENV_CONFIG_B64 { None } else { env(k) });
             } else {
                 set_aside = Some(ctx.config_file.path.clone());
                 notes.push(format!(
                     "{origin} was not usable ({message}); replaced, the old file is kept as {origin}.bak"
                 ));
-                resolve(env.clone(), &FileLocation::none(), &overrides)?
+                file = FileLocation::none();
             }
+            resolve(&env_used, &file, &overrides)?
         }
         other => other?,
     };
     if overrides.prefix.is_none() && resolved.source == ConfigSource::Flags {
         // A fresh configuration (not an edit of an existing one): the deployments' default prefix.
         overrides.prefix = Some(DEFAULT_PREFIX.into());
-        let env = ctx.env.clone();
-        let nowhere = FileLocation::none();
-        let base = if set_aside.is_some() { &nowhere } else { &file };
-        let without_bad_b64: EnvReader = if notes.iter().any(|n| n.starts_with(config::ENV_CONFIG_B64)) {
-            std::sync::Arc::new(move |k: &str| if k == config::ENV_CONFIG_B64 { None } else { env(k) })
-        } else {
-            env
-        };
-        resolved = resolve(without_bad_b64, base, &overrides)?;
+        resolved = resolve(&env_used, &file, &overrides)?;
     }
     let cfg = resolved.config;
     let bucket_created = if opts.create_bucket {
