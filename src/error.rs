@@ -139,6 +139,11 @@ pub enum Error {
     #[error("integrity check failed for {object}: {what}")]
     Integrity { object: String, what: String, expected: Option<String>, computed: Option<String> },
 
+    /// What no trusted key signed, or a signature that does not match (exit 6): nothing was
+    /// installed. `subject` is the reference (`Alpha@sha256:…`, `Alpha:latest`).
+    #[error("signature check failed for {subject}: {what}")]
+    Signature { subject: String, what: String, hint: String },
+
     /// Still failing after the retries (exit 7).
     #[error("{context}: still failing after {attempts} attempts: {source}")]
     Network {
@@ -237,7 +242,7 @@ impl Error {
             Self::Config { .. } | Self::NotConfigured { .. } => exit::NOT_CONFIGURED,
             Self::Access { .. } => exit::ACCESS,
             Self::ModelNotFound { .. } => exit::NOT_FOUND,
-            Self::Integrity { .. } => exit::INTEGRITY,
+            Self::Integrity { .. } | Self::Signature { .. } => exit::INTEGRITY,
             Self::Network { .. } => exit::NETWORK,
             Self::Io { .. } | Self::Provider { .. } | Self::Other { .. } => exit::FAILURE,
             Self::Conflict { .. } => exit::CONFLICT,
@@ -253,6 +258,7 @@ impl Error {
             | Self::Access { hint, .. }
             | Self::Other { hint, .. }
             | Self::Conflict { hint, .. } => hint.clone(),
+            Self::Signature { hint, .. } => Some(hint.clone()),
             Self::NotConfigured { .. } => Some(
                 "run `crowecode-cloud setup --provider s3 --bucket NAME`, or set CROWECODE_CLOUD_CONFIG_B64".into(),
             ),

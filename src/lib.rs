@@ -26,6 +26,7 @@ pub mod progress;
 pub mod provider;
 pub mod reference;
 pub mod select;
+pub mod signing;
 pub mod transfer;
 
 pub use error::{Error, Result};

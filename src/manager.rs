@@ -20,7 +20,8 @@ pub use crate::ops::download::{DownloadOptions, DownloadStatus, Downloaded};
 pub use crate::ops::list::RemoteModel;
 pub use crate::ops::prune_remote::{RemotePruneOutcome, RemotePruned};
 pub use crate::ops::status::StatusReport;
-pub use crate::ops::tags::{Deleted, History, Resolution, VersionEntry};
+pub use crate::ops::signatures::Signers;
+pub use crate::ops::tags::{Deleted, History, Resolution, Signed, VersionEntry};
 pub use crate::ops::upload::{UploadOptions, UploadStatus, Uploaded};
 pub use crate::ops::versions::{Moved, TagMove};
 
@@ -81,6 +82,7 @@ impl CloudManager {
             cache,
             transfer,
             reporter: Arc::new(Silent),
+            trust: Arc::new(crate::signing::Trust::default()),
         };
         Self { session, source: resolved.source, warnings: resolved.warnings }
     }
@@ -90,6 +92,18 @@ impl CloudManager {
     pub fn with_reporter(mut self, reporter: Arc<dyn Reporter>) -> Self {
         self.session.reporter = reporter;
         self
+    }
+
+    /// Checks and makes signatures by `trust`.
+    #[must_use]
+    pub fn with_trust(mut self, trust: crate::signing::Trust) -> Self {
+        self.session.trust = Arc::new(trust);
+        self
+    }
+
+    /// The signature policy in force.
+    pub fn trust(&self) -> &crate::signing::Trust {
+        &self.session.trust
     }
 
     /// The effective configuration.
@@ -198,6 +212,12 @@ impl CloudManager {
     /// where it does now (compare-and-swap: of two concurrent moves exactly one wins).
     pub async fn tag(&self, reference: &str, tags: &[TagName], if_current: Option<&str>) -> Result<Vec<Moved>> {
         ops::tags::tag(&self.session, reference, tags, if_current).await
+    }
+
+    /// Adds a signature by each signing key (see [`CloudManager::with_trust`]) to the version
+    /// `reference` names.
+    pub async fn sign(&self, reference: &str) -> Result<Signed> {
+        ops::tags::sign(&self.session, reference).await
     }
 
     /// Removes the tag `reference` (`Alpha:TAG`) names; `false` if there was none.

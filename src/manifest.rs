@@ -250,6 +250,16 @@ impl Layout {
         format!("{}{}.json", self.versions_prefix(model), version.hex())
     }
 
+    /// `<prefix><Model>/versions/<hex>.`: what the version's signatures' keys start with.
+    pub fn signatures_prefix(&self, model: &ModelName, version: &crate::reference::VersionId) -> String {
+        format!("{}{}.", self.versions_prefix(model), version.hex())
+    }
+
+    /// `<prefix><Model>/versions/<hex>.<key id 16>.sig`: one OMS signature of the version per key.
+    pub fn signature_key(&self, model: &ModelName, version: &crate::reference::VersionId, key_id: &str) -> String {
+        format!("{}{key_id}.sig", self.signatures_prefix(model, version))
+    }
+
     /// `<prefix><Model>/tags/`: the only mutable objects, moved by compare-and-swap.
     pub fn tags_prefix(&self, model: &ModelName) -> String {
         format!("{}{model}/tags/", self.prefix)

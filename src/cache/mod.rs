@@ -214,6 +214,31 @@ impl Cache {
         fs::rename(&tmp, &path).map_err(|e| Error::io("cannot write", &path, e))
     }
 
+    /// The highest signed move of `tag` of `model` verified on this machine (0: none): a signed
+    /// tag found at a lower one is a replay. `models/.refs/<Model>/.seq-<tag>`.
+    pub fn signed_seq(&self, model: &ModelName, tag: &TagName) -> u64 {
+        let path = self.models_dir().join(".refs").join(model.as_str()).join(format!(".seq-{tag}"));
+        fs::read_to_string(path).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0)
+    }
+
+    /// Records a verified signed move of `tag` (never lowering what is recorded).
+    pub fn set_signed_seq(&self, model: &ModelName, tag: &TagName, seq: u64) -> Result<()> {
+        if seq <= self.signed_seq(model, tag) {
+            return Ok(());
+        }
+        let dir = self.models_dir().join(".refs").join(model.as_str());
+        fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create", &dir, e))?;
+        let path = dir.join(format!(".seq-{tag}"));
+        let tmp = dir.join(format!(".seq-{tag}.{:016x}", fastrand::u64(..)));
+        fs::write(&tmp, format!("{seq}\n")).map_err(|e| Error::io("cannot write", &tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| Error::io("cannot write", &path, e))
+    }
+
+    /// The signature installed beside a version directory: `<dir>.sig`.
+    pub fn signature_path(&self, version_dir: &Path) -> PathBuf {
+        sidecar(version_dir, ".sig")
+    }
+
     /// What `tag` of `model` last resolved to on this machine.
     pub fn get_ref(&self, model: &ModelName, tag: &TagName) -> Option<VersionId> {
         let path = self.models_dir().join(".refs").join(model.as_str()).join(tag.as_str());
@@ -259,6 +284,7 @@ impl Cache {
         // The manifest copy first: a version without it is treated as incomplete, never used.
         remove_file_if_present(&self.manifest_copy_path(version_dir))?;
         let _ = fs::remove_file(sidecar(version_dir, ".version"));
+        let _ = fs::remove_file(sidecar(version_dir, ".sig"));
         // Then the directory leaves its path whole (a rename into staging), so anyone holding
         // that path sees the complete version or nothing, never a half-deleted one. A prune
         // killed here leaves `<Model>@removing-…`, which the next download's cleanup removes.

@@ -23,6 +23,12 @@ pub struct VerifyReport {
     pub changed: Vec<String>,
     /// On disk, not in the manifest.
     pub extra: Vec<String>,
+    /// The trusted key whose signature (installed beside the version) covers it, when checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
+    /// Why the signature does not pass, when checked (with `require_signature`, `ok` is false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature_problem: Option<String>,
 }
 
 impl Cache {
@@ -90,6 +96,8 @@ impl Cache {
             missing,
             changed,
             extra,
+            signed_by: None,
+            signature_problem: None,
         })
     }
 }

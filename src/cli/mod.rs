@@ -129,6 +129,21 @@ struct TransferArgs {
     limit_rate: Option<u64>,
 }
 
+#[derive(Debug, Args)]
+struct SignArgs {
+    /// Sign with this private key (PEM, ECDSA P-256; repeatable: during a rotation sign with old
+    /// and new) [env: CROWECODE_SIGNING_KEY, a path or several separated by `:`]
+    #[arg(long = "sign-key", value_name = "PATH")]
+    sign_keys: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct RequireArgs {
+    /// Refuse what no trusted key signed (exit 6, nothing installed) [env: CROWECODE_REQUIRE_SIGNATURE=1]
+    #[arg(long)]
+    require_signature: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Validate and save the bucket configuration; print the CROWECODE_CLOUD_CONFIG_B64 export
@@ -177,8 +192,37 @@ enum Command {
         /// Upload even if the bucket already holds this exact tree
         #[arg(long)]
         force: bool,
+        /// An OMS signature of the tree made by its publisher (`model_signing sign`), checked
+        /// against the tree before upload and stored with the version (a single MODEL)
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
+        #[command(flatten)]
+        sign: SignArgs,
         #[command(flatten)]
         transfer: TransferArgs,
+    },
+    /// Add a signature to a version in the bucket (a second signer, e.g. a security team)
+    #[command(
+        after_help = "Signs what the bucket's manifest of the version says (every file's sha256), in the OpenSSF\nModel Signing format, bound to this model and version. Check the model first: download and verify it."
+    )]
+    Sign {
+        /// The version: Alpha@sha256:..., Alpha:TAG or Alpha
+        #[arg(value_name = "REF")]
+        reference: String,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
+    /// Make an ECDSA P-256 key pair for signing: PATH (private, PKCS#8 PEM, mode 0600) and PATH.pub
+    #[command(
+        after_help = "The key type of the OpenSSF Model Signing `key` method, AWS KMS and GCP KMS.\nKeep PATH secret (a CI secret); give PATH.pub to every machine as a trusted key."
+    )]
+    Keygen {
+        /// Where to write the private key (the public key goes to PATH.pub)
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// Replace an existing key pair
+        #[arg(long)]
+        force: bool,
     },
     /// Print the pinned reference (MODEL@sha256:...) of each reference, one per line
     #[command(
@@ -200,6 +244,8 @@ enum Command {
         /// Move only if the tag points where REF2 does now (as `git update-ref NEW OLD`)
         #[arg(long, value_name = "REF2")]
         if_current: Option<String>,
+        #[command(flatten)]
+        sign: SignArgs,
     },
     /// Remove a tag (MODEL:TAG)
     Untag {
@@ -212,6 +258,8 @@ enum Command {
         /// MODEL or MODEL:TAG
         #[arg(value_name = "MODEL[:TAG]")]
         reference: String,
+        #[command(flatten)]
+        sign: SignArgs,
     },
     /// A model's versions (newest first) with their tags, and a tag's moves (who, when)
     History {
@@ -239,6 +287,8 @@ enum Command {
         /// Model names
         #[arg(required = true, value_name = "MODEL")]
         models: Vec<String>,
+        #[command(flatten)]
+        require: RequireArgs,
     },
     /// Download models (any reference: Alpha, Alpha:prod, Alpha@sha256:...) into the cache, verified; print their paths
     #[command(
@@ -262,6 +312,8 @@ enum Command {
         /// No request to the bucket: a version from the cache, a tag as this machine last resolved it
         #[arg(long, conflicts_with_all = ["only", "publish", "force"])]
         offline: bool,
+        #[command(flatten)]
+        require: RequireArgs,
         #[command(flatten)]
         transfer: TransferArgs,
     },
@@ -380,6 +432,7 @@ pub fn main() -> std::process::ExitCode {
             clap_complete::generate(*shell, &mut Cli::command(), "crowecode-cloud", &mut text);
             return print_generated(&text, "the completion script");
         }
+        Command::Keygen { out, force } => return keygen(out, *force, cli.global.json),
         Command::Man => {
             let mut text = Vec::new();
             // Rendering into memory cannot fail.
@@ -428,6 +481,28 @@ fn usage_error(e: &clap::Error) -> std::process::ExitCode {
         println!("{}", serde_json::to_string_pretty(&object).expect("serialises"));
     }
     std::process::ExitCode::from(exit::USAGE as u8)
+}
+
+/// `keygen`: needs no config and no runtime.
+fn keygen(out: &std::path::Path, force: bool, json: bool) -> std::process::ExitCode {
+    let printer = Printer::new(json, false, true, &|_| None);
+    let out = match absolute(out) {
+        Ok(p) => p,
+        Err(e) => {
+            printer.error(&e);
+            return std::process::ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    match crate::signing::keygen(&out, force) {
+        Ok(public) => {
+            printer.keygen(&out, &crate::signing::pub_path(&out), &public);
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            printer.error(&e);
+            std::process::ExitCode::from(e.exit_code() as u8)
+        }
+    }
 }
 
 /// Writes generated text to stdout; a closed pipe (`| head`) is not an error.
@@ -560,7 +635,20 @@ fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> crate::Res
             "set it to a value like 5, or unset it for the default",
         ));
     }
-    Ok(Context { env, config_file, overrides, cache_root, transfer, retry, reporter: printer })
+    let (sign, require) = match &cli.command {
+        Command::Upload { sign, .. }
+        | Command::Sign { sign, .. }
+        | Command::Tag { sign, .. }
+        | Command::Rollback { sign, .. } => (Some(sign), false),
+        Command::Download { require, .. } | Command::Verify { require, .. } => (None, require.require_signature),
+        _ => (None, false),
+    };
+    let trust = crate::signing::TrustSources {
+        require_flag: require,
+        sign_keys: sign.map(|a| a.sign_keys.iter().map(|p| p.display().to_string()).collect()).unwrap_or_default(),
+        ..Default::default()
+    };
+    Ok(Context { env, config_file, overrides, cache_root, transfer, retry, reporter: printer, trust })
 }
 
 async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate::Result<i32> {
@@ -586,7 +674,7 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
             printer.list_remote(&out);
             Ok(exit::OK)
         }
-        Command::Upload { models, tags, no_latest, models_dir, from, compression, force, .. } => {
+        Command::Upload { models, tags, no_latest, models_dir, from, compression, force, signature, .. } => {
             let source = match (from, models_dir) {
                 (Some(dir), _) => commands::upload::Source::Dir(absolute(dir)?),
                 (None, dir) => {
@@ -604,7 +692,23 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
                 }
             };
             let tags = tags.iter().map(|t| crate::reference::TagName::new(t)).collect::<crate::Result<Vec<_>>>()?;
-            let opts = UploadOptions { compression: *compression, force: *force, tags, no_latest: *no_latest };
+            let signature = match signature {
+                Some(_) if models.len() > 1 => {
+                    return Err(Error::usage(
+                        "--signature signs one model's tree, but several models were given",
+                        "upload each signed model with its own command",
+                    ));
+                }
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    Error::usage(
+                        format!("cannot read the signature {}: {e}", path.display()),
+                        "give the signature file `model_signing sign` wrote (model.sig)",
+                    )
+                })?),
+                None => None,
+            };
+            let opts =
+                UploadOptions { compression: *compression, force: *force, tags, no_latest: *no_latest, signature };
             let batch = commands::upload::run(ctx, models, &source, &opts).await?;
             printer.uploads(&batch);
             Ok(batch.exit_code())
@@ -614,7 +718,12 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
             printer.resolutions(&batch);
             Ok(batch.exit_code())
         }
-        Command::Tag { reference, tags, if_current } => {
+        Command::Sign { reference, .. } => {
+            let signed = commands::versions::sign(ctx, reference).await?;
+            printer.signed(&signed);
+            Ok(exit::OK)
+        }
+        Command::Tag { reference, tags, if_current, .. } => {
             let (model, moved) = commands::versions::tag(ctx, reference, tags, if_current.as_deref()).await?;
             printer.moves(&model, &moved);
             Ok(exit::OK)
@@ -624,7 +733,7 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
             printer.untagged(reference, removed);
             Ok(if removed { exit::OK } else { exit::NOT_FOUND })
         }
-        Command::Rollback { reference } => {
+        Command::Rollback { reference, .. } => {
             let (model, moved) = commands::versions::rollback(ctx, reference).await?;
             printer.moves(&model, &[moved]);
             Ok(exit::OK)
@@ -639,7 +748,7 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
             printer.deleted(&deleted);
             Ok(exit::OK)
         }
-        Command::Verify { models } => {
+        Command::Verify { models, .. } => {
             let batch = commands::verify::run(ctx, models).await?;
             printer.verify(&batch);
             let differs = batch.models.iter().any(|r| !r.ok);
@@ -666,7 +775,7 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
             Ok(exit::OK)
         }
         // Answered in `main` before any of this is set up.
-        Command::Completions { .. } | Command::Man => Ok(exit::OK),
+        Command::Completions { .. } | Command::Man | Command::Keygen { .. } => Ok(exit::OK),
     }
 }
 

@@ -258,6 +258,22 @@ impl Printer {
             None if r.reachable => lines.push("tags:         conditional writes not checked (no permission to write)".into()),
             None => {}
         }
+        let sig = &r.signatures;
+        if sig.trusted_keys.is_empty() {
+            lines.push("signatures:   not checked (no trusted_keys / CROWECODE_TRUSTED_KEYS)".into());
+        } else {
+            lines.push(format!(
+                "signatures:   {} (trusted: {})",
+                if sig.require_signature { "REQUIRED" } else { "checked, not required" },
+                sig.trusted_keys.iter().map(|k| safe(k)).collect::<Vec<_>>().join(", ")
+            ));
+            for (model, verdict) in &sig.cached {
+                lines.push(format!("  {model}: {}", safe(verdict)));
+            }
+        }
+        if !sig.signing_keys.is_empty() {
+            lines.push(format!("signing with: {}", sig.signing_keys.join(", ")));
+        }
         if !r.pending_uploads.is_empty() {
             let keys: Vec<String> = r.pending_uploads.iter().map(|k| safe(k)).collect();
             lines.push(format!("unfinished uploads: {} ({})", r.pending_uploads.len(), keys.join(", ")));
@@ -284,7 +300,7 @@ impl Printer {
             return;
         }
         let mut rows =
-            vec![["MODEL", "VERSION", "SIZE", "FILES", "UPLOADED", "TAGS", "CACHED"].map(String::from).to_vec()];
+            vec![["MODEL", "VERSION", "SIZE", "FILES", "UPLOADED", "TAGS", "CACHED", "SIGNED BY"].map(String::from).to_vec()];
         for m in &out.models {
             let tags: Vec<String> = m
                 .tags
@@ -303,6 +319,7 @@ impl Printer {
                     format!("unreadable: {short}{cut}"),
                     tags.join(" "),
                     String::new(),
+                    String::new(),
                 ]);
                 continue;
             }
@@ -319,6 +336,7 @@ impl Printer {
                 m.uploaded_at.clone().unwrap_or_default(),
                 tags.join(" "),
                 cached,
+                m.signatures.as_ref().map(signers).unwrap_or_else(|| "?".into()),
             ]);
         }
         self.out(&table(&rows));
@@ -366,6 +384,9 @@ impl Printer {
                     u.sha256.short()
                 )),
             }
+            if !u.signed_by.is_empty() {
+                self.note(&format!("{}: signed {} by {}", u.model, u.version.short(), u.signed_by.join(", ")));
+            }
             if !u.tags.is_empty() {
                 let tags: Vec<String> = u.tags.iter().map(ToString::to_string).collect();
                 self.note(&format!("{}: {} → {}", u.model, tags.join(", "), u.version.short()));
@@ -409,6 +430,32 @@ impl Printer {
         }
     }
 
+    /// Output of `sign`: the pinned reference on stdout.
+    pub fn signed(&self, signed: &crate::manager::Signed) {
+        if self.json {
+            return self.json_out(signed);
+        }
+        self.note(&format!("{}: signed by {}", signed.reference, signed.signed_by.join(", ")));
+        self.out(&signed.reference);
+    }
+
+    /// Output of `keygen`.
+    pub fn keygen(&self, private: &std::path::Path, public: &std::path::Path, key: &crate::signing::PublicKey) {
+        if self.json {
+            return self.json_out(&serde_json::json!({
+                "private_key": private,
+                "public_key": public,
+                "key_id": key.id(),
+            }));
+        }
+        self.note(&format!(
+            "wrote {} (private: keep it secret, mode 0600) and {} (public: give it to every machine as a trusted key)",
+            private.display(),
+            public.display()
+        ));
+        self.out(key.short_id());
+    }
+
     /// Output of `untag`.
     pub fn untagged(&self, reference: &str, removed: bool) {
         if self.json {
@@ -422,16 +469,18 @@ impl Printer {
         if self.json {
             return self.json_out(h);
         }
-        let mut lines = vec![format!("{:<14} {:<22} {:>10} {:>6}  TAGS", "VERSION", "CREATED", "SIZE", "FILES")];
+        let mut lines =
+            vec![format!("{:<14} {:<22} {:>10} {:>6}  {:<16} SIGNED BY", "VERSION", "CREATED", "SIZE", "FILES", "TAGS")];
         for v in &h.versions {
             let tags: Vec<String> = v.tags.iter().map(ToString::to_string).collect();
             lines.push(format!(
-                "{:<14} {:<22} {:>10} {:>6}  {}",
+                "{:<14} {:<22} {:>10} {:>6}  {:<16} {}",
                 v.version.short(),
                 v.created_at,
                 fmt_bytes(v.size),
                 v.files,
-                tags.join(", ")
+                tags.join(", "),
+                signers(&v.signatures)
             ));
         }
         if !h.moves.is_empty() {
@@ -439,7 +488,12 @@ impl Printer {
             lines.push(format!("moves of {}:{} (newest first):", h.model, h.tag));
             for m in &h.moves {
                 let from = m.from.as_ref().map_or_else(|| "(new)".to_string(), |v| v.short().to_string());
-                lines.push(format!("  {}  {from} → {}  by {}", m.at, m.to.short(), safe(&m.by)));
+                let signed = if m.signed_by.is_empty() {
+                    String::new()
+                } else {
+                    format!(", signed by {}", m.signed_by.iter().map(|k| safe(k)).collect::<Vec<_>>().join(", "))
+                };
+                lines.push(format!("  {}  {from} → {}  by {}{signed}", m.at, m.to.short(), safe(&m.by)));
             }
         }
         self.out(&lines.join("\n"));
@@ -465,10 +519,17 @@ impl Printer {
             return self.json_out(batch);
         }
         for r in &batch.models {
-            if r.ok {
-                self.out(&format!("{}: ok, {} match {}", r.model, files(r.files_checked), r.path.display()));
+            let signed = match (&r.signed_by, &r.signature_problem) {
+                (Some(key), _) => format!(", signed by trusted key {}", safe(key)),
+                (None, Some(problem)) => format!(", NOT SIGNED by a trusted key: {}", safe(problem)),
+                (None, None) => String::new(),
+            };
+            let differs = !r.missing.is_empty() || !r.changed.is_empty() || !r.extra.is_empty();
+            if !differs {
+                self.out(&format!("{}: ok, {} match {}{signed}", r.model, files(r.files_checked), r.path.display()));
                 continue;
             }
+            // What was signed is the manifest; the files on disk no longer match it.
             let mut text = format!("{}: DIFFERS from its manifest ({})", r.model, r.path.display());
             for (what, list) in [("missing", &r.missing), ("changed", &r.changed), ("extra", &r.extra)] {
                 for p in list {
@@ -543,6 +604,9 @@ impl Printer {
                     if d.status == DownloadStatus::Published { " and uploaded to the bucket" } else { "" },
                     d.sha256.short()
                 )),
+            }
+            if let Some(key) = &d.signed_by {
+                self.note(&format!("{}: signed by trusted key {}", d.model, safe(key)));
             }
         }
         self.model_errors(batch);
@@ -634,6 +698,17 @@ impl Reporter for Printer {
     }
 }
 
+/// Who signed a version, for tables: verified trusted keys, else the keys the bucket names.
+fn signers(s: &crate::manager::Signers) -> String {
+    if !s.trusted.is_empty() {
+        format!("{} (trusted)", s.trusted.join(", "))
+    } else if s.keys.is_empty() {
+        "-".into()
+    } else {
+        s.keys.iter().map(|k| safe(k)).collect::<Vec<_>>().join(", ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -654,3 +729,4 @@ mod tests {
         assert_eq!(t, "A    BB\nccc  d");
     }
 }
+

@@ -40,6 +40,8 @@ pub struct Context {
     pub transfer: TransferOptions,
     pub retry: RetryPolicy,
     pub reporter: Arc<dyn Reporter>,
+    /// Signature flags (`--require-signature`, `--sign-key`).
+    pub trust: crate::signing::TrustSources,
 }
 
 impl Context {
@@ -60,9 +62,21 @@ impl Context {
 
     /// A manager over `resolved`.
     pub async fn manager_for(&self, resolved: config::Resolved) -> Result<CloudManager> {
+        let trust = self.trust_for(Some(&resolved.config))?;
         Ok(CloudManager::new(resolved, self.cache(), self.transfer.clone(), self.retry.clone())
             .await?
-            .with_reporter(self.reporter.clone()))
+            .with_reporter(self.reporter.clone())
+            .with_trust(trust))
+    }
+
+    /// The signature policy: the config's (when there is one), the environment's and the flags'.
+    pub fn trust_for(&self, config: Option<&config::CloudConfig>) -> Result<crate::signing::Trust> {
+        let sources = crate::signing::TrustSources {
+            config_keys: config.map(|c| c.trusted_keys.clone()).unwrap_or_default(),
+            config_require: config.is_some_and(|c| c.require_signature),
+            ..self.trust.clone()
+        };
+        crate::signing::Trust::resolve(&sources, &*self.env)
     }
 
     /// The cache.

@@ -2,7 +2,7 @@
 
 use super::{Batch, Context, ModelError};
 use crate::error::{Error, Result};
-use crate::manager::{Deleted, History, Moved, Resolution};
+use crate::manager::{Deleted, History, Moved, Resolution, Signed};
 use crate::names::ModelName;
 use crate::reference::{Reference, TagName};
 
@@ -34,6 +34,16 @@ pub async fn tag(
     let manager = ctx.manager().await?;
     match manager.tag(reference, &tags, if_current).await {
         Ok(moved) => Ok((model.to_string(), moved)),
+        Err(e) => Err(manager.explain(e).await),
+    }
+}
+
+/// Adds signatures to the version `reference` names.
+pub async fn sign(ctx: &Context, reference: &str) -> Result<Signed> {
+    Reference::parse(reference)?;
+    let manager = ctx.manager().await?;
+    match manager.sign(reference).await {
+        Ok(signed) => Ok(signed),
         Err(e) => Err(manager.explain(e).await),
     }
 }

@@ -142,6 +142,12 @@ pub struct CloudConfig {
     /// model name and the (shell-quoted) directory to fill.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_command: Option<String>,
+    /// Public keys whose signatures are trusted: PEM text or paths (see [`crate::signing`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trusted_keys: Vec<String>,
+    /// Refuse what no trusted key signed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub require_signature: bool,
     /// Keys this version does not know, kept as they were.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -163,6 +169,8 @@ impl fmt::Debug for CloudConfig {
             .field("kms_key", &self.kms_key.as_ref().map(|_| "<set>"))
             .field("encryption_scope", &self.encryption_scope)
             .field("fallback_command", &self.fallback_command)
+            .field("trusted_keys", &self.trusted_keys.len())
+            .field("require_signature", &self.require_signature)
             .field("extra_keys", &self.extra.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -392,9 +400,42 @@ impl Document {
             Error::config(origin, format!("unknown provider {provider_name:?}"), "use one of: s3, gcs, azure, local")
         })?;
 
+        let mut keys = self.keys;
+        let trusted_keys = match keys.remove("trusted_keys") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(s)) if s.trim().is_empty() => Vec::new(),
+            Some(Value::String(s)) => vec![s],
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s),
+                    _ => Err(Error::config(
+                        origin,
+                        "\"config.trusted_keys\" must hold strings",
+                        "each entry is a PEM public key or the path of one",
+                    )),
+                })
+                .collect::<Result<Vec<_>>>()?,
+            Some(_) => {
+                return Err(Error::config(
+                    origin,
+                    "\"config.trusted_keys\" must be a string or a list of strings",
+                    "each entry is a PEM public key or the path of one",
+                ));
+            }
+        };
+        let require_signature = match keys.remove("require_signature") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => b,
+            Some(Value::String(s)) if matches!(s.as_str(), "true" | "1") => true,
+            Some(Value::String(s)) if matches!(s.as_str(), "false" | "0" | "") => false,
+            Some(_) => {
+                return Err(Error::config(origin, "\"config.require_signature\" must be true or false", "write true or false, unquoted"));
+            }
+        };
         let mut strings: BTreeMap<&'static str, String> = BTreeMap::new();
         let mut extra = BTreeMap::new();
-        for (k, v) in self.keys {
+        for (k, v) in keys {
             match KNOWN_KEYS.iter().find(|known| **known == k) {
                 Some(known) => match v {
                     Value::Null => {}
@@ -453,6 +494,8 @@ impl Document {
             kms_key: take("kms_key"),
             encryption_scope: take("encryption_scope"),
             fallback_command: take("fallback_command"),
+            trusted_keys,
+            require_signature,
             extra,
         };
         config.validate(origin)?;

@@ -8,6 +8,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::versions::{self, Found};
+use super::signatures::{self, Accepted};
 use super::{Session, blocking, fallback};
 use crate::archive::Extractor;
 use crate::cache::{Acquired, Resume};
@@ -51,6 +52,10 @@ pub struct Downloaded {
     pub version: Option<String>,
     /// The tag it was found through.
     pub tag: Option<String>,
+    /// The OMS signature installed beside the version (`<dir>.sig`), when there is one.
+    pub signature: Option<PathBuf>,
+    /// The trusted key that signed it, when signatures were checked.
+    pub signed_by: Option<String>,
 }
 
 impl Downloaded {
@@ -73,6 +78,8 @@ impl Downloaded {
             seconds: started.elapsed().as_secs_f64(),
             version: None,
             tag: None,
+            signature: None,
+            signed_by: None,
         }
     }
 }
@@ -94,7 +101,9 @@ pub struct DownloadOptions {
 /// download otherwise.
 pub(crate) async fn ensure(s: &Session, reference: &str) -> Result<PathBuf> {
     let r = Reference::parse(reference)?;
-    if let Some((path, _)) = cached(s, &r).await? {
+    if let Some((path, id)) = cached(s, &r).await?
+        && installed_passes(s, &r, &path, id.as_ref()).is_ok()
+    {
         return Ok(path);
     }
     Ok(model_or_fallback(s, reference, &DownloadOptions::default()).await?.path)
@@ -138,22 +147,36 @@ pub(crate) async fn model_or_fallback(s: &Session, reference: &str, opts: &Downl
             });
         };
         let manifest = s.cache.read_manifest_copy(&path, &model).ok_or_else(|| s.not_found(&model))?;
+        let signed_by = installed_passes(s, &r, &path, id.as_ref())?;
         let mut done = Downloaded::whole(path, DownloadStatus::Cached, &manifest, 0, started);
         done.version = id.map(|v| v.to_string());
         done.tag = r.tag().map(ToString::to_string);
+        done.signature = installed_signature(s, &done.path);
+        done.signed_by = signed_by;
         return Ok(done);
     }
     if !opts.force
         && !matches!(r.target, Target::Tag(_))
         && let Some((path, id)) = cached(s, &r).await?
         && let Some(manifest) = s.cache.read_manifest_copy(&path, &model)
+        && let Ok(signed_by) = installed_passes(s, &r, &path, id.as_ref())
     {
         let mut done = Downloaded::whole(path, DownloadStatus::Cached, &manifest, 0, started);
         done.version = id.map(|v| v.to_string());
+        done.signature = installed_signature(s, &done.path);
+        done.signed_by = signed_by;
         return Ok(done);
     }
     match versions::resolve(s, &r).await? {
-        Some(found) => whole_version(s, found, r.is_latest(), opts.force, started).await,
+        Some(found) => {
+            let accepted = signatures::check(s, &found).await?;
+            whole_version(s, found, accepted, r.is_latest(), opts.force, started).await
+        }
+        None if r.is_latest() && s.trust.require => Err(Error::Signature {
+            subject: r.to_string(),
+            what: "the model is not in the bucket, and what the fallback command would make is signed by no one".into(),
+            hint: format!("upload {model} signed (`crowecode-cloud upload {model} --sign-key KEY`), or unset require_signature to let the fallback run"),
+        }),
         None if r.is_latest() => match s.config.fallback_command.clone() {
             Some(command) => fallback::run(s, &model, &command, opts.publish, started).await,
             None => Err(s.not_found(&model)),
@@ -169,6 +192,7 @@ pub(crate) async fn model_or_fallback(s: &Session, reference: &str, opts: &Downl
 pub(crate) async fn whole_version(
     s: &Session,
     found: Found,
+    accepted: Option<Accepted>,
     link: bool,
     force: bool,
     started: Instant,
@@ -178,12 +202,17 @@ pub(crate) async fn whole_version(
     let version = s.cache.version_path(&model, &manifest.archive_sha256);
     let finish = |path: PathBuf, status, transferred| -> Result<Downloaded> {
         s.cache.record_version(&path, &id)?;
+        if let Some(a) = &accepted {
+            write_signature(&s.cache.signature_path(&path), &a.bytes)?;
+        }
         if let Some(tag) = &tag {
             s.cache.set_ref(&model, tag, &id)?;
         }
         let mut done = Downloaded::whole(path, status, &manifest, transferred, started);
         done.version = Some(id.to_string());
         done.tag = tag.as_ref().map(|t| t.to_string());
+        done.signature = installed_signature(s, &done.path);
+        done.signed_by = accepted.as_ref().map(|a| a.key.clone());
         Ok(done)
     };
     if !force {
@@ -224,6 +253,41 @@ pub(crate) async fn whole_version(
     let path = staging.commit(&manifest, link)?;
     let transferred = manifest.archive_size - resume.map_or(0, |r| r.start_offset);
     finish(path, DownloadStatus::Downloaded, transferred)
+}
+
+/// With trusted keys configured, whether the installed copy at `path` carries a signature a
+/// trusted key made over it: `Ok(Some(key))` when it does, `Ok(None)` when nothing is checked
+/// (or it fails and signatures are not required), an error (exit 6) when it fails and they are.
+fn installed_passes(s: &Session, r: &Reference, path: &std::path::Path, id: Option<&VersionId>) -> Result<Option<String>> {
+    if !s.trust.checks() {
+        return Ok(None);
+    }
+    let Some(manifest) = s.cache.read_manifest_copy(path, &r.model) else { return Ok(None) };
+    let signature = std::fs::read(s.cache.signature_path(path)).ok();
+    match signatures::check_installed(&s.trust, &r.model, id, &manifest, signature.as_deref()) {
+        Ok(key) => Ok(Some(key)),
+        Err(what) if s.trust.require => Err(Error::Signature {
+            subject: id.map_or_else(|| r.to_string(), |v| Reference::pinned(&r.model, v).to_string()),
+            what,
+            hint: "download it again while the bucket is reachable (the signature is checked and installed with it)".into(),
+        }),
+        Err(_) => Ok(None),
+    }
+}
+
+/// `<dir>.sig` when it exists.
+fn installed_signature(s: &Session, dir: &std::path::Path) -> Option<PathBuf> {
+    Some(s.cache.signature_path(dir)).filter(|p| p.is_file())
+}
+
+/// Writes the signature beside the version directory (whole or not at all).
+fn write_signature(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("sig.{:016x}", fastrand::u64(..)));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io("cannot write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io("cannot write", path, e)
+    })
 }
 
 /// One HEAD before the ranged reads: an archive that is missing, shorter or longer than the

@@ -25,7 +25,8 @@ pub(crate) async fn run(
     // Someone may have published it while this process waited for the lock.
     if let Some(found) = super::versions::resolve(s, &crate::reference::Reference::parse(model.as_str())?).await? {
         drop(lock);
-        return download::whole_version(s, found, true, false, started).await;
+        let accepted = super::signatures::check(s, &found).await?;
+        return download::whole_version(s, found, accepted, true, false, started).await;
     }
     // Made here by an earlier fallback (and never published): that is the model.
     if !publish

@@ -30,6 +30,8 @@ pub struct RemoteModel {
     pub version: Option<VersionId>,
     /// Every tag and the version it points at.
     pub tags: BTreeMap<TagName, VersionId>,
+    /// Who signed the `latest` version.
+    pub signatures: Option<super::signatures::Signers>,
 }
 
 impl RemoteModel {
@@ -47,6 +49,7 @@ impl RemoteModel {
             error: Some(error),
             version: None,
             tags: BTreeMap::new(),
+            signatures: None,
         }
     }
 }
@@ -80,6 +83,7 @@ pub(crate) async fn run(s: &Session) -> Result<Vec<RemoteModel>> {
                 .map(|f| f.map(|f| (f.manifest, f.version)))
             {
                 Ok(Some((m, version))) => Ok(RemoteModel {
+                    signatures: super::signatures::signers(s, &model, &version, &m).await.ok(),
                     version: Some(version),
                     tags,
                     cached_current: cached.as_deref() == Some(m.archive_sha256.short()),

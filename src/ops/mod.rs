@@ -20,6 +20,7 @@ pub mod fallback;
 pub mod list;
 pub mod prune_remote;
 pub mod selection;
+pub mod signatures;
 pub mod status;
 pub mod tags;
 pub mod upload;
@@ -33,6 +34,8 @@ pub(crate) struct Session {
     pub cache: Cache,
     pub transfer: TransferOptions,
     pub reporter: Arc<dyn Reporter>,
+    /// The signature policy and signing keys.
+    pub trust: Arc<crate::signing::Trust>,
 }
 
 impl Session {

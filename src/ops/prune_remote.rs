@@ -136,6 +136,11 @@ async fn prune_model(
             let key = s.layout.version_key(model, &f.version);
             if apply {
                 s.provider.delete(&key).await.map_err(|e| Error::from_provider(format!("deleting {key}"), e))?;
+                // Its signatures go with it (after it: a version is never left looking unsigned).
+                for (id, _) in super::signatures::list(s, model, &f.version).await? {
+                    let sig = s.layout.signature_key(model, &f.version, &id);
+                    s.provider.delete(&sig).await.map_err(|e| Error::from_provider(format!("deleting {sig}"), e))?;
+                }
             }
             out.versions.push(RemotePruned { model: model.clone(), key, bytes: f.bytes.len() as u64 });
         }

@@ -22,6 +22,8 @@ pub(crate) async fn run(s: &Session, reference: &str, patterns: &[String]) -> Re
     let found = super::versions::resolve(s, &r)
         .await?
         .ok_or_else(|| Error::ModelNotFound { model: r.to_string(), location: s.config.location() })?;
+    // Before anything is fetched: a selection of an unsigned version is refused like the version.
+    let accepted = super::signatures::check(s, &found).await?;
     let manifest = &found.manifest;
     if manifest.compression != Compression::None {
         return Err(Error::other(
@@ -67,6 +69,9 @@ pub(crate) async fn run(s: &Session, reference: &str, patterns: &[String]) -> Re
         seconds: started.elapsed().as_secs_f64(),
         version: Some(found.version.to_string()),
         tag: found.tag.as_ref().map(|t| t.to_string()),
+        // A selection is not the signed tree; the signature is installed with the whole version.
+        signature: None,
+        signed_by: accepted.as_ref().map(|a| a.key.clone()),
     };
     if dest.is_dir() {
         return Ok(done(DownloadStatus::Cached, 0));

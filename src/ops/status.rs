@@ -34,6 +34,21 @@ pub struct StatusReport {
     /// Whether the bucket honours conditional writes (tag moves need them); `None` when it could
     /// not be checked (unreachable, or no permission to write).
     pub conditional_writes: Option<bool>,
+    /// The signature policy of this machine, and who signed the cached models.
+    pub signatures: SignatureStatus,
+}
+
+/// The signature policy in force, for `status`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SignatureStatus {
+    /// Trusted public keys (short id and where configured).
+    pub trusted_keys: Vec<String>,
+    pub require_signature: bool,
+    /// Keys this command would sign with (short ids; `CROWECODE_SIGNING_KEY`).
+    pub signing_keys: Vec<String>,
+    /// Each current cached model: the trusted key that signed it, or why none did (only with
+    /// trusted keys).
+    pub cached: std::collections::BTreeMap<String, String>,
 }
 
 /// Configuration, credentials, reachability and cache, in one report. Never fails on a
@@ -41,6 +56,7 @@ pub struct StatusReport {
 pub(crate) async fn run(s: &Session, source: &ConfigSource, warnings: &[String]) -> StatusReport {
     let credentials = s.provider.credential_source().await;
     let mut report = StatusReport::offline(&s.config, source, warnings, &s.cache, credentials);
+    report.signatures = signature_status(s);
     match s.provider.check_bucket().await {
         Ok(()) => {
             report.reachable = true;
@@ -67,6 +83,34 @@ pub(crate) async fn run(s: &Session, source: &ConfigSource, warnings: &[String])
         }
     }
     report
+}
+
+fn signature_status(s: &Session) -> SignatureStatus {
+    let mut out = SignatureStatus {
+        trusted_keys: s.trust.keys.iter().map(|k| k.label()).collect(),
+        require_signature: s.trust.require,
+        signing_keys: s.trust.signers.iter().map(|k| k.public().short_id().to_string()).collect(),
+        cached: Default::default(),
+    };
+    if !s.trust.checks() {
+        return out;
+    }
+    for v in s.cache.list().unwrap_or_default().into_iter().filter(|v| v.current) {
+        let Some(manifest) = s.cache.read_manifest_copy(&v.path, &v.model) else { continue };
+        let signature = std::fs::read(s.cache.signature_path(&v.path)).ok();
+        let verdict = super::signatures::check_installed(
+            &s.trust,
+            &v.model,
+            s.cache.version_of(&v.path).as_ref(),
+            &manifest,
+            signature.as_deref(),
+        );
+        out.cached.insert(
+            v.model.to_string(),
+            verdict.map_or_else(|why| format!("not signed by a trusted key: {why}"), |k| format!("signed by {k}")),
+        );
+    }
+    out
 }
 
 /// One line for a failed check: the message (without the `bucket:` origin a missing bucket's
@@ -113,6 +157,7 @@ impl StatusReport {
             models_cached,
             warnings: warnings.iter().cloned().chain(cache.lock_warning()).collect(),
             conditional_writes: None,
+            signatures: SignatureStatus::default(),
         }
     }
 

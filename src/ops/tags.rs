@@ -124,6 +124,40 @@ pub(crate) async fn rollback(s: &Session, reference: &str) -> Result<Moved> {
     Ok(moved)
 }
 
+/// What `sign` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Signed {
+    pub model: ModelName,
+    pub version: VersionId,
+    /// `Model@sha256:…`.
+    pub reference: String,
+    /// Short ids of the keys that signed it now.
+    pub signed_by: Vec<String>,
+    /// Where the signatures are stored.
+    pub keys: Vec<String>,
+}
+
+/// Adds a signature by each signing key to the version `reference` names.
+pub(crate) async fn sign(s: &Session, reference: &str) -> Result<Signed> {
+    if s.trust.signers.is_empty() {
+        return Err(Error::usage(
+            "no signing key given",
+            format!("pass --sign-key PATH (or set {}); `crowecode-cloud keygen --out PATH` makes one", crate::signing::ENV_SIGNING_KEY),
+        ));
+    }
+    let r = Reference::parse(reference)?;
+    let found = find(s, &r).await?;
+    let signed_by = super::signatures::sign_version(s, &r.model, &found.version, &found.manifest).await?;
+    let keys = signed_by.iter().map(|id| s.layout.signature_key(&r.model, &found.version, id)).collect();
+    Ok(Signed {
+        reference: Reference::pinned(&r.model, &found.version).to_string(),
+        model: r.model,
+        version: found.version,
+        signed_by,
+        keys,
+    })
+}
+
 /// One version in a history.
 #[derive(Clone, Debug, Serialize)]
 pub struct VersionEntry {
@@ -134,6 +168,8 @@ pub struct VersionEntry {
     pub files: usize,
     /// Tags pointing at it now.
     pub tags: Vec<TagName>,
+    /// Who signed it.
+    pub signatures: super::signatures::Signers,
 }
 
 /// A model's versions, newest first, and one tag's moves, newest first.
@@ -174,12 +210,14 @@ pub(crate) async fn history(s: &Session, reference: &str) -> Result<History> {
         if on.is_empty() && tags.is_empty() && legacy.as_ref().is_some_and(|l| l.version == id) {
             on.push(TagName::latest());
         }
+        let signatures = super::signatures::signers(s, &model, &id, &found.manifest).await?;
         entries.push(VersionEntry {
             version: id,
             created_at: found.manifest.created_at.clone(),
             size: found.manifest.total_size,
             files: found.manifest.files.len(),
             tags: on,
+            signatures,
         });
     }
     entries.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.version.cmp(&b.version)));
@@ -242,6 +280,11 @@ pub(crate) async fn delete_version(s: &Session, reference: &str, force: bool) ->
     let key = s.layout.version_key(&model, &found.version);
     delete_key(s, &key).await?;
     out.keys.push(key);
+    for (id, _) in super::signatures::list(s, &model, &found.version).await? {
+        let key = s.layout.signature_key(&model, &found.version, &id);
+        delete_key(s, &key).await?;
+        out.keys.push(key);
+    }
     if !shared {
         delete_key(s, &archive).await?;
         out.keys.push(archive);

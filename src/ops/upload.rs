@@ -10,7 +10,8 @@ use futures::{StreamExt as _, TryStreamExt as _, stream};
 use serde::Serialize;
 
 use super::versions::{self, Expect};
-use super::{Session, blocking};
+use super::{Session, blocking, signatures};
+use crate::signing::oms::Bundle;
 use crate::archive::{self, ArchivePlan, Compression};
 use crate::error::{Error, Result};
 use crate::manifest::{DirEntry, FORMAT_VERSION, FileEntry, Manifest};
@@ -54,6 +55,8 @@ pub struct Uploaded {
     pub reference: String,
     /// Tags moved to it.
     pub tags: Vec<TagName>,
+    /// Short ids of the keys whose signatures were stored for it by this upload.
+    pub signed_by: Vec<String>,
 }
 
 impl Uploaded {
@@ -79,6 +82,7 @@ impl Uploaded {
             version: version.clone(),
             reference: Reference::pinned(&m.model, version).to_string(),
             tags,
+            signed_by: Vec::new(),
         }
     }
 }
@@ -93,6 +97,9 @@ pub struct UploadOptions {
     pub tags: Vec<TagName>,
     /// Leave `latest` where it is (a candidate for testing before promotion).
     pub no_latest: bool,
+    /// An OMS signature its publisher made over the tree (`upload --signature`), stored with the
+    /// version after it is checked against the tree.
+    pub signature: Option<Vec<u8>>,
 }
 
 /// Uploads the directory `dir` as model `name`, unless the bucket already holds the same tree.
@@ -102,6 +109,9 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
     let model = ModelName::new(name)?;
     let dir_owned = dir.to_path_buf();
     let plan = blocking(move || archive::scan_tree(&dir_owned)).await?;
+    if let Some(bundle) = &opts.signature {
+        check_foreign_signature(s, &model, &plan, bundle).await?;
+    }
     // Before a byte is uploaded: tags can only be moved where conditional writes hold.
     if !opts.no_latest || !opts.tags.is_empty() {
         versions::require_conditional_writes(s).await?;
@@ -124,13 +134,16 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
         // Nothing to upload; the version gets its object and its tags if it has none yet (a
         // model of an earlier release gets versions on its next upload).
         put_version(s, &model, &old.version, &old.bytes).await?;
+        let signed_by = store_signatures(s, &model, &old.version, &old.manifest, opts).await?;
         let mut tags = Vec::new();
         if !opts.no_latest && latest_tag.is_none() {
             versions::move_tag(s, &model, &TagName::latest(), &old.version, Expect::Current(None)).await?;
             tags.push(TagName::latest());
         }
         tags.extend(move_named_tags(s, &model, &old.version, &opts.tags).await?);
-        return Ok(Uploaded::of(&old.manifest, &old.version, UploadStatus::UpToDate, tags, 0, started));
+        let mut done = Uploaded::of(&old.manifest, &old.version, UploadStatus::UpToDate, tags, 0, started);
+        done.signed_by = signed_by;
+        return Ok(done);
     }
 
     let archive_key = s.layout.new_archive_key(&model, SystemTime::now(), opts.compression);
@@ -147,6 +160,8 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
         let _ = s.provider.delete(&archive_key).await;
         return Err(e);
     }
+    // Signed before any tag names it, so a reader that finds it through a tag finds it signed.
+    let signed_by = store_signatures(s, &model, &version, &manifest, opts).await?;
     let mut tags = Vec::new();
     if !opts.no_latest {
         match versions::move_tag(s, &model, &TagName::latest(), &version, Expect::Current(latest_tag)).await {
@@ -159,15 +174,17 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
                 {
                     let _ = s.provider.delete(&s.layout.version_key(&model, &version)).await;
                     let _ = s.provider.delete(&archive_key).await;
+                    let signed_by = store_signatures(s, &model, &winner.version, &winner.manifest, opts).await?;
                     let tags = move_named_tags(s, &model, &winner.version, &opts.tags).await?;
-                    return Ok(Uploaded::of(
+                    let done = Uploaded::of(
                         &winner.manifest,
                         &winner.version,
                         UploadStatus::UpToDate,
                         tags,
                         0,
                         started,
-                    ));
+                    );
+                    return Ok(Uploaded { signed_by, ..done });
                 }
                 return Err(Error::Conflict {
                     message: format!("{CONFLICT} ({message}); this one is kept as version {}", version.short()),
@@ -184,7 +201,78 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
     if !opts.no_latest {
         versions::write_alias(s, &model).await?;
     }
-    Ok(Uploaded::of(&manifest, &version, UploadStatus::Uploaded, tags, up.parts, started))
+    let done = Uploaded::of(&manifest, &version, UploadStatus::Uploaded, tags, up.parts, started);
+    Ok(Uploaded { signed_by, ..done })
+}
+
+/// Stores the version's signatures: one by each signing key, and the publisher's (`--signature`).
+async fn store_signatures(
+    s: &Session,
+    model: &ModelName,
+    version: &VersionId,
+    manifest: &Manifest,
+    opts: &UploadOptions,
+) -> Result<Vec<String>> {
+    let mut ids = signatures::sign_version(s, model, version, manifest).await?;
+    if let Some(bundle) = &opts.signature {
+        ids.push(signatures::put_signature(s, model, version, bundle).await?);
+    }
+    Ok(ids)
+}
+
+/// Checks a publisher's OMS signature against the tree before anything is uploaded: it must be
+/// about this model and list exactly the tree's files (the git paths aside) with their sha256;
+/// with trusted keys configured, one of them must have made it (or, without
+/// `require_signature`, a warning says none did).
+async fn check_foreign_signature(s: &Session, model: &ModelName, plan: &ArchivePlan, bundle: &[u8]) -> Result<()> {
+    let refuse = |what: String, hint: &str| Error::Signature { subject: model.to_string(), what, hint: hint.into() };
+    let parsed = Bundle::parse(bundle).map_err(|what| refuse(what, "give an OMS signature file (model.sig), as `model_signing sign` writes"))?;
+    let statement = parsed
+        .statement_unverified()
+        .map_err(|what| refuse(what, "give an OMS signature file (model.sig), as `model_signing sign` writes"))?;
+    let named = statement.binding.as_ref().map_or(statement.name.as_str(), |b| b.model.as_str());
+    if named != model.as_str() {
+        return Err(refuse(
+            format!("the signature is for model {named}, not {model}"),
+            "upload it under the name it was signed for, or sign this tree yourself with --sign-key",
+        ));
+    }
+    let files: std::collections::BTreeMap<String, String> = hash_tree(plan)
+        .await?
+        .into_iter()
+        .filter(|(path, _)| !crate::signing::oms::is_ignored(path, &[]))
+        .map(|(path, sha)| (path, sha.to_string()))
+        .collect();
+    statement.check_files(&files).map_err(|what| {
+        refuse(
+            format!("the tree does not match the signature: {what}"),
+            "nothing was uploaded; sign the tree as it is now, or move files the signature does not cover out of the model directory",
+        )
+    })?;
+    if s.trust.checks()
+        && let Err(what) = parsed.verify(&s.trust.keys)
+    {
+        if s.trust.require {
+            return Err(refuse(what, "nothing was uploaded; add the publisher's public key to trusted_keys if it is to be trusted"));
+        }
+        s.reporter.report(crate::progress::Event::Warning { message: format!("{model}: the signature given is {what}") });
+    }
+    Ok(())
+}
+
+/// The sha256 of every file of the tree in `plan`.
+async fn hash_tree(plan: &ArchivePlan) -> Result<Vec<(String, Sha256Hex)>> {
+    let files: Vec<(String, PathBuf)> =
+        plan.entries.iter().filter(|e| e.size.is_some()).map(|e| (e.path.clone(), e.source.clone())).collect();
+    stream::iter(files)
+        .map(|(path, source)| {
+            blocking(move || {
+                archive::sha256_file(&source).map(|(h, _)| (path, h)).map_err(|e| Error::io("cannot read", &source, e))
+            })
+        })
+        .buffer_unordered(2)
+        .try_collect()
+        .await
 }
 
 /// Writes a version object, create-only: an existing one has the same bytes (its name is their
@@ -229,17 +317,7 @@ async fn unchanged<'a>(plan: &ArchivePlan, old: &'a Manifest) -> Result<Option<&
     if local != shape(old) {
         return Ok(None);
     }
-    let files: Vec<(String, PathBuf)> =
-        plan.entries.iter().filter(|e| e.size.is_some()).map(|e| (e.path.clone(), e.source.clone())).collect();
-    let hashes: Vec<(String, Sha256Hex)> = stream::iter(files)
-        .map(|(path, source)| {
-            blocking(move || {
-                archive::sha256_file(&source).map(|(h, _)| (path, h)).map_err(|e| Error::io("cannot read", &source, e))
-            })
-        })
-        .buffer_unordered(2)
-        .try_collect()
-        .await?;
+    let hashes = hash_tree(plan).await?;
     let by_path: std::collections::HashMap<&str, &Sha256Hex> =
         old.files.iter().map(|f| (f.path.as_str(), &f.sha256)).collect();
     Ok(hashes.iter().all(|(p, h)| by_path.get(p.as_str()) == Some(&h)).then_some(old))

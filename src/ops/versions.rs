@@ -19,6 +19,7 @@ use crate::manifest::Manifest;
 use crate::names::ModelName;
 use crate::provider::{ProviderErrorKind, PutMode};
 use crate::reference::{MIN_PREFIX, Reference, TagName, Target, VersionId};
+use crate::signing::oms::{Envelope, TagClaim};
 
 /// The largest tag object read: a tag is its version and its moves (the newest `MAX_MOVES`).
 const MAX_TAG_BYTES: usize = 1 << 20;
@@ -34,6 +35,8 @@ pub struct Found {
     pub bytes: Bytes,
     /// The tag it was found through, if any.
     pub tag: Option<TagName>,
+    /// That tag's object (none for `latest` of a bucket of an earlier release).
+    pub tag_record: Option<TagRecord>,
 }
 
 /// One move of a tag.
@@ -46,6 +49,9 @@ pub struct TagMove {
     pub at: String,
     /// Who moved it: the CI job or `user@host`.
     pub by: String,
+    /// The keys that signed the move (short ids, as the mover recorded them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signed_by: Vec<String>,
 }
 
 /// A tag object.
@@ -58,6 +64,16 @@ pub struct TagRecord {
     /// Oldest first.
     #[serde(default)]
     pub moves: Vec<TagMove>,
+    /// The number of the last move: it only grows, so a signed claim names exactly one move.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seq: u64,
+    /// The signed claim of the last move, when it was moved with a signing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Envelope>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl TagRecord {
@@ -83,7 +99,7 @@ pub(crate) async fn resolve(s: &Session, reference: &Reference) -> Result<Option
                         None,
                     )
                 })?;
-                Ok(Some(Found { tag: Some(tag.clone()), ..found }))
+                Ok(Some(Found { tag: Some(tag.clone()), tag_record: Some(record), ..found }))
             }
             // A bucket written before versions existed: its manifest is `latest`.
             None if tag.is_latest() => Ok(legacy(s, model).await?.map(|f| Found { tag: Some(tag.clone()), ..f })),
@@ -130,7 +146,7 @@ pub(crate) async fn by_id(s: &Session, model: &ModelName, id: &VersionId) -> Res
         ));
     }
     let manifest = Manifest::parse(&bytes, model, &key)?.confined(&s.layout, &key)?;
-    Ok(Some(Found { manifest, version: id.clone(), bytes, tag: None }))
+    Ok(Some(Found { manifest, version: id.clone(), bytes, tag: None, tag_record: None }))
 }
 
 /// `manifest.json`, as earlier releases wrote it (and as this one keeps it: the alias of
@@ -139,7 +155,7 @@ pub(crate) async fn legacy(s: &Session, model: &ModelName) -> Result<Option<Foun
     let Some((manifest, bytes)) = s.fetch_manifest_bytes(model).await? else {
         return Ok(None);
     };
-    Ok(Some(Found { manifest, version: VersionId::of(&bytes), bytes, tag: None }))
+    Ok(Some(Found { manifest, version: VersionId::of(&bytes), bytes, tag: None, tag_record: None }))
 }
 
 /// The ids of the versions stored under `versions/`, in no particular order.
@@ -249,10 +265,13 @@ pub(crate) async fn move_tag(
     if now.as_ref() == Some(to) {
         return Ok(Moved { tag: tag.clone(), from: now, to: to.clone(), changed: false });
     }
-    let mv = TagMove { from: now.clone(), to: to.clone(), at: now_rfc3339(), by: mover() };
-    let (record, mode) = match current {
+    let signers = s.trust.signer_refs();
+    let signed_by = signers.iter().map(|k| k.public().short_id().to_string()).collect();
+    let mv = TagMove { from: now.clone(), to: to.clone(), at: now_rfc3339(), by: mover(), signed_by };
+    let (mut record, mode) = match current {
         Some((mut record, etag)) => {
             record.version = to.clone();
+            record.seq = record.seq.max(record.moves.len() as u64) + 1;
             record.moves.push(mv);
             if record.moves.len() > MAX_MOVES {
                 let excess = record.moves.len() - MAX_MOVES;
@@ -265,10 +284,28 @@ pub(crate) async fn move_tag(
             (record, mode)
         }
         None => (
-            TagRecord { format: 1, model: model.clone(), tag: tag.clone(), version: to.clone(), moves: vec![mv] },
+            TagRecord {
+                format: 1,
+                model: model.clone(),
+                tag: tag.clone(),
+                version: to.clone(),
+                moves: vec![mv],
+                seq: 1,
+                signature: None,
+            },
             PutMode::Create,
         ),
     };
+    record.signature = (!signers.is_empty()).then(|| {
+        TagClaim {
+            model: model.clone(),
+            tag: tag.clone(),
+            version: to.clone(),
+            seq: record.seq,
+            signed_at: now_rfc3339(),
+        }
+        .sign(&signers)
+    });
     let mut bytes = serde_json::to_vec_pretty(&record).expect("tag serialises");
     bytes.push(b'\n');
     match s.provider.put(&key, bytes.into(), mode).await {
@@ -388,7 +425,7 @@ fn conflict(model: &ModelName, tag: &TagName, now: Option<&TagRecord>, expected:
     }
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
