@@ -157,6 +157,13 @@ enum Command {
         /// Do not write the config file; only print the export line
         #[arg(long)]
         no_write: bool,
+        /// Trust signatures by this public key (a PATH.pub or PEM; repeatable); stored in the
+        /// config as PEM, so the export line carries it
+        #[arg(long = "trusted-key", value_name = "PATH")]
+        trusted_keys: Vec<String>,
+        /// Refuse what no trusted key signed, on every machine that uses this config
+        #[arg(long)]
+        require_signature: bool,
     },
     /// Show configuration, credentials, bucket reachability and the local cache
     Status,
@@ -653,8 +660,23 @@ fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> crate::Res
 
 async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate::Result<i32> {
     match command {
-        Command::Setup { create_bucket, no_write } => {
-            let opts = commands::setup::SetupOptions { create_bucket: *create_bucket, write: !*no_write };
+        Command::Setup { create_bucket, no_write, trusted_keys, require_signature } => {
+            let trusted_keys = trusted_keys
+                .iter()
+                .map(|k| {
+                    if k.contains("-----BEGIN") {
+                        Ok(k.clone())
+                    } else {
+                        absolute(std::path::Path::new(k)).map(|p| p.display().to_string())
+                    }
+                })
+                .collect::<crate::Result<Vec<_>>>()?;
+            let opts = commands::setup::SetupOptions {
+                create_bucket: *create_bucket,
+                write: !*no_write,
+                trusted_keys,
+                require_signature: *require_signature,
+            };
             let out = commands::setup::run(ctx, &opts).await?;
             printer.setup(&out);
             Ok(exit::OK)

@@ -299,8 +299,9 @@ impl Printer {
             self.note(&format!("no models in {}", out.location));
             return;
         }
-        let mut rows =
-            vec![["MODEL", "VERSION", "SIZE", "FILES", "UPLOADED", "TAGS", "CACHED", "SIGNED BY"].map(String::from).to_vec()];
+        let mut rows = vec![
+            ["MODEL", "VERSION", "SIZE", "FILES", "UPLOADED", "TAGS", "CACHED", "SIGNED BY"].map(String::from).to_vec(),
+        ];
         for m in &out.models {
             let tags: Vec<String> = m
                 .tags
@@ -469,8 +470,10 @@ impl Printer {
         if self.json {
             return self.json_out(h);
         }
-        let mut lines =
-            vec![format!("{:<14} {:<22} {:>10} {:>6}  {:<16} SIGNED BY", "VERSION", "CREATED", "SIZE", "FILES", "TAGS")];
+        let mut lines = vec![format!(
+            "{:<14} {:<22} {:>10} {:>6}  {:<16} SIGNED BY",
+            "VERSION", "CREATED", "SIZE", "FILES", "TAGS"
+        )];
         for v in &h.versions {
             let tags: Vec<String> = v.tags.iter().map(ToString::to_string).collect();
             lines.push(format!(
@@ -729,4 +732,3 @@ mod tests {
         assert_eq!(t, "A    BB\nccc  d");
     }
 }
-

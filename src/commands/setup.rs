@@ -29,6 +29,10 @@ pub struct SetupOutcome {
 pub struct SetupOptions {
     pub create_bucket: bool,
     pub write: bool,
+    /// Public keys to trust (paths or PEM), stored as PEM text so the config string carries them.
+    pub trusted_keys: Vec<String>,
+    /// Set `require_signature`.
+    pub require_signature: bool,
 }
 
 /// The prefix `setup` writes when none is given: the one existing deployments use, so the seed's
@@ -95,7 +99,30 @@ pub async fn run(ctx: &Context, opts: &SetupOptions) -> Result<SetupOutcome> {
         overrides.prefix = Some(DEFAULT_PREFIX.into());
         resolved = resolve(&env_used, &file, &overrides)?;
     }
-    let cfg = resolved.config;
+    let mut cfg = resolved.config;
+    for entry in &opts.trusted_keys {
+        let sources = crate::signing::TrustSources { config_keys: vec![entry.clone()], ..Default::default() };
+        for key in crate::signing::Trust::resolve(&sources, &|_| None)?.keys {
+            let known = crate::signing::Trust::resolve(
+                &crate::signing::TrustSources { config_keys: cfg.trusted_keys.clone(), ..Default::default() },
+                &|_| None,
+            )
+            .is_ok_and(|t| t.keys.contains(&key));
+            if !known {
+                cfg.trusted_keys.push(key.pem().to_string());
+            }
+        }
+    }
+    cfg.require_signature |= opts.require_signature;
+    // The config's own signature settings, checked as every later command will check them.
+    crate::signing::Trust::resolve(
+        &crate::signing::TrustSources {
+            config_keys: cfg.trusted_keys.clone(),
+            config_require: cfg.require_signature,
+            ..Default::default()
+        },
+        &|_| None,
+    )?;
     let bucket_created = if opts.create_bucket {
         let p = provider::from_config(&cfg, ctx.retry.clone()).await?;
         Some(p.create_bucket().await.map_err(|e| Error::from_provider(format!("creating {}", cfg.location()), e))?)

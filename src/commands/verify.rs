@@ -42,7 +42,9 @@ fn check_signature(cache: &Cache, trust: &crate::signing::Trust, report: &mut Ve
     let signature = std::fs::read(cache.signature_path(&report.path)).ok();
     let version = cache.version_of(&report.path);
     let outcome = match &manifest {
-        Some(m) => crate::ops::signatures::check_installed(trust, &report.model, version.as_ref(), m, signature.as_deref()),
+        Some(m) => {
+            crate::ops::signatures::check_installed(trust, &report.model, version.as_ref(), m, signature.as_deref())
+        }
         None => Err("the manifest it was installed from is missing".into()),
     };
     match outcome {

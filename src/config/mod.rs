@@ -430,7 +430,11 @@ impl Document {
             Some(Value::String(s)) if matches!(s.as_str(), "true" | "1") => true,
             Some(Value::String(s)) if matches!(s.as_str(), "false" | "0" | "") => false,
             Some(_) => {
-                return Err(Error::config(origin, "\"config.require_signature\" must be true or false", "write true or false, unquoted"));
+                return Err(Error::config(
+                    origin,
+                    "\"config.require_signature\" must be true or false",
+                    "write true or false, unquoted",
+                ));
             }
         };
         let mut strings: BTreeMap<&'static str, String> = BTreeMap::new();

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::versions::{self, Found};
 use super::signatures::{self, Accepted};
+use super::versions::{self, Found};
 use super::{Session, blocking, fallback};
 use crate::archive::Extractor;
 use crate::cache::{Acquired, Resume};
@@ -175,7 +175,9 @@ pub(crate) async fn model_or_fallback(s: &Session, reference: &str, opts: &Downl
         None if r.is_latest() && s.trust.require => Err(Error::Signature {
             subject: r.to_string(),
             what: "the model is not in the bucket, and what the fallback command would make is signed by no one".into(),
-            hint: format!("upload {model} signed (`crowecode-cloud upload {model} --sign-key KEY`), or unset require_signature to let the fallback run"),
+            hint: format!(
+                "upload {model} signed (`crowecode-cloud upload {model} --sign-key KEY`), or unset require_signature to let the fallback run"
+            ),
         }),
         None if r.is_latest() => match s.config.fallback_command.clone() {
             Some(command) => fallback::run(s, &model, &command, opts.publish, started).await,
@@ -258,7 +260,12 @@ pub(crate) async fn whole_version(
 /// With trusted keys configured, whether the installed copy at `path` carries a signature a
 /// trusted key made over it: `Ok(Some(key))` when it does, `Ok(None)` when nothing is checked
 /// (or it fails and signatures are not required), an error (exit 6) when it fails and they are.
-fn installed_passes(s: &Session, r: &Reference, path: &std::path::Path, id: Option<&VersionId>) -> Result<Option<String>> {
+fn installed_passes(
+    s: &Session,
+    r: &Reference,
+    path: &std::path::Path,
+    id: Option<&VersionId>,
+) -> Result<Option<String>> {
     if !s.trust.checks() {
         return Ok(None);
     }
@@ -269,7 +276,8 @@ fn installed_passes(s: &Session, r: &Reference, path: &std::path::Path, id: Opti
         Err(what) if s.trust.require => Err(Error::Signature {
             subject: id.map_or_else(|| r.to_string(), |v| Reference::pinned(&r.model, v).to_string()),
             what,
-            hint: "download it again while the bucket is reachable (the signature is checked and installed with it)".into(),
+            hint: "download it again while the bucket is reachable (the signature is checked and installed with it)"
+                .into(),
         }),
         Err(_) => Ok(None),
     }

@@ -65,10 +65,17 @@ pub(crate) async fn sign_version(
 }
 
 /// Stores a signature made elsewhere for `version` (named by its key hint, or by its digest).
-pub(crate) async fn put_signature(s: &Session, model: &ModelName, version: &VersionId, bundle: &[u8]) -> Result<String> {
+pub(crate) async fn put_signature(
+    s: &Session,
+    model: &ModelName,
+    version: &VersionId,
+    bundle: &[u8],
+) -> Result<String> {
     let parsed = Bundle::parse(bundle).map_err(|what| Error::usage(what, "give an OMS signature file (model.sig)"))?;
     let id: String = match parsed.hint() {
-        Some(hint) if hint.len() >= 16 && hint.bytes().all(|b| b.is_ascii_hexdigit()) => hint[..16].to_ascii_lowercase(),
+        Some(hint) if hint.len() >= 16 && hint.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            hint[..16].to_ascii_lowercase()
+        }
         _ => hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(bundle)[..8]),
     };
     let object = s.layout.signature_key(model, version, &id);
@@ -98,7 +105,12 @@ pub(crate) async fn list(s: &Session, model: &ModelName, version: &VersionId) ->
 }
 
 /// Who signed `version`, for `list`, `history` and `status`.
-pub(crate) async fn signers(s: &Session, model: &ModelName, version: &VersionId, manifest: &Manifest) -> Result<Signers> {
+pub(crate) async fn signers(
+    s: &Session,
+    model: &ModelName,
+    version: &VersionId,
+    manifest: &Manifest,
+) -> Result<Signers> {
     let mut out = Signers::default();
     for (id, bytes) in list(s, model, version).await? {
         if s.trust.checks()
@@ -151,7 +163,9 @@ fn refuse_or_warn(s: &Session, model: &ModelName, subject: String, what: String,
         return Err(Error::Signature { subject, what, hint });
     }
     let _ = model;
-    s.reporter.report(Event::Warning { message: format!("{subject}: {what} (installed anyway: signatures are not required)") });
+    s.reporter.report(Event::Warning {
+        message: format!("{subject}: {what} (installed anyway: signatures are not required)"),
+    });
     Ok(())
 }
 

@@ -142,7 +142,10 @@ pub(crate) async fn sign(s: &Session, reference: &str) -> Result<Signed> {
     if s.trust.signers.is_empty() {
         return Err(Error::usage(
             "no signing key given",
-            format!("pass --sign-key PATH (or set {}); `crowecode-cloud keygen --out PATH` makes one", crate::signing::ENV_SIGNING_KEY),
+            format!(
+                "pass --sign-key PATH (or set {}); `crowecode-cloud keygen --out PATH` makes one",
+                crate::signing::ENV_SIGNING_KEY
+            ),
         ));
     }
     let r = Reference::parse(reference)?;

@@ -11,13 +11,13 @@ use serde::Serialize;
 
 use super::versions::{self, Expect};
 use super::{Session, blocking, signatures};
-use crate::signing::oms::Bundle;
 use crate::archive::{self, ArchivePlan, Compression};
 use crate::error::{Error, Result};
 use crate::manifest::{DirEntry, FORMAT_VERSION, FileEntry, Manifest};
 use crate::names::{ModelName, Sha256Hex};
 use crate::provider::{ProviderErrorKind, PutMode};
 use crate::reference::{Reference, TagName, Target, VersionId};
+use crate::signing::oms::Bundle;
 use crate::transfer::{self, Progress};
 
 /// How a lost manifest commit is described (and recognised by the fallback's `--publish`).
@@ -176,14 +176,8 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
                     let _ = s.provider.delete(&archive_key).await;
                     let signed_by = store_signatures(s, &model, &winner.version, &winner.manifest, opts).await?;
                     let tags = move_named_tags(s, &model, &winner.version, &opts.tags).await?;
-                    let done = Uploaded::of(
-                        &winner.manifest,
-                        &winner.version,
-                        UploadStatus::UpToDate,
-                        tags,
-                        0,
-                        started,
-                    );
+                    let done =
+                        Uploaded::of(&winner.manifest, &winner.version, UploadStatus::UpToDate, tags, 0, started);
                     return Ok(Uploaded { signed_by, ..done });
                 }
                 return Err(Error::Conflict {
@@ -226,7 +220,8 @@ async fn store_signatures(
 /// `require_signature`, a warning says none did).
 async fn check_foreign_signature(s: &Session, model: &ModelName, plan: &ArchivePlan, bundle: &[u8]) -> Result<()> {
     let refuse = |what: String, hint: &str| Error::Signature { subject: model.to_string(), what, hint: hint.into() };
-    let parsed = Bundle::parse(bundle).map_err(|what| refuse(what, "give an OMS signature file (model.sig), as `model_signing sign` writes"))?;
+    let parsed = Bundle::parse(bundle)
+        .map_err(|what| refuse(what, "give an OMS signature file (model.sig), as `model_signing sign` writes"))?;
     let statement = parsed
         .statement_unverified()
         .map_err(|what| refuse(what, "give an OMS signature file (model.sig), as `model_signing sign` writes"))?;
@@ -253,9 +248,13 @@ async fn check_foreign_signature(s: &Session, model: &ModelName, plan: &ArchiveP
         && let Err(what) = parsed.verify(&s.trust.keys)
     {
         if s.trust.require {
-            return Err(refuse(what, "nothing was uploaded; add the publisher's public key to trusted_keys if it is to be trusted"));
+            return Err(refuse(
+                what,
+                "nothing was uploaded; add the publisher's public key to trusted_keys if it is to be trusted",
+            ));
         }
-        s.reporter.report(crate::progress::Event::Warning { message: format!("{model}: the signature given is {what}") });
+        s.reporter
+            .report(crate::progress::Event::Warning { message: format!("{model}: the signature given is {what}") });
     }
     Ok(())
 }

@@ -8,7 +8,9 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey, signature::Signer as _, signature::Verifier as _};
-use p256::pkcs8::{DecodePrivateKey as _, DecodePublicKey as _, EncodePrivateKey as _, EncodePublicKey as _, LineEnding};
+use p256::pkcs8::{
+    DecodePrivateKey as _, DecodePublicKey as _, EncodePrivateKey as _, EncodePublicKey as _, LineEnding,
+};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Result};

@@ -116,7 +116,8 @@ impl Envelope {
                 return Ok((payload, key));
             }
         }
-        let ids: Vec<String> = self.signatures.iter().filter(|s| !s.keyid.is_empty()).map(|s| short(&s.keyid)).collect();
+        let ids: Vec<String> =
+            self.signatures.iter().filter(|s| !s.keyid.is_empty()).map(|s| short(&s.keyid)).collect();
         Err(if self.signatures.is_empty() {
             "the envelope has no signature".into()
         } else if ids.is_empty() {
@@ -207,7 +208,13 @@ pub fn statement(model: &ModelName, version: &VersionId, manifest: &Manifest, si
 
 impl Bundle {
     /// An OMS bundle for `version` of `model`, signed by `key`.
-    pub fn sign(key: &PrivateKey, model: &ModelName, version: &VersionId, manifest: &Manifest, signed_at: &str) -> Self {
+    pub fn sign(
+        key: &PrivateKey,
+        model: &ModelName,
+        version: &VersionId,
+        manifest: &Manifest,
+        signed_at: &str,
+    ) -> Self {
         let payload = statement(model, version, manifest, signed_at);
         Self {
             media_type: BUNDLE_MEDIA_TYPE.to_string(),
@@ -295,7 +302,10 @@ fn parse_statement(payload: &[u8]) -> Result<Statement, String> {
     }
     let raw: Raw = serde_json::from_slice(payload).map_err(|e| format!("the signed statement is unreadable: {e}"))?;
     if raw.kind != STATEMENT_TYPE || raw.predicate_type != PREDICATE_TYPE {
-        return Err(format!("the signed statement is {} / {}, not an OMS v1.0 model signature", raw.kind, raw.predicate_type));
+        return Err(format!(
+            "the signed statement is {} / {}, not an OMS v1.0 model signature",
+            raw.kind, raw.predicate_type
+        ));
     }
     let [subject] = raw.subject.as_slice() else {
         return Err(format!("the signed statement names {} subjects, not one", raw.subject.len()));

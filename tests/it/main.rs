@@ -18,5 +18,6 @@ mod hostile;
 mod roundtrip;
 #[cfg(feature = "s3")]
 mod s3;
+mod signing;
 mod user_paths;
 mod versions;
