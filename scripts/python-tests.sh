@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV="${CROWECODE_EMU_DIR:-${TMPDIR:-/tmp}/crowecode-emulators}/pyvenv"
-PINS=("maturin==1.16.0" "pytest==8.3.4" "mypy==1.13.0")
+# model-signing 1.1.1 (the OMS reference verifier) imports pyOpenSSL without declaring it.
+PINS=("maturin==1.16.0" "pytest==8.3.4" "mypy==1.13.0" "model-signing==1.1.1" "pyOpenSSL==26.4.0")
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.pins" 2>/dev/null)" != "${PINS[*]}" ]; then
   rm -rf "$VENV"
   python3 -m venv "$VENV" || { echo "python-tests: cannot create $VENV" >&2; exit 1; }

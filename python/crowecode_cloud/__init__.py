@@ -27,6 +27,7 @@ __all__ = [
     "CredentialsError",
     "ModelNotFoundError",
     "IntegrityError",
+    "SignatureError",
     "NetworkError",
     "ConflictError",
     "CloudManager",
@@ -86,6 +87,11 @@ class IntegrityError(CloudError):
     exit_code = 6
 
 
+class SignatureError(IntegrityError):
+    """Exit 6: signatures are required and no trusted key signed this version (or its tag), or a
+    signature does not match it; nothing was installed."""
+
+
 class NetworkError(CloudError, ConnectionError):
     """Exit 7: the network was still failing after retries."""
 
@@ -103,8 +109,11 @@ _BY_CODE = {c.exit_code: c for c in (UsageError, NotConfiguredError, Credentials
 
 
 def _error(obj: Mapping[str, Any], code: int) -> CloudError:
+    message = str(obj.get("error", "crowecode-cloud failed"))
     cls = _BY_CODE.get(code, CloudError)
-    return cls(str(obj.get("error", "crowecode-cloud failed")), obj.get("hint"), code)
+    if code == IntegrityError.exit_code and "signature check failed" in message:
+        cls = SignatureError
+    return cls(message, obj.get("hint"), code)
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,10 @@ class Downloaded:
     seconds: float
     version: Optional[str] = None
     tag: Optional[str] = None
+    #: The OMS signature installed beside ``path`` (``model_signing verify`` takes it), if any.
+    signature: Optional[str] = None
+    #: The trusted key that signed it, when trusted keys are configured.
+    signed_by: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +148,8 @@ class Uploaded:
     size: int
     files: int
     tags: List[str] = field(default_factory=list)
+    #: Short ids of the keys whose signatures were stored with it.
+    signed_by: List[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -204,7 +219,8 @@ def _run(args: Sequence[str], *, progress: bool = True, env: Optional[Mapping[st
 def _downloaded(d: Mapping[str, Any]) -> Downloaded:
     return Downloaded(model=d["model"], path=d["path"], status=d["status"], sha256=d["sha256"], size=d["size"],
                       files=d["files"], transferred=d["transferred"], seconds=d["seconds"],
-                      version=d.get("version"), tag=d.get("tag"))
+                      version=d.get("version"), tag=d.get("tag"), signature=d.get("signature"),
+                      signed_by=d.get("signed_by"))
 
 
 class CloudManager:
@@ -214,18 +230,24 @@ class CloudManager:
     """
 
     def __init__(self, *, concurrency: Optional[int] = None, progress: bool = True,
-                 env: Optional[Mapping[str, str]] = None) -> None:
+                 env: Optional[Mapping[str, str]] = None, require_signature: bool = False) -> None:
         self.concurrency = concurrency
         self.progress = progress
         self.env = dict(env) if env is not None else None
+        #: Refuse what no trusted key signed (also CROWECODE_REQUIRE_SIGNATURE=1 or the config's
+        #: require_signature); trusted keys come from the config or CROWECODE_TRUSTED_KEYS.
+        self.require_signature = require_signature
 
     def _call(self, args: List[str], progress: Optional[bool] = None) -> Any:
         return _run(args, progress=self.progress if progress is None else progress, env=self.env)
 
     def download(self, reference: str, *, only: Sequence[str] = (), concurrency: Optional[int] = None,
-                 progress: Optional[bool] = None, force: bool = False, offline: bool = False) -> Downloaded:
+                 progress: Optional[bool] = None, force: bool = False, offline: bool = False,
+                 require_signature: Optional[bool] = None) -> Downloaded:
         """Makes the version ``reference`` names ready and verified; returns what happened."""
         args = ["download", reference]
+        if self.require_signature if require_signature is None else require_signature:
+            args.append("--require-signature")
         for pattern in only:
             args += ["--only", pattern]
         n = concurrency or self.concurrency
@@ -247,13 +269,21 @@ class CloudManager:
         (and when the bucket has none, from the configured fallback command)."""
         try:
             return self.download(reference, offline=True, **options).path
-        except ModelNotFoundError:
+        except (ModelNotFoundError, SignatureError):
+            # Not here, or here without a signature a trusted key made: the bucket decides.
             return self.download(reference, **options).path
 
     def upload_model_to_cloud(self, name: str, path: PathLike, *, tags: Sequence[str] = (), no_latest: bool = False,
-                              force: bool = False, progress: Optional[bool] = None) -> Uploaded:
-        """Uploads the directory ``path`` as ``name`` (``"Alpha"`` or ``"Alpha:TAG"``)."""
+                              force: bool = False, progress: Optional[bool] = None,
+                              sign_key: Optional[PathLike] = None, signature: Optional[PathLike] = None) -> Uploaded:
+        """Uploads the directory ``path`` as ``name`` (``"Alpha"`` or ``"Alpha:TAG"``); signed with
+        the private key ``sign_key`` (or CROWECODE_SIGNING_KEY), and/or with the publisher's OMS
+        ``signature`` file, which must match the tree."""
         args = ["upload", name, "--from", os.fspath(path)]
+        if sign_key is not None:
+            args += ["--sign-key", os.fspath(sign_key)]
+        if signature is not None:
+            args += ["--signature", os.fspath(signature)]
         for t in tags:
             args += ["--tag", t]
         if no_latest:
@@ -262,7 +292,8 @@ class CloudManager:
             args.append("--force")
         u = self._call(args, progress)["models"][0]
         return Uploaded(model=u["model"], status=u["status"], version=u["version"], reference=u["reference"],
-                        sha256=u["sha256"], size=u["size"], files=u["files"], tags=list(u.get("tags", [])))
+                        sha256=u["sha256"], size=u["size"], files=u["files"], tags=list(u.get("tags", [])),
+                        signed_by=list(u.get("signed_by", [])))
 
     def list_cloud_models(self) -> List[RemoteModel]:
         """Every model in the bucket."""
