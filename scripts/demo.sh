@@ -46,13 +46,13 @@ run crowecode-cloud download Demo --json
 
 step "a pinned download stays on its version while latest moves"
 echo '{"architectures":["DemoForCausalLM"],"hidden_size":1024}' > "$WORK/models/Demo/config.json"
-crowecode-cloud upload Demo --models-dir "$WORK/models" --quiet >/dev/null
+V2=$(crowecode-cloud upload Demo --models-dir "$WORK/models" --quiet)
 run crowecode-cloud history Demo
 PINNED=$(crowecode-cloud download "$REF")
 [ "$PINNED" = "$MODEL" ] && echo "$REF is still $PINNED (no request: it is cached)"
 run crowecode-cloud rollback Demo
 run crowecode-cloud resolve Demo Demo:prod
-run crowecode-cloud tag Demo@"$(crowecode-cloud --json history Demo | python3 -c 'import json,sys; print(json.load(sys.stdin)["versions"][0]["version"])')" latest
+run crowecode-cloud tag "$V2" latest
 
 step "a damaged archive in the bucket is refused; the ready model stays"
 ARCHIVE=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["archive_key"])' "$WORK/bucket/models/Demo/manifest.json")
@@ -63,6 +63,26 @@ code=$?
 set -e
 echo "exit code $code (6 = integrity failure); models/Demo still points at $(readlink "$CROWECODE_HOME/models/Demo")"
 [ "$code" = 6 ]
+
+step "signed models: the fleet installs only what the CI key signed"
+run crowecode-cloud keygen --out "$WORK/keys/ci"
+SIGNED=$(crowecode-cloud upload Demo --models-dir "$WORK/models" --force --sign-key "$WORK/keys/ci")
+echo "SIGNED=$SIGNED"
+export CROWECODE_TRUSTED_KEYS="$WORK/keys/ci.pub" CROWECODE_REQUIRE_SIGNATURE=1
+MODEL=$(crowecode-cloud download Demo)
+run ls "$MODEL.sig"
+run crowecode-cloud history Demo
+echo '{"architectures":["DemoForCausalLM"],"hidden_size":4096}' > "$WORK/models/Demo/config.json"
+echo "someone with bucket access but no key uploads a changed Demo:"
+CROWECODE_REQUIRE_SIGNATURE=0 crowecode-cloud upload Demo --models-dir "$WORK/models" --quiet >/dev/null
+set +e
+crowecode-cloud download Demo
+code=$?
+set -e
+echo "exit code $code (6 = refused); models/Demo still points at $(readlink "$CROWECODE_HOME/models/Demo")"
+[ "$code" = 6 ]
+run crowecode-cloud download "$SIGNED"
+unset CROWECODE_TRUSTED_KEYS CROWECODE_REQUIRE_SIGNATURE
 
 step "done"
 echo "bucket: $WORK/bucket   cache: $CROWECODE_HOME   (removed on exit)"

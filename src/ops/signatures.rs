@@ -137,11 +137,11 @@ pub(crate) async fn check(s: &Session, found: &Found) -> Result<Option<Accepted>
     if let Some(tag) = &found.tag {
         let subject = format!("{model}:{tag}");
         if let Err(what) = check_tag(s, found.tag_record.as_ref(), &found.version) {
+            let v = found.version.short();
             let hint = format!(
-                "someone moved the tag without a trusted key; pin a signed version ({model}@sha256:…), or move the tag again with a trusted key: `crowecode-cloud tag {model}@{} {tag} --sign-key KEY`",
-                found.version.short()
+                "nothing was installed; the tag was moved without a trusted key: download a pinned, signed version ({model}@sha256:…), or, if {model}@{v} is genuine, `crowecode-cloud sign {model}@{v} --sign-key KEY` and `crowecode-cloud tag {model}@{v} {tag} --sign-key KEY`"
             );
-            refuse_or_warn(s, model, subject, what, hint)?;
+            refuse_or_warn(s, subject, what, hint)?;
         }
     }
     let subject = Reference::pinned(model, &found.version).to_string();
@@ -152,17 +152,16 @@ pub(crate) async fn check(s: &Session, found: &Found) -> Result<Option<Accepted>
                 "nothing was installed and the previous version is untouched; only versions signed by a key in trusted_keys ({}) are accepted: if this one is genuine, sign it with `crowecode-cloud sign {subject} --sign-key KEY`",
                 crate::signing::ENV_TRUSTED_KEYS
             );
-            refuse_or_warn(s, model, subject, what, hint)?;
+            refuse_or_warn(s, subject, what, hint)?;
             Ok(None)
         }
     }
 }
 
-fn refuse_or_warn(s: &Session, model: &ModelName, subject: String, what: String, hint: String) -> Result<()> {
+fn refuse_or_warn(s: &Session, subject: String, what: String, hint: String) -> Result<()> {
     if s.trust.require {
         return Err(Error::Signature { subject, what, hint });
     }
-    let _ = model;
     s.reporter.report(Event::Warning {
         message: format!("{subject}: {what} (installed anyway: signatures are not required)"),
     });
