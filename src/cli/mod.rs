@@ -114,6 +114,9 @@ struct StorageArgs {
     /// Command that provides a model missing from the bucket; {model} and {dest} are filled in
     #[arg(long, global = true, value_name = "CMD")]
     fallback_command: Option<String>,
+    /// Read archives through this mirror (an HTTP cache or CDN in front of the bucket), verified
+    #[arg(long, global = true, value_name = "URL", env = "CROWECODE_MIRROR", hide_env_values = true)]
+    mirror: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -616,6 +619,7 @@ fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> crate::Res
         kms_key: s.kms_key.clone(),
         encryption_scope: s.encryption_scope.clone(),
         fallback_command: s.fallback_command.clone(),
+        mirror: s.mirror.clone(),
     };
     let config_file = config::file_location(cli.global.config.as_ref().map(|p| absolute(p)).transpose()?, &*env);
     let cache_root = match &cli.global.cache_dir {

@@ -71,9 +71,11 @@ impl ProviderKind {
     /// The config keys this provider reads.
     pub fn keys(self) -> &'static [&'static str] {
         match self {
-            Self::S3 => &["bucket", "prefix", "region", "endpoint", "sse", "kms_key_id", "fallback_command"],
-            Self::Gcs => &["bucket", "prefix", "project", "endpoint", "kms_key", "fallback_command"],
-            Self::Azure => &["bucket", "prefix", "account", "endpoint", "encryption_scope", "fallback_command"],
+            Self::S3 => &["bucket", "prefix", "region", "endpoint", "sse", "kms_key_id", "fallback_command", "mirror"],
+            Self::Gcs => &["bucket", "prefix", "project", "endpoint", "kms_key", "fallback_command", "mirror"],
+            Self::Azure => {
+                &["bucket", "prefix", "account", "endpoint", "encryption_scope", "fallback_command", "mirror"]
+            }
             Self::Local => &["bucket", "prefix", "fallback_command"],
         }
     }
@@ -98,6 +100,7 @@ const KNOWN_KEYS: &[&str] = &[
     "kms_key",
     "encryption_scope",
     "fallback_command",
+    "mirror",
 ];
 
 /// A validated configuration.
@@ -142,6 +145,10 @@ pub struct CloudConfig {
     /// model name and the (shell-quoted) directory to fill.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_command: Option<String>,
+    /// Base URL of a mirror (a reverse-proxy cache or a CDN in front of the bucket) that serves
+    /// archive reads on the same request path; manifests, tags and writes go to the bucket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
     /// Public keys whose signatures are trusted: PEM text or paths (see [`crate::signing`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub trusted_keys: Vec<String>,
@@ -169,6 +176,7 @@ impl fmt::Debug for CloudConfig {
             .field("kms_key", &self.kms_key.as_ref().map(|_| "<set>"))
             .field("encryption_scope", &self.encryption_scope)
             .field("fallback_command", &self.fallback_command)
+            .field("mirror", &self.mirror)
             .field("trusted_keys", &self.trusted_keys.len())
             .field("require_signature", &self.require_signature)
             .field("extra_keys", &self.extra.keys().collect::<Vec<_>>())
@@ -213,6 +221,7 @@ pub struct Overrides {
     pub kms_key: Option<String>,
     pub encryption_scope: Option<String>,
     pub fallback_command: Option<String>,
+    pub mirror: Option<String>,
 }
 
 impl Overrides {
@@ -220,7 +229,7 @@ impl Overrides {
         self.pairs().iter().all(|(_, v)| v.is_none()) && self.provider.is_none()
     }
 
-    fn pairs(&self) -> [(&'static str, &Option<String>); 11] {
+    fn pairs(&self) -> [(&'static str, &Option<String>); 12] {
         [
             ("bucket", &self.bucket),
             ("prefix", &self.prefix),
@@ -233,6 +242,7 @@ impl Overrides {
             ("kms_key", &self.kms_key),
             ("encryption_scope", &self.encryption_scope),
             ("fallback_command", &self.fallback_command),
+            ("mirror", &self.mirror),
         ]
     }
 }
@@ -498,6 +508,7 @@ impl Document {
             kms_key: take("kms_key"),
             encryption_scope: take("encryption_scope"),
             fallback_command: take("fallback_command"),
+            mirror: take("mirror").map(|m| normalise_endpoint(&m, origin)).transpose()?,
             trusted_keys,
             require_signature,
             extra,

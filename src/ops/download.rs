@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::names::{ModelName, Sha256Hex};
 use crate::provider::ProviderErrorKind;
+use crate::provider::dataplane::Traffic;
 use crate::reference::{Reference, Target, VersionId};
 use crate::transfer::{self, Progress};
 
@@ -56,6 +57,11 @@ pub struct Downloaded {
     pub signature: Option<PathBuf>,
     /// The trusted key that signed it, when signatures were checked.
     pub signed_by: Option<String>,
+    /// Requests and bytes of this download, from the mirror and from the bucket.
+    pub traffic: Option<Traffic>,
+    /// The mirror served bytes that failed verification, so the version was read again from the
+    /// bucket (and verified).
+    pub reread_from_bucket: bool,
 }
 
 impl Downloaded {
@@ -80,6 +86,8 @@ impl Downloaded {
             tag: None,
             signature: None,
             signed_by: None,
+            traffic: None,
+            reread_from_bucket: false,
         }
     }
 }
@@ -136,7 +144,15 @@ async fn use_found(s: &Session, model: &ModelName, dir: Option<PathBuf>) -> Resu
 /// fallback command is configured, what it makes (uploaded too with `publish`). A pinned
 /// version this machine has costs no request at all.
 pub(crate) async fn model_or_fallback(s: &Session, reference: &str, opts: &DownloadOptions) -> Result<Downloaded> {
+    let before = s.plane.traffic();
+    let mut done = model_or_fallback_inner(s, reference, opts).await?;
+    done.traffic = Some(done.traffic.unwrap_or_default().plus(&s.plane.traffic().since(&before)));
+    Ok(done)
+}
+
+async fn model_or_fallback_inner(s: &Session, reference: &str, opts: &DownloadOptions) -> Result<Downloaded> {
     let started = Instant::now();
+    let before = s.plane.traffic();
     let r = Reference::parse(reference)?;
     let model = r.model.clone();
     if opts.offline {
@@ -170,7 +186,26 @@ pub(crate) async fn model_or_fallback(s: &Session, reference: &str, opts: &Downl
     match versions::resolve(s, &r).await? {
         Some(found) => {
             let accepted = signatures::check(s, &found).await?;
-            whole_version(s, found, accepted, r.is_latest(), opts.force, started).await
+            match whole_version(s, found.clone(), accepted.clone(), r.is_latest(), opts.force, started).await {
+                // An untrusted mirror served bytes that fail verification: nothing was installed;
+                // read the version again from the bucket.
+                Err(e @ Error::Integrity { .. })
+                    if s.plane.mirror().is_some() && s.plane.traffic().since(&before).mirror_bytes > 0 =>
+                {
+                    let mirror = s.plane.mirror().map(|m| m.base().to_string()).unwrap_or_default();
+                    s.reporter.report(crate::progress::Event::Warning {
+                        message: format!(
+                            "mirror {mirror} served bytes that fail verification ({e}); reading {model} again from the bucket"
+                        ),
+                    });
+                    let direct = s.direct();
+                    let mut done = whole_version(&direct, found, accepted, r.is_latest(), opts.force, started).await?;
+                    done.traffic = Some(direct.plane.traffic());
+                    done.reread_from_bucket = true;
+                    Ok(done)
+                }
+                other => other,
+            }
         }
         None if r.is_latest() && s.trust.require => Err(Error::Signature {
             subject: r.to_string(),

@@ -31,6 +31,8 @@ pub(crate) struct Session {
     pub config: CloudConfig,
     pub layout: Layout,
     pub provider: Arc<dyn Provider>,
+    /// The same provider as its data plane: archive reads counted, and through the mirror if any.
+    pub plane: Arc<crate::provider::dataplane::DataPlane>,
     pub cache: Cache,
     pub transfer: TransferOptions,
     pub reporter: Arc<dyn Reporter>,
@@ -39,6 +41,21 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// The same session reading archives from the bucket directly (no mirror).
+    pub fn direct(&self) -> Session {
+        let plane = Arc::new(crate::provider::dataplane::DataPlane::new(self.plane.direct().clone(), None));
+        Session {
+            config: self.config.clone(),
+            layout: self.layout.clone(),
+            provider: plane.clone(),
+            plane,
+            cache: self.cache.clone(),
+            transfer: self.transfer.clone(),
+            reporter: self.reporter.clone(),
+            trust: self.trust.clone(),
+        }
+    }
+
     /// A note about `model` for the user.
     pub fn info(&self, model: &ModelName, message: String) {
         self.reporter.report(Event::Info { model: model.as_str(), message });

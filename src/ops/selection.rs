@@ -17,6 +17,7 @@ use crate::transfer::{self, Progress};
 /// finds it there.
 pub(crate) async fn run(s: &Session, reference: &str, patterns: &[String]) -> Result<Downloaded> {
     let started = Instant::now();
+    let before = s.plane.traffic();
     let r = Reference::parse(reference)?;
     let model = r.model.clone();
     let found = super::versions::resolve(s, &r)
@@ -72,6 +73,8 @@ pub(crate) async fn run(s: &Session, reference: &str, patterns: &[String]) -> Re
         // A selection is not the signed tree; the signature is installed with the whole version.
         signature: None,
         signed_by: accepted.as_ref().map(|a| a.key.clone()),
+        traffic: Some(s.plane.traffic().since(&before)),
+        reread_from_bucket: false,
     };
     if dest.is_dir() {
         return Ok(done(DownloadStatus::Cached, 0));

@@ -49,6 +49,8 @@ pub struct GcsProvider {
     kms_key: Option<String>,
     credentials: String,
     sessions: Mutex<HashMap<String, Session>>,
+    /// The emulator's endpoint, when used anonymously: its media URLs need no signature.
+    anonymous_endpoint: Option<String>,
 }
 
 impl fmt::Debug for GcsProvider {
@@ -75,6 +77,10 @@ impl GcsProvider {
     pub async fn new(cfg: &CloudConfig) -> Result<Self> {
         let emulator =
             cfg.endpoint.clone().or_else(|| std::env::var("STORAGE_EMULATOR_HOST").ok().filter(|s| !s.is_empty()));
+        let anonymous_endpoint = emulator
+            .as_ref()
+            .map(|e| if e.starts_with("http") { e.clone() } else { format!("http://{e}") })
+            .map(|e| e.trim_end_matches('/').to_string());
         let (config, credentials) = match emulator {
             Some(endpoint) => {
                 let endpoint = if endpoint.starts_with("http") { endpoint } else { format!("http://{endpoint}") };
@@ -102,6 +108,7 @@ impl GcsProvider {
             kms_key: cfg.kms_key.clone(),
             credentials,
             sessions: Mutex::new(HashMap::new()),
+            anonymous_endpoint,
         })
     }
 
@@ -449,6 +456,26 @@ impl Provider for GcsProvider {
             Err(e) => {
                 let e = map_err("buckets.insert", &self.bucket, e);
                 if e.kind == ProviderErrorKind::Precondition { Ok(false) } else { Err(e) }
+            }
+        }
+    }
+
+    async fn data_url(&self, key: &str, valid_for: std::time::Duration) -> PResult<Option<super::DataUrl>> {
+        let enc = crate::provider::percent_encode;
+        if let Some(endpoint) = &self.anonymous_endpoint {
+            return Ok(Some(super::DataUrl {
+                url: format!("{endpoint}/download/storage/v1/b/{}/o/{}?alt=media", enc(&self.bucket), enc(key)),
+                headers: Vec::new(),
+                volatile_params: Vec::new(),
+            }));
+        }
+        let opts = gcloud_storage::sign::SignedURLOptions { expires: valid_for, ..Default::default() };
+        match self.client.signed_url(&self.bucket, key, None, None, opts).await {
+            Ok(url) => Ok(Some(super::DataUrl { url, headers: Vec::new(), volatile_params: Vec::new() })),
+            // A credential that cannot sign (workload identity without signBlob, user credentials).
+            Err(e) => {
+                tracing::debug!("cannot make a V4 signed URL for {key}: {e}");
+                Ok(None)
             }
         }
     }

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 
 #[cfg(feature = "azure")]
 pub mod azure;
+pub mod dataplane;
 #[cfg(feature = "gcs")]
 pub mod gcs;
 pub mod local;
@@ -209,6 +210,44 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// Where credentials come from (`environment`, `profile default`, `web identity`, `none`):
     /// a name, never a secret.
     async fn credential_source(&self) -> String;
+
+    /// A URL that reads `key` with plain ranged GETs and no per-request signature over the
+    /// `Range` header (a presigned URL, a SAS URL, or a URL with a bearer header), valid for at
+    /// least `valid_for`, so that an HTTP cache, a CDN or a P2P proxy can serve and share the
+    /// reads. `None` when this backend or its credential cannot make one (reads then go direct).
+    async fn data_url(&self, _key: &str, _valid_for: std::time::Duration) -> PResult<Option<DataUrl>> {
+        Ok(None)
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (for URL paths and queries).
+pub(crate) fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A URL that reads one object by plain HTTP (see [`Provider::data_url`]).
+#[derive(Clone)]
+pub struct DataUrl {
+    /// Absolute URL; its query may hold a signature (never printed).
+    pub url: String,
+    /// Headers to send with every request (a bearer token; never printed).
+    pub headers: Vec<(String, String)>,
+    /// Query parameters that differ between machines and over time (signatures, expiries): a
+    /// shared cache must leave them out of its key (sent to Dragonfly as
+    /// `X-Dragonfly-Filtered-Query-Params`).
+    pub volatile_params: Vec<String>,
+}
+
+impl fmt::Debug for DataUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = self.url.split('?').next().unwrap_or("");
+        f.debug_struct("DataUrl").field("url", &path).finish_non_exhaustive()
+    }
 }
 
 /// Conveniences on top of [`Provider`].

@@ -296,6 +296,10 @@ impl Provider for Retrying {
         self.call("AbortMultipartUpload", || self.inner.abort_multipart(key, upload_id)).await
     }
 
+    async fn data_url(&self, key: &str, valid_for: std::time::Duration) -> PResult<Option<super::DataUrl>> {
+        self.call("presign", || self.inner.data_url(key, valid_for)).await
+    }
+
     async fn list_pending_uploads(&self, prefix: &str) -> PResult<Vec<PendingUpload>> {
         self.call("ListMultipartUploads", || self.inner.list_pending_uploads(prefix)).await
     }

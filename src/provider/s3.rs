@@ -522,6 +522,25 @@ impl Provider for S3Provider {
         }
     }
 
+    async fn data_url(&self, key: &str, valid_for: std::time::Duration) -> PResult<Option<super::DataUrl>> {
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(valid_for)
+            .map_err(|e| ProviderError::new(ProviderErrorKind::Other, format!("cannot presign {key}: {e}")))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| map_err("presign GET", key, e))?;
+        Ok(Some(super::DataUrl {
+            url: request.uri().to_string(),
+            headers: request.headers().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            // Dragonfly filters these by default; a cache keyed without the query needs none.
+            volatile_params: Vec::new(),
+        }))
+    }
+
     async fn credential_source(&self) -> String {
         use aws_credential_types::provider::ProvideCredentials as _;
         let Some(provider) = self.sdk_config.credentials_provider() else {

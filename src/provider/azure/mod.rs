@@ -55,7 +55,25 @@ pub struct AzureProvider {
     prefix: String,
     encryption_scope: Option<String>,
     credentials: String,
+    /// The container's URL (no query) and how to authorise plain reads of its blobs.
+    data: (Url, DataAuth),
 }
+
+/// How [`Provider::data_url`] authorises a blob URL.
+enum DataAuth {
+    /// A service SAS for the one blob, made with the account key.
+    Key(SharedKey),
+    /// The SAS the credentials are.
+    Sas(String),
+    /// Entra ID: a token would have to go in a header on every read; reads go direct.
+    None,
+}
+
+/// SAS query parameters: they differ per signer and expiry, so a shared cache ignores them.
+const SAS_PARAMS: &[&str] = &[
+    "sv", "ss", "srt", "sp", "se", "st", "spr", "sig", "sr", "sip", "si", "ses", "skoid", "sktid", "skt", "ske", "sks",
+    "skv", "saoid", "suoid", "scid", "sdd",
+];
 
 impl fmt::Debug for AzureProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -147,6 +165,12 @@ impl AzureProvider {
 
         let mut client_options = ClientOptions { retry: RetryOptions::none(), ..Default::default() };
         let mut token = None;
+        let data_auth = match &auth {
+            Auth::SharedKey(key) => DataAuth::Key(key.clone()),
+            Auth::Sas(sas) => DataAuth::Sas(sas.clone()),
+            Auth::Entra(_) => DataAuth::None,
+        };
+        let container_url = url.clone();
         match auth {
             Auth::SharedKey(key) => client_options.per_try_policies.push(Arc::new(SharedKeyPolicy(key))),
             Auth::Sas(sas) => url.set_query(Some(&sas)),
@@ -169,6 +193,7 @@ impl AzureProvider {
             prefix: cfg.prefix.clone(),
             encryption_scope: cfg.encryption_scope.clone(),
             credentials: credentials.to_string(),
+            data: (container_url, data_auth),
         })
     }
 
@@ -472,6 +497,32 @@ impl Provider for AzureProvider {
                 e => Err(e),
             },
         }
+    }
+
+    async fn data_url(&self, key: &str, valid_for: std::time::Duration) -> PResult<Option<super::DataUrl>> {
+        let (container, auth) = &self.data;
+        let mut url = container.clone();
+        {
+            let Ok(mut segments) = url.path_segments_mut() else { return Ok(None) };
+            segments.pop_if_empty();
+            for part in key.split('/') {
+                segments.push(part);
+            }
+        }
+        let query = match auth {
+            DataAuth::Key(key_auth) => {
+                let blob_path = format!("{}/{key}", self.name);
+                key_auth.blob_read_sas(&blob_path, SystemTime::now() + valid_for)
+            }
+            DataAuth::Sas(sas) => sas.clone(),
+            DataAuth::None => return Ok(None),
+        };
+        url.set_query(Some(&query));
+        Ok(Some(super::DataUrl {
+            url: url.to_string(),
+            headers: Vec::new(),
+            volatile_params: SAS_PARAMS.iter().map(|p| p.to_string()).collect(),
+        }))
     }
 
     async fn credential_source(&self) -> String {
