@@ -306,7 +306,7 @@ struct DataPlaneShared {
 }
 
 impl Fallback {
-    async fn to_bucket(mut self, why: String) -> Option<(PResult<Bytes>, Self)> {
+    async fn fall_back(mut self, why: String) -> Option<(PResult<Bytes>, Self)> {
         tracing::warn!(
             "mirror {}: {why}; reading the rest of {} from the bucket (every byte is still verified)",
             self.plane.mirror,
@@ -333,11 +333,11 @@ impl Fallback {
                 self.got += b.len() as u64;
                 Some((Ok(b), self))
             }
-            Some(Err(e)) if self.on_mirror => self.to_bucket(e.message.clone()).await,
+            Some(Err(e)) if self.on_mirror => self.fall_back(e.message.clone()).await,
             Some(Err(e)) => Some((Err(e), self)),
             None if self.on_mirror && self.expected.is_some_and(|n| self.got < n) => {
                 let why = format!("the answer ended after {} of {} bytes", self.got, self.expected.unwrap_or(0));
-                self.to_bucket(why).await
+                self.fall_back(why).await
             }
             None => None,
         }
