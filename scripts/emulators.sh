@@ -53,7 +53,9 @@ fail() {
 is_ours() { # pidfile -> 0 if that process still runs and is one we started
   local pid
   pid=$(cat "$1" 2>/dev/null) || return 1
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && grep -qa "crowecode-emu" "/proc/$pid/environ" 2>/dev/null
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  # nginx rewrites its environment block for its process title; its command line names our dir.
+  grep -qa "crowecode-emu" "/proc/$pid/environ" 2>/dev/null || grep -qa "$DIR/nginx" "/proc/$pid/cmdline" 2>/dev/null
 }
 
 stop_all() {
@@ -134,7 +136,7 @@ write_nginx_conf() {
 daemon off;
 master_process on;
 worker_processes 2;
-pid $RUN/nginx.master.pid;
+pid $RUN/nginx.master-pidfile;
 error_log logs/error.log warn;
 events { worker_connections 1024; }
 http {

@@ -258,6 +258,19 @@ impl Printer {
             None if r.reachable => lines.push("tags:         conditional writes not checked (no permission to write)".into()),
             None => {}
         }
+        if let Some(m) = &r.mirror {
+            let answer = match (m.answers, &m.error) {
+                (Some(code), _) => format!("answers (HTTP {code})"),
+                (None, Some(e)) => format!("NOT answering: {}", safe(e)),
+                (None, None) => "NOT answering".into(),
+            };
+            let reads = if m.presigned_urls {
+                "archive reads go through it on presigned URLs, verified"
+            } else {
+                "this credential cannot presign URLs, so archive reads go to the bucket directly"
+            };
+            lines.push(format!("mirror:       {} {answer}; {reads}", safe(&m.url)));
+        }
         let sig = &r.signatures;
         if sig.trusted_keys.is_empty() {
             lines.push("signatures:   not checked (no trusted_keys / CROWECODE_TRUSTED_KEYS)".into());

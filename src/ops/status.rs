@@ -36,6 +36,20 @@ pub struct StatusReport {
     pub conditional_writes: Option<bool>,
     /// The signature policy of this machine, and who signed the cached models.
     pub signatures: SignatureStatus,
+    /// The mirror archive reads go through, when one is configured.
+    pub mirror: Option<MirrorStatus>,
+}
+
+/// The mirror, for `status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct MirrorStatus {
+    pub url: String,
+    /// The HTTP status it answered a GET of its base URL with; `None` when it did not answer.
+    pub answers: Option<u16>,
+    pub error: Option<String>,
+    /// Whether the bucket's credential makes the presigned (or SAS) URLs mirror reads need;
+    /// without them every read goes to the bucket directly.
+    pub presigned_urls: bool,
 }
 
 /// The signature policy in force, for `status`.
@@ -57,6 +71,16 @@ pub(crate) async fn run(s: &Session, source: &ConfigSource, warnings: &[String])
     let credentials = s.provider.credential_source().await;
     let mut report = StatusReport::offline(&s.config, source, warnings, &s.cache, credentials);
     report.signatures = signature_status(s);
+    if let Some(m) = s.plane.mirror() {
+        let (answers, error) = match m.answers().await {
+            Ok(code) => (Some(code), None),
+            Err(e) => (None, Some(e)),
+        };
+        let probe = format!("{}_crowecode-probe/archives/none", s.layout.prefix());
+        let presigned_urls =
+            matches!(s.plane.direct().data_url(&probe, std::time::Duration::from_secs(60)).await, Ok(Some(_)));
+        report.mirror = Some(MirrorStatus { url: m.base().to_string(), answers, error, presigned_urls });
+    }
     match s.provider.check_bucket().await {
         Ok(()) => {
             report.reachable = true;
@@ -158,6 +182,7 @@ impl StatusReport {
             warnings: warnings.iter().cloned().chain(cache.lock_warning()).collect(),
             conditional_writes: None,
             signatures: SignatureStatus::default(),
+            mirror: None,
         }
     }
 

@@ -15,6 +15,7 @@ mod faults;
 mod gcs;
 mod hardening;
 mod hostile;
+mod mirror;
 mod roundtrip;
 #[cfg(feature = "s3")]
 mod s3;
