@@ -65,11 +65,18 @@ impl CloudManager {
     /// A manager over an already resolved configuration.
     pub async fn new(resolved: Resolved, cache: Cache, transfer: TransferOptions, retry: RetryPolicy) -> Result<Self> {
         let provider = provider::from_config(&resolved.config, retry).await?;
-        let mirror = match &resolved.config.mirror {
-            Some(url) => Some(provider::dataplane::Mirror::new(url).map_err(|e| {
+        let mirror = match (&resolved.config.mirror, &resolved.config.data_proxy) {
+            (Some(url), _) => Some(provider::dataplane::Mirror::new(url).map_err(|e| {
                 Error::config("mirror", e, "use an http:// or https:// URL of a cache or CDN in front of the bucket")
             })?),
-            None => None,
+            (None, Some(url)) => Some(provider::dataplane::Mirror::forward_proxy(url).map_err(|e| {
+                Error::config(
+                    "data_proxy",
+                    e,
+                    "use the http:// URL of the proxy, e.g. http://127.0.0.1:4001 for dfdaemon",
+                )
+            })?),
+            (None, None) => None,
         };
         let mut manager = Self::with_provider(resolved, provider.clone(), cache, transfer);
         let plane = Arc::new(provider::dataplane::DataPlane::new(provider, mirror));

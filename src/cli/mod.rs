@@ -117,6 +117,9 @@ struct StorageArgs {
     /// Read archives through this mirror (an HTTP cache or CDN in front of the bucket), verified
     #[arg(long, global = true, value_name = "URL", env = "CROWECODE_MIRROR", hide_env_values = true)]
     mirror: Option<String>,
+    /// Send archive reads as plain http:// to this forward proxy (Dragonfly dfdaemon), verified
+    #[arg(long, global = true, value_name = "URL", env = "CROWECODE_DATA_PROXY", hide_env_values = true)]
+    data_proxy: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -620,6 +623,7 @@ fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> crate::Res
         encryption_scope: s.encryption_scope.clone(),
         fallback_command: s.fallback_command.clone(),
         mirror: s.mirror.clone(),
+        data_proxy: s.data_proxy.clone(),
     };
     let config_file = config::file_location(cli.global.config.as_ref().map(|p| absolute(p)).transpose()?, &*env);
     let cache_root = match &cli.global.cache_dir {

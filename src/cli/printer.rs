@@ -259,17 +259,19 @@ impl Printer {
             None => {}
         }
         if let Some(m) = &r.mirror {
-            let answer = match (m.answers, &m.error) {
-                (Some(code), _) => format!("answers (HTTP {code})"),
-                (None, Some(e)) => format!("NOT answering: {}", safe(e)),
-                (None, None) => "NOT answering".into(),
+            let answer = match (m.answers, m.status, &m.error) {
+                (true, Some(code), _) => format!("answers (HTTP {code})"),
+                (true, None, _) => "answers (accepts connections)".into(),
+                (false, _, Some(e)) => format!("NOT answering: {}", safe(e)),
+                (false, _, None) => "NOT answering".into(),
             };
             let reads = if m.presigned_urls {
                 "archive reads go through it on presigned URLs, verified"
             } else {
                 "this credential cannot presign URLs, so archive reads go to the bucket directly"
             };
-            lines.push(format!("mirror:       {} {answer}; {reads}", safe(&m.url)));
+            let label = if m.forward_proxy { "data proxy: " } else { "mirror:     " };
+            lines.push(format!("{label}  {} {answer}; {reads}", safe(&m.url)));
         }
         let sig = &r.signatures;
         if sig.trusted_keys.is_empty() {

@@ -71,8 +71,20 @@ impl ProviderKind {
     /// The config keys this provider reads.
     pub fn keys(self) -> &'static [&'static str] {
         match self {
-            Self::S3 => &["bucket", "prefix", "region", "endpoint", "sse", "kms_key_id", "fallback_command", "mirror"],
-            Self::Gcs => &["bucket", "prefix", "project", "endpoint", "kms_key", "fallback_command", "mirror"],
+            Self::S3 => &[
+                "bucket",
+                "prefix",
+                "region",
+                "endpoint",
+                "sse",
+                "kms_key_id",
+                "fallback_command",
+                "mirror",
+                "data_proxy",
+            ],
+            Self::Gcs => {
+                &["bucket", "prefix", "project", "endpoint", "kms_key", "fallback_command", "mirror", "data_proxy"]
+            }
             Self::Azure => {
                 &["bucket", "prefix", "account", "endpoint", "encryption_scope", "fallback_command", "mirror"]
             }
@@ -101,6 +113,7 @@ const KNOWN_KEYS: &[&str] = &[
     "encryption_scope",
     "fallback_command",
     "mirror",
+    "data_proxy",
 ];
 
 /// A validated configuration.
@@ -149,6 +162,10 @@ pub struct CloudConfig {
     /// archive reads on the same request path; manifests, tags and writes go to the bucket.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror: Option<String>,
+    /// An HTTP proxy archive reads are sent to as plain `http://` requests (Dragonfly's dfdaemon,
+    /// with a `useTLS` rule to reach the bucket over TLS): nothing has to trust a proxy's certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_proxy: Option<String>,
     /// Public keys whose signatures are trusted: PEM text or paths (see [`crate::signing`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub trusted_keys: Vec<String>,
@@ -177,6 +194,7 @@ impl fmt::Debug for CloudConfig {
             .field("encryption_scope", &self.encryption_scope)
             .field("fallback_command", &self.fallback_command)
             .field("mirror", &self.mirror)
+            .field("data_proxy", &self.data_proxy)
             .field("trusted_keys", &self.trusted_keys.len())
             .field("require_signature", &self.require_signature)
             .field("extra_keys", &self.extra.keys().collect::<Vec<_>>())
@@ -222,6 +240,7 @@ pub struct Overrides {
     pub encryption_scope: Option<String>,
     pub fallback_command: Option<String>,
     pub mirror: Option<String>,
+    pub data_proxy: Option<String>,
 }
 
 impl Overrides {
@@ -229,7 +248,7 @@ impl Overrides {
         self.pairs().iter().all(|(_, v)| v.is_none()) && self.provider.is_none()
     }
 
-    fn pairs(&self) -> [(&'static str, &Option<String>); 12] {
+    fn pairs(&self) -> [(&'static str, &Option<String>); 13] {
         [
             ("bucket", &self.bucket),
             ("prefix", &self.prefix),
@@ -243,6 +262,7 @@ impl Overrides {
             ("encryption_scope", &self.encryption_scope),
             ("fallback_command", &self.fallback_command),
             ("mirror", &self.mirror),
+            ("data_proxy", &self.data_proxy),
         ]
     }
 }
@@ -509,11 +529,19 @@ impl Document {
             encryption_scope: take("encryption_scope"),
             fallback_command: take("fallback_command"),
             mirror: take("mirror").map(|m| normalise_endpoint(&m, origin)).transpose()?,
+            data_proxy: take("data_proxy").map(|m| normalise_endpoint(&m, origin)).transpose()?,
             trusted_keys,
             require_signature,
             extra,
         };
         config.validate(origin)?;
+        if config.mirror.is_some() && config.data_proxy.is_some() {
+            return Err(Error::config(
+                origin,
+                "both a mirror and a data_proxy are set; archive reads go through one of them",
+                "keep `mirror` for a reverse-proxy cache or CDN, or `data_proxy` for a forward proxy such as Dragonfly's dfdaemon",
+            ));
+        }
         Ok(config)
     }
 }

@@ -44,8 +44,13 @@ pub struct StatusReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct MirrorStatus {
     pub url: String,
-    /// The HTTP status it answered a GET of its base URL with; `None` when it did not answer.
-    pub answers: Option<u16>,
+    /// A forward proxy (`data_proxy`) rather than a mirror of the bucket's paths.
+    pub forward_proxy: bool,
+    /// Whether it answered: a GET of its base URL (any HTTP status), or for a forward proxy a
+    /// connection.
+    pub answers: bool,
+    /// The HTTP status of that GET.
+    pub status: Option<u16>,
     pub error: Option<String>,
     /// Whether the bucket's credential makes the presigned (or SAS) URLs mirror reads need;
     /// without them every read goes to the bucket directly.
@@ -72,14 +77,21 @@ pub(crate) async fn run(s: &Session, source: &ConfigSource, warnings: &[String])
     let mut report = StatusReport::offline(&s.config, source, warnings, &s.cache, credentials);
     report.signatures = signature_status(s);
     if let Some(m) = s.plane.mirror() {
-        let (answers, error) = match m.answers().await {
-            Ok(code) => (Some(code), None),
-            Err(e) => (None, Some(e)),
+        let (answers, status, error) = match m.answers().await {
+            Ok(code) => (true, code, None),
+            Err(e) => (false, None, Some(e)),
         };
         let probe = format!("{}_crowecode-probe/archives/none", s.layout.prefix());
         let presigned_urls =
             matches!(s.plane.direct().data_url(&probe, std::time::Duration::from_secs(60)).await, Ok(Some(_)));
-        report.mirror = Some(MirrorStatus { url: m.base().to_string(), answers, error, presigned_urls });
+        report.mirror = Some(MirrorStatus {
+            url: m.base().to_string(),
+            forward_proxy: m.is_forward_proxy(),
+            answers,
+            status,
+            error,
+            presigned_urls,
+        });
     }
     match s.provider.check_bucket().await {
         Ok(()) => {

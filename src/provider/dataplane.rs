@@ -84,10 +84,14 @@ impl Counters {
     }
 }
 
-/// The mirror: its base URL and an HTTP client (which honours `HTTP(S)_PROXY`/`NO_PROXY`).
+/// Where archive reads go instead of the bucket, and an HTTP client for them (which honours
+/// `HTTP(S)_PROXY`/`NO_PROXY`, except for a forward proxy given here).
 #[derive(Clone)]
 pub struct Mirror {
     base: String,
+    /// A forward proxy (dfdaemon): the bucket's URL itself is requested through it, as
+    /// `http://`, instead of the bucket's path on `base`.
+    forward: bool,
     #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
     client: reqwest::Client,
 }
@@ -99,21 +103,42 @@ impl fmt::Debug for Mirror {
 }
 
 impl Mirror {
-    /// A mirror at `base` (`http(s)://host[:port][/path]`, validated by the config).
+    /// A mirror at `base` (`http(s)://host[:port][/path]`, validated by the config): a reverse
+    /// proxy or CDN that serves the bucket's request paths.
     pub fn new(base: &str) -> Result<Self, String> {
+        Self::build(base, false)
+    }
+
+    /// A forward HTTP proxy at `url` that archive reads are sent through as plain `http://`
+    /// requests for the bucket's own URLs (Dragonfly's dfdaemon, whose `useTLS` rule goes on to
+    /// the bucket over TLS; so nothing has to trust the proxy's certificate).
+    pub fn forward_proxy(url: &str) -> Result<Self, String> {
+        Self::build(url, true)
+    }
+
+    fn build(base: &str, forward: bool) -> Result<Self, String> {
         #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
         {
-            let client = reqwest::Client::builder()
+            let mut builder = reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
-                .read_timeout(Duration::from_secs(30))
-                .build()
-                .map_err(|e| format!("cannot set up the HTTP client for the mirror: {e}"))?;
-            Ok(Self { base: base.trim_end_matches('/').to_string(), client })
+                .read_timeout(Duration::from_secs(30));
+            if forward {
+                let proxy = reqwest::Proxy::all(base).map_err(|e| format!("not a proxy URL: {e}"))?;
+                builder = builder.proxy(proxy);
+            }
+            let client = builder.build().map_err(|e| format!("cannot set up the HTTP client for the mirror: {e}"))?;
+            Ok(Self { base: base.trim_end_matches('/').to_string(), forward, client })
         }
         #[cfg(not(any(feature = "s3", feature = "gcs", feature = "azure")))]
         {
+            let _ = forward;
             Err(format!("mirror {base}: this build has no cloud provider, so there is nothing to mirror"))
         }
+    }
+
+    /// Whether this is a forward proxy rather than a mirror of the bucket's paths.
+    pub fn is_forward_proxy(&self) -> bool {
+        self.forward
     }
 
     /// The base URL.
@@ -121,15 +146,30 @@ impl Mirror {
         &self.base
     }
 
-    /// The mirror's URL for a bucket URL: the bucket's path and query on the mirror's base.
+    /// The mirror's URL for a bucket URL: the bucket's path and query on the mirror's base (or,
+    /// through a forward proxy, the bucket's URL as plain `http://`).
     fn rebase(&self, url: &str) -> Option<String> {
         let rest = url.split_once("://")?.1;
+        if self.forward {
+            return Some(format!("http://{rest}"));
+        }
         let path_and_query = rest.find('/').map_or("/", |i| &rest[i..]);
         Some(format!("{}{path_and_query}", self.base))
     }
 
-    /// Whether the mirror answers HTTP at all (any status), within a few seconds.
-    pub async fn answers(&self) -> Result<u16, String> {
+    /// Whether the mirror answers HTTP at all (`Some(status)`, any status), or for a forward
+    /// proxy accepts connections (`None`), within a few seconds.
+    pub async fn answers(&self) -> Result<Option<u16>, String> {
+        if self.forward {
+            let authority = self.base.split_once("://").map_or(self.base.as_str(), |(_, r)| r);
+            let authority = authority.split('/').next().unwrap_or(authority);
+            let connect = tokio::net::TcpStream::connect(authority);
+            return match tokio::time::timeout(Duration::from_secs(5), connect).await {
+                Ok(Ok(_)) => Ok(None),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no connection within 5 s".into()),
+            };
+        }
         #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
         {
             let resp = self
@@ -139,7 +179,7 @@ impl Mirror {
                 .send()
                 .await
                 .map_err(|e| super::error_chain(&e))?;
-            Ok(resp.status().as_u16())
+            Ok(Some(resp.status().as_u16()))
         }
         #[cfg(not(any(feature = "s3", feature = "gcs", feature = "azure")))]
         {
@@ -446,5 +486,26 @@ impl Provider for DataPlane {
 
     async fn data_url(&self, key: &str, valid_for: Duration) -> PResult<Option<DataUrl>> {
         self.direct.data_url(key, valid_for).await
+    }
+}
+
+#[cfg(all(test, any(feature = "s3", feature = "gcs", feature = "azure")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mirror_gets_the_buckets_path_and_query_and_a_forward_proxy_its_url_as_http() {
+        let url = "https://bucket.s3.us-east-1.amazonaws.com/models/A/archives/x.tar?X-Amz-Signature=ab";
+        let mirror = Mirror::new("http://cache.internal:8080/s3/").unwrap();
+        assert_eq!(
+            mirror.rebase(url).unwrap(),
+            "http://cache.internal:8080/s3/models/A/archives/x.tar?X-Amz-Signature=ab"
+        );
+        let proxy = Mirror::forward_proxy("http://127.0.0.1:4001").unwrap();
+        assert_eq!(
+            proxy.rebase(url).unwrap(),
+            "http://bucket.s3.us-east-1.amazonaws.com/models/A/archives/x.tar?X-Amz-Signature=ab"
+        );
+        assert!(is_archive("p/A/archives/x.tar") && !is_archive("p/A/versions/x.json"));
     }
 }

@@ -19,8 +19,16 @@ fn stderr(out: &std::process::Output) -> String {
 
 /// A machine (its own home and cache) set up as the README says, and its bucket's name.
 fn machine(p: Provider) -> (Sandbox, String) {
+    machine_with_prefix(p, None)
+}
+
+/// [`machine`] with `--prefix PREFIX` (`None`: the default prefix).
+fn machine_with_prefix(p: Provider, prefix: Option<&str>) -> (Sandbox, String) {
     let mut sb = Sandbox::new();
-    let (args, bucket) = provider_args(&mut sb, p);
+    let (mut args, bucket) = provider_args(&mut sb, p);
+    if let Some(prefix) = prefix {
+        args.extend(["--prefix".to_string(), prefix.to_string()]);
+    }
     let out = sb.cmd().args(&args).args(["setup", "--create-bucket"]).output().unwrap();
     assert!(out.status.success(), "{p:?}: {}", stderr(&out));
     (sb, bucket)
@@ -198,7 +206,8 @@ impl Flipper {
 }
 
 fn mirror_failures(p: Provider) {
-    let (sb, _) = machine(p);
+    // With no prefix: the archive's path on the mirror is the bucket's root.
+    let (sb, _) = machine_with_prefix(p, Some(""));
     let src = model(&sb.src(), "M", 40);
     assert!(sb.cmd().args(["upload", "M", "-q", "--from"]).arg(&src).output().unwrap().status.success());
     // A mirror that flips one byte of one range: verified anyway, re-read from the bucket.
@@ -259,6 +268,8 @@ struct Recorder {
     addr: SocketAddr,
     targets: Arc<Mutex<BTreeSet<String>>>,
     requests: Arc<AtomicU64>,
+    /// Connections whose first request carried X-Dragonfly-Filtered-Query-Params.
+    filtered: Arc<AtomicU64>,
 }
 
 impl Recorder {
@@ -267,17 +278,21 @@ impl Recorder {
         let addr = listener.local_addr().unwrap();
         let targets = Arc::new(Mutex::new(BTreeSet::new()));
         let requests = Arc::new(AtomicU64::new(0));
-        let (t, r) = (targets.clone(), requests.clone());
+        let filtered = Arc::new(AtomicU64::new(0));
+        let (t, r, fq) = (targets.clone(), requests.clone(), filtered.clone());
         std::thread::spawn(move || {
             for mut client in listener.incoming().flatten() {
-                let (t, r) = (t.clone(), r.clone());
+                let (t, r, fq) = (t.clone(), r.clone(), fq.clone());
                 std::thread::spawn(move || {
                     let mut head = Vec::new();
                     let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n") && client.read(&mut byte).is_ok_and(|n| n == 1) {
+                    while !head.ends_with(b"\r\n\r\n") && client.read(&mut byte).is_ok_and(|n| n == 1) {
                         head.push(byte[0]);
                     }
                     let line = String::from_utf8_lossy(&head).into_owned();
+                    if line.to_ascii_lowercase().contains("\r\nx-dragonfly-filtered-query-params: ") {
+                        fq.fetch_add(1, Ordering::SeqCst);
+                    }
                     let Some(authority) = line
                         .split_whitespace()
                         .nth(1)
@@ -297,7 +312,7 @@ impl Recorder {
                 });
             }
         });
-        Self { addr, targets, requests }
+        Self { addr, targets, requests, filtered }
     }
 }
 
@@ -342,4 +357,37 @@ fn every_provider_honours_http_proxy_and_no_proxy() {
         assert!(out.status.success(), "{p:?}: {}", stderr(&out));
         assert_eq!(recorder.requests.load(Ordering::SeqCst), before, "{p:?}: NO_PROXY was ignored");
     }
+}
+
+/// `data_proxy` (Dragonfly's dfdaemon): archive reads go through the forward proxy as plain
+/// http:// requests for the bucket's own URLs; Azure's carry the SAS parameters to filter.
+#[cfg(all(feature = "s3", feature = "gcs", feature = "azure"))]
+#[test]
+fn a_data_proxy_carries_archive_reads_as_plain_http() {
+    for p in [Provider::S3, Provider::Gcs, Provider::Azure] {
+        let (sb, _) = machine(p);
+        let src = model(&sb.src(), "D", 20);
+        assert!(sb.cmd().args(["upload", "D", "-q", "--from"]).arg(&src).output().unwrap().status.success());
+        let recorder = Recorder::start();
+        let proxy = format!("http://{}", recorder.addr);
+        let out = sb.cmd().args(["download", "D", "--json", "--data-proxy", &proxy]).output().unwrap();
+        assert!(out.status.success(), "{p:?}: {}", stderr(&out));
+        let d = &json(&out)["models"][0];
+        assert!(d["traffic"]["mirror_bytes"].as_u64().unwrap() >= 20 << 20, "{p:?}: {d}");
+        assert!(recorder.requests.load(Ordering::SeqCst) >= 1, "{p:?}");
+        let filtered = recorder.filtered.load(Ordering::SeqCst);
+        assert_eq!(filtered > 0, matches!(p, Provider::Azure), "{p:?}: filtered-query-params header");
+        let out = sb.cmd().args(["status", "--data-proxy", &proxy]).output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("data proxy:"), "{p:?}");
+    }
+}
+
+#[test]
+fn the_local_provider_reads_files_and_ignores_a_mirror_with_a_warning() {
+    let (sb, _) = machine(Provider::Local);
+    let src = model(&sb.src(), "L", 1);
+    assert!(sb.cmd().args(["upload", "L", "-q", "--from"]).arg(&src).output().unwrap().status.success());
+    let out = sb.cmd().args(["download", "L", "--mirror", "http://127.0.0.1:9"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("\"mirror\" does not apply to provider local"), "{}", stderr(&out));
 }
