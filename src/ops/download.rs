@@ -62,6 +62,8 @@ pub struct Downloaded {
     /// The mirror served bytes that failed verification, so the version was read again from the
     /// bucket (and verified).
     pub reread_from_bucket: bool,
+    /// The range size and ranges in flight chosen, and why (when bytes were fetched).
+    pub tuning: Option<crate::transfer::tuning::Tuning>,
 }
 
 impl Downloaded {
@@ -88,6 +90,7 @@ impl Downloaded {
             signed_by: None,
             traffic: None,
             reread_from_bucket: false,
+            tuning: None,
         }
     }
 }
@@ -286,10 +289,12 @@ pub(crate) async fn whole_version(
     }
     let resume = staging.resume().cloned();
     s.cache.check_room(manifest.total_size - resume.as_ref().map_or(0, |r| r.kept_bytes))?;
-    fetch_into(s, &manifest, staging.dir(), resume.as_ref()).await?;
+    let tuning = fetch_into(s, &manifest, staging.dir(), resume.as_ref()).await?;
     let path = staging.commit(&manifest, link)?;
     let transferred = manifest.archive_size - resume.map_or(0, |r| r.start_offset);
-    finish(path, DownloadStatus::Downloaded, transferred)
+    let mut done = finish(path, DownloadStatus::Downloaded, transferred)?;
+    done.tuning = Some(tuning);
+    Ok(done)
 }
 
 /// With trusted keys configured, whether the installed copy at `path` carries a signature a
@@ -362,7 +367,7 @@ async fn fetch_into(
     manifest: &Manifest,
     staging: &std::path::Path,
     resume: Option<&Resume>,
-) -> Result<()> {
+) -> Result<crate::transfer::tuning::Tuning> {
     let extractor = match resume {
         Some(r) => Extractor::resuming(staging.to_path_buf(), manifest.expected_entries(), r.start_index, true),
         None => Extractor::new(staging.to_path_buf(), manifest.expected_entries(), false),
@@ -382,7 +387,7 @@ async fn fetch_into(
     )
     .await;
     progress.finished();
-    let sha = match sha {
+    let (sha, tuning) = match sha {
         Err(Error::Provider { source, .. }) if source.kind == ProviderErrorKind::NotFound => {
             return Err(Error::integrity(key, "the archive the manifest names is missing from the bucket", None, None));
         }
@@ -398,5 +403,5 @@ async fn fetch_into(
             Some(sha.to_string()),
         ));
     }
-    Ok(())
+    Ok(tuning)
 }

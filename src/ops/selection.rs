@@ -75,6 +75,7 @@ pub(crate) async fn run(s: &Session, reference: &str, patterns: &[String]) -> Re
         signed_by: accepted.as_ref().map(|a| a.key.clone()),
         traffic: Some(s.plane.traffic().since(&before)),
         reread_from_bucket: false,
+        tuning: None,
     };
     if dest.is_dir() {
         return Ok(done(DownloadStatus::Cached, 0));

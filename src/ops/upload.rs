@@ -57,6 +57,8 @@ pub struct Uploaded {
     pub tags: Vec<TagName>,
     /// Short ids of the keys whose signatures were stored for it by this upload.
     pub signed_by: Vec<String>,
+    /// The part size and parts in flight chosen, and why (when bytes were uploaded).
+    pub tuning: Option<crate::transfer::tuning::Tuning>,
 }
 
 impl Uploaded {
@@ -83,6 +85,7 @@ impl Uploaded {
             reference: Reference::pinned(&m.model, version).to_string(),
             tags,
             signed_by: Vec::new(),
+            tuning: None,
         }
     }
 }
@@ -196,7 +199,7 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
         versions::write_alias(s, &model).await?;
     }
     let done = Uploaded::of(&manifest, &version, UploadStatus::Uploaded, tags, up.parts, started);
-    Ok(Uploaded { signed_by, ..done })
+    Ok(Uploaded { signed_by, tuning: Some(up.tuning.clone()), ..done })
 }
 
 /// Stores the version's signatures: one by each signing key, and the publisher's (`--signature`).

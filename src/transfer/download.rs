@@ -10,7 +10,8 @@ use futures::{StreamExt as _, TryStreamExt as _, stream};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::{Progress, RateLimiter, TransferOptions, choose_part_size};
+use super::tuning::{self, Tuning};
+use super::{Progress, RateLimiter, TransferOptions};
 use crate::archive::{Compression, ExtractError, Extractor};
 use crate::error::{Error, Result};
 use crate::names::Sha256Hex;
@@ -150,9 +151,10 @@ pub async fn download_archive(
     extractor: Extractor,
     opts: &TransferOptions,
     progress: &Progress,
-) -> Result<Sha256Hex> {
-    let part =
-        choose_part_size(opts.part_size, size, &crate::provider::Limits { min_part_size: 1, ..Default::default() });
+) -> Result<(Sha256Hex, Tuning)> {
+    let mut plan = tuning::download_plan(opts, size - start);
+    let part = plan.part_size;
+    tracing::info!("downloading {key}: {}", plan.why);
     let (tx, rx) = mpsc::channel::<Msg>(2);
     let consumer = tokio::task::spawn_blocking(move || consume(rx, extractor, compression));
     progress.started(Direction::Download, size - start);
@@ -163,7 +165,8 @@ pub async fn download_archive(
     // `concurrency` ranges even while the disk is slower than the network. Permits go out in
     // order (the semaphore is fair and `buffered` polls in order), so the range the writer waits
     // for is never starved by later ones.
-    let in_memory = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let in_memory = Arc::new(Semaphore::new(plan.start.max(1)));
+    let mut grower = tuning::Grower::new(in_memory.clone(), &plan, key);
     let mut fetches = stream::iter(ranges)
         .map(|(s, e)| {
             let in_memory = in_memory.clone();
@@ -177,14 +180,16 @@ pub async fn download_archive(
                 fetch(provider, key, s, e, progress, limiter).await.map(|chunks| (chunks, permit))
             }
         })
-        .buffered(opts.concurrency.max(1));
+        .buffered(plan.limit.max(1));
     let mut network: Option<ProviderError> = None;
     while let Some(res) = fetches.next().await {
         match res {
             Ok((bytes, permit)) => {
+                let len: u64 = bytes.iter().map(|b| b.len() as u64).sum();
                 if tx.send(Msg::Data(bytes, permit)).await.is_err() {
                     break; // the consumer failed; its error says why
                 }
+                grower.delivered(len);
             }
             Err(e) => {
                 network = Some(e);
@@ -193,6 +198,10 @@ pub async fn download_archive(
         }
     }
     drop(fetches);
+    plan.reached = grower.reached();
+    if let Some(outcome) = grower.outcome() {
+        plan.why = format!("{}; {outcome}", plan.why);
+    }
     if network.is_none() {
         let _ = tx.send(Msg::End).await;
     }
@@ -201,7 +210,7 @@ pub async fn download_archive(
     match (consumed, network) {
         (Err(ConsumeError::Extract(e)), _) => Err(extract_error(key, e)),
         (_, Some(e)) => Err(Error::from_provider(format!("downloading {key}"), e)),
-        (Ok(sha), None) => Ok(sha),
+        (Ok(sha), None) => Ok((sha, plan)),
         (Err(ConsumeError::Aborted), None) => Err(Error::other(format!("download of {key} stopped"), None)),
     }
 }
@@ -284,7 +293,7 @@ pub async fn download_files(
             .map_err(|e| Error::io("cannot set permissions of", &f.dest, e))?;
             Ok(())
         })
-        .buffer_unordered(opts.concurrency.max(1))
+        .buffer_unordered(opts.concurrency.unwrap_or(tuning::START).max(1))
         .try_collect::<Vec<()>>()
         .await?;
     Ok(())

@@ -8,31 +8,27 @@ use crate::progress::{Direction, Event, Reporter};
 use crate::provider::{Limits, Provider};
 
 mod download;
+pub mod tuning;
 mod upload;
 
 pub use download::{FileRange, download_archive, download_files};
 pub use upload::{UploadedArchive, hash_archive, upload_archive};
 
-/// Default part size: 16 MiB.
-pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
-/// Default number of parts in flight.
-pub const DEFAULT_CONCURRENCY: usize = 8;
+/// Default part size: 8 MiB (grown for archives that would need more parts than the backend
+/// allows).
+pub const DEFAULT_PART_SIZE: u64 = tuning::AUTO_PART_SIZE;
 
-/// Tuning for one transfer.
-#[derive(Clone, Debug)]
+/// Tuning for one transfer (see [`tuning`] for what is chosen without them).
+#[derive(Clone, Debug, Default)]
 pub struct TransferOptions {
     /// Part size; `None` for the default (grown for very large archives).
     pub part_size: Option<u64>,
-    /// Parts in flight.
-    pub concurrency: usize,
+    /// Requests in flight; `None`: chosen (and for downloads grown while throughput grows).
+    pub concurrency: Option<usize>,
     /// Average bytes per second over the whole transfer, when limited.
     pub limit_rate: Option<u64>,
-}
-
-impl Default for TransferOptions {
-    fn default() -> Self {
-        Self { part_size: None, concurrency: DEFAULT_CONCURRENCY, limit_rate: None }
-    }
+    /// Memory for ranges or parts in flight; `None` for [`tuning::DEFAULT_MAX_MEMORY`].
+    pub max_memory: Option<u64>,
 }
 
 /// Holds a transfer to an average rate: each call reserves the next `n / rate` seconds of a

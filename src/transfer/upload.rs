@@ -30,6 +30,8 @@ pub struct UploadedArchive {
     pub size: u64,
     /// Parts uploaded (1 for a single PUT).
     pub parts: u32,
+    /// The part size and parts in flight chosen, and why.
+    pub tuning: super::tuning::Tuning,
 }
 
 /// Part buffers, reused: a part's buffer comes back when the last `Bytes` of it is dropped (the
@@ -233,7 +235,10 @@ pub async fn upload_archive(
 ) -> Result<UploadedArchive> {
     let limits = provider.limits();
     let part_size = choose_part_size(opts.part_size, plan.tar_size, &limits);
-    let concurrency = if limits.concurrent_parts { opts.concurrency.max(1) } else { 1 };
+    let (concurrency, why) = super::tuning::upload_concurrency(opts, part_size);
+    let concurrency = if limits.concurrent_parts { concurrency.max(1) } else { 1 };
+    tracing::info!("uploading {key}: {why}");
+    let tuning = super::tuning::Tuning { part_size, start: concurrency, limit: concurrency, reached: concurrency, why };
     let limiter = RateLimiter::new(opts.limit_rate);
     let limiter = limiter.as_ref();
     let estimate = plan.tar_size;
@@ -266,7 +271,7 @@ pub async fn upload_archive(
             .map_err(|e| Error::from_provider(format!("uploading {key}"), e))?;
         progress.advanced(len);
         let (plan, file_hashes) = p.stream.finish();
-        return Ok(UploadedArchive { plan, file_hashes, sha256: p.sha256, size: p.size, parts: 1 });
+        return Ok(UploadedArchive { plan, file_hashes, sha256: p.sha256, size: p.size, parts: 1, tuning });
     };
 
     let upload_id = provider
@@ -321,7 +326,7 @@ pub async fn upload_archive(
                 Ok(()) => {
                     guard.armed = false;
                     let (plan, file_hashes) = p.stream.finish();
-                    return Ok(UploadedArchive { plan, file_hashes, sha256: p.sha256, size: p.size, parts });
+                    return Ok(UploadedArchive { plan, file_hashes, sha256: p.sha256, size: p.size, parts, tuning });
                 }
                 Err(e) => Err(Error::from_provider(format!("completing the upload of {key}"), e)),
             }
@@ -343,7 +348,14 @@ pub fn hash_archive(plan: ArchivePlan) -> io::Result<UploadedArchive> {
     let mut hasher = Sha256::new();
     let size = pump(&mut tar, &mut hasher)?;
     let (plan, file_hashes) = tar.finish();
-    Ok(UploadedArchive { plan, file_hashes, sha256: Sha256Hex::from_digest(&hasher.finalize()), size, parts: 0 })
+    Ok(UploadedArchive {
+        plan,
+        file_hashes,
+        sha256: Sha256Hex::from_digest(&hasher.finalize()),
+        size,
+        parts: 0,
+        tuning: super::tuning::Tuning::default(),
+    })
 }
 
 #[cfg(test)]

@@ -94,7 +94,7 @@ fn manager(dir: &Path) -> CloudManager {
     };
     let file = FileLocation { path: dir.join("none.json"), explicit: false };
     let resolved = config::resolve(&|_| None, &file, &overrides).unwrap();
-    let transfer = TransferOptions { part_size: Some(8 << 10), concurrency: 3, limit_rate: None };
+    let transfer = TransferOptions { part_size: Some(8 << 10), concurrency: Some(3), ..Default::default() };
     CloudManager::with_provider(
         resolved,
         Arc::new(LocalProvider::new(&bucket)),

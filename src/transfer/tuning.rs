@@ -1,0 +1,238 @@
+//! How many requests a transfer keeps in flight, and how large each is.
+//!
+//! One connection to S3, GCS or Azure carries ~50–100 MB/s with tens of milliseconds to the first
+//! byte, so a large link fills only with many requests in flight; on loopback or a slow disk more
+//! requests gain nothing but memory. So, without `--concurrency`:
+//!
+//! - a download starts with [`START`] ranges of [`AUTO_PART_SIZE`] in flight and, like TCP's slow
+//!   start, adds half as many again each time a window of ranges arrived faster than the window
+//!   before (by [`GAIN`]); the first window that does not stops the growth and hands back the last
+//!   step. Throughput is measured where the ranges are handed to the writer, so a slow disk stops
+//!   the growth as surely as a saturated link. Ranges sit in memory until written, so the
+//!   memory budget (`--max-memory`, default [`DEFAULT_MAX_MEMORY`]) caps ranges × part size;
+//! - an upload keeps as many parts in flight as the budget holds (at most [`UPLOAD_PARTS`]).
+//!
+//! `--concurrency N` fixes the number (and, without `--part-size`, shrinks parts to fit the
+//! budget); `--part-size` fixes the size. What was chosen, and why, is in `--json` and `-v`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use super::TransferOptions;
+
+/// The default memory budget for ranges or parts in flight.
+pub const DEFAULT_MAX_MEMORY: u64 = 160 << 20;
+/// The part size when none is given.
+pub const AUTO_PART_SIZE: u64 = 8 << 20;
+/// Ranges in flight when a download starts.
+pub const START: usize = 8;
+/// The most requests in flight, whatever the budget.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Parts in flight for an upload without `--concurrency` (the budget permitting).
+pub const UPLOAD_PARTS: usize = 16;
+/// A window must be this much faster than the one before for the growth to go on.
+pub const GAIN: f64 = 1.15;
+/// The shortest window throughput is measured over.
+const WINDOW: Duration = Duration::from_millis(250);
+
+/// What a transfer chose.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Tuning {
+    pub part_size: u64,
+    /// Requests in flight at the start.
+    pub start: usize,
+    /// The most it may grow to (the memory budget's or `--concurrency`'s).
+    pub limit: usize,
+    /// The most it reached.
+    pub reached: usize,
+    /// Why: the flags given, and what stopped the growth.
+    pub why: String,
+}
+
+fn mib(n: u64) -> String {
+    format!("{} MiB", n >> 20)
+}
+
+/// The plan of a download of `size` bytes.
+pub fn download_plan(opts: &TransferOptions, size: u64) -> Tuning {
+    let budget = opts.max_memory.unwrap_or(DEFAULT_MAX_MEMORY).max(1 << 20);
+    let (part, start, limit, why) = match (opts.concurrency, opts.part_size) {
+        (Some(k), Some(p)) => (p, k, k, format!("--concurrency {k} and --part-size {} given", mib(p))),
+        (Some(k), None) => {
+            let p = (budget / k as u64).clamp(1 << 20, AUTO_PART_SIZE) >> 20 << 20;
+            (p, k, k, format!("--concurrency {k} given; ranges of {} keep it within {}", mib(p), mib(budget)))
+        }
+        (None, Some(p)) => {
+            let limit = ((budget / p.max(1)) as usize).clamp(1, MAX_IN_FLIGHT);
+            (
+                p,
+                START.min(limit),
+                limit,
+                format!("--part-size {} given; at most {limit} in flight within {}", mib(p), mib(budget)),
+            )
+        }
+        (None, None) => {
+            let limit = ((budget / AUTO_PART_SIZE) as usize).clamp(1, MAX_IN_FLIGHT);
+            let why = format!(
+                "ranges of {}, grown while throughput grows, at most {limit} within {}",
+                mib(AUTO_PART_SIZE),
+                mib(budget)
+            );
+            (AUTO_PART_SIZE, START.min(limit), limit, why)
+        }
+    };
+    let part = part.clamp(1, size.max(1));
+    Tuning { part_size: part, start, limit, reached: start, why }
+}
+
+/// The number of parts an upload keeps in flight with parts of `part` bytes.
+pub fn upload_concurrency(opts: &TransferOptions, part: u64) -> (usize, String) {
+    let budget = opts.max_memory.unwrap_or(DEFAULT_MAX_MEMORY).max(1 << 20);
+    match opts.concurrency {
+        Some(k) => (k, format!("--concurrency {k} given")),
+        None => {
+            // The parts in flight and the one being filled fit the budget.
+            let k = ((budget / part.max(1)).saturating_sub(1) as usize).clamp(1, UPLOAD_PARTS);
+            (k, format!("parts of {}, {k} in flight within {}", mib(part), mib(budget)))
+        }
+    }
+}
+
+/// Grows a download's ranges in flight (the permits of `in_flight`) while throughput grows.
+pub struct Grower {
+    in_flight: Arc<Semaphore>,
+    part: u64,
+    current: usize,
+    previous: usize,
+    limit: usize,
+    window_start: Instant,
+    window_bytes: u64,
+    last_rate: f64,
+    settled: bool,
+    model: String,
+}
+
+impl Grower {
+    /// A grower of `in_flight`, which holds `plan.start` permits; fixed when `plan.limit` is
+    /// not above it.
+    pub fn new(in_flight: Arc<Semaphore>, plan: &Tuning, model: &str) -> Self {
+        Self {
+            in_flight,
+            part: plan.part_size,
+            current: plan.start,
+            previous: plan.start,
+            limit: plan.limit,
+            window_start: Instant::now(),
+            window_bytes: 0,
+            last_rate: 0.0,
+            settled: plan.limit <= plan.start,
+            model: model.to_string(),
+        }
+    }
+
+    /// The most ranges in flight so far.
+    pub fn reached(&self) -> usize {
+        self.current.max(self.previous)
+    }
+
+    /// What ended the growth, for [`Tuning::why`].
+    pub fn outcome(&self) -> Option<String> {
+        if self.limit <= self.previous && self.current == self.previous {
+            return None;
+        }
+        Some(if self.settled && self.current < self.limit {
+            format!(
+                "settled at {} in flight (more did not raise throughput by {:.0}%)",
+                self.current,
+                (GAIN - 1.0) * 100.0
+            )
+        } else if self.current >= self.limit {
+            format!("grew to the limit of {}", self.limit)
+        } else {
+            format!("{} in flight when the download ended", self.current)
+        })
+    }
+
+    /// Called with each range as the writer takes it.
+    pub fn delivered(&mut self, bytes: u64) {
+        if self.settled {
+            return;
+        }
+        self.window_bytes += bytes;
+        let dt = self.window_start.elapsed();
+        if dt < WINDOW || self.window_bytes < self.current as u64 * self.part {
+            return;
+        }
+        let rate = self.window_bytes as f64 / dt.as_secs_f64();
+        let grew = self.last_rate == 0.0 || rate > self.last_rate * GAIN;
+        if grew && self.current < self.limit {
+            let next = (self.current + (self.current / 2).max(2)).min(self.limit);
+            tracing::info!(
+                model = %self.model,
+                "{:.0} MB/s with {} ranges in flight: trying {next}",
+                rate / 1e6,
+                self.current
+            );
+            self.in_flight.add_permits(next - self.current);
+            self.previous = self.current;
+            self.current = next;
+            self.last_rate = rate;
+        } else {
+            if !grew && self.current > self.previous {
+                // The last step bought nothing: give its memory back.
+                // Only permits not in use can be taken back now.
+                let back = self.in_flight.forget_permits(self.current - self.previous);
+                tracing::info!(
+                    model = %self.model,
+                    "{:.0} MB/s with {} ranges in flight, no faster: keeping {}",
+                    rate / 1e6,
+                    self.current,
+                    self.current - back
+                );
+                self.current -= back;
+            }
+            self.settled = true;
+        }
+        self.window_start = Instant::now();
+        self.window_bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_follow_the_flags_and_the_budget() {
+        let auto = download_plan(&TransferOptions::default(), 1 << 30);
+        assert_eq!((auto.part_size, auto.start, auto.limit), (8 << 20, 8, 20));
+        let fixed = TransferOptions { concurrency: Some(64), ..Default::default() };
+        let p = download_plan(&fixed, 1 << 30);
+        assert_eq!((p.start, p.limit), (64, 64));
+        assert!(p.part_size * 64 <= DEFAULT_MAX_MEMORY + (64 << 20), "{p:?}");
+        let both = TransferOptions { concurrency: Some(4), part_size: Some(32 << 20), ..Default::default() };
+        assert_eq!(download_plan(&both, 1 << 30).part_size, 32 << 20);
+        assert_eq!(download_plan(&TransferOptions::default(), 1000).part_size, 1000);
+        assert_eq!(upload_concurrency(&TransferOptions::default(), 8 << 20).0, 16);
+        assert_eq!(upload_concurrency(&TransferOptions::default(), 64 << 20).0, 1);
+    }
+
+    #[test]
+    fn growth_stops_when_throughput_stops_growing() {
+        let sem = Arc::new(Semaphore::new(START));
+        let plan = download_plan(&TransferOptions::default(), 1 << 30);
+        let mut g = Grower::new(sem.clone(), &plan, "M");
+        // A first window, then one no faster: grow once, then give the step back.
+        g.window_start -= WINDOW;
+        g.delivered(8 * (8 << 20));
+        assert_eq!(g.current, 12);
+        g.window_start = Instant::now() - 4 * WINDOW;
+        g.delivered(12 * (8 << 20));
+        assert!(g.settled);
+        assert_eq!(g.current, 8, "the step that bought nothing is handed back");
+        assert!(g.outcome().unwrap().contains("settled at 8"));
+    }
+}
