@@ -124,10 +124,10 @@ struct StorageArgs {
 
 #[derive(Debug, Args)]
 struct TransferArgs {
-    /// Requests in flight [default: downloads start at 8 and grow while throughput grows, uploads 16, within --max-memory]
+    /// Requests in flight [default: downloads start at 16 and grow while throughput grows, uploads 24, within --max-memory]
     #[arg(long, value_name = "N", env = "CROWECODE_CONCURRENCY", hide_env_values = true, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: Option<u16>,
-    /// Part size, e.g. 16MiB, 64M [default: 8MiB, grown for huge models]
+    /// Part size, e.g. 16MiB, 64M [default: downloads 4MiB, uploads 6MiB, grown for huge models]
     #[arg(long, value_name = "SIZE", env = "CROWECODE_PART_SIZE", hide_env_values = true, value_parser = parse_size)]
     part_size: Option<u64>,
     /// Memory for ranges or parts in flight, e.g. 512M [default: 160MiB]

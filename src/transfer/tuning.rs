@@ -4,13 +4,14 @@
 //! byte, so a large link fills only with many requests in flight; on loopback or a slow disk more
 //! requests gain nothing but memory. So, without `--concurrency`:
 //!
-//! - a download starts with [`START`] ranges of [`AUTO_PART_SIZE`] in flight and, like TCP's slow
+//! - a download starts with [`START`] ranges of [`AUTO_RANGE_SIZE`] in flight and, like TCP's slow
 //!   start, adds half as many again each time a window of ranges arrived faster than the window
-//!   before (by [`GAIN`]); the first window that does not stops the growth and hands back the last
-//!   step. Throughput is measured where the ranges are handed to the writer, so a slow disk stops
+//!   before (by [`GAIN`]); the first window that does not stops the growth, and hands the last
+//!   step back if it gained less than [`KEEP`]. Throughput is measured where the ranges are handed to the writer, so a slow disk stops
 //!   the growth as surely as a saturated link. Ranges sit in memory until written, so the
 //!   memory budget (`--max-memory`, default [`DEFAULT_MAX_MEMORY`]) caps ranges × part size;
-//! - an upload keeps as many parts in flight as the budget holds (at most [`UPLOAD_PARTS`]).
+//! - an upload keeps as many parts of [`AUTO_PART_SIZE`] in flight as the budget holds (at most
+//!   [`UPLOAD_PARTS`]).
 //!
 //! `--concurrency N` fixes the number (and, without `--part-size`, shrinks parts to fit the
 //! budget); `--part-size` fixes the size. What was chosen, and why, is in `--json` and `-v`.
@@ -25,16 +26,22 @@ use super::TransferOptions;
 
 /// The default memory budget for ranges or parts in flight.
 pub const DEFAULT_MAX_MEMORY: u64 = 160 << 20;
-/// The part size when none is given.
-pub const AUTO_PART_SIZE: u64 = 8 << 20;
+/// The upload part size when none is given (S3's smallest is 5 MiB; a multiple of GCS's 256 KiB).
+pub const AUTO_PART_SIZE: u64 = 6 << 20;
+/// The download range size when none is given: small enough that many fit the memory budget
+/// (one connection to a bucket carries only a slice of a link), large enough that a round trip
+/// per range costs a few percent at most.
+pub const AUTO_RANGE_SIZE: u64 = 4 << 20;
 /// Ranges in flight when a download starts.
-pub const START: usize = 8;
+pub const START: usize = 16;
 /// The most requests in flight, whatever the budget.
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Parts in flight for an upload without `--concurrency` (the budget permitting).
-pub const UPLOAD_PARTS: usize = 16;
+pub const UPLOAD_PARTS: usize = 24;
 /// A window must be this much faster than the one before for the growth to go on.
 pub const GAIN: f64 = 1.15;
+/// A last step that gained less than this is handed back (its memory bought nothing).
+pub const KEEP: f64 = 1.03;
 /// The shortest window throughput is measured over.
 const WINDOW: Duration = Duration::from_millis(250);
 
@@ -62,7 +69,7 @@ pub fn download_plan(opts: &TransferOptions, size: u64) -> Tuning {
     let (part, start, limit, why) = match (opts.concurrency, opts.part_size) {
         (Some(k), Some(p)) => (p, k, k, format!("--concurrency {k} and --part-size {} given", mib(p))),
         (Some(k), None) => {
-            let p = (budget / k as u64).clamp(1 << 20, AUTO_PART_SIZE) >> 20 << 20;
+            let p = (budget / k as u64).clamp(1 << 20, 2 * AUTO_RANGE_SIZE) >> 20 << 20;
             (p, k, k, format!("--concurrency {k} given; ranges of {} keep it within {}", mib(p), mib(budget)))
         }
         (None, Some(p)) => {
@@ -75,13 +82,14 @@ pub fn download_plan(opts: &TransferOptions, size: u64) -> Tuning {
             )
         }
         (None, None) => {
-            let limit = ((budget / AUTO_PART_SIZE) as usize).clamp(1, MAX_IN_FLIGHT);
+            let limit = ((budget / AUTO_RANGE_SIZE) as usize).clamp(1, MAX_IN_FLIGHT);
             let why = format!(
-                "ranges of {}, grown while throughput grows, at most {limit} within {}",
-                mib(AUTO_PART_SIZE),
+                "ranges of {}, {} in flight grown while throughput grows, at most {limit} within {}",
+                mib(AUTO_RANGE_SIZE),
+                START.min(limit),
                 mib(budget)
             );
-            (AUTO_PART_SIZE, START.min(limit), limit, why)
+            (AUTO_RANGE_SIZE, START.min(limit), limit, why)
         }
     };
     let part = part.clamp(1, size.max(1));
@@ -181,7 +189,7 @@ impl Grower {
             self.current = next;
             self.last_rate = rate;
         } else {
-            if !grew && self.current > self.previous {
+            if rate < self.last_rate * KEEP && self.current > self.previous {
                 // The last step bought nothing: give its memory back.
                 // Only permits not in use can be taken back now.
                 let back = self.in_flight.forget_permits(self.current - self.previous);
@@ -208,7 +216,7 @@ mod tests {
     #[test]
     fn plans_follow_the_flags_and_the_budget() {
         let auto = download_plan(&TransferOptions::default(), 1 << 30);
-        assert_eq!((auto.part_size, auto.start, auto.limit), (8 << 20, 8, 20));
+        assert_eq!((auto.part_size, auto.start, auto.limit), (4 << 20, 16, 40));
         let fixed = TransferOptions { concurrency: Some(64), ..Default::default() };
         let p = download_plan(&fixed, 1 << 30);
         assert_eq!((p.start, p.limit), (64, 64));
@@ -216,7 +224,7 @@ mod tests {
         let both = TransferOptions { concurrency: Some(4), part_size: Some(32 << 20), ..Default::default() };
         assert_eq!(download_plan(&both, 1 << 30).part_size, 32 << 20);
         assert_eq!(download_plan(&TransferOptions::default(), 1000).part_size, 1000);
-        assert_eq!(upload_concurrency(&TransferOptions::default(), 8 << 20).0, 16);
+        assert_eq!(upload_concurrency(&TransferOptions::default(), 6 << 20).0, 24);
         assert_eq!(upload_concurrency(&TransferOptions::default(), 64 << 20).0, 1);
     }
 
@@ -227,12 +235,12 @@ mod tests {
         let mut g = Grower::new(sem.clone(), &plan, "M");
         // A first window, then one no faster: grow once, then give the step back.
         g.window_start -= WINDOW;
-        g.delivered(8 * (8 << 20));
-        assert_eq!(g.current, 12);
+        g.delivered(16 * (4 << 20));
+        assert_eq!(g.current, 24);
         g.window_start = Instant::now() - 4 * WINDOW;
-        g.delivered(12 * (8 << 20));
+        g.delivered(24 * (4 << 20));
         assert!(g.settled);
-        assert_eq!(g.current, 8, "the step that bought nothing is handed back");
-        assert!(g.outcome().unwrap().contains("settled at 8"));
+        assert_eq!(g.current, 16, "the step that bought nothing is handed back");
+        assert!(g.outcome().unwrap().contains("settled at 16"));
     }
 }
