@@ -23,7 +23,7 @@ fn machine(p: Provider) -> (Sandbox, String) {
 }
 
 /// [`machine`] with `--prefix PREFIX` (`None`: the default prefix).
-fn machine_with_prefix(p: Provider, prefix: Option<&str>) -> (Sandbox, String) {
+pub(crate) fn machine_with_prefix(p: Provider, prefix: Option<&str>) -> (Sandbox, String) {
     let mut sb = Sandbox::new();
     let (mut args, bucket) = provider_args(&mut sb, p);
     if let Some(prefix) = prefix {

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::common::{Sandbox, make_model, write_files};
-use crate::user_paths::{Provider, provider_args};
+use crate::user_paths::Provider;
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -19,14 +19,7 @@ fn stderr(out: &std::process::Output) -> String {
 
 /// A fresh machine set up as the README says, on `p`, with `prefix` (`None`: the default).
 fn set_up(p: Provider, prefix: Option<&str>) -> Sandbox {
-    let mut sb = Sandbox::new();
-    let (mut args, _) = provider_args(&mut sb, p);
-    if let Some(prefix) = prefix {
-        args.extend(["--prefix".to_string(), prefix.to_string()]);
-    }
-    let out = sb.cmd().args(&args).args(["setup", "--create-bucket"]).output().unwrap();
-    assert!(out.status.success(), "{p:?}: {}", stderr(&out));
-    sb
+    crate::mirror::machine_with_prefix(p, prefix).0
 }
 
 /// Every output of a flow, to check that no private key ever shows.
