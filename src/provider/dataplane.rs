@@ -19,10 +19,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use serde::Serialize;
 
-use super::{
-    ByteStream, DataUrl, GetRange, Limits, ObjectMeta, PResult, PartTag, PendingUpload, Provider, ProviderError,
-    ProviderErrorKind, PutMode,
-};
+use super::{ByteStream, DataUrl, GetRange, Limits, ObjectMeta, PResult, PartTag, PendingUpload, Provider, PutMode};
 
 /// How long a presigned URL is asked to stay valid (and is reused for: half of it).
 const URL_LIFETIME: Duration = Duration::from_secs(3600);
@@ -148,6 +145,7 @@ impl Mirror {
 
     /// The mirror's URL for a bucket URL: the bucket's path and query on the mirror's base (or,
     /// through a forward proxy, the bucket's URL as plain `http://`).
+    #[cfg_attr(not(any(feature = "s3", feature = "gcs", feature = "azure")), allow(dead_code))]
     fn rebase(&self, url: &str) -> Option<String> {
         let rest = url.split_once("://")?.1;
         if self.forward {
@@ -221,7 +219,7 @@ impl Mirror {
         }
         Ok(resp
             .bytes_stream()
-            .map_err(|e| ProviderError::new(ProviderErrorKind::Transport, super::error_chain(&e)))
+            .map_err(|e| super::ProviderError::new(super::ProviderErrorKind::Transport, super::error_chain(&e)))
             .boxed())
     }
 

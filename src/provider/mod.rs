@@ -221,6 +221,7 @@ pub trait Provider: Send + Sync + fmt::Debug {
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters (for URL paths and queries).
+#[cfg(any(feature = "gcs", feature = "azure"))]
 pub(crate) fn percent_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
