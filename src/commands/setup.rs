@@ -100,16 +100,19 @@ pub async fn run(ctx: &Context, opts: &SetupOptions) -> Result<SetupOutcome> {
         resolved = resolve(&env_used, &file, &overrides)?;
     }
     let mut cfg = resolved.config;
+    // The keys the config trusts already, read once; each new one is added as PEM unless known.
+    let resolve_keys = |entries: Vec<String>| {
+        crate::signing::Trust::resolve(
+            &crate::signing::TrustSources { config_keys: entries, ..Default::default() },
+            &|_| None,
+        )
+    };
+    let mut known = resolve_keys(cfg.trusted_keys.clone()).map(|t| t.keys).unwrap_or_default();
     for entry in &opts.trusted_keys {
-        let sources = crate::signing::TrustSources { config_keys: vec![entry.clone()], ..Default::default() };
-        for key in crate::signing::Trust::resolve(&sources, &|_| None)?.keys {
-            let known = crate::signing::Trust::resolve(
-                &crate::signing::TrustSources { config_keys: cfg.trusted_keys.clone(), ..Default::default() },
-                &|_| None,
-            )
-            .is_ok_and(|t| t.keys.contains(&key));
-            if !known {
+        for key in resolve_keys(vec![entry.clone()])?.keys {
+            if !known.contains(&key) {
                 cfg.trusted_keys.push(key.pem().to_string());
+                known.push(key);
             }
         }
     }
