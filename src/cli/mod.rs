@@ -127,10 +127,10 @@ struct TransferArgs {
     /// Requests in flight [default: downloads start at 16 and grow while throughput grows, uploads 24, within --max-memory]
     #[arg(long, value_name = "N", env = "CROWECODE_CONCURRENCY", hide_env_values = true, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: Option<u16>,
-    /// Part size, e.g. 16MiB, 64M [default: downloads 4MiB, uploads 6MiB, grown for huge models]
+    /// Part size, e.g. 16MiB, 64M [default: downloads 8MiB, uploads 6MiB, grown for huge models]
     #[arg(long, value_name = "SIZE", env = "CROWECODE_PART_SIZE", hide_env_values = true, value_parser = parse_size)]
     part_size: Option<u64>,
-    /// Memory for ranges or parts in flight, e.g. 512M [default: 160MiB]
+    /// Memory for the data in flight, e.g. 512M [default: 160MiB; downloads hold at most 3/4 of it ahead of the writer]
     #[arg(long, value_name = "SIZE", env = "CROWECODE_MAX_MEMORY", hide_env_values = true, value_parser = parse_size)]
     max_memory: Option<u64>,
     /// Average transfer rate limit in bytes per second, e.g. 50M (= 50 MiB/s)

@@ -7,14 +7,16 @@
 //! - a download starts with [`START`] ranges of [`AUTO_RANGE_SIZE`] in flight and, like TCP's slow
 //!   start, adds half as many again each time a window of ranges arrived faster than the window
 //!   before (by [`GAIN`]); the first window that does not stops the growth, and hands the last
-//!   step back if it gained less than [`KEEP`]. Throughput is measured where the ranges are handed to the writer, so a slow disk stops
-//!   the growth as surely as a saturated link. Ranges sit in memory until written, so the
-//!   memory budget (`--max-memory`, default [`DEFAULT_MAX_MEMORY`]) caps ranges × part size;
+//!   step back if it gained less than [`KEEP`]. Memory does not grow with it: chunks are handed
+//!   to the writer as they arrive, and what arrives ahead of it is held within the memory budget
+//!   (`--max-memory`, default [`DEFAULT_MAX_MEMORY`]); a receiver whose range would exceed it
+//!   stops reading until the writer catches up. So a slow disk stops the growth as surely as a
+//!   saturated link: more requests bring no more bytes per second;
 //! - an upload keeps as many parts of [`AUTO_PART_SIZE`] in flight as the budget holds (at most
 //!   [`UPLOAD_PARTS`]).
 //!
-//! `--concurrency N` fixes the number (and, without `--part-size`, shrinks parts to fit the
-//! budget); `--part-size` fixes the size. What was chosen, and why, is in `--json` and `-v`.
+//! `--concurrency N` fixes the number (memory stays within the budget); `--part-size` fixes
+//! the size. What was chosen, and why, is in `--json` and `-v`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,10 +30,10 @@ use super::TransferOptions;
 pub const DEFAULT_MAX_MEMORY: u64 = 160 << 20;
 /// The upload part size when none is given (S3's smallest is 5 MiB; a multiple of GCS's 256 KiB).
 pub const AUTO_PART_SIZE: u64 = 6 << 20;
-/// The download range size when none is given: small enough that many fit the memory budget
-/// (one connection to a bucket carries only a slice of a link), large enough that a round trip
-/// per range costs a few percent at most.
-pub const AUTO_RANGE_SIZE: u64 = 4 << 20;
+/// The download range size when none is given: large enough that a request's own cost (a round
+/// trip, a signature, the server's lookup) is a few percent at most, small enough that the ranges
+/// in flight keep within the memory budget. The last ranges are smaller (see [`ranges`]).
+pub const AUTO_RANGE_SIZE: u64 = 8 << 20;
 /// Ranges in flight when a download starts.
 pub const START: usize = 16;
 /// The most requests in flight, whatever the budget.
@@ -40,8 +42,9 @@ pub const MAX_IN_FLIGHT: usize = 64;
 pub const UPLOAD_PARTS: usize = 24;
 /// A window must be this much faster than the one before for the growth to go on.
 pub const GAIN: f64 = 1.15;
-/// A last step that gained less than this is handed back (its memory bought nothing).
-pub const KEEP: f64 = 1.03;
+/// A last step that gained less than this is handed back: its requests, and the memory their
+/// ranges hold, bought too little.
+pub const KEEP: f64 = 1.08;
 /// The shortest window throughput is measured over.
 const WINDOW: Duration = Duration::from_millis(250);
 
@@ -55,6 +58,11 @@ pub struct Tuning {
     pub limit: usize,
     /// The most it reached.
     pub reached: usize,
+    /// The most bytes of ranges or parts in memory at once (`--max-memory`).
+    pub memory_budget: u64,
+    /// For a download: the most bytes it held received and not yet written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_held: Option<u64>,
     /// Why: the flags given, and what stopped the growth.
     pub why: String,
 }
@@ -66,34 +74,60 @@ fn mib(n: u64) -> String {
 /// The plan of a download of `size` bytes.
 pub fn download_plan(opts: &TransferOptions, size: u64) -> Tuning {
     let budget = opts.max_memory.unwrap_or(DEFAULT_MAX_MEMORY).max(1 << 20);
+    // Memory is the bytes received ahead of the writer (`held_budget`), whatever the number of
+    // requests in flight; a range in flight holds half its bytes on average, so the limit is
+    // twice as many ranges as that holds.
+    let fits = |p: u64| ((2 * held_budget(budget, p, MAX_IN_FLIGHT) / p.max(1)) as usize).clamp(1, MAX_IN_FLIGHT);
     let (part, start, limit, why) = match (opts.concurrency, opts.part_size) {
-        (Some(k), Some(p)) => (p, k, k, format!("--concurrency {k} and --part-size {} given", mib(p))),
-        (Some(k), None) => {
-            let p = (budget / k as u64).clamp(1 << 20, 2 * AUTO_RANGE_SIZE) >> 20 << 20;
-            (p, k, k, format!("--concurrency {k} given; ranges of {} keep it within {}", mib(p), mib(budget)))
+        (Some(k), p) => {
+            let p = p.unwrap_or(AUTO_RANGE_SIZE);
+            (p, k, k, format!("--concurrency {k} given; ranges of {}", mib(p)))
         }
         (None, Some(p)) => {
-            let limit = ((budget / p.max(1)) as usize).clamp(1, MAX_IN_FLIGHT);
-            (
-                p,
-                START.min(limit),
-                limit,
-                format!("--part-size {} given; at most {limit} in flight within {}", mib(p), mib(budget)),
-            )
+            let limit = fits(p);
+            (p, START.min(limit), limit, format!("--part-size {} given; at most {limit} in flight", mib(p)))
         }
         (None, None) => {
-            let limit = ((budget / AUTO_RANGE_SIZE) as usize).clamp(1, MAX_IN_FLIGHT);
+            let limit = fits(AUTO_RANGE_SIZE);
             let why = format!(
-                "ranges of {}, {} in flight grown while throughput grows, at most {limit} within {}",
+                "ranges of {}, {} in flight grown while throughput grows, at most {limit}",
                 mib(AUTO_RANGE_SIZE),
                 START.min(limit),
-                mib(budget)
             );
             (AUTO_RANGE_SIZE, START.min(limit), limit, why)
         }
     };
     let part = part.clamp(1, size.max(1));
-    Tuning { part_size: part, start, limit, reached: start, why }
+    let why = format!("{why}; at most {} received ahead of the writer", mib(held_budget(budget, part, limit)));
+    Tuning { part_size: part, start, limit, reached: start, memory_budget: budget, peak_held: None, why }
+}
+
+/// The bytes a download may hold received ahead of its writer with `in_flight` ranges of `part`
+/// bytes in flight: what those ranges hold on average when the network is the bottleneck (half
+/// of each), within three quarters of the memory budget; the rest is for the HTTP client's
+/// buffers and the program itself. Holding more than the ranges in flight need gains nothing when
+/// the writer is the bottleneck, and costs cache misses.
+pub fn held_budget(budget: u64, part: u64, in_flight: usize) -> u64 {
+    let cap = budget / 4 * 3;
+    (in_flight as u64 * part / 2).clamp(part.min(cap), cap).max(1 << 20)
+}
+
+/// The byte ranges of a download of `start..size` in `part`-byte ranges: the last ones, as many
+/// bytes as `tail_ranges` full ranges, are cut into quarters, so that the slowest connection at the
+/// end of a download holds up less.
+pub fn ranges(start: u64, size: u64, part: u64, tail_ranges: usize) -> Vec<(u64, u64)> {
+    let part = part.max(1);
+    let small = (part / 4).max(1 << 20).min(part);
+    let tail_start = size.saturating_sub(part * tail_ranges as u64).max(start);
+    let mut out = Vec::new();
+    let mut at = start;
+    while at < size {
+        let len = if at < tail_start { part.min(tail_start - at) } else { small };
+        let end = (at + len).min(size);
+        out.push((at, end));
+        at = end;
+    }
+    out
 }
 
 /// The number of parts an upload keeps in flight with parts of `part` bytes.
@@ -119,6 +153,7 @@ pub struct Grower {
     window_start: Instant,
     window_bytes: u64,
     last_rate: f64,
+    started: bool,
     settled: bool,
     model: String,
 }
@@ -136,9 +171,15 @@ impl Grower {
             window_start: Instant::now(),
             window_bytes: 0,
             last_rate: 0.0,
+            started: false,
             settled: plan.limit <= plan.start,
             model: model.to_string(),
         }
+    }
+
+    /// The ranges allowed in flight now.
+    pub fn current(&self) -> usize {
+        self.current
     }
 
     /// The most ranges in flight so far.
@@ -164,9 +205,18 @@ impl Grower {
         })
     }
 
-    /// Called with each range as the writer takes it.
+    /// Called with each range as it is received.
     pub fn delivered(&mut self, bytes: u64) {
         if self.settled {
+            return;
+        }
+        if !self.started {
+            // The first window starts with the first range received: before it, the time is
+            // the connections' set-up and first bytes, which more requests would not shorten.
+            // Counted, it makes the second window look faster, and the growth goes on where it
+            // gains nothing (on loopback, for one).
+            self.started = true;
+            self.window_start = Instant::now();
             return;
         }
         self.window_bytes += bytes;
@@ -216,11 +266,15 @@ mod tests {
     #[test]
     fn plans_follow_the_flags_and_the_budget() {
         let auto = download_plan(&TransferOptions::default(), 1 << 30);
-        assert_eq!((auto.part_size, auto.start, auto.limit), (4 << 20, 16, 40));
-        let fixed = TransferOptions { concurrency: Some(64), ..Default::default() };
+        assert_eq!((auto.part_size, auto.start, auto.limit, auto.memory_budget), (8 << 20, 16, 30, 160 << 20));
+        let fixed = TransferOptions { concurrency: Some(100), ..Default::default() };
         let p = download_plan(&fixed, 1 << 30);
-        assert_eq!((p.start, p.limit), (64, 64));
-        assert!(p.part_size * 64 <= DEFAULT_MAX_MEMORY + (64 << 20), "{p:?}");
+        assert_eq!((p.start, p.limit, p.memory_budget), (100, 100, DEFAULT_MAX_MEMORY), "memory stays the budget");
+        let small = TransferOptions { max_memory: Some(32 << 20), ..Default::default() };
+        assert_eq!(download_plan(&small, 1 << 30).limit, 6);
+        assert_eq!(held_budget(DEFAULT_MAX_MEMORY, 8 << 20, 16), 64 << 20);
+        assert_eq!(held_budget(DEFAULT_MAX_MEMORY, 8 << 20, 100), 120 << 20, "three quarters of the budget at most");
+        assert_eq!(held_budget(DEFAULT_MAX_MEMORY, 8 << 20, 1), 8 << 20);
         let both = TransferOptions { concurrency: Some(4), part_size: Some(32 << 20), ..Default::default() };
         assert_eq!(download_plan(&both, 1 << 30).part_size, 32 << 20);
         assert_eq!(download_plan(&TransferOptions::default(), 1000).part_size, 1000);
@@ -229,16 +283,30 @@ mod tests {
     }
 
     #[test]
+    fn ranges_cover_the_archive_with_a_finer_tail() {
+        let r = ranges(0, 100 << 20, 8 << 20, 4);
+        assert_eq!(r.first(), Some(&(0, 8 << 20)));
+        assert_eq!(r.last().map(|x| x.1), Some(100 << 20));
+        assert!(r.windows(2).all(|w| w[0].1 == w[1].0), "contiguous");
+        let small = r.iter().filter(|(a, b)| b - a == 2 << 20).count();
+        assert_eq!(small, 16, "the last 32 MiB in 2 MiB ranges");
+        assert_eq!(ranges(5, 6, 8 << 20, 16), vec![(5, 6)]);
+        assert_eq!(ranges(0, 0, 8 << 20, 16), vec![]);
+    }
+
+    #[test]
     fn growth_stops_when_throughput_stops_growing() {
         let sem = Arc::new(Semaphore::new(START));
         let plan = download_plan(&TransferOptions::default(), 1 << 30);
         let mut g = Grower::new(sem.clone(), &plan, "M");
+        g.delivered(plan.part_size);
+        assert_eq!(g.current, START, "the first range only starts the first window");
         // A first window, then one no faster: grow once, then give the step back.
         g.window_start -= WINDOW;
-        g.delivered(16 * (4 << 20));
+        g.delivered(16 * plan.part_size);
         assert_eq!(g.current, 24);
         g.window_start = Instant::now() - 4 * WINDOW;
-        g.delivered(24 * (4 << 20));
+        g.delivered(24 * plan.part_size);
         assert!(g.settled);
         assert_eq!(g.current, 16, "the step that bought nothing is handed back");
         assert!(g.outcome().unwrap().contains("settled at 16"));

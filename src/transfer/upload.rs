@@ -238,7 +238,15 @@ pub async fn upload_archive(
     let (concurrency, why) = super::tuning::upload_concurrency(opts, part_size);
     let concurrency = if limits.concurrent_parts { concurrency.max(1) } else { 1 };
     tracing::info!("uploading {key}: {why}");
-    let tuning = super::tuning::Tuning { part_size, start: concurrency, limit: concurrency, reached: concurrency, why };
+    let tuning = super::tuning::Tuning {
+        part_size,
+        start: concurrency,
+        limit: concurrency,
+        reached: concurrency,
+        memory_budget: opts.max_memory.unwrap_or(super::tuning::DEFAULT_MAX_MEMORY),
+        peak_held: None,
+        why,
+    };
     let limiter = RateLimiter::new(opts.limit_rate);
     let limiter = limiter.as_ref();
     let estimate = plan.tar_size;

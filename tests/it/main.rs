@@ -20,5 +20,6 @@ mod roundtrip;
 #[cfg(feature = "s3")]
 mod s3;
 mod signing;
+mod tuning;
 mod user_paths;
 mod versions;
