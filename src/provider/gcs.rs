@@ -249,6 +249,7 @@ impl Provider for GcsProvider {
             max_parts: 10_000,
             part_alignment: CHUNK_ALIGN,
             concurrent_parts: false,
+            max_reads_in_flight: None,
         }
     }
 

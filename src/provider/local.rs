@@ -22,6 +22,8 @@ const TMP_DIR: &str = ".crowecode-tmp";
 const PARTS_DIR: &str = ".crowecode-multipart";
 const LOCK_FILE: &str = ".crowecode-lock";
 const READ_CHUNK: usize = 32 << 20;
+/// Ranged reads in flight on a local bucket.
+const LOCAL_READS: usize = 4;
 
 /// A bucket that is a directory.
 #[derive(Debug, Clone)]
@@ -158,8 +160,9 @@ impl Provider for LocalProvider {
     }
 
     fn limits(&self) -> Limits {
-        // No minimum part size: files of any size concatenate.
-        Limits { min_part_size: 1, ..Limits::default() }
+        // No minimum part size: files of any size concatenate. Reads come from a disk (or the
+        // page cache) at the writer's pace: more than a few in flight only hold memory.
+        Limits { min_part_size: 1, max_reads_in_flight: Some(LOCAL_READS), ..Limits::default() }
     }
 
     async fn head(&self, key: &str) -> PResult<ObjectMeta> {

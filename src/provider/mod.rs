@@ -141,6 +141,9 @@ pub struct Limits {
     pub part_alignment: u64,
     /// Whether parts may be uploaded concurrently (and so out of order).
     pub concurrent_parts: bool,
+    /// The most ranged reads worth keeping in flight (`None`: as many as the tuning finds useful).
+    /// A local disk gains nothing from more than a few.
+    pub max_reads_in_flight: Option<usize>,
 }
 
 impl Default for Limits {
@@ -151,6 +154,7 @@ impl Default for Limits {
             max_parts: 10_000,
             part_alignment: 1,
             concurrent_parts: true,
+            max_reads_in_flight: None,
         }
     }
 }

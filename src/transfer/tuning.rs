@@ -45,6 +45,8 @@ pub const GAIN: f64 = 1.15;
 /// A last step that gained less than this is handed back: its requests, and the memory their
 /// ranges hold, bought too little.
 pub const KEEP: f64 = 1.08;
+/// A writer that waited for bytes less than this share of a window is the bottleneck.
+pub const WRITER_BOUND: f64 = 0.05;
 /// The shortest window throughput is measured over.
 const WINDOW: Duration = Duration::from_millis(250);
 
@@ -152,8 +154,15 @@ pub struct Grower {
     limit: usize,
     window_start: Instant,
     window_bytes: u64,
+    window_waited: Duration,
+    writer_bound_noted: bool,
     last_rate: f64,
-    started: bool,
+    /// Permits of a step handed back, still held by ranges in flight.
+    owed: usize,
+    /// The most ranges allowed in flight so far.
+    most: usize,
+    /// Ranges still to be received before the first window starts.
+    warm_up: usize,
     settled: bool,
     model: String,
 }
@@ -170,8 +179,12 @@ impl Grower {
             limit: plan.limit,
             window_start: Instant::now(),
             window_bytes: 0,
+            window_waited: Duration::ZERO,
+            writer_bound_noted: false,
             last_rate: 0.0,
-            started: false,
+            owed: 0,
+            most: plan.start,
+            warm_up: plan.start,
             settled: plan.limit <= plan.start,
             model: model.to_string(),
         }
@@ -184,49 +197,64 @@ impl Grower {
 
     /// The most ranges in flight so far.
     pub fn reached(&self) -> usize {
-        self.current.max(self.previous)
+        self.most
     }
 
     /// What ended the growth, for [`Tuning::why`].
     pub fn outcome(&self) -> Option<String> {
-        if self.limit <= self.previous && self.current == self.previous {
+        // What it settled at: a step handed back counts as given back.
+        let now = self.current - self.owed;
+        if self.limit <= self.previous && now == self.previous {
             return None;
         }
-        Some(if self.settled && self.current < self.limit {
-            format!(
-                "settled at {} in flight (more did not raise throughput by {:.0}%)",
-                self.current,
-                (GAIN - 1.0) * 100.0
-            )
-        } else if self.current >= self.limit {
+        Some(if self.settled && self.writer_bound_noted && now == self.previous {
+            format!("settled at {now} in flight (the writer, not the network, was the bottleneck)")
+        } else if self.settled && now < self.limit {
+            format!("settled at {now} in flight (more did not raise throughput by {:.0}%)", (GAIN - 1.0) * 100.0)
+        } else if now >= self.limit {
             format!("grew to the limit of {}", self.limit)
         } else {
-            format!("{} in flight when the download ended", self.current)
+            format!("{now} in flight when the download ended")
         })
     }
 
-    /// Called with each range as it is received.
-    pub fn delivered(&mut self, bytes: u64) {
+    /// Called as ranges are received, with the bytes the writer wrote since the last call and
+    /// how long it waited for them.
+    pub fn delivered(&mut self, bytes: u64, writer_waited: Duration) {
+        if self.owed > 0 {
+            // A step handed back: its permits are taken as the ranges holding them end.
+            let back = self.in_flight.forget_permits(self.owed);
+            self.owed -= back;
+            self.current -= back;
+        }
         if self.settled {
             return;
         }
-        if !self.started {
-            // The first window starts with the first range received: before it, the time is
-            // the connections' set-up and first bytes, which more requests would not shorten.
-            // Counted, it makes the second window look faster, and the growth goes on where it
-            // gains nothing (on loopback, for one).
-            self.started = true;
+        if self.warm_up > 0 {
+            // The first window starts once the first round of ranges is in: before, the time
+            // is the connections' set-up and first bytes, and the buffer filling up, which more
+            // requests would not shorten. Counted, it makes the second window look faster, and
+            // the growth goes on where it gains nothing (on loopback, for one).
+            self.warm_up -= 1;
             self.window_start = Instant::now();
             return;
         }
         self.window_bytes += bytes;
+        self.window_waited += writer_waited;
         let dt = self.window_start.elapsed();
         if dt < WINDOW || self.window_bytes < self.current as u64 * self.part {
             return;
         }
         let rate = self.window_bytes as f64 / dt.as_secs_f64();
         let grew = self.last_rate == 0.0 || rate > self.last_rate * GAIN;
-        if grew && self.current < self.limit {
+        // A writer that hardly waited for bytes is the bottleneck (a disk, or the CPU): more
+        // requests would only hold more memory.
+        let writer_bound = self.window_waited.as_secs_f64() < WRITER_BOUND * dt.as_secs_f64();
+        if writer_bound && !self.writer_bound_noted {
+            self.writer_bound_noted = true;
+            tracing::info!(model = %self.model, "{:.0} MB/s: the writer is the bottleneck", rate / 1e6);
+        }
+        if grew && !writer_bound && self.current < self.limit {
             let next = (self.current + (self.current / 2).max(2)).min(self.limit);
             tracing::info!(
                 model = %self.model,
@@ -237,25 +265,29 @@ impl Grower {
             self.in_flight.add_permits(next - self.current);
             self.previous = self.current;
             self.current = next;
+            self.most = self.most.max(next);
             self.last_rate = rate;
         } else {
             if rate < self.last_rate * KEEP && self.current > self.previous {
-                // The last step bought nothing: give its memory back.
-                // Only permits not in use can be taken back now.
-                let back = self.in_flight.forget_permits(self.current - self.previous);
+                // The last step bought nothing: give its requests and memory back. Permits in
+                // use are taken as their ranges end.
                 tracing::info!(
                     model = %self.model,
-                    "{:.0} MB/s with {} ranges in flight, no faster: keeping {}",
+                    "{:.0} MB/s with {} ranges in flight, no faster: back to {}",
                     rate / 1e6,
                     self.current,
-                    self.current - back
+                    self.previous
                 );
+                self.owed = self.current - self.previous;
+                let back = self.in_flight.forget_permits(self.owed);
+                self.owed -= back;
                 self.current -= back;
             }
             self.settled = true;
         }
         self.window_start = Instant::now();
         self.window_bytes = 0;
+        self.window_waited = Duration::ZERO;
     }
 }
 
@@ -299,16 +331,29 @@ mod tests {
         let sem = Arc::new(Semaphore::new(START));
         let plan = download_plan(&TransferOptions::default(), 1 << 30);
         let mut g = Grower::new(sem.clone(), &plan, "M");
-        g.delivered(plan.part_size);
-        assert_eq!(g.current, START, "the first range only starts the first window");
+        let waiting = 2 * WINDOW; // the writer waits for the network
+        for _ in 0..START {
+            g.delivered(plan.part_size, waiting);
+        }
+        assert_eq!(g.current, START, "the first round of ranges only starts the first window");
         // A first window, then one no faster: grow once, then give the step back.
         g.window_start -= WINDOW;
-        g.delivered(16 * plan.part_size);
+        g.delivered(16 * plan.part_size, waiting);
         assert_eq!(g.current, 24);
         g.window_start = Instant::now() - 4 * WINDOW;
-        g.delivered(24 * plan.part_size);
+        g.delivered(24 * plan.part_size, waiting);
         assert!(g.settled);
         assert_eq!(g.current, 16, "the step that bought nothing is handed back");
         assert!(g.outcome().unwrap().contains("settled at 16"));
+
+        // A writer that never waits is the bottleneck: no growth, however fast the window.
+        let sem = Arc::new(Semaphore::new(START));
+        let mut g = Grower::new(sem.clone(), &plan, "M");
+        g.warm_up = 0;
+        g.window_start -= WINDOW;
+        g.delivered(16 * plan.part_size, Duration::ZERO);
+        assert!(g.settled);
+        assert_eq!(g.current, START);
+        assert!(g.outcome().unwrap().contains("the writer"), "{:?}", g.outcome());
     }
 }

@@ -335,6 +335,7 @@ impl Provider for AzureProvider {
             max_parts: 50_000,
             part_alignment: 1,
             concurrent_parts: true,
+            max_reads_in_flight: None,
         }
     }
 
