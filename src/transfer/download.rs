@@ -272,7 +272,7 @@ enum RangeError {
     Stopped,
 }
 
-/// Receives range number `index` (`start..end` of `key`) into `received`; returns its length.
+/// Receives range number `index` (`start..end` of `key`) into `received`.
 #[allow(clippy::too_many_arguments)]
 async fn receive(
     provider: Arc<dyn Provider>,
@@ -283,7 +283,7 @@ async fn receive(
     limiter: Option<Arc<RateLimiter>>,
     received: Arc<Reorder>,
     _in_flight: OwnedSemaphorePermit,
-) -> std::result::Result<u64, RangeError> {
+) -> std::result::Result<(), RangeError> {
     let len = end - start;
     let mut stream = provider.get(&key, GetRange::Bounded(start..end)).await.map_err(RangeError::Network)?;
     let mut got = 0u64;
@@ -322,7 +322,7 @@ async fn receive(
         )));
     }
     received.ended(index);
-    Ok(len)
+    Ok(())
 }
 
 /// Turns an extraction failure into the error users see.
@@ -354,19 +354,7 @@ pub async fn download_archive(
     opts: &TransferOptions,
     progress: &Progress,
 ) -> Result<(Sha256Hex, Tuning)> {
-    let mut plan = tuning::download_plan(opts, size - start);
-    if let (None, Some(most)) = (opts.concurrency, provider.limits().max_reads_in_flight) {
-        plan.limit = plan.limit.min(most.max(1));
-        plan.start = plan.start.min(plan.limit);
-        plan.reached = plan.start;
-        let held = tuning::held_budget(plan.memory_budget, plan.part_size, plan.limit);
-        plan.why = format!(
-            "ranges of {} MiB, {} in flight (a local directory gains nothing from more); at most {} MiB received ahead of the writer",
-            plan.part_size >> 20,
-            plan.limit,
-            held >> 20
-        );
-    }
+    let mut plan = tuning::download_plan(opts, size - start, provider.limits().max_reads_in_flight);
     let part = plan.part_size;
     tracing::info!("downloading {key}: {}", plan.why);
     // A finer tail only when the range size is ours to choose: `--part-size` is kept as given.
@@ -394,7 +382,7 @@ pub async fn download_archive(
         tokio::select! {
             biased;
             Some(joined) = receivers.join_next() => match joined {
-                Ok(Ok(_)) => {
+                Ok(Ok(())) => {
                     // Throughput is what the writer wrote: bytes that only filled the buffer would
                     // make every step look like a gain when the writer is the bottleneck.
                     let (written, waited) = received.written_total();

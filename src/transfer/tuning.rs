@@ -73,9 +73,15 @@ fn mib(n: u64) -> String {
     format!("{} MiB", n >> 20)
 }
 
-/// The plan of a download of `size` bytes.
-pub fn download_plan(opts: &TransferOptions, size: u64) -> Tuning {
-    let budget = opts.max_memory.unwrap_or(DEFAULT_MAX_MEMORY).max(1 << 20);
+/// The memory budget of a transfer (`--max-memory`, at least 1 MiB).
+pub fn memory_budget(opts: &TransferOptions) -> u64 {
+    opts.max_memory.unwrap_or(DEFAULT_MAX_MEMORY).max(1 << 20)
+}
+
+/// The plan of a download of `size` bytes from a bucket worth at most `max_reads` reads in flight
+/// ([`crate::provider::Limits::max_reads_in_flight`]; `--concurrency` overrides it).
+pub fn download_plan(opts: &TransferOptions, size: u64, max_reads: Option<usize>) -> Tuning {
+    let budget = memory_budget(opts);
     // Memory is the bytes received ahead of the writer (`held_budget`), whatever the number of
     // requests in flight; a range in flight holds half its bytes on average, so the limit is
     // twice as many ranges as that holds.
@@ -100,6 +106,14 @@ pub fn download_plan(opts: &TransferOptions, size: u64) -> Tuning {
         }
     };
     let part = part.clamp(1, size.max(1));
+    let (start, limit, why) = match (opts.concurrency, max_reads) {
+        (None, Some(most)) => {
+            let limit = limit.min(most.max(1));
+            let why = format!("ranges of {}, {limit} in flight (a local directory gains nothing from more)", mib(part));
+            (start.min(limit), limit, why)
+        }
+        _ => (start, limit, why),
+    };
     let why = format!("{why}; at most {} received ahead of the writer", mib(held_budget(budget, part, limit)));
     Tuning { part_size: part, start, limit, reached: start, memory_budget: budget, peak_held: None, why }
 }
@@ -134,7 +148,7 @@ pub fn ranges(start: u64, size: u64, part: u64, tail_ranges: usize) -> Vec<(u64,
 
 /// The number of parts an upload keeps in flight with parts of `part` bytes.
 pub fn upload_concurrency(opts: &TransferOptions, part: u64) -> (usize, String) {
-    let budget = opts.max_memory.unwrap_or(DEFAULT_MAX_MEMORY).max(1 << 20);
+    let budget = memory_budget(opts);
     match opts.concurrency {
         Some(k) => (k, format!("--concurrency {k} given")),
         None => {
@@ -297,19 +311,22 @@ mod tests {
 
     #[test]
     fn plans_follow_the_flags_and_the_budget() {
-        let auto = download_plan(&TransferOptions::default(), 1 << 30);
+        let auto = download_plan(&TransferOptions::default(), 1 << 30, None);
         assert_eq!((auto.part_size, auto.start, auto.limit, auto.memory_budget), (8 << 20, 16, 30, 160 << 20));
         let fixed = TransferOptions { concurrency: Some(100), ..Default::default() };
-        let p = download_plan(&fixed, 1 << 30);
+        let p = download_plan(&fixed, 1 << 30, None);
         assert_eq!((p.start, p.limit, p.memory_budget), (100, 100, DEFAULT_MAX_MEMORY), "memory stays the budget");
         let small = TransferOptions { max_memory: Some(32 << 20), ..Default::default() };
-        assert_eq!(download_plan(&small, 1 << 30).limit, 6);
+        assert_eq!(download_plan(&small, 1 << 30, None).limit, 6);
         assert_eq!(held_budget(DEFAULT_MAX_MEMORY, 8 << 20, 16), 64 << 20);
         assert_eq!(held_budget(DEFAULT_MAX_MEMORY, 8 << 20, 100), 120 << 20, "three quarters of the budget at most");
         assert_eq!(held_budget(DEFAULT_MAX_MEMORY, 8 << 20, 1), 8 << 20);
+        let local = download_plan(&TransferOptions::default(), 1 << 30, Some(4));
+        assert_eq!((local.start, local.limit), (4, 4), "{local:?}");
+        assert_eq!(download_plan(&fixed, 1 << 30, Some(4)).limit, 100, "--concurrency overrides the bucket's hint");
         let both = TransferOptions { concurrency: Some(4), part_size: Some(32 << 20), ..Default::default() };
-        assert_eq!(download_plan(&both, 1 << 30).part_size, 32 << 20);
-        assert_eq!(download_plan(&TransferOptions::default(), 1000).part_size, 1000);
+        assert_eq!(download_plan(&both, 1 << 30, None).part_size, 32 << 20);
+        assert_eq!(download_plan(&TransferOptions::default(), 1000, None).part_size, 1000);
         assert_eq!(upload_concurrency(&TransferOptions::default(), 6 << 20).0, 24);
         assert_eq!(upload_concurrency(&TransferOptions::default(), 64 << 20).0, 1);
     }
@@ -329,7 +346,7 @@ mod tests {
     #[test]
     fn growth_stops_when_throughput_stops_growing() {
         let sem = Arc::new(Semaphore::new(START));
-        let plan = download_plan(&TransferOptions::default(), 1 << 30);
+        let plan = download_plan(&TransferOptions::default(), 1 << 30, None);
         let mut g = Grower::new(sem.clone(), &plan, "M");
         let waiting = 2 * WINDOW; // the writer waits for the network
         for _ in 0..START {

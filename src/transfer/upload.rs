@@ -243,7 +243,7 @@ pub async fn upload_archive(
         start: concurrency,
         limit: concurrency,
         reached: concurrency,
-        memory_budget: opts.max_memory.unwrap_or(super::tuning::DEFAULT_MAX_MEMORY),
+        memory_budget: super::tuning::memory_budget(opts),
         peak_held: None,
         why,
     };
