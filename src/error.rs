@@ -54,7 +54,7 @@ impl ProviderError {
     /// A new error; `temporary` follows from the kind (transport and rate limiting).
     pub fn new(kind: ProviderErrorKind, message: impl Into<String>) -> Self {
         let temporary = matches!(kind, ProviderErrorKind::Transport | ProviderErrorKind::RateLimited);
-        Self { kind, temporary, message: message.into(), hint: None, attempts: 0, source: None }
+        Self { kind, temporary, message: crate::redact::text(&message.into()), hint: None, attempts: 0, source: None }
     }
 
     /// Adds a hint.

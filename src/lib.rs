@@ -24,6 +24,7 @@ pub mod names;
 pub mod ops;
 pub mod progress;
 pub mod provider;
+pub mod redact;
 pub mod reference;
 pub mod select;
 pub mod signing;

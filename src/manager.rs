@@ -93,6 +93,7 @@ impl CloudManager {
         transfer: TransferOptions,
     ) -> Self {
         let plane = Arc::new(provider::dataplane::DataPlane::new(provider, None));
+        let scope = resolved.config.signing_scope();
         let session = Session {
             layout: Layout::new(&resolved.config.prefix),
             config: resolved.config,
@@ -101,7 +102,7 @@ impl CloudManager {
             cache,
             transfer,
             reporter: Arc::new(Silent),
-            trust: Arc::new(crate::signing::Trust::default()),
+            trust: Arc::new(crate::signing::Trust { scope, ..Default::default() }),
         };
         Self { session, source: resolved.source, warnings: resolved.warnings }
     }
@@ -115,7 +116,10 @@ impl CloudManager {
 
     /// Checks and makes signatures by `trust`.
     #[must_use]
-    pub fn with_trust(mut self, trust: crate::signing::Trust) -> Self {
+    pub fn with_trust(mut self, mut trust: crate::signing::Trust) -> Self {
+        if trust.scope.is_empty() {
+            trust.scope = self.session.config.signing_scope();
+        }
         self.session.trust = Arc::new(trust);
         self
     }

@@ -270,6 +270,26 @@ impl Layout {
         format!("{}{tag}.json", self.tags_prefix(model))
     }
 
+    /// `<prefix><Model>/pruning.json`: there while a `prune --remote` sweeps the model; a tag move
+    /// that finds it waits before checking that its version survived (ARCHITECTURE.md).
+    pub fn pruning_key(&self, model: &ModelName) -> String {
+        format!("{}{model}/pruning.json", self.prefix)
+    }
+
+    /// Whether `key` is one of the objects this tool writes for `model`: `manifest.json`,
+    /// `pruning.json`, `tags/<tag>.json`, `versions/<file>` and `archives/<file>`; not anything in
+    /// a deeper directory (another prefix's models, files a person put there).
+    pub fn is_model_object(&self, model: &ModelName, key: &str) -> bool {
+        let Some(rest) = key.strip_prefix(&format!("{}{model}/", self.prefix)) else { return false };
+        match rest.split_once('/') {
+            None => rest == "manifest.json" || rest == "pruning.json",
+            Some(("tags", name)) => name.ends_with(".json") && !name.contains('/'),
+            Some(("versions", name)) => !name.contains('/') && (name.ends_with(".json") || name.ends_with(".sig")),
+            Some(("archives", name)) => !name.contains('/') && !name.is_empty(),
+            Some(_) => false,
+        }
+    }
+
     /// The model a listed key is the manifest of, if it is one.
     pub fn model_of_manifest_key(&self, key: &str) -> Option<ModelName> {
         let rest = key.strip_prefix(&self.prefix)?;
@@ -390,5 +410,26 @@ mod tests {
         assert_eq!(l.model_of_manifest_key("models/a/b/manifest.json"), None);
         let k = l.new_archive_key(&m, SystemTime::UNIX_EPOCH, Compression::Zstd);
         assert!(k.starts_with("models/Alpha/archives/19700101T000000Z-") && k.ends_with(".tar.zst"), "{k}");
+        for ours in [
+            "manifest.json",
+            "pruning.json",
+            "tags/prod.json",
+            "versions/ab.json",
+            "versions/ab.0123.sig",
+            "archives/x.tar",
+        ] {
+            assert!(l.is_model_object(&m, &format!("models/Alpha/{ours}")), "{ours}");
+        }
+        for theirs in [
+            "docs/README.md",
+            "X/manifest.json",
+            "X/tags/latest.json",
+            "tags/a/b.json",
+            "versions/x/y.json",
+            "notes.txt",
+        ] {
+            assert!(!l.is_model_object(&m, &format!("models/Alpha/{theirs}")), "{theirs}");
+        }
+        assert!(!l.is_model_object(&m, "models/AlphaB/manifest.json"));
     }
 }

@@ -545,12 +545,38 @@ fn init_tracing(verbose: u8, quiet: bool) {
     use std::io::IsTerminal as _;
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| crate::redact::Stderr)
         .with_ansi(colour)
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_target(verbose > 1)
         .without_time()
         .try_init();
+}
+
+/// `--part-size` within what a transfer can use: at least 64 KiB (below that a transfer is all
+/// request overhead: one request per byte would never end), and at most half of `--max-memory`
+/// (which bounds the parts and ranges held at once). Uploads raise it to the store's minimum part.
+fn check_transfer(t: &TransferOptions) -> crate::Result<()> {
+    let Some(part) = t.part_size else { return Ok(()) };
+    if part < 64 << 10 {
+        return Err(Error::usage(
+            format!("--part-size {part} bytes is below the minimum of 64 KiB"),
+            "give --part-size 8M, say (or leave it out: the tool chooses)",
+        ));
+    }
+    let budget = crate::transfer::tuning::memory_budget(t);
+    if part > budget / 2 {
+        return Err(Error::usage(
+            format!(
+                "--part-size {} MiB does not fit --max-memory {} MiB{}: a transfer holds at least two parts",
+                part >> 20,
+                budget >> 20,
+                if t.max_memory.is_none() { " (the default)" } else { "" }
+            ),
+            format!("give --max-memory {}M or more, or a smaller --part-size", (2 * part).div_ceil(1 << 20)),
+        ));
+    }
+    Ok(())
 }
 
 /// The command was stopped by a signal: exit code and signal name.
@@ -642,6 +668,7 @@ fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> crate::Res
         },
         _ => TransferOptions::default(),
     };
+    check_transfer(&transfer)?;
     let mut retry = RetryPolicy::from_env(&*env)?;
     if matches!(cli.command, Command::Status) {
         retry = retry.for_health_check(&*env);
@@ -726,6 +753,12 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
                 }
             };
             let tags = tags.iter().map(|t| crate::reference::TagName::new(t)).collect::<crate::Result<Vec<_>>>()?;
+            if *no_latest && (tags.iter().any(|t| t.is_latest()) || models.iter().any(|m| m.ends_with(":latest"))) {
+                return Err(Error::usage(
+                    "--no-latest contradicts moving latest (--tag latest, or MODEL:latest)",
+                    "drop --no-latest to make this upload latest, or drop the latest tag to keep latest where it is",
+                ));
+            }
             let signature = match signature {
                 Some(_) if models.len() > 1 => {
                     return Err(Error::usage(

@@ -44,6 +44,7 @@ pub struct Printer {
 /// `text` with control characters (C0, DEL, C1) escaped as `\n`, `\u{1b}`…, so a file or key
 /// name from a bucket cannot move the cursor, recolour the terminal or set its title.
 pub fn safe(text: &str) -> String {
+    let text = &crate::redact::text(text);
     if !text.chars().any(char::is_control) {
         return text.to_string();
     }
@@ -133,6 +134,7 @@ impl Printer {
     }
 
     fn err_line(&self, text: &str) {
+        let text = &crate::redact::text(text);
         match &self.mode {
             Mode::Bars(mp) => {
                 let _ = mp.println(text);
@@ -182,8 +184,8 @@ impl Printer {
                 _ => (None, None),
             };
             self.json_out(&JsonError {
-                error: e.to_string(),
-                hint: e.hint(),
+                error: crate::redact::text(&e.to_string()),
+                hint: e.hint().map(|h| crate::redact::text(&h)),
                 exit_code: e.exit_code(),
                 expected,
                 computed,
@@ -527,6 +529,12 @@ impl Printer {
         }
         for k in &d.keys {
             self.out(&format!("deleted {}", safe(k)));
+        }
+        for k in &d.aborted_uploads {
+            self.out(&format!("aborted the unfinished upload of {}", safe(k)));
+        }
+        for k in &d.left_alone {
+            self.warn(&format!("left alone {} (not written by crowecode-cloud)", safe(k)));
         }
     }
 

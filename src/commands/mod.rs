@@ -74,6 +74,7 @@ impl Context {
         let sources = crate::signing::TrustSources {
             config_keys: config.map(|c| c.trusted_keys.clone()).unwrap_or_default(),
             config_require: config.is_some_and(|c| c.require_signature),
+            scope: config.map(|c| c.signing_scope()).unwrap_or_default(),
             ..self.trust.clone()
         };
         crate::signing::Trust::resolve(&sources, &*self.env)

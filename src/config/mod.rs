@@ -81,14 +81,31 @@ impl ProviderKind {
                 "fallback_command",
                 "mirror",
                 "data_proxy",
+                "signing_scope",
             ],
-            Self::Gcs => {
-                &["bucket", "prefix", "project", "endpoint", "kms_key", "fallback_command", "mirror", "data_proxy"]
-            }
-            Self::Azure => {
-                &["bucket", "prefix", "account", "endpoint", "encryption_scope", "fallback_command", "mirror"]
-            }
-            Self::Local => &["bucket", "prefix", "fallback_command"],
+            Self::Gcs => &[
+                "bucket",
+                "prefix",
+                "project",
+                "endpoint",
+                "kms_key",
+                "fallback_command",
+                "mirror",
+                "data_proxy",
+                "signing_scope",
+            ],
+            Self::Azure => &[
+                "bucket",
+                "prefix",
+                "account",
+                "endpoint",
+                "encryption_scope",
+                "fallback_command",
+                "mirror",
+                "data_proxy",
+                "signing_scope",
+            ],
+            Self::Local => &["bucket", "prefix", "fallback_command", "signing_scope"],
         }
     }
 }
@@ -101,6 +118,7 @@ impl fmt::Display for ProviderKind {
 
 /// Every key any provider reads, besides provider-independent ones.
 const KNOWN_KEYS: &[&str] = &[
+    "signing_scope",
     "bucket",
     "prefix",
     "region",
@@ -172,6 +190,11 @@ pub struct CloudConfig {
     /// Refuse what no trusted key signed.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub require_signature: bool,
+    /// The scope signed tag moves are bound to (default: [`CloudConfig::location`]); machines
+    /// accept only claims of their own scope. Give staging and prod different ones, and keep a
+    /// bucket's scope when it is copied or moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_scope: Option<String>,
     /// Keys this version does not know, kept as they were.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -197,6 +220,7 @@ impl fmt::Debug for CloudConfig {
             .field("data_proxy", &self.data_proxy)
             .field("trusted_keys", &self.trusted_keys.len())
             .field("require_signature", &self.require_signature)
+            .field("signing_scope", &self.signing_scope)
             .field("extra_keys", &self.extra.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -532,6 +556,7 @@ impl Document {
             data_proxy: take("data_proxy").map(|m| normalise_endpoint(&m, origin)).transpose()?,
             trusted_keys,
             require_signature,
+            signing_scope: take("signing_scope").map(|s| s.trim().to_string()),
             extra,
         };
         config.validate(origin)?;
@@ -599,6 +624,12 @@ impl CloudConfig {
     }
 
     /// A short `scheme://bucket/prefix` description.
+    /// The scope signed tag moves of this bucket are bound to: `signing_scope`, else the location.
+    pub fn signing_scope(&self) -> String {
+        self.signing_scope.clone().unwrap_or_else(|| self.location())
+    }
+
+    /// Where models live, as one line: `s3://bucket/prefix/`.
     pub fn location(&self) -> String {
         match self.provider {
             ProviderKind::S3 => format!("s3://{}/{}", self.bucket, self.prefix),

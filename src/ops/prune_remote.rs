@@ -3,14 +3,17 @@
 //! unless applied.
 
 use std::collections::HashSet;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use serde::Serialize;
 
-use super::{Session, versions};
+use super::Session;
+use super::versions::{self, TagRecord};
 use crate::error::{Error, Result};
 use crate::names::ModelName;
 use crate::progress::Event;
+use crate::provider::PutMode;
 use crate::reference::{Reference, VersionId};
 
 /// An unreferenced archive that `prune --remote` deleted (or would delete).
@@ -42,7 +45,7 @@ pub(crate) async fn run(
     s: &Session,
     models: &[ModelName],
     keep: usize,
-    min_age: std::time::Duration,
+    min_age: Duration,
     apply: bool,
 ) -> Result<RemotePruneOutcome> {
     let names: Vec<ModelName> = if models.is_empty() {
@@ -58,7 +61,7 @@ pub(crate) async fn run(
     let cutoff = SystemTime::now().checked_sub(min_age).unwrap_or(SystemTime::UNIX_EPOCH);
     let mut out = RemotePruneOutcome::default();
     for model in names {
-        match prune_model(s, &model, keep, cutoff, apply, &mut out).await {
+        match prune_model(s, &model, keep, min_age, apply, &mut out).await {
             Ok(()) => {}
             Err(e @ (Error::Integrity { .. } | Error::Other { .. })) if models.is_empty() => {
                 s.reporter
@@ -91,10 +94,85 @@ pub(crate) async fn run(
 }
 
 /// One model, reference-based: it keeps every version a tag points at, each tag's previous
-/// version (so a rollback works), the `keep` newest versions, and every version younger than the
-/// cutoff; then the archives no kept version references (none younger than the cutoff: an upload
-/// in progress has an archive and no version yet).
+/// version (so a rollback works), the version `manifest.json` names (what earlier releases read),
+/// the `keep` newest versions, and every version the store has held for less than `min_age`;
+/// then the archives no remaining version references (none younger than `min_age`: an upload in
+/// progress has an archive and no version yet). Ages come from the store's clock, never from the
+/// time an uploader wrote into a manifest.
+///
+/// Applied, the sweep is safe against concurrent tag moves (ARCHITECTURE.md, "Pruning against tag
+/// moves"): `pruning.json` is written first, every delete happens within the sweep window of a
+/// fresh read of the tags that shows the version unreferenced, and the marker goes last.
 async fn prune_model(
+    s: &Session,
+    model: &ModelName,
+    keep: usize,
+    min_age: Duration,
+    apply: bool,
+    out: &mut RemotePruneOutcome,
+) -> Result<()> {
+    if versions::resolve(s, &Reference::parse(model.as_str())?).await?.is_none() {
+        return Ok(());
+    }
+    let marker = s.layout.pruning_key(model);
+    // The store's clock: the marker's write time (a dry run writes nothing and uses this machine's).
+    let now = if apply {
+        s.provider
+            .put(&marker, Bytes::from(format!("{{\"since\": \"{}\"}}\n", versions::now_rfc3339())), PutMode::Overwrite)
+            .await
+            .map_err(|e| Error::from_provider(format!("writing {marker}"), e))?;
+        let meta = s.provider.head(&marker).await.map_err(|e| Error::from_provider(format!("reading {marker}"), e))?;
+        meta.last_modified.unwrap_or_else(SystemTime::now)
+    } else {
+        SystemTime::now()
+    };
+    let cutoff = now.checked_sub(min_age).unwrap_or(SystemTime::UNIX_EPOCH);
+    let result = sweep(s, model, keep, cutoff, apply, out).await;
+    if apply {
+        // Last: a tag move that still finds it waits out the window, which is harmless.
+        let _ = s.provider.delete(&marker).await;
+    }
+    result
+}
+
+/// The versions and archives a sweep keeps in any case: what the tags (and their previous
+/// versions) and `manifest.json` name, read now.
+async fn roots(
+    s: &Session,
+    model: &ModelName,
+) -> Result<(HashSet<VersionId>, Vec<TagRecord>, Option<versions::Found>)> {
+    let tags = versions::list_tags(s, model).await?;
+    let legacy = versions::legacy(s, model).await?;
+    let mut kept: HashSet<VersionId> = tags.iter().map(|t| t.version.clone()).collect();
+    kept.extend(tags.iter().filter_map(|t| t.previous().cloned()));
+    kept.extend(legacy.as_ref().map(|l| l.version.clone()));
+    Ok((kept, tags, legacy))
+}
+
+/// The model's version objects with the store's write times; an object whose bytes do not hash
+/// to its name is skipped with a warning (and never deleted: it is not a version of ours).
+async fn stored_versions(s: &Session, model: &ModelName) -> Result<Vec<(versions::Found, Option<SystemTime>)>> {
+    let prefix = s.layout.versions_prefix(model);
+    let objects = s.provider.list(&prefix).await.map_err(|e| Error::from_provider(format!("listing {prefix}"), e))?;
+    let mut out = Vec::new();
+    for o in objects {
+        let Some(id) = o.key.strip_prefix(&prefix).and_then(|n| n.strip_suffix(".json")).and_then(VersionId::parse)
+        else {
+            continue;
+        };
+        match versions::by_id(s, model, &id).await {
+            Ok(Some(found)) => out.push((found, o.last_modified)),
+            Ok(None) => {}
+            Err(e @ Error::Integrity { .. }) => {
+                s.reporter.report(Event::Warning { message: format!("{model}: skipped {}: {e}", o.key) });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+async fn sweep(
     s: &Session,
     model: &ModelName,
     keep: usize,
@@ -102,59 +180,115 @@ async fn prune_model(
     apply: bool,
     out: &mut RemotePruneOutcome,
 ) -> Result<()> {
-    let Some(latest) = versions::resolve(s, &Reference::parse(model.as_str())?).await? else {
-        return Ok(());
-    };
-    let tags = versions::list_tags(s, model).await?;
-    let mut found = Vec::new();
-    for id in versions::list_versions(s, model).await? {
-        if let Some(f) = versions::by_id(s, model, &id).await? {
-            found.push(f);
-        }
+    let (mut kept, tags, legacy) = roots(s, model).await?;
+    if let (Some(legacy), Some(latest)) = (&legacy, tags.iter().find(|t| t.tag.is_latest()))
+        && legacy.version != latest.version
+    {
+        s.reporter.report(Event::Warning {
+            message: format!(
+                "{model}: manifest.json names {} but latest is {}: an earlier release uploaded; both are kept",
+                legacy.version.short(),
+                latest.version.short()
+            ),
+        });
     }
-    if !found.iter().any(|f| f.version == latest.version) {
-        found.push(latest.clone());
-    }
-    // Newest first: by creation time (whole seconds), then by when `latest` moved to it.
+    let mut found = stored_versions(s, model).await?;
+    // Newest first: by when the store received it, then by when `latest` moved to it.
     let moved_at = |v: &VersionId| {
         tags.iter().filter(|t| t.tag.is_latest()).flat_map(|t| t.moves.iter().rposition(|m| &m.to == v)).max()
     };
-    found.sort_by(|a, b| {
-        b.manifest.created_at.cmp(&a.manifest.created_at).then_with(|| moved_at(&b.version).cmp(&moved_at(&a.version)))
-    });
-    let mut kept: HashSet<VersionId> = tags.iter().map(|t| t.version.clone()).collect();
-    kept.extend(tags.iter().filter_map(|t| t.previous().cloned()));
-    kept.insert(latest.version.clone());
-    kept.extend(found.iter().take(keep).map(|f| f.version.clone()));
-    let young = |created: &str| humantime::parse_rfc3339_weak(created).map_or(true, |t| t > cutoff);
-    kept.extend(found.iter().filter(|f| young(&f.manifest.created_at)).map(|f| f.version.clone()));
-    let mut referenced: HashSet<String> = HashSet::new();
-    for f in &found {
-        if kept.contains(&f.version) {
-            referenced.insert(s.layout.archive_key(&f.manifest));
-        } else {
+    found.sort_by(|(a, at), (b, bt)| bt.cmp(at).then_with(|| moved_at(&b.version).cmp(&moved_at(&a.version))));
+    kept.extend(found.iter().take(keep).map(|(f, _)| f.version.clone()));
+    kept.extend(found.iter().filter(|(_, t)| t.is_none_or(|t| t > cutoff)).map(|(f, _)| f.version.clone()));
+    let mut doomed: Vec<&versions::Found> =
+        found.iter().map(|(f, _)| f).filter(|f| !kept.contains(&f.version)).collect();
+    let window = versions::sweep_window();
+    while apply && !doomed.is_empty() {
+        // A fresh read of the roots; every delete below ends within the window of it.
+        let (roots, _, _) = roots(s, model).await?;
+        let read = Instant::now();
+        let mut rest = Vec::new();
+        for f in doomed {
+            if roots.contains(&f.version) {
+                kept.insert(f.version.clone());
+                continue;
+            }
+            if !rest.is_empty() || read.elapsed() > window / 2 {
+                rest.push(f);
+                continue;
+            }
             let key = s.layout.version_key(model, &f.version);
-            if apply {
-                s.provider.delete(&key).await.map_err(|e| Error::from_provider(format!("deleting {key}"), e))?;
-                // Its signatures go with it (after it: a version is never left looking unsigned).
-                for (id, _) in super::signatures::list(s, model, &f.version).await? {
-                    let sig = s.layout.signature_key(model, &f.version, &id);
-                    s.provider.delete(&sig).await.map_err(|e| Error::from_provider(format!("deleting {sig}"), e))?;
-                }
+            within(read, window, &key, s.provider.delete(&key)).await?;
+            // Its signatures go with it (after it: a version is never left looking unsigned).
+            for (id, _) in super::signatures::list(s, model, &f.version).await? {
+                let sig = s.layout.signature_key(model, &f.version, &id);
+                within(read, window, &sig, s.provider.delete(&sig)).await?;
             }
             out.versions.push(RemotePruned { model: model.clone(), key, bytes: f.bytes.len() as u64 });
         }
+        doomed = rest;
     }
+    if !apply {
+        for f in doomed {
+            let key = s.layout.version_key(model, &f.version);
+            out.versions.push(RemotePruned { model: model.clone(), key, bytes: f.bytes.len() as u64 });
+        }
+    }
+    // The archives: referenced by a version still there (read again after the deletes), by
+    // `manifest.json`, or young, are kept.
     let prefix = s.layout.archives_prefix(model);
-    let archives = s.provider.list(&prefix).await.map_err(|e| Error::from_provider(format!("listing {prefix}"), e))?;
-    for o in archives {
-        if referenced.contains(&o.key) || o.last_modified.is_none_or(|t| t > cutoff) {
-            continue;
-        }
+    loop {
+        let mut referenced: HashSet<String> = HashSet::new();
         if apply {
-            s.provider.delete(&o.key).await.map_err(|e| Error::from_provider(format!("deleting {}", o.key), e))?;
+            referenced.extend(stored_versions(s, model).await?.iter().map(|(f, _)| s.layout.archive_key(&f.manifest)));
+        } else {
+            referenced.extend(
+                found.iter().filter(|(f, _)| kept.contains(&f.version)).map(|(f, _)| s.layout.archive_key(&f.manifest)),
+            );
         }
-        out.archives.push(RemotePruned { model: model.clone(), key: o.key, bytes: o.size });
+        referenced.extend(versions::legacy(s, model).await?.map(|l| s.layout.archive_key(&l.manifest)));
+        let read = Instant::now();
+        let archives =
+            s.provider.list(&prefix).await.map_err(|e| Error::from_provider(format!("listing {prefix}"), e))?;
+        let mut again = false;
+        for o in archives {
+            if referenced.contains(&o.key) || o.last_modified.is_none_or(|t| t > cutoff) {
+                continue;
+            }
+            if apply {
+                if read.elapsed() > window / 2 {
+                    again = true;
+                    break;
+                }
+                within(read, window, &o.key, s.provider.delete(&o.key)).await?;
+            }
+            out.archives.push(RemotePruned { model: model.clone(), key: o.key, bytes: o.size });
+        }
+        if !again {
+            return Ok(());
+        }
     }
-    Ok(())
+}
+
+/// A delete that must end within `window` of `since`, or the sweep stops: a later delete could
+/// land after a tag move that checked for it had given up waiting.
+async fn within(
+    since: Instant,
+    window: Duration,
+    key: &str,
+    delete: impl std::future::Future<Output = crate::provider::PResult<()>>,
+) -> Result<()> {
+    let left = window.saturating_sub(since.elapsed());
+    match tokio::time::timeout(left, delete).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) if e.kind == crate::provider::ProviderErrorKind::NotFound => Ok(()),
+        Ok(Err(e)) => Err(Error::from_provider(format!("deleting {key}"), e)),
+        Err(_) => Err(Error::Other {
+            message: format!(
+                "deleting {key} took longer than the sweep window ({}); stopped so that no delete can land after a concurrent tag move checked for it",
+                humantime::format_duration(window)
+            ),
+            hint: Some("run `crowecode-cloud prune --remote --yes` again when the storage answers faster".into()),
+        }),
+    }
 }

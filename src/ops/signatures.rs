@@ -215,6 +215,21 @@ fn check_tag(s: &Session, record: Option<&TagRecord>, version: &VersionId) -> st
             record.seq
         ));
     }
+    match &claim.scope {
+        Some(scope) if scope == &s.trust.scope => {}
+        Some(scope) => {
+            return Err(format!(
+                "the signed move was made for {scope}, not for this bucket ({}): it was copied from another bucket or prefix",
+                s.trust.scope
+            ));
+        }
+        None => {
+            return Err(
+                "the signed move names no bucket (a claim of an earlier release): move the tag again with --sign-key to bind it here"
+                    .into(),
+            );
+        }
+    }
     let seen = s.cache.signed_seq(&record.model, &record.tag);
     if claim.seq < seen {
         return Err(format!(

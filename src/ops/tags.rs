@@ -51,7 +51,9 @@ pub(crate) async fn tag(
     if_current: Option<&str>,
 ) -> Result<Vec<Moved>> {
     let r = Reference::parse(reference)?;
-    let to = find(s, &r).await?.version;
+    let found = find(s, &r).await?;
+    store_version(s, &r.model, &found).await?;
+    let to = found.version;
     let expect = match if_current {
         Some(other) => {
             let other = Reference::parse(other)?;
@@ -65,14 +67,48 @@ pub(crate) async fn tag(
         }
         None => Expect::Any,
     };
-    let mut moved = Vec::new();
+    // All or nothing as far as a check can make it: every tag must match before any moves.
+    if let Expect::Current(Some(expected)) = &expect {
+        for tag in tags {
+            let now = versions::read_tag(s, &r.model, tag).await?;
+            if now.as_ref().map(|t| &t.version) != Some(expected) {
+                return Err(versions::conflict(&r.model, tag, now.as_ref(), Some(expected)));
+            }
+        }
+    }
+    let mut moved: Vec<Moved> = Vec::new();
     for tag in tags {
-        moved.push(versions::move_tag(s, &r.model, tag, &to, expect.clone()).await?);
+        match versions::move_tag(s, &r.model, tag, &to, expect.clone()).await {
+            Ok(m) => moved.push(m),
+            // A move that raced in after the check: say exactly which tags did move.
+            Err(Error::Conflict { message, hint }) if moved.iter().any(|m| m.changed) => {
+                let done: Vec<String> = moved.iter().filter(|m| m.changed).map(|m| m.tag.to_string()).collect();
+                return Err(Error::Conflict {
+                    message: format!(
+                        "{} (but {} had already moved to {})",
+                        message.trim_end_matches("; nothing was changed"),
+                        done.join(", "),
+                        to.short()
+                    ),
+                    hint,
+                });
+            }
+            Err(e) => return Err(e),
+        }
         if tag.is_latest() {
             versions::write_alias(s, &r.model).await?;
         }
     }
     Ok(moved)
+}
+
+/// Writes the version object of a version found only as `manifest.json` (a bucket of an earlier
+/// release), so that a tag never names a version that is not stored.
+async fn store_version(s: &Session, model: &ModelName, found: &Found) -> Result<()> {
+    if versions::by_id(s, model, &found.version).await?.is_none() {
+        super::upload::put_version(s, model, &found.version, &found.bytes).await?;
+    }
+    Ok(())
 }
 
 /// Removes a tag. `latest` is not removed: it exists while the model does.
@@ -100,24 +136,24 @@ pub(crate) async fn rollback(s: &Session, reference: &str) -> Result<Moved> {
     let record = versions::read_tag(s, &r.model, &tag)
         .await?
         .ok_or_else(|| Error::ModelNotFound { model: r.to_string(), location: s.config.location() })?;
-    let previous = record.previous().cloned().ok_or_else(|| {
-        Error::usage(
-            format!("{r} has never moved, so there is nothing to roll back to"),
-            format!(
-                "see `crowecode-cloud history {r}`; `crowecode-cloud tag {}@VERSION {tag}` points it anywhere",
-                r.model
-            ),
-        )
+    let previous = record.previous().cloned().ok_or_else(|| Error::Conflict {
+        message: format!("{r} has no earlier version to roll back to (it never moved, or every move was rolled back)"),
+        hint: Some(format!(
+            "see `crowecode-cloud history {r}`; `crowecode-cloud tag {}@VERSION {tag}` points it anywhere",
+            r.model
+        )),
     })?;
     if versions::by_id(s, &r.model, &previous).await?.is_none() {
-        return Err(Error::integrity(
-            s.layout.version_key(&r.model, &previous),
-            format!("the version {r} pointed at before ({}) is no longer in the bucket", previous.short()),
-            None,
-            None,
-        ));
+        return Err(Error::ModelNotFound {
+            model: format!(
+                "{}@{} (where {r} pointed before; it was deleted from the bucket)",
+                r.model,
+                previous.short()
+            ),
+            location: s.config.location(),
+        });
     }
-    let moved = versions::move_tag(s, &r.model, &tag, &previous, Expect::Current(Some(record.version))).await?;
+    let moved = versions::move_tag(s, &r.model, &tag, &previous, Expect::Rollback(record.version)).await?;
     if tag.is_latest() {
         versions::write_alias(s, &r.model).await?;
     }
@@ -223,7 +259,16 @@ pub(crate) async fn history(s: &Session, reference: &str) -> Result<History> {
             signatures,
         });
     }
-    entries.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.version.cmp(&b.version)));
+    // Newest first; versions of the same second by when `latest` last moved to them.
+    let moved_at = |v: &VersionId| {
+        tags.iter().filter(|t| t.tag.is_latest()).flat_map(|t| t.moves.iter().rposition(|m| &m.to == v)).max()
+    };
+    entries.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| moved_at(&b.version).cmp(&moved_at(&a.version)))
+            .then(a.version.cmp(&b.version))
+    });
     let mut moves = tags.iter().find(|t| t.tag == tag).map(|t| t.moves.clone()).unwrap_or_default();
     moves.reverse();
     Ok(History { model, tag, versions: entries, moves })
@@ -237,6 +282,12 @@ pub struct Deleted {
     pub keys: Vec<String>,
     /// Tags removed first (`--force`).
     pub untagged: Vec<TagName>,
+    /// Objects under the model's directory that this tool did not write, left where they are.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_alone: Vec<String>,
+    /// Unfinished uploads of the model's archives that were aborted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aborted_uploads: Vec<String>,
 }
 
 /// Deletes one version (its manifest, and its archive when no other version uses it). A
@@ -264,6 +315,18 @@ pub(crate) async fn delete_version(s: &Session, reference: &str, force: bool) ->
         return Err(Error::usage(
             format!("{model}@{} is latest", found.version.short()),
             "point latest at another version first (`crowecode-cloud rollback` or `tag`), or delete the whole model with --all",
+        ));
+    }
+    let rollback_of: Vec<String> =
+        tags.iter().filter(|t| t.previous() == Some(&found.version)).map(|t| t.tag.to_string()).collect();
+    if !rollback_of.is_empty() && !force {
+        return Err(Error::usage(
+            format!(
+                "{model}@{} is where `rollback` takes {}: deleting it would leave nothing to roll back to",
+                found.version.short(),
+                rollback_of.join(", ")
+            ),
+            "add --force to delete it anyway",
         ));
     }
     let mut out = Deleted { model: Some(model.clone()), ..Default::default() };
@@ -295,21 +358,38 @@ pub(crate) async fn delete_version(s: &Session, reference: &str, force: bool) ->
     Ok(out)
 }
 
-/// Deletes every object of a model: versions, tags, archives and `manifest.json`.
+/// Deletes every object of a model this tool wrote: `manifest.json`, tags, versions and their
+/// signatures, archives, and unfinished archive uploads. Anything else under the model's
+/// directory (another prefix's models, files a person put there) is listed and left alone.
 pub(crate) async fn delete_model(s: &Session, model: &ModelName) -> Result<Deleted> {
     let prefix = format!("{}{model}/", s.layout.prefix());
     let objects = s.provider.list(&prefix).await.map_err(|e| Error::from_provider(format!("listing {prefix}"), e))?;
-    if objects.is_empty() {
+    let (keys, left_alone): (Vec<String>, Vec<String>) =
+        objects.into_iter().map(|o| o.key).partition(|k| s.layout.is_model_object(model, k));
+    if keys.is_empty() {
         return Err(s.not_found(model));
     }
-    let mut out = Deleted { model: Some(model.clone()), ..Default::default() };
+    let mut out = Deleted { model: Some(model.clone()), left_alone, ..Default::default() };
     // The manifest and the tags first: readers then find no model rather than a half-deleted one.
     let manifest = s.layout.manifest_key(model);
-    let mut keys: Vec<String> = objects.into_iter().map(|o| o.key).collect();
+    let mut keys = keys;
     keys.sort_by_key(|k| (k != &manifest, !k.contains("/tags/"), !k.contains("/versions/")));
     for key in keys {
         delete_key(s, &key).await?;
         out.keys.push(key);
+    }
+    let archives = s.layout.archives_prefix(model);
+    let pending = s
+        .provider
+        .list_pending_uploads(&archives)
+        .await
+        .map_err(|e| Error::from_provider(format!("listing unfinished uploads in {archives}"), e))?;
+    for p in pending.into_iter().filter(|p| s.layout.is_model_object(model, &p.key)) {
+        s.provider
+            .abort_multipart(&p.key, &p.upload_id)
+            .await
+            .map_err(|e| Error::from_provider(format!("aborting the upload of {}", p.key), e))?;
+        out.aborted_uploads.push(p.key);
     }
     Ok(out)
 }

@@ -112,9 +112,10 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
     let model = ModelName::new(name)?;
     let dir_owned = dir.to_path_buf();
     let plan = blocking(move || archive::scan_tree(&dir_owned)).await?;
-    if let Some(bundle) = &opts.signature {
-        check_foreign_signature(s, &model, &plan, bundle).await?;
-    }
+    let bound = match &opts.signature {
+        Some(bundle) => check_foreign_signature(s, &model, &plan, bundle).await?,
+        None => None,
+    };
     // Before a byte is uploaded: tags can only be moved where conditional writes hold.
     if !opts.no_latest || !opts.tags.is_empty() {
         versions::require_conditional_writes(s).await?;
@@ -128,6 +129,22 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
             }
             Err(e) => return Err(e),
         };
+    // A signature this tool made names its version: it can only be stored with that version.
+    if let Some(bound) = &bound {
+        let same = match latest.as_ref().filter(|old| !opts.force && &old.version == bound) {
+            Some(old) => unchanged(&plan, &old.manifest).await?.is_some(),
+            None => false,
+        };
+        if !same {
+            return Err(Error::Signature {
+                subject: model.to_string(),
+                what: format!("the signature was made for the version {} of {model}, not for a new one", bound.short()),
+                hint: format!(
+                    "nothing was uploaded; sign this upload with --sign-key, or sign the new version afterwards with `crowecode-cloud sign {model}@VERSION --sign-key KEY`"
+                ),
+            });
+        }
+    }
     // Where `latest` points now, as a tag (a bucket of an earlier release has only manifest.json).
     let latest_tag = versions::read_tag(s, &model, &TagName::latest()).await.ok().flatten().map(|r| r.version);
 
@@ -221,7 +238,12 @@ async fn store_signatures(
 /// about this model and list exactly the tree's files (the git paths aside) with their sha256;
 /// with trusted keys configured, one of them must have made it (or, without
 /// `require_signature`, a warning says none did).
-async fn check_foreign_signature(s: &Session, model: &ModelName, plan: &ArchivePlan, bundle: &[u8]) -> Result<()> {
+async fn check_foreign_signature(
+    s: &Session,
+    model: &ModelName,
+    plan: &ArchivePlan,
+    bundle: &[u8],
+) -> Result<Option<VersionId>> {
     let refuse = |what: String, hint: &str| Error::Signature { subject: model.to_string(), what, hint: hint.into() };
     let parsed = Bundle::parse(bundle)
         .map_err(|what| refuse(what, "give an OMS signature file (model.sig), as `model_signing sign` writes"))?;
@@ -259,7 +281,14 @@ async fn check_foreign_signature(s: &Session, model: &ModelName, plan: &ArchiveP
         s.reporter
             .report(crate::progress::Event::Warning { message: format!("{model}: the signature given is {what}") });
     }
-    Ok(())
+    match statement.binding.as_ref().map(|b| VersionId::parse(&b.version)) {
+        None => Ok(None),
+        Some(Some(v)) => Ok(Some(v)),
+        Some(None) => Err(refuse(
+            "the signature names a version that is not a sha256 id".into(),
+            "nothing was uploaded; give an OMS signature file (model.sig), as `model_signing sign` writes",
+        )),
+    }
 }
 
 /// The sha256 of every file of the tree in `plan`.
@@ -279,7 +308,7 @@ async fn hash_tree(plan: &ArchivePlan) -> Result<Vec<(String, Sha256Hex)>> {
 
 /// Writes a version object, create-only: an existing one has the same bytes (its name is their
 /// digest).
-async fn put_version(s: &Session, model: &ModelName, version: &VersionId, bytes: &Bytes) -> Result<()> {
+pub(crate) async fn put_version(s: &Session, model: &ModelName, version: &VersionId, bytes: &Bytes) -> Result<()> {
     let key = s.layout.version_key(model, version);
     match s.provider.put(&key, bytes.clone(), PutMode::Create).await {
         Ok(_) => Ok(()),

@@ -304,7 +304,7 @@ impl DataPlane {
         let url = match self.direct.data_url(key, URL_LIFETIME).await {
             Ok(Some(url)) => url,
             Ok(None) => return Err("the bucket's credential cannot make presigned URLs".into()),
-            Err(e) => return Err(format!("cannot presign a read: {e}")),
+            Err(e) => return Err(e.message),
         };
         self.urls.lock().expect("url cache").insert(key.to_string(), (url.clone(), Instant::now()));
         Ok(url)

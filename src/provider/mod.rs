@@ -44,7 +44,7 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
         }
         source = s.source();
     }
-    out
+    crate::redact::text(&out)
 }
 
 /// Shorthand for provider results.

@@ -24,6 +24,8 @@ pub struct Trust {
     pub require: bool,
     /// Keys to sign uploads and tag moves with (all of them: a rotation signs with old and new).
     pub signers: Vec<PrivateKey>,
+    /// The scope signed tag moves are bound to here: claims of another scope are refused.
+    pub scope: String,
 }
 
 /// Where the policy's parts were given.
@@ -37,6 +39,8 @@ pub struct TrustSources {
     pub require_flag: bool,
     /// `--sign-key` values.
     pub sign_keys: Vec<String>,
+    /// The config's signing scope (see [`crate::config::CloudConfig::signing_scope`]).
+    pub scope: String,
 }
 
 impl Trust {
@@ -58,11 +62,12 @@ impl Trust {
             add(&v, &format!("in {ENV_TRUSTED_KEYS}"))?;
         }
         let env_require = match env(ENV_REQUIRE_SIGNATURE).as_deref().map(str::trim) {
-            None | Some("" | "0" | "false") => false,
-            Some("1" | "true") => true,
+            None => false,
+            Some(v) if ["", "0", "false", "no", "off"].iter().any(|f| v.eq_ignore_ascii_case(f)) => false,
+            Some(v) if ["1", "true", "yes", "on"].iter().any(|t| v.eq_ignore_ascii_case(t)) => true,
             Some(other) => {
                 return Err(Error::usage(
-                    format!("{ENV_REQUIRE_SIGNATURE}={other:?} is neither 1 nor 0"),
+                    format!("{ENV_REQUIRE_SIGNATURE}={other:?} is neither 1 (true, yes) nor 0 (false, no)"),
                     "set it to 1 to refuse unsigned models, or unset it",
                 ));
             }
@@ -89,7 +94,7 @@ impl Trust {
                 signers.push(key);
             }
         }
-        Ok(Self { keys, require, signers })
+        Ok(Self { keys, require, signers, scope: sources.scope.clone() })
     }
 
     /// Whether anything is to be checked (trusted keys are configured).

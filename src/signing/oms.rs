@@ -384,6 +384,10 @@ pub struct TagClaim {
     pub seq: u64,
     /// RFC 3339 UTC.
     pub signed_at: String,
+    /// Where the move was made (the bucket's signing scope): a claim copied to another bucket or
+    /// prefix is refused there. Claims made before scopes existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 impl TagClaim {

@@ -237,14 +237,14 @@ fn small_parts_make_many_parts_and_still_round_trip() {
     sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
     let out = sb
         .local()
-        .args(["--json", "upload", "Parts", "--part-size", "16K", "--concurrency", "3", "--from"])
+        .args(["--json", "upload", "Parts", "--part-size", "64K", "--concurrency", "3", "--from"])
         .arg(&model)
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let size = v["models"][0]["archive_size"].as_u64().unwrap();
-    assert_eq!(v["models"][0]["parts"].as_u64().unwrap(), size.div_ceil(16 << 10));
-    let out = sb.local().args(["download", "Parts", "--part-size", "10K", "--concurrency", "5"]).output().unwrap();
+    assert_eq!(v["models"][0]["parts"].as_u64().unwrap(), size.div_ceil(64 << 10));
+    let out = sb.local().args(["download", "Parts", "--part-size", "64K", "--concurrency", "5"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(tree(std::path::Path::new(stdout(&out).trim())), tree(&model));
 }

@@ -16,6 +16,7 @@ mod gcs;
 mod hardening;
 mod hostile;
 mod mirror;
+mod review2;
 mod roundtrip;
 #[cfg(feature = "s3")]
 mod s3;

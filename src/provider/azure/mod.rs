@@ -63,8 +63,9 @@ pub struct AzureProvider {
 enum DataAuth {
     /// A service SAS for the one blob, made with the account key.
     Key(SharedKey),
-    /// The SAS the credentials are.
-    Sas(String),
+    /// The credentials are a SAS: it is never handed to a mirror (it may allow writes and
+    /// deletes, for weeks, and a cache logs the URLs it is sent), so reads go to the bucket.
+    Sas,
     /// Entra ID: a token would have to go in a header on every read; reads go direct.
     None,
 }
@@ -167,7 +168,7 @@ impl AzureProvider {
         let mut token = None;
         let data_auth = match &auth {
             Auth::SharedKey(key) => DataAuth::Key(key.clone()),
-            Auth::Sas(sas) => DataAuth::Sas(sas.clone()),
+            Auth::Sas(_) => DataAuth::Sas,
             Auth::Entra(_) => DataAuth::None,
         };
         let container_url = url.clone();
@@ -515,7 +516,13 @@ impl Provider for AzureProvider {
                 let blob_path = format!("{}/{key}", self.name);
                 key_auth.blob_read_sas(&blob_path, SystemTime::now() + valid_for)
             }
-            DataAuth::Sas(sas) => sas.clone(),
+            DataAuth::Sas => {
+                return Err(ProviderError::new(
+                    ProviderErrorKind::Unsupported,
+                    "the Azure credential is a SAS token, which is never sent to a mirror or data proxy (it may allow writes and deletes, and a cache logs the URLs it receives); archive reads go to the bucket",
+                )
+                .with_hint("an account key or connection string lets this tool mint a read-only SAS for one blob and one hour, which is what a mirror gets"));
+            }
             DataAuth::None => return Ok(None),
         };
         url.set_query(Some(&query));
