@@ -13,15 +13,23 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/test-env.sh
 source scripts/test-env.sh
 
+# Every part runs whatever an earlier part did; the run fails if any did, and says which.
+failed=()
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --no-fail-fast "$@"
-  cargo test --doc --quiet
+  cargo nextest run --no-fail-fast "$@" || failed+=("rust tests (cargo nextest)")
+  cargo test --doc --quiet || failed+=("doc tests")
 else
-  cargo test --no-fail-fast "$@"
+  cargo test --no-fail-fast "$@" || failed+=("rust tests (cargo test)")
 fi
 
 # The Python package: wheel built with maturin, pytest and mypy --strict (skipped only when
 # arguments select Rust tests).
 if [ $# -eq 0 ]; then
-  scripts/python-tests.sh
+  scripts/python-tests.sh || failed+=("python tests (scripts/python-tests.sh)")
 fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+  printf 'test.sh: FAILED: %s\n' "${failed[@]}" >&2
+  exit 1
+fi
+echo "test.sh: every part passed"

@@ -217,8 +217,25 @@ def test_ctrl_c_stops_a_download_cleanly_and_raises_keyboard_interrupt(home: Pat
         "    print('KeyboardInterrupt'); sys.exit(130)\n"
     )
     env = dict(os.environ, CROWECODE_LIMIT_RATE="2M")
-    child = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+    # A suite started with SIGINT ignored (nohup, some CI runners) would pass that on: the child
+    # gets the default disposition back, as an interactive user's process has it.
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    # Interrupt once the download is under way: bytes are arriving in its staging directory.
+    staging = home / "cache" / "crowecode" / ".staging"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if staging.is_dir() and any(f.is_file() and f.stat().st_size > 0 for f in staging.rglob("*")):
+            break
+        time.sleep(0.05)
+    else:
+        child.kill()
+        raise AssertionError("the download never started writing")
     child.send_signal(signal.SIGINT)
     out, _ = child.communicate(timeout=60)
     assert child.returncode == 130 and "KeyboardInterrupt" in out

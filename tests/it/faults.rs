@@ -352,7 +352,14 @@ fn when_the_lock_holder_is_killed_a_waiter_takes_over() {
     let (bucket, model) = seeded(&sb, &endpoint);
     sb.env("CROWECODE_STALL_TIMEOUT", "120");
     let proxy = Proxy::start(&endpoint, Fault::StallAfter(4 << 20), 1000, true);
-    let mut holder = spawn_download(&sb, &proxy.endpoint(), &bucket);
+    // Ranges of 8 MiB, each stalled after 4 MiB by the proxy: the holder cannot finish, so the
+    // waiter must wait (with the tool's own range sizes, small final ranges could let it finish).
+    let mut holder = {
+        let mut c = sb.std_cmd();
+        c.args(["--provider", "s3", "--bucket", &bucket, "--endpoint", &proxy.endpoint(), "--prefix", "m/"]);
+        c.args(["download", "Model", "--part-size", "8M", "--concurrency", "3"]);
+        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+    };
     wait_for_bytes(&proxy, 6 << 20);
     let mut waiter = spawn_download(&sb, &endpoint, &bucket);
     // Kill the holder only once the waiter says it waits.
