@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A complete run of crowecode-cloud on this machine alone: a bucket that is a temp directory
 # (the local provider), a small generated model, upload, download, verification, and what
-# happens when the bucket holds a damaged archive. Needs only cargo.
+# happens when the bucket holds a damaged archive. Needs cargo and python3 (to read JSON).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -30,7 +30,8 @@ Examples:
 
 Exit codes: 0 ok, 1 other failure, 2 usage, 3 not configured, 4 credentials or permission,
 5 model not found, 6 integrity or signature failure, 7 network still failing after retries,
-130 interrupted (SIGINT), 143 terminated (SIGTERM).";
+8 conflict (a tag moved meanwhile, or a version pruned under a move), 130 interrupted (SIGINT),
+143 terminated (SIGTERM).";
 
 /// Keep ML model directories in one S3, GCS or Azure bucket; download them once per machine,
 /// fast and verified.

@@ -262,6 +262,7 @@ fn s1_failing_mirrors_print_nothing_secret_on_the_local_provider() {
 }
 
 /// A mirror that counts the requests it receives and keeps their first lines.
+#[cfg(feature = "azure")]
 fn recording_mirror() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{Read as _, Write as _};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -327,6 +328,7 @@ fn s2_a_sas_credential_is_never_sent_to_a_mirror() {
     }
 }
 
+/// A random name part (the emulators' buckets outlive a test).
 fn fastrand_u32() -> u32 {
     use std::hash::{BuildHasher as _, Hasher as _};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
