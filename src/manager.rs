@@ -65,7 +65,10 @@ impl CloudManager {
     /// A manager over an already resolved configuration.
     pub async fn new(resolved: Resolved, cache: Cache, transfer: TransferOptions, retry: RetryPolicy) -> Result<Self> {
         let provider = provider::from_config(&resolved.config, retry).await?;
+        // A local directory is read as files: a mirror or proxy does not apply (`config` says so).
+        let local = resolved.config.provider == config::ProviderKind::Local;
         let mirror = match (&resolved.config.mirror, &resolved.config.data_proxy) {
+            _ if local => None,
             (Some(url), _) => Some(provider::dataplane::Mirror::new(url).map_err(|e| {
                 Error::config("mirror", e, "use an http:// or https:// URL of a cache or CDN in front of the bucket")
             })?),

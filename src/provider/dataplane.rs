@@ -133,7 +133,12 @@ impl Mirror {
         }
     }
 
-    /// Whether this is a forward proxy rather than a mirror of the bucket's paths.
+    /// What to call it in messages.
+    pub fn label(&self) -> &'static str {
+        if self.is_forward_proxy() { "data proxy" } else { "mirror" }
+    }
+
+    /// Whether archive reads are sent to it as a forward proxy (`data_proxy`).
     pub fn is_forward_proxy(&self) -> bool {
         self.forward
     }
@@ -346,7 +351,7 @@ struct DataPlaneShared {
 impl Fallback {
     async fn fall_back(mut self, why: String) -> Option<(PResult<Bytes>, Self)> {
         tracing::warn!(
-            "mirror {}: {why}; reading the rest of {} from the bucket (every byte is still verified)",
+            "{}: {why}; reading the rest of {} from the bucket (every byte is still verified)",
             self.plane.mirror,
             self.key
         );
@@ -429,14 +434,14 @@ impl Provider for DataPlane {
                     plane: Arc::new(DataPlaneShared {
                         direct: self.direct.clone(),
                         counters: self.counters.clone(),
-                        mirror: mirror.base.clone(),
+                        mirror: format!("{} {}", mirror.label(), mirror.base),
                     }),
                 };
                 Ok(futures::stream::unfold(state, Fallback::next).boxed())
             }
             Err(why) => {
                 Counters::add(&self.counters.mirror_failures, 1);
-                self.warn_once(format!("mirror {}: {why}; reading {key} from the bucket", mirror.base));
+                self.warn_once(format!("{} {}: {why}; reading {key} from the bucket", mirror.label(), mirror.base));
                 self.direct_get(key, range).await
             }
         }
