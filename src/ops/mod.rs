@@ -18,6 +18,7 @@ use crate::transfer::TransferOptions;
 pub mod download;
 pub mod fallback;
 pub mod list;
+pub mod probe;
 pub mod prune_remote;
 pub mod selection;
 pub mod signatures;

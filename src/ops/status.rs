@@ -110,7 +110,7 @@ pub(crate) async fn run(s: &Session, source: &ConfigSource, warnings: &[String])
                 .into_iter()
                 .map(|p| p.key)
                 .collect();
-            report.conditional_writes = super::versions::conditional_writes(s).await.ok();
+            report.conditional_writes = super::probe::conditional_writes(s).await.ok();
         }
         Err(e) => {
             let err = Error::from_provider(format!("checking {}", s.config.location()), e);

@@ -118,7 +118,7 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
     };
     // Before a byte is uploaded: tags can only be moved where conditional writes hold.
     if !opts.no_latest || !opts.tags.is_empty() {
-        versions::require_conditional_writes(s).await?;
+        super::probe::require_conditional_writes(s).await?;
     }
     let latest =
         match versions::resolve(s, &Reference { model: model.clone(), target: Target::Tag(TagName::latest()) }).await {
