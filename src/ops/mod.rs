@@ -99,6 +99,15 @@ impl Session {
         }
     }
 
+    /// Deletes an object; one that is already gone is no error.
+    pub async fn delete_key(&self, key: &str) -> Result<()> {
+        match self.provider.delete(key).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind == ProviderErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::from_provider(format!("deleting {key}"), e)),
+        }
+    }
+
     /// Takes the model's cache lock, saying so when another process holds it and this one waits.
     pub async fn lock(&self, model: &ModelName) -> Result<ModelLock> {
         self.cache.ensure_layout()?;

@@ -2,7 +2,7 @@
 //! ones), the archives no kept version references, and unfinished multipart uploads; a list
 //! unless applied.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -150,8 +150,15 @@ async fn roots(
 }
 
 /// The model's version objects with the store's write times; an object whose bytes do not hash
-/// to its name is skipped with a warning (and never deleted: it is not a version of ours).
-async fn stored_versions(s: &Session, model: &ModelName) -> Result<Vec<(versions::Found, Option<SystemTime>)>> {
+/// to its name is skipped with a warning (and never deleted: it is not a version of ours). A
+/// version object is named by the digest of its bytes, so one already read (`known`) is not read
+/// again: only the listing is fresh.
+async fn stored_versions(
+    s: &Session,
+    model: &ModelName,
+    known: &[(versions::Found, Option<SystemTime>)],
+) -> Result<Vec<(versions::Found, Option<SystemTime>)>> {
+    let known: HashMap<&VersionId, &versions::Found> = known.iter().map(|(f, _)| (&f.version, f)).collect();
     let prefix = s.layout.versions_prefix(model);
     let objects = s.provider.list(&prefix).await.map_err(|e| Error::from_provider(format!("listing {prefix}"), e))?;
     let mut out = Vec::new();
@@ -160,6 +167,10 @@ async fn stored_versions(s: &Session, model: &ModelName) -> Result<Vec<(versions
         else {
             continue;
         };
+        if let Some(found) = known.get(&id) {
+            out.push(((*found).clone(), o.last_modified));
+            continue;
+        }
         match versions::by_id(s, model, &id).await {
             Ok(Some(found)) => out.push((found, o.last_modified)),
             Ok(None) => {}
@@ -192,11 +203,9 @@ async fn sweep(
             ),
         });
     }
-    let mut found = stored_versions(s, model).await?;
+    let mut found = stored_versions(s, model, &[]).await?;
     // Newest first: by when the store received it, then by when `latest` moved to it.
-    let moved_at = |v: &VersionId| {
-        tags.iter().filter(|t| t.tag.is_latest()).flat_map(|t| t.moves.iter().rposition(|m| &m.to == v)).max()
-    };
+    let moved_at = |v: &VersionId| versions::latest_moved_to(&tags, v);
     found.sort_by(|(a, at), (b, bt)| bt.cmp(at).then_with(|| moved_at(&b.version).cmp(&moved_at(&a.version))));
     kept.extend(found.iter().take(keep).map(|(f, _)| f.version.clone()));
     kept.extend(found.iter().filter(|(_, t)| t.is_none_or(|t| t > cutoff)).map(|(f, _)| f.version.clone()));
@@ -218,11 +227,11 @@ async fn sweep(
                 continue;
             }
             let key = s.layout.version_key(model, &f.version);
-            within(read, window, &key, s.provider.delete(&key)).await?;
+            within(read, window, &key, s.delete_key(&key)).await?;
             // Its signatures go with it (after it: a version is never left looking unsigned).
             for (id, _) in super::signatures::list(s, model, &f.version).await? {
                 let sig = s.layout.signature_key(model, &f.version, &id);
-                within(read, window, &sig, s.provider.delete(&sig)).await?;
+                within(read, window, &sig, s.delete_key(&sig)).await?;
             }
             out.versions.push(RemotePruned { model: model.clone(), key, bytes: f.bytes.len() as u64 });
         }
@@ -240,7 +249,8 @@ async fn sweep(
     loop {
         let mut referenced: HashSet<String> = HashSet::new();
         if apply {
-            referenced.extend(stored_versions(s, model).await?.iter().map(|(f, _)| s.layout.archive_key(&f.manifest)));
+            let now = stored_versions(s, model, &found).await?;
+            referenced.extend(now.iter().map(|(f, _)| s.layout.archive_key(&f.manifest)));
         } else {
             referenced.extend(
                 found.iter().filter(|(f, _)| kept.contains(&f.version)).map(|(f, _)| s.layout.archive_key(&f.manifest)),
@@ -260,7 +270,7 @@ async fn sweep(
                     again = true;
                     break;
                 }
-                within(read, window, &o.key, s.provider.delete(&o.key)).await?;
+                within(read, window, &o.key, s.delete_key(&o.key)).await?;
             }
             out.archives.push(RemotePruned { model: model.clone(), key: o.key, bytes: o.size });
         }
@@ -276,13 +286,11 @@ async fn within(
     since: Instant,
     window: Duration,
     key: &str,
-    delete: impl std::future::Future<Output = crate::provider::PResult<()>>,
+    delete: impl std::future::Future<Output = Result<()>>,
 ) -> Result<()> {
     let left = window.saturating_sub(since.elapsed());
     match tokio::time::timeout(left, delete).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) if e.kind == crate::provider::ProviderErrorKind::NotFound => Ok(()),
-        Ok(Err(e)) => Err(Error::from_provider(format!("deleting {key}"), e)),
+        Ok(done) => done,
         Err(_) => Err(Error::Other {
             message: format!(
                 "deleting {key} took longer than the sweep window ({}); stopped so that no delete can land after a concurrent tag move checked for it",

@@ -7,7 +7,6 @@ use super::Session;
 use super::versions::{self, Expect, Found, Moved, TagMove};
 use crate::error::{Error, Result};
 use crate::names::ModelName;
-use crate::provider::ProviderErrorKind;
 use crate::reference::{Reference, TagName, Target, VersionId};
 
 /// A reference and the version it names now.
@@ -260,9 +259,7 @@ pub(crate) async fn history(s: &Session, reference: &str) -> Result<History> {
         });
     }
     // Newest first; versions of the same second by when `latest` last moved to them.
-    let moved_at = |v: &VersionId| {
-        tags.iter().filter(|t| t.tag.is_latest()).flat_map(|t| t.moves.iter().rposition(|m| &m.to == v)).max()
-    };
+    let moved_at = |v: &VersionId| versions::latest_moved_to(&tags, v);
     entries.sort_by(|a, b| {
         b.created_at
             .cmp(&a.created_at)
@@ -344,15 +341,15 @@ pub(crate) async fn delete_version(s: &Session, reference: &str, force: bool) ->
         }
     }
     let key = s.layout.version_key(&model, &found.version);
-    delete_key(s, &key).await?;
+    s.delete_key(&key).await?;
     out.keys.push(key);
     for (id, _) in super::signatures::list(s, &model, &found.version).await? {
         let key = s.layout.signature_key(&model, &found.version, &id);
-        delete_key(s, &key).await?;
+        s.delete_key(&key).await?;
         out.keys.push(key);
     }
     if !shared {
-        delete_key(s, &archive).await?;
+        s.delete_key(&archive).await?;
         out.keys.push(archive);
     }
     Ok(out)
@@ -375,7 +372,7 @@ pub(crate) async fn delete_model(s: &Session, model: &ModelName) -> Result<Delet
     let mut keys = keys;
     keys.sort_by_key(|k| (k != &manifest, !k.contains("/tags/"), !k.contains("/versions/")));
     for key in keys {
-        delete_key(s, &key).await?;
+        s.delete_key(&key).await?;
         out.keys.push(key);
     }
     let archives = s.layout.archives_prefix(model);
@@ -392,12 +389,4 @@ pub(crate) async fn delete_model(s: &Session, model: &ModelName) -> Result<Delet
         out.aborted_uploads.push(p.key);
     }
     Ok(out)
-}
-
-async fn delete_key(s: &Session, key: &str) -> Result<()> {
-    match s.provider.delete(key).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind == ProviderErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::from_provider(format!("deleting {key}"), e)),
-    }
 }

@@ -96,6 +96,12 @@ impl TagRecord {
     }
 }
 
+/// Where in `latest`'s moves it last moved to `version` (a later move is a larger number): the
+/// order of versions made in the same second, whose creation times tie.
+pub(crate) fn latest_moved_to(tags: &[TagRecord], version: &VersionId) -> Option<usize> {
+    tags.iter().filter(|t| t.tag.is_latest()).flat_map(|t| t.moves.iter().rposition(|m| &m.to == version)).max()
+}
+
 /// The version `reference` names, or `None` when the model (or the tag, or a version with that
 /// id) is not in the bucket. A version whose bytes do not hash to its id, or a tag naming a
 /// version that is missing, is an integrity failure (exit 6).
@@ -276,19 +282,20 @@ pub(crate) async fn move_tag(
     // Without a condition, a move by someone else between the read and the write is no reason
     // to fail: read again and move from there (a few times; then it is reported).
     let mut tries = if expect == Expect::Any { 5 } else { 1 };
+    // Where the tag must point now (`Some(None)`: it must not exist), if anywhere.
+    let expected: Option<Option<&VersionId>> = match &expect {
+        Expect::Any => None,
+        Expect::Current(v) => Some(v.as_ref()),
+        Expect::Rollback(v) => Some(Some(v)),
+    };
     loop {
         tries -= 1;
         let current = read_tag_for_move(s, model, tag).await?;
         let now = current.as_ref().map(|(r, _)| r.version.clone());
-        let expected = match &expect {
-            Expect::Any => None,
-            Expect::Current(v) => Some(v.clone()),
-            Expect::Rollback(v) => Some(Some(v.clone())),
-        };
         if let Some(expected) = expected
-            && now != expected
+            && now.as_ref() != expected
         {
-            return Err(conflict(model, tag, current.as_ref().map(|(r, _)| r), expected.as_ref()));
+            return Err(conflict(model, tag, current.as_ref().map(|(r, _)| r), expected));
         }
         if now.as_ref() == Some(to) && !needs_signing(s, current.as_ref().map(|(r, _)| r)) {
             return Ok(Moved { tag: tag.clone(), from: now, to: to.clone(), changed: false });
@@ -423,7 +430,8 @@ pub(crate) async fn survives(s: &Session, model: &ModelName, version: &VersionId
     let marker = s.layout.pruning_key(model);
     match s.provider.head(&marker).await {
         Ok(_) => {
-            let wait = sweep_window() + std::time::Duration::from_millis(sweep_window().as_millis() as u64 / 4 + 500);
+            let window = sweep_window();
+            let wait = window + window / 4 + std::time::Duration::from_millis(500);
             s.reporter.report(crate::progress::Event::Info {
                 model: model.as_str(),
                 message: format!(
@@ -520,10 +528,9 @@ pub(crate) fn conflict(
     now: Option<&TagRecord>,
     expected: Option<&VersionId>,
 ) -> Error {
-    let expected_version = expected;
-    let expected = expected.map_or_else(|| "not to exist yet".to_string(), |v| format!("to point at {}", v.short()));
+    let wanted = expected.map_or_else(|| "not to exist yet".to_string(), |v| format!("to point at {}", v.short()));
     let message = match now {
-        Some(record) if Some(&record.version) == expected_version => {
+        Some(record) if Some(&record.version) == expected => {
             let by = record.moves.last().map(|m| format!(" by {} at {}", m.by, m.at)).unwrap_or_default();
             format!(
                 "{model}:{tag} was moved{by} while this move was being made (it points at {} now); nothing was changed",
@@ -533,11 +540,11 @@ pub(crate) fn conflict(
         Some(record) => {
             let by = record.moves.last().map(|m| format!(" (moved by {} at {})", m.by, m.at)).unwrap_or_default();
             format!(
-                "{model}:{tag} points at {}{by}, not as expected {expected}; nothing was changed",
+                "{model}:{tag} points at {}{by}, not as expected {wanted}; nothing was changed",
                 record.version.short()
             )
         }
-        None => format!("{model}:{tag} does not exist, expected {expected}; nothing was changed"),
+        None => format!("{model}:{tag} does not exist, expected {wanted}; nothing was changed"),
     };
     Error::Conflict {
         message,

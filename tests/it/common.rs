@@ -9,6 +9,35 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+/// A command's stdout, trimmed (a printed path or reference).
+pub fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A command's stderr.
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs the tool in the sandbox.
+pub fn run(sb: &Sandbox, args: &[&str]) -> std::process::Output {
+    sb.cmd().args(args).output().unwrap()
+}
+
+/// Runs the tool, which must succeed; its stdout, trimmed.
+pub fn ok(sb: &Sandbox, args: &[&str]) -> String {
+    let out = run(sb, args);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// The directory of a sandbox set up on the local provider with the default config file.
+pub fn local_bucket(sb: &Sandbox) -> PathBuf {
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sb.path().join("cfg/crowecode/cloud.json")).unwrap()).unwrap();
+    PathBuf::from(cfg["config"]["bucket"].as_str().unwrap())
+}
+
 /// Reads a variable `scripts/test.sh` sets after starting the test servers. Missing means the
 /// servers were not started: the test fails, loudly, instead of skipping a provider.
 pub fn require_env(name: &str) -> String {

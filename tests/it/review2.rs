@@ -2,31 +2,14 @@
 //! reproduced as the review ran it, from a fresh home with the documented setup, on more than
 //! one provider, and shown fixed. Races run many rounds; failure paths are read for secrets.
 
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
-use crate::common::{Sandbox, write_files};
+use crate::common::{Sandbox, local_bucket, ok, run, stderr, stdout, write_files};
+use crate::conformance::fastrand_u32;
 use crate::mirror::machine_with_prefix;
 use crate::user_paths::Provider;
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn run(sb: &Sandbox, args: &[&str]) -> Output {
-    sb.cmd().args(args).output().unwrap()
-}
-
-fn ok(sb: &Sandbox, args: &[&str]) -> String {
-    let out = run(sb, args);
-    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-    stdout(&out)
-}
 
 /// Uploads a one-file model whose file says `text`; the pinned reference.
 fn up(sb: &Sandbox, model: &str, text: &str, extra: &[&str]) -> String {
@@ -42,13 +25,6 @@ fn up(sb: &Sandbox, model: &str, text: &str, extra: &[&str]) -> String {
 fn content(sb: &Sandbox, reference: &str) -> String {
     let dir = ok(sb, &["download", reference, "-q"]);
     std::fs::read_to_string(Path::new(&dir).join("w.bin")).unwrap().trim().to_string()
-}
-
-/// The local bucket's directory of a machine set up on the local provider.
-fn local_root(sb: &Sandbox) -> PathBuf {
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(sb.path().join("cfg/crowecode/cloud.json")).unwrap()).unwrap();
-    PathBuf::from(cfg["config"]["bucket"].as_str().unwrap())
 }
 
 // ---------------------------------------------------------------- DL1: prune against tag moves
@@ -140,7 +116,7 @@ fn dl1_a_tag_moved_during_a_prune_never_lands_on_a_deleted_version_on_azurite() 
 fn dl2_delete_all_removes_only_what_the_tool_wrote() {
     let (sb, _) = machine_with_prefix(Provider::Local, None);
     up(&sb, "A", "v1", &[]);
-    let root = local_root(&sb).join("crowecode-models");
+    let root = local_bucket(&sb).join("crowecode-models");
     write_files(&root.join("A/docs"), &[("README.md", b"model card\n")]);
     let mut other = sb.cmd();
     other.args(["--prefix", "crowecode-models/A/", "upload", "X", "-q", "--from"]).arg(sb.src().join("A"));
@@ -175,7 +151,7 @@ fn dl3_a_version_from_an_uploader_with_a_slow_clock_is_young_by_the_stores_clock
     up(&sb, "A", "v1", &[]);
     let c = up(&sb, "A", "candidate", &["--no-latest"]);
     // The same candidate as an uploader whose clock is two days behind writes it.
-    let versions = local_root(&sb).join("crowecode-models/A/versions");
+    let versions = local_bucket(&sb).join("crowecode-models/A/versions");
     let old = versions.join(format!("{}.json", c.trim_start_matches("A@sha256:")));
     let text = std::fs::read_to_string(&old).unwrap();
     let at = text.find("\"created_at\": \"").unwrap() + 15;
@@ -328,14 +304,6 @@ fn s2_a_sas_credential_is_never_sent_to_a_mirror() {
     }
 }
 
-/// A random name part (the emulators' buckets outlive a test).
-fn fastrand_u32() -> u32 {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
-    h.finish() as u32
-}
-
 // ---------------------------------------------------------------- S3, S4, S5: signed tag moves
 
 fn keygen(sb: &Sandbox) -> (String, String) {
@@ -357,7 +325,7 @@ fn s3_a_signed_tag_move_copied_from_another_prefix_or_bucket_is_refused() {
     let (mut sb, _) = machine_with_prefix(Provider::Local, None);
     let (key, public) = keygen(&sb);
     sb.env("CROWECODE_TRUSTED_KEYS", &public);
-    let root = local_root(&sb);
+    let root = local_bucket(&sb);
     for env in ["prod/", "staging/"] {
         for i in 1..=(if env == "prod/" { 2 } else { 4 }) {
             up(&sb, "A", &format!("{env}{i}"), &["--prefix", env, "--sign-key", &key]);
@@ -401,7 +369,7 @@ fn s4_move_numbers_never_go_back_after_untag_or_delete() {
     let node1 = sb.path().join("node1");
     let node = |home: &Path, args: &[&str]| sb.cmd().env("CROWECODE_HOME", home).args(args).output().unwrap();
     assert!(node(&node1, &["download", "A", "-q"]).status.success());
-    let p = local_root(&sb).join("crowecode-models");
+    let p = local_bucket(&sb).join("crowecode-models");
     let kept = sb.path().join("kept-copy");
     copy_dir(&p.join("A"), &kept);
     ok(&sb, &["delete", "A", "--all", "--yes", "-q"]);
@@ -431,7 +399,7 @@ fn s5_a_tag_whose_move_time_is_not_a_time_is_refused_and_nothing_raw_is_printed(
     let (sb, _) = machine_with_prefix(Provider::Local, None);
     let v = up(&sb, "A", "v1", &[]);
     ok(&sb, &["tag", &v, "prod", "-q"]);
-    let path = local_root(&sb).join("crowecode-models/A/tags/prod.json");
+    let path = local_bucket(&sb).join("crowecode-models/A/tags/prod.json");
     let mut t: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     t["moves"][0]["at"] = "\u{1b}]0;owned\u{7}\u{1b}[2J2026-12-03T08:00:00Z".into();
     std::fs::write(&path, serde_json::to_vec(&t).unwrap()).unwrap();
@@ -459,7 +427,7 @@ fn w1_a_multi_tag_if_current_moves_all_or_nothing() {
 fn w2_tag_on_a_bucket_of_the_previous_release_stores_the_version_first() {
     let (sb, _) = machine_with_prefix(Provider::Local, None);
     up(&sb, "A", "v1", &[]);
-    let p = local_root(&sb).join("crowecode-models/A");
+    let p = local_bucket(&sb).join("crowecode-models/A");
     std::fs::remove_dir_all(p.join("tags")).unwrap();
     std::fs::remove_dir_all(p.join("versions")).unwrap();
     ok(&sb, &["tag", "A", "prod", "-q"]);
@@ -487,7 +455,7 @@ fn w5_a_signature_of_another_version_is_refused_before_anything_is_uploaded() {
     let (sb, _) = machine_with_prefix(Provider::Local, None);
     let (key, _) = keygen(&sb);
     let v1 = up(&sb, "A", "v1", &["--sign-key", &key]);
-    let versions = local_root(&sb).join("crowecode-models/A/versions");
+    let versions = local_bucket(&sb).join("crowecode-models/A/versions");
     let sig = std::fs::read_dir(&versions)
         .unwrap()
         .flatten()

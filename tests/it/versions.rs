@@ -4,16 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{Sandbox, make_model, tree, write_files};
+use crate::common::{Sandbox, local_bucket, make_model, ok, run, stderr, stdout, tree, write_files};
 use crate::user_paths::{Provider, provider_args};
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// A sandbox set up (as the README says) on provider `p`, and the storage flags for its commands.
 fn set_up(p: Provider) -> (Sandbox, Vec<String>) {
@@ -22,16 +14,6 @@ fn set_up(p: Provider) -> (Sandbox, Vec<String>) {
     let out = sb.cmd().args(&args).args(["setup", "--create-bucket"]).output().unwrap();
     assert!(out.status.success(), "{p:?}: {}", stderr(&out));
     (sb, args)
-}
-
-fn run(sb: &Sandbox, args: &[&str]) -> std::process::Output {
-    sb.cmd().args(args).output().unwrap()
-}
-
-fn ok(sb: &Sandbox, args: &[&str]) -> String {
-    let out = run(sb, args);
-    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-    stdout(&out)
 }
 
 /// Uploads `dir` as `model` with extra args; returns the pinned reference printed.
@@ -161,9 +143,7 @@ fn concurrent_tag_moves_have_one_winner_on_azurite() {
 }
 
 fn bucket_dir(sb: &Sandbox) -> PathBuf {
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(sb.path().join("cfg/crowecode/cloud.json")).unwrap()).unwrap();
-    PathBuf::from(cfg["config"]["bucket"].as_str().unwrap()).join("crowecode-models")
+    local_bucket(sb).join("crowecode-models")
 }
 
 fn flip_a_byte(path: &Path, at: usize) {
