@@ -108,6 +108,14 @@ impl Session {
         }
     }
 
+    /// Aborts an unfinished multipart upload (its parts are billed until then).
+    pub async fn abort_upload(&self, upload: &crate::provider::PendingUpload) -> Result<()> {
+        self.provider
+            .abort_multipart(&upload.key, &upload.upload_id)
+            .await
+            .map_err(|e| Error::from_provider(format!("aborting the upload of {}", upload.key), e))
+    }
+
     /// Takes the model's cache lock, saying so when another process holds it and this one waits.
     pub async fn lock(&self, model: &ModelName) -> Result<ModelLock> {
         self.cache.ensure_layout()?;

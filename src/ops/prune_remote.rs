@@ -83,10 +83,7 @@ pub(crate) async fn run(
             continue;
         }
         if apply {
-            s.provider
-                .abort_multipart(&p.key, &p.upload_id)
-                .await
-                .map_err(|e| Error::from_provider(format!("aborting the upload of {}", p.key), e))?;
+            s.abort_upload(&p).await?;
         }
         out.unfinished_uploads.push(p.key);
     }

@@ -382,10 +382,7 @@ pub(crate) async fn delete_model(s: &Session, model: &ModelName) -> Result<Delet
         .await
         .map_err(|e| Error::from_provider(format!("listing unfinished uploads in {archives}"), e))?;
     for p in pending.into_iter().filter(|p| s.layout.is_model_object(model, &p.key)) {
-        s.provider
-            .abort_multipart(&p.key, &p.upload_id)
-            .await
-            .map_err(|e| Error::from_provider(format!("aborting the upload of {}", p.key), e))?;
+        s.abort_upload(&p).await?;
         out.aborted_uploads.push(p.key);
     }
     Ok(out)
