@@ -186,7 +186,7 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
     if !opts.no_latest {
         match versions::move_tag(s, &model, &TagName::latest(), &version, Expect::Current(latest_tag)).await {
             Ok(_) => tags.push(TagName::latest()),
-            Err(Error::Conflict { message, .. }) => {
+            Err(Error::Conflict { message, hint }) => {
                 // The same tree uploaded twice at once (CI retries, `--publish` on a fleet's cold
                 // start) is no conflict: the bucket holds exactly this tree.
                 if let Ok(Some(winner)) = versions::resolve(s, &Reference::parse(model.as_str())?).await
@@ -199,6 +199,11 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
                     let done =
                         Uploaded::of(&winner.manifest, &winner.version, UploadStatus::UpToDate, tags, 0, started);
                     return Ok(Uploaded { signed_by, ..done });
+                }
+                // A `prune --remote` deleted this version before `latest` could name it: the move
+                // was undone, and there is nothing kept to tag.
+                if versions::by_id(s, &model, &version).await?.is_none() {
+                    return Err(Error::Conflict { message, hint });
                 }
                 return Err(Error::Conflict {
                     message: format!("{CONFLICT} ({message}); this one is kept as version {}", version.short()),

@@ -29,13 +29,14 @@ fn content(sb: &Sandbox, reference: &str) -> String {
 
 // ---------------------------------------------------------------- DL1: prune against tag moves
 
-/// Rounds of: versions nobody references, then `tag V0 prod` started at a varying moment while
-/// `prune --remote --yes --min-age 0s` sweeps them. Whatever the interleaving, a tag move that
-/// reports success names a version that downloads, and one that fails leaves no dangling tag.
+/// Rounds of: versions nobody references, then `tag V0 prod` and an `upload` of a new tree, each
+/// started at a varying moment while `prune --remote --yes --min-age 0s` sweeps them. Whatever
+/// the interleaving, a move or upload that reports success names a version that downloads, one
+/// that fails leaves no dangling tag, and latest always downloads.
 fn prune_races_tag_moves(p: Provider, prefix: Option<&str>, rounds: usize) {
     let (mut sb, _) = machine_with_prefix(p, prefix);
     sb.env("CROWECODE_SWEEP_WINDOW_MS", "800");
-    let (mut moved, mut undone, mut gone) = (0, 0, 0);
+    let (mut moved, mut undone, mut gone, mut uploads_undone) = (0, 0, 0, 0);
     for round in 0..rounds {
         let _ = run(&sb, &["delete", "A", "--all", "--yes", "-q"]);
         let mut v = Vec::new();
@@ -49,8 +50,27 @@ fn prune_races_tag_moves(p: Provider, prefix: Option<&str>, rounds: usize) {
             std::thread::sleep(delay);
             tag.output().unwrap()
         });
+        // And an upload of a new tree, whose version the sweep may find before latest names it.
+        let dir = sb.src().join(format!("new-{round}"));
+        write_files(&dir, &[("w.bin", format!("r{round}-new\n").as_bytes())]);
+        let mut upload = sb.std_cmd();
+        upload.args(["upload", "A", "-q", "--from"]).arg(&dir).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let up_delay = Duration::from_millis((round as u64 * 41) % 160);
+        let uploader = std::thread::spawn(move || {
+            std::thread::sleep(up_delay);
+            upload.output().unwrap()
+        });
         let prune = run(&sb, &["prune", "--remote", "--yes", "--min-age", "0s", "-q"]);
         let tagged = mover.join().unwrap();
+        let uploaded = uploader.join().unwrap();
+        match uploaded.status.code() {
+            Some(0) => assert_eq!(content(&sb, &stdout(&uploaded)), format!("r{round}-new"), "{p:?} round {round}"),
+            Some(8) => uploads_undone += 1,
+            other => panic!("{p:?} round {round}: upload exited {other:?}: {}", stderr(&uploaded)),
+        }
+        // Whatever happened, latest names something that downloads.
+        let latest = run(&sb, &["download", "A", "-q", "--force"]);
+        assert!(latest.status.success(), "{p:?} round {round}: latest: {}", stderr(&latest));
         assert!(prune.status.success(), "{p:?} round {round}: prune: {}", stderr(&prune));
         let got = run(&sb, &["download", "A:prod", "-q"]);
         match tagged.status.code() {
@@ -81,7 +101,9 @@ fn prune_races_tag_moves(p: Provider, prefix: Option<&str>, rounds: usize) {
         assert!(run(&sb, &["history", "A"]).status.success(), "{p:?} round {round}");
     }
     assert_eq!(moved + undone + gone, rounds);
-    eprintln!("{p:?} {prefix:?}: {moved} moves made, {undone} undone, {gone} found the version gone");
+    eprintln!(
+        "{p:?} {prefix:?}: {moved} moves made, {undone} undone, {gone} found the version gone; {uploads_undone} uploads undone"
+    );
 }
 
 #[test]
