@@ -5,13 +5,22 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::download::{self, DownloadStatus, Downloaded};
+use super::downloaded::{DownloadStatus, Downloaded};
 use super::upload::{self, CONFLICT, UploadOptions};
+use super::versions::Found;
 use super::{Session, blocking};
 use crate::archive::{self, Compression};
 use crate::error::{Error, Result};
 use crate::names::ModelName;
 use crate::transfer;
+
+/// What the fallback came to.
+pub(crate) enum Fallback {
+    /// The command made the model (and with `--publish` uploaded it).
+    Made(Downloaded),
+    /// Another machine published the model while this one waited for its lock: download that.
+    InBucket(Found),
+}
 
 /// Makes `model` with the fallback `command` (the bucket has no manifest for it).
 pub(crate) async fn run(
@@ -20,13 +29,12 @@ pub(crate) async fn run(
     command: &str,
     publish: bool,
     started: Instant,
-) -> Result<Downloaded> {
+) -> Result<Fallback> {
     let lock = s.lock(model).await?;
     // Someone may have published it while this process waited for the lock.
     if let Some(found) = super::versions::resolve(s, &crate::reference::Reference::parse(model.as_str())?).await? {
         drop(lock);
-        let accepted = super::signatures::check(s, &found).await?;
-        return download::whole_version(s, found, accepted, true, false, started).await;
+        return Ok(Fallback::InBucket(found));
     }
     // Made here by an earlier fallback (and never published): that is the model.
     if !publish
@@ -35,7 +43,7 @@ pub(crate) async fn run(
         && m.archive_key == FALLBACK_KEY
     {
         s.cache.touch(&path);
-        return Ok(Downloaded::whole(path, DownloadStatus::Cached, &m, 0, started));
+        return Ok(Fallback::Made(Downloaded::whole(path, DownloadStatus::Cached, &m, 0, started)));
     }
     // What a killed fallback of this model left behind is never resumed: remove it.
     s.cache.clean_leftovers(&lock)?;
@@ -74,7 +82,7 @@ pub(crate) async fn run(
         }
     }
     let path = staging.commit(&manifest, true)?;
-    Ok(Downloaded::whole(path, status, &manifest, 0, started))
+    Ok(Fallback::Made(Downloaded::whole(path, status, &manifest, 0, started)))
 }
 
 /// Makes the tree a fallback command left at `dir` safe to install and upload: a symbolic link

@@ -16,6 +16,7 @@ use crate::provider::{Provider, ProviderErrorKind, ProviderExt as _};
 use crate::transfer::TransferOptions;
 
 pub mod download;
+mod downloaded;
 pub mod fallback;
 pub mod list;
 pub mod probe;

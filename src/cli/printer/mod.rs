@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::io::{IsTerminal as _, Write as _};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressDrawTarget};
 use serde::Serialize;
 
 use crate::commands::Batch;
@@ -15,21 +15,17 @@ use crate::commands::list::{Local, Remote};
 use crate::commands::setup::SetupOutcome;
 use crate::error::Error;
 use crate::manager::{DownloadStatus, Downloaded, StatusReport, UploadStatus, Uploaded};
-use crate::progress::{Direction, Event, Reporter};
+
+mod transfer;
+mod versions;
+
+use transfer::Transfer;
+use versions::signers;
 
 enum Mode {
     Off,
     Bars(MultiProgress),
     Lines(Duration),
-}
-
-struct Transfer {
-    direction: Direction,
-    total: u64,
-    done: u64,
-    started: Instant,
-    last_line: Instant,
-    bar: Option<ProgressBar>,
 }
 
 /// The one place that writes to the terminal.
@@ -382,283 +378,6 @@ impl Printer {
         }
         self.out(&table(&rows));
     }
-
-    /// Output of `upload`.
-    pub fn uploads(&self, batch: &Batch<Uploaded>) {
-        for u in &batch.models {
-            match u.status {
-                UploadStatus::UpToDate => {
-                    self.note(&format!("{}: up to date (version {}), nothing uploaded", u.model, u.version.short()))
-                }
-                UploadStatus::Uploaded => self.note(&format!(
-                    "{}: uploaded {}, {} in {} part{} in {} ({}), sha256 {}",
-                    u.model,
-                    files(u.files),
-                    fmt_bytes(u.archive_size),
-                    u.parts,
-                    if u.parts == 1 { "" } else { "s" },
-                    fmt_secs(u.seconds),
-                    rate(u.archive_size, u.seconds),
-                    u.sha256.short()
-                )),
-            }
-            if !u.signed_by.is_empty() {
-                self.note(&format!("{}: signed {} by {}", u.model, u.version.short(), u.signed_by.join(", ")));
-            }
-            if !u.tags.is_empty() {
-                let tags: Vec<String> = u.tags.iter().map(ToString::to_string).collect();
-                self.note(&format!("{}: {} → {}", u.model, tags.join(", "), u.version.short()));
-            }
-        }
-        self.model_errors(batch);
-        if self.json {
-            self.json_out(batch);
-        } else {
-            // The pinned reference, for the deploy step: REF=$(crowecode-cloud upload Alpha).
-            for u in &batch.models {
-                self.out(&u.reference);
-            }
-        }
-    }
-
-    /// Output of `resolve`: the pinned references on stdout, one per line.
-    pub fn resolutions(&self, batch: &Batch<crate::manager::Resolution>) {
-        self.model_errors(batch);
-        if self.json {
-            return self.json_out(batch);
-        }
-        for r in &batch.models {
-            self.out(&r.pinned);
-        }
-    }
-
-    /// Output of `tag` and `rollback`: each move on stderr, the pinned reference on stdout.
-    pub fn moves(&self, model: &str, moved: &[crate::manager::Moved]) {
-        if self.json {
-            return self.json_out(&serde_json::json!({ "model": model, "moved": moved }));
-        }
-        for m in moved {
-            let from = m.from.as_ref().map_or_else(|| "(new)".to_string(), |v| v.short().to_string());
-            let what =
-                if m.changed { format!("{from} → {}", m.to.short()) } else { format!("already at {}", m.to.short()) };
-            self.note(&format!("{model}:{}: {what}", m.tag));
-        }
-        if let Some(m) = moved.first() {
-            self.out(&format!("{model}@{}", m.to));
-        }
-    }
-
-    /// Output of `sign`: the pinned reference on stdout.
-    pub fn signed(&self, signed: &crate::manager::Signed) {
-        if self.json {
-            return self.json_out(signed);
-        }
-        self.note(&format!("{}: signed by {}", signed.reference, signed.signed_by.join(", ")));
-        self.out(&signed.reference);
-    }
-
-    /// Output of `keygen`.
-    pub fn keygen(&self, private: &std::path::Path, public: &std::path::Path, key: &crate::signing::PublicKey) {
-        if self.json {
-            return self.json_out(&serde_json::json!({
-                "private_key": private,
-                "public_key": public,
-                "key_id": key.id(),
-            }));
-        }
-        self.note(&format!(
-            "wrote {} (private: keep it secret, mode 0600) and {} (public: give it to every machine as a trusted key)",
-            private.display(),
-            public.display()
-        ));
-        self.out(key.short_id());
-    }
-
-    /// Output of `untag`.
-    pub fn untagged(&self, reference: &str, removed: bool) {
-        if self.json {
-            return self.json_out(&serde_json::json!({ "reference": reference, "removed": removed }));
-        }
-        self.note(&if removed { format!("{reference}: removed") } else { format!("{reference}: no such tag") });
-    }
-
-    /// Output of `history`: versions newest first, then the tag's moves.
-    pub fn history(&self, h: &crate::manager::History) {
-        if self.json {
-            return self.json_out(h);
-        }
-        let mut lines = vec![format!(
-            "{:<14} {:<22} {:>10} {:>6}  {:<16} SIGNED BY",
-            "VERSION", "CREATED", "SIZE", "FILES", "TAGS"
-        )];
-        for v in &h.versions {
-            let tags: Vec<String> = v.tags.iter().map(ToString::to_string).collect();
-            lines.push(format!(
-                "{:<14} {:<22} {:>10} {:>6}  {:<16} {}",
-                v.version.short(),
-                v.created_at,
-                fmt_bytes(v.size),
-                v.files,
-                tags.join(", "),
-                signers(&v.signatures)
-            ));
-        }
-        if !h.moves.is_empty() {
-            lines.push(String::new());
-            lines.push(format!("moves of {}:{} (newest first):", h.model, h.tag));
-            for m in &h.moves {
-                let from = m.from.as_ref().map_or_else(|| "(new)".to_string(), |v| v.short().to_string());
-                let signed = if m.signed_by.is_empty() {
-                    String::new()
-                } else {
-                    format!(", signed by {}", m.signed_by.iter().map(|k| safe(k)).collect::<Vec<_>>().join(", "))
-                };
-                lines.push(format!("  {}  {from} → {}  by {}{signed}", m.at, m.to.short(), safe(&m.by)));
-            }
-        }
-        self.out(&lines.join("\n"));
-    }
-
-    /// Output of `delete`: the keys removed.
-    pub fn deleted(&self, d: &crate::manager::Deleted) {
-        if self.json {
-            return self.json_out(d);
-        }
-        for t in &d.untagged {
-            self.note(&format!("removed tag {t}"));
-        }
-        for k in &d.keys {
-            self.out(&format!("deleted {}", safe(k)));
-        }
-        for k in &d.aborted_uploads {
-            self.out(&format!("aborted the unfinished upload of {}", safe(k)));
-        }
-        for k in &d.left_alone {
-            self.warn(&format!("left alone {} (not written by crowecode-cloud)", safe(k)));
-        }
-    }
-
-    /// Output of `verify`: one line per model on stdout, differences listed.
-    pub fn verify(&self, batch: &Batch<crate::cache::VerifyReport>) {
-        self.model_errors(batch);
-        if self.json {
-            return self.json_out(batch);
-        }
-        for r in &batch.models {
-            let signed = match (&r.signed_by, &r.signature_problem) {
-                (Some(key), _) => format!(", signed by trusted key {}", safe(key)),
-                (None, Some(problem)) => format!(", NOT SIGNED by a trusted key: {}", safe(problem)),
-                (None, None) => String::new(),
-            };
-            let differs = !r.missing.is_empty() || !r.changed.is_empty() || !r.extra.is_empty();
-            if !differs {
-                self.out(&format!("{}: ok, {} match {}{signed}", r.model, files(r.files_checked), r.path.display()));
-                continue;
-            }
-            // What was signed is the manifest; the files on disk no longer match it.
-            let mut text = format!("{}: DIFFERS from its manifest ({})", r.model, r.path.display());
-            for (what, list) in [("missing", &r.missing), ("changed", &r.changed), ("extra", &r.extra)] {
-                for p in list {
-                    text.push_str(&format!("\n  {what}: {}", safe(p)));
-                }
-            }
-            self.out(&text);
-        }
-        for r in batch.models.iter().filter(|r| !r.ok) {
-            self.note(&format!(
-                "hint: `crowecode-cloud download {} --force` fetches a clean, verified copy and replaces {}",
-                r.model,
-                r.path.display()
-            ));
-        }
-    }
-
-    /// Output of `prune`: one line per removed version or archive, then the total.
-    pub fn prune(&self, r: &crate::commands::prune::Report) {
-        if self.json {
-            return self.json_out(r);
-        }
-        let verb = if r.dry_run { "would remove" } else { "removed" };
-        for p in &r.local {
-            self.out(&format!("{verb} {} ({}, {}): {}", p.path.display(), p.model, p.reason, fmt_bytes(p.bytes)));
-        }
-        for p in r.remote_versions.iter().chain(&r.remote) {
-            self.out(&format!("{verb} {} ({}): {}", safe(&p.key), p.model, fmt_bytes(p.bytes)));
-        }
-        let abort = if r.dry_run { "would abort" } else { "aborted" };
-        for key in &r.unfinished_uploads {
-            self.out(&format!("{abort} the unfinished upload {}", safe(key)));
-        }
-        for m in &r.skipped {
-            self.note(&format!("{m}: left alone, a download of it is in progress"));
-        }
-        for m in &r.unreadable {
-            self.note(&format!("{m}: left alone, its manifest cannot be read (see the warning above)"));
-        }
-        let n = r.local.len() + r.remote.len() + r.remote_versions.len();
-        if n == 0 && r.unfinished_uploads.is_empty() {
-            self.note("nothing to prune");
-        } else if n > 0 {
-            self.note(&format!("{verb} {n} item(s), {}", fmt_bytes(r.would_free_bytes)));
-        }
-        if r.dry_run && !(r.remote.is_empty() && r.remote_versions.is_empty() && r.unfinished_uploads.is_empty()) {
-            self.note("hint: add --yes to delete these archives and abort these uploads");
-        }
-    }
-
-    /// Output of `download`: paths on stdout, one per line.
-    pub fn downloads(&self, batch: &Batch<Downloaded>) {
-        for d in &batch.models {
-            match d.status {
-                DownloadStatus::Cached => {
-                    self.note(&format!("{}: already current (sha256 {})", d.model, d.sha256.short()))
-                }
-                DownloadStatus::Downloaded => self.note(&format!(
-                    "{}: downloaded and verified {}, {} in {} ({}), sha256 {}",
-                    d.model,
-                    files(d.files),
-                    fmt_bytes(d.transferred),
-                    fmt_secs(d.seconds),
-                    rate(d.transferred, d.seconds),
-                    d.sha256.short()
-                )),
-                DownloadStatus::Fallback | DownloadStatus::Published => self.note(&format!(
-                    "{}: made by the fallback command ({}, {}){}, sha256 {}",
-                    d.model,
-                    files(d.files),
-                    fmt_bytes(d.size),
-                    if d.status == DownloadStatus::Published { " and uploaded to the bucket" } else { "" },
-                    d.sha256.short()
-                )),
-            }
-            if let Some(key) = &d.signed_by {
-                self.note(&format!("{}: signed by trusted key {}", d.model, safe(key)));
-            }
-        }
-        self.model_errors(batch);
-        if self.json {
-            self.json_out(batch);
-        } else {
-            for d in &batch.models {
-                self.out(&d.path.display().to_string());
-            }
-        }
-    }
-
-    fn progress_line(&self, model: &str, t: &Transfer) {
-        let secs = t.started.elapsed().as_secs_f64();
-        let pct = if t.total > 0 { t.done as f64 * 100.0 / t.total as f64 } else { 100.0 };
-        let speed = if secs > 0.0 { t.done as f64 / secs } else { 0.0 };
-        let eta =
-            if speed > 0.0 && t.total > t.done { fmt_secs((t.total - t.done) as f64 / speed) } else { "-".into() };
-        eprintln!(
-            "{} {model}: {} / {} ({pct:.0}%), {}, ETA {eta}",
-            t.direction.as_str(),
-            fmt_bytes(t.done),
-            fmt_bytes(t.total),
-            rate(t.done, secs)
-        );
-    }
 }
 
 fn table(rows: &[Vec<String>]) -> String {
@@ -672,67 +391,6 @@ fn table(rows: &[Vec<String>]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-impl Reporter for Printer {
-    fn report(&self, event: Event<'_>) {
-        match event {
-            Event::Info { model, message } => self.note(&format!("{model}: {message}")),
-            Event::Warning { message } => self.warn(&message),
-            Event::Started { model, direction, total } => {
-                let bar = match &self.mode {
-                    Mode::Off => return,
-                    Mode::Bars(mp) => {
-                        let bar = mp.add(ProgressBar::new(total));
-                        bar.set_style(
-                            ProgressStyle::with_template(
-                                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-                            )
-                            .expect("valid template")
-                            .progress_chars("=> "),
-                        );
-                        bar.set_prefix(format!("{} {model}", direction.as_str()));
-                        Some(bar)
-                    }
-                    Mode::Lines(_) => None,
-                };
-                let now = Instant::now();
-                let t = Transfer { direction, total, done: 0, started: now, last_line: now, bar };
-                self.transfers.lock().expect("progress lock").insert(model.to_string(), t);
-            }
-            Event::Advanced { model, bytes } => {
-                let mut map = self.transfers.lock().expect("progress lock");
-                let Some(t) = map.get_mut(model) else { return };
-                t.done += bytes;
-                if let Some(bar) = &t.bar {
-                    bar.inc(bytes);
-                } else if let Mode::Lines(every) = self.mode
-                    && t.last_line.elapsed() >= every
-                {
-                    t.last_line = Instant::now();
-                    self.progress_line(model, t);
-                }
-            }
-            Event::Finished { model } => {
-                if let Some(t) = self.transfers.lock().expect("progress lock").remove(model)
-                    && let Some(bar) = t.bar
-                {
-                    bar.finish_and_clear();
-                }
-            }
-        }
-    }
-}
-
-/// Who signed a version, for tables: verified trusted keys, else the keys the bucket names.
-fn signers(s: &crate::manager::Signers) -> String {
-    if !s.trusted.is_empty() {
-        format!("{} (trusted)", s.trusted.join(", "))
-    } else if s.keys.is_empty() {
-        "-".into()
-    } else {
-        s.keys.iter().map(|k| safe(k)).collect::<Vec<_>>().join(", ")
-    }
 }
 
 #[cfg(test)]
