@@ -50,6 +50,8 @@ V2=$(crowecode-cloud upload Demo --models-dir "$WORK/models" --quiet)
 run crowecode-cloud history Demo
 PINNED=$(crowecode-cloud download "$REF")
 [ "$PINNED" = "$MODEL" ] && echo "$REF is still $PINNED (no request: it is cached)"
+echo "the directory's name is the version's short id, a reference too:"
+run crowecode-cloud download "$(basename "$PINNED")"
 run crowecode-cloud rollback Demo
 run crowecode-cloud resolve Demo Demo:prod
 run crowecode-cloud tag "$V2" latest

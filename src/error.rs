@@ -132,7 +132,7 @@ pub enum Error {
     },
 
     /// The model has no manifest in the bucket (exit 5).
-    #[error("model {model} not found in {location}")]
+    #[error("{} not found in {location}", what_is_missing(model))]
     ModelNotFound { model: String, location: String },
 
     /// Bytes did not match what the manifest promised, or an archive was unsafe (exit 6).
@@ -268,6 +268,12 @@ impl Error {
             Self::ModelNotFound { model, location } if location.starts_with("the cache") => Some(format!(
                 "it was never downloaded on this machine: run `crowecode-cloud download {model}`, or `crowecode-cloud list --local` to see the cached models"
             )),
+            Self::ModelNotFound { model, .. } if model.contains([':', '@']) => {
+                let name = model.split([':', '@']).next().unwrap_or(model);
+                Some(format!(
+                    "run `crowecode-cloud history {name}` to see its versions and tags (`crowecode-cloud list` for the models)"
+                ))
+            }
             Self::ModelNotFound { .. } => Some("run `crowecode-cloud list` to see the models in the bucket".into()),
             Self::Integrity { .. } => Some(
                 "nothing was installed and the previous version is untouched; run the command again, and if it fails the same way re-upload the model".into(),
@@ -295,3 +301,14 @@ impl Error {
 
 /// Short alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a missing reference names: `model A`, `tag prod of A`, `version A@1a2b…`.
+fn what_is_missing(reference: &str) -> String {
+    if let Some((model, tag)) = reference.split_once(':') {
+        format!("tag {tag} of model {model}")
+    } else if reference.contains('@') {
+        format!("version {reference}")
+    } else {
+        format!("model {reference}")
+    }
+}

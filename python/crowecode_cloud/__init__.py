@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -108,12 +109,39 @@ _BY_CODE = {c.exit_code: c for c in (UsageError, NotConfiguredError, Credentials
                                      IntegrityError, NetworkError, ConflictError)}
 
 
+# The CLI's hints name its flags; from Python the same choice is a keyword argument.
+_KEYWORDS = (
+    ("--require-signature", "require_signature=True"),
+    ("--no-latest", "no_latest=True"),
+    ("--sign-key", "sign_key=..."),
+    ("--signature", "signature=..."),
+    ("--concurrency", "concurrency=..."),
+    ("--offline", "offline=True"),
+    ("--force", "force=True"),
+    ("--only", "only=[...]"),
+    ("--tag", "tags=[...]"),
+)
+
+
+def _python_hint(hint: Optional[str]) -> Optional[str]:
+    """``hint`` with the keyword arguments its flags stand for, when it names any."""
+    if not hint:
+        return hint
+    seen = []
+    for flag, keyword in _KEYWORDS:
+        if re.search(re.escape(flag) + r"(?![\w-])", hint) and keyword not in seen:
+            seen.append(keyword)
+    if not seen:
+        return hint
+    return f"{hint} [from Python: {', '.join(seen)}]"
+
+
 def _error(obj: Mapping[str, Any], code: int) -> CloudError:
     message = str(obj.get("error", "crowecode-cloud failed"))
     cls = _BY_CODE.get(code, CloudError)
     if code == IntegrityError.exit_code and "signature check failed" in message:
         cls = SignatureError
-    return cls(message, obj.get("hint"), code)
+    return cls(message, _python_hint(obj.get("hint")), code)
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,11 @@ def test_each_exception_comes_from_a_real_failure(home: Path, monkeypatch: pytes
     archive.write_bytes(bytes(data))
     with pytest.raises(IntegrityError):
         mgr.download_model_from_cloud("Alpha")
+    # Hints name the CLI's flags, and from Python the keyword arguments they stand for.
+    with pytest.raises(UsageError) as contradiction:
+        mgr.upload_model_to_cloud("Alpha", src, tags=["latest"], no_latest=True)
+    assert "--no-latest" in (contradiction.value.hint or "")
+    assert "[from Python: no_latest=True]" in (contradiction.value.hint or "")
     cfg = home / "cfg" / "crowecode" / "cloud.json"
     cfg.write_text("{")
     with pytest.raises(NotConfiguredError):

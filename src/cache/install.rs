@@ -48,18 +48,19 @@ pub struct Staging {
 }
 
 impl Cache {
-    /// The install protocol for the version `manifest` describes, holding `lock`: `Ready` when
+    /// The install protocol for the version `manifest` describes, holding `lock`, into the
+    /// directory `name` (see [`Cache::version_name`]): `Ready` when
     /// that version is installed (pointing the link back at it if the link had moved on), else a
     /// staging area, resumable when a crashed run of this version left verified files (then the
     /// rest of that directory is cleared). Leftovers of other runs are removed. Blocking: it
     /// hashes the files it keeps.
-    pub fn begin(&self, lock: ModelLock, manifest: &Manifest, link: bool) -> Result<Acquired> {
+    pub fn begin(&self, lock: ModelLock, manifest: &Manifest, name: &str, link: bool) -> Result<Acquired> {
         let model = lock.model().clone();
         if model != manifest.model {
             return Err(Error::other(format!("the lock is for {model}, the manifest for {}", manifest.model), None));
         }
         self.ensure_layout()?;
-        let version = self.version_path(&model, &manifest.archive_sha256);
+        let version = self.version_path(&model, name);
         // Whoever held the lock before may have installed exactly this version.
         let linked = self.current(&model)?.as_deref() == Some(version.as_path());
         if (linked || !link) && self.is_complete(&version) {
@@ -177,12 +178,12 @@ impl Staging {
         self.resume.as_ref()
     }
 
-    /// Moves the verified tree into place as the version `manifest` describes (its manifest
-    /// copy first), then, with `link`, points `models/<Model>` at it (a download of `latest`; a
+    /// Moves the verified tree into place as the version `manifest` describes, in the directory
+    /// `name` (its manifest copy first), then, with `link`, points `models/<Model>` at it (a download of `latest`; a
     /// pinned or tagged version leaves the link alone). Returns the version directory.
-    pub fn commit(mut self, manifest: &Manifest, link: bool) -> Result<PathBuf> {
+    pub fn commit(mut self, manifest: &Manifest, name: &str, link: bool) -> Result<PathBuf> {
         let cache = &self.cache;
-        let version = cache.version_path(&manifest.model, &manifest.archive_sha256);
+        let version = cache.version_path(&manifest.model, name);
         let copy = cache.manifest_copy_path(&version);
         let tmp = copy.with_extension("json.tmp");
         fs::write(&tmp, manifest.to_bytes()).map_err(|e| Error::io("cannot write", &tmp, e))?;

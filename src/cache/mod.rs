@@ -5,8 +5,8 @@
 //! ```text
 //! <root>/CACHEDIR.TAG
 //! <root>/models/<Model>                          symlink, swapped atomically, to a version dir
-//! <root>/models/.versions/<Model>@<sha12>/       a complete, verified model (never modified)
-//! <root>/models/.versions/<Model>@<sha12>.manifest.json
+//! <root>/models/.versions/<Model>@<id12>/        a complete, verified model (never modified)
+//! <root>/models/.versions/<Model>@<id12>.manifest.json
 //! <root>/.staging/<Model>@<rand>/                extraction in progress (same filesystem)
 //! <root>/.locks/<Model>.lock                     flock: one download (or prune) of a model per machine
 //! <root>/.locks/<Model>.use                      flock: shared while a version is handed out, exclusive while one is removed
@@ -98,8 +98,9 @@ impl Cache {
 
     /// Where a selective download (`--only`) of a version is kept: apart from the full versions,
     /// so a partial model is never taken for the model. `key` tells selections apart.
-    pub fn selection_path(&self, model: &ModelName, sha: &Sha256Hex, key: &str) -> PathBuf {
-        self.models_dir().join(".partial").join(format!("{model}@{}-{key}", sha.short()))
+    /// `name` is the short version id.
+    pub fn selection_path(&self, model: &ModelName, name: &str, key: &str) -> PathBuf {
+        self.models_dir().join(".partial").join(format!("{model}@{name}-{key}"))
     }
 
     /// `<root>/models`, where ready models are.
@@ -143,9 +144,26 @@ impl Cache {
         self.models_dir().join(model.as_str())
     }
 
-    /// The directory of one version.
-    pub fn version_path(&self, model: &ModelName, sha: &Sha256Hex) -> PathBuf {
-        self.versions_dir().join(format!("{model}@{}", sha.short()))
+    /// The directory of one version: `.versions/<Model>@<name>`, `name` being the short version
+    /// id (see [`Cache::version_name`]), or the archive digest's for what has no version id (a
+    /// fallback's model).
+    pub fn version_path(&self, model: &ModelName, name: &str) -> PathBuf {
+        self.versions_dir().join(format!("{model}@{name}"))
+    }
+
+    /// The directory name of the version `id`: its short id, so that the printed path names
+    /// what `download MODEL@<short>` fetches and two versions of one tree keep apart. A cache of
+    /// an earlier release named it by the archive digest: such a directory recorded as holding
+    /// `id` is used where it is (it may be in use).
+    pub fn version_name(&self, model: &ModelName, id: &VersionId, archive: &Sha256Hex) -> String {
+        let earlier = self.version_path(model, archive.short());
+        if !self.version_path(model, id.short()).exists()
+            && self.is_complete(&earlier)
+            && self.version_of(&earlier).as_ref() == Some(id)
+        {
+            return archive.short().to_string();
+        }
+        id.short().to_string()
     }
 
     pub(crate) fn manifest_copy_path(&self, version_dir: &Path) -> PathBuf {

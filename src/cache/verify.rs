@@ -14,6 +14,9 @@ use crate::names::ModelName;
 pub struct VerifyReport {
     pub model: ModelName,
     pub path: PathBuf,
+    /// The version id the directory was installed as (`sha256:…`), when recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// Whether every file matches and nothing is missing or extra.
     pub ok: bool,
     pub files_checked: usize,
@@ -90,6 +93,7 @@ impl Cache {
         let ok = missing.is_empty() && changed.is_empty() && extra.is_empty();
         Ok(VerifyReport {
             model: model.clone(),
+            version: self.version_of(&path).map(|v| v.to_string()),
             path,
             ok,
             files_checked: manifest.files.len(),

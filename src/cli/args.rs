@@ -102,26 +102,28 @@ pub(super) struct StorageArgs {
     #[arg(long, global = true, value_name = "CMD")]
     pub(super) fallback_command: Option<String>,
     /// Read archives through this mirror (an HTTP cache or CDN in front of the bucket), verified
-    #[arg(long, global = true, value_name = "URL", env = "CROWECODE_MIRROR", hide_env_values = true)]
+    /// [env: CROWECODE_MIRROR]
+    #[arg(long, global = true, value_name = "URL")]
     pub(super) mirror: Option<String>,
     /// Send archive reads as plain http:// to this forward proxy (Dragonfly dfdaemon), verified
-    #[arg(long, global = true, value_name = "URL", env = "CROWECODE_DATA_PROXY", hide_env_values = true)]
+    /// [env: CROWECODE_DATA_PROXY]
+    #[arg(long, global = true, value_name = "URL")]
     pub(super) data_proxy: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub(super) struct TransferArgs {
-    /// Requests in flight [default: downloads start at 16 and grow while throughput grows, uploads 24, within --max-memory]
-    #[arg(long, value_name = "N", env = "CROWECODE_CONCURRENCY", hide_env_values = true, value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// Requests in flight [default: downloads start at 16 and grow while throughput grows, uploads 24, within --max-memory] [env: CROWECODE_CONCURRENCY]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub(super) concurrency: Option<u16>,
-    /// Part size, e.g. 16MiB, 64M [default: downloads 8MiB, uploads 6MiB, grown for huge models]
-    #[arg(long, value_name = "SIZE", env = "CROWECODE_PART_SIZE", hide_env_values = true, value_parser = parse_size)]
+    /// Part size, e.g. 16MiB, 64M [default: downloads 8MiB, uploads 6MiB, grown for huge models] [env: CROWECODE_PART_SIZE]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub(super) part_size: Option<u64>,
-    /// Memory for the data in flight, e.g. 512M [default: 160MiB; downloads hold at most 3/4 of it ahead of the writer]
-    #[arg(long, value_name = "SIZE", env = "CROWECODE_MAX_MEMORY", hide_env_values = true, value_parser = parse_size)]
+    /// Memory for the data in flight, e.g. 512M [default: 160MiB; downloads hold at most 3/4 of it ahead of the writer] [env: CROWECODE_MAX_MEMORY]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub(super) max_memory: Option<u64>,
-    /// Average transfer rate limit in bytes per second, e.g. 50M (= 50 MiB/s)
-    #[arg(long, value_name = "RATE", env = "CROWECODE_LIMIT_RATE", hide_env_values = true, value_parser = parse_size)]
+    /// Average transfer rate limit in bytes per second, e.g. 50M (= 50 MiB/s) [env: CROWECODE_LIMIT_RATE]
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
     pub(super) limit_rate: Option<u64>,
 }
 

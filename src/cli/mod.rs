@@ -37,6 +37,11 @@ fn env_reader() -> EnvReader {
     Arc::new(|k: &str| std::env::var(k).ok().filter(|v| !v.is_empty() || k == config::ENV_CONFIG_B64))
 }
 
+/// A bad value in a transfer variable, named as the user set it (exit 2).
+fn env_error(var: &str, problem: &str) -> Error {
+    Error::usage(format!("{var}: {problem}"), format!("fix or unset {var}; the flag of the same name overrides it"))
+}
+
 /// Keeps large transfer buffers out of glibc's heap arenas.
 ///
 /// glibc raises its mmap threshold each time a large block is freed, after which 16 MiB part
@@ -74,7 +79,7 @@ pub fn main() -> std::process::ExitCode {
             clap_complete::generate(*shell, &mut Cli::command(), "crowecode-cloud", &mut text);
             return print_generated(&text, "the completion script");
         }
-        Command::Keygen { out, force } => return keygen(out, *force, cli.global.json),
+        Command::Keygen { out, force } => return keygen(out, *force, cli.global.json, cli.global.quiet),
         Command::Man => {
             let mut text = Vec::new();
             // Rendering into memory cannot fail.
@@ -126,8 +131,8 @@ fn usage_error(e: &clap::Error) -> std::process::ExitCode {
 }
 
 /// `keygen`: needs no config and no runtime.
-fn keygen(out: &std::path::Path, force: bool, json: bool) -> std::process::ExitCode {
-    let printer = Printer::new(json, false, true, &|_| None);
+fn keygen(out: &std::path::Path, force: bool, json: bool, quiet: bool) -> std::process::ExitCode {
+    let printer = Printer::new(json, quiet, true, &|_| None);
     let out = match absolute(out) {
         Ok(p) => p,
         Err(e) => {
@@ -264,6 +269,17 @@ async fn run(cli: Cli) -> i32 {
 
 fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> crate::Result<Context> {
     let s = &cli.storage;
+    // A flag wins over its environment variable; errors name whichever was used.
+    let mut from_env = std::collections::BTreeMap::new();
+    let mut flag_or_env = |key: &'static str, flag: &Option<String>, var: &'static str| {
+        flag.clone().or_else(|| {
+            env(var).inspect(|_| {
+                from_env.insert(key, var);
+            })
+        })
+    };
+    let mirror = flag_or_env("mirror", &s.mirror, "CROWECODE_MIRROR");
+    let data_proxy = flag_or_env("data_proxy", &s.data_proxy, "CROWECODE_DATA_PROXY");
     let overrides = Overrides {
         provider: s.provider.clone(),
         bucket: s.bucket.clone(),
@@ -277,8 +293,9 @@ fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> crate::Res
         kms_key: s.kms_key.clone(),
         encryption_scope: s.encryption_scope.clone(),
         fallback_command: s.fallback_command.clone(),
-        mirror: s.mirror.clone(),
-        data_proxy: s.data_proxy.clone(),
+        mirror,
+        data_proxy,
+        from_env,
     };
     let config_file = config::file_location(cli.global.config.as_ref().map(|p| absolute(p)).transpose()?, &*env);
     let cache_root = match &cli.global.cache_dir {
@@ -286,12 +303,27 @@ fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> crate::Res
         None => Cache::default_root(&*env)?,
     };
     let transfer = match &cli.command {
-        Command::Upload { transfer, .. } | Command::Download { transfer, .. } => TransferOptions {
-            part_size: transfer.part_size,
-            concurrency: transfer.concurrency.map(usize::from),
-            limit_rate: transfer.limit_rate,
-            max_memory: transfer.max_memory,
-        },
+        Command::Upload { transfer, .. } | Command::Download { transfer, .. } => {
+            let size = |flag: Option<u64>, var: &str| match flag {
+                Some(v) => Ok(Some(v)),
+                None => env(var).map(|v| parse_size(&v).map_err(|e| env_error(var, &e))).transpose(),
+            };
+            let concurrency = match transfer.concurrency {
+                Some(n) => Some(usize::from(n)),
+                None => env("CROWECODE_CONCURRENCY")
+                    .map(|v| match v.trim().parse::<usize>() {
+                        Ok(n) if (1..=256).contains(&n) => Ok(n),
+                        _ => Err(env_error("CROWECODE_CONCURRENCY", &format!("{v:?} is not a number from 1 to 256"))),
+                    })
+                    .transpose()?,
+            };
+            TransferOptions {
+                part_size: size(transfer.part_size, "CROWECODE_PART_SIZE")?,
+                concurrency,
+                limit_rate: size(transfer.limit_rate, "CROWECODE_LIMIT_RATE")?,
+                max_memory: size(transfer.max_memory, "CROWECODE_MAX_MEMORY")?,
+            }
+        }
         _ => TransferOptions::default(),
     };
     check_transfer(&transfer)?;
@@ -475,6 +507,66 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
+
+    /// The words of one shell command, quotes removed; a `$VAR` or `$(...)` word becomes `Alpha`
+    /// (every documented variable stands for a model or a reference).
+    fn shell_words(text: &str) -> Vec<String> {
+        let (mut words, mut word, mut quote, mut any) = (Vec::new(), String::new(), None, false);
+        for c in text.chars() {
+            match (quote, c) {
+                (None, '\'' | '"') => (quote, any) = (Some(c), true),
+                (Some(q), c) if c == q => quote = None,
+                (None, c) if c.is_whitespace() => {
+                    if any {
+                        words.push(std::mem::take(&mut word));
+                    }
+                    any = false;
+                }
+                (_, c) => (word, any) = (word + &c.to_string(), true),
+            }
+        }
+        if any {
+            words.push(word);
+        }
+        words.into_iter().map(|w| if w.starts_with('$') { "Alpha".into() } else { w }).collect()
+    }
+
+    /// Every `crowecode-cloud ...` command in the README's shell blocks is one the CLI accepts as
+    /// written: its command, flags and values exist (it is parsed, not run).
+    #[test]
+    fn every_command_in_the_readme_parses() {
+        let readme = include_str!("../../README.md");
+        let (mut shell, mut in_block, mut checked) = (false, false, 0);
+        for line in readme.lines() {
+            if let Some(lang) = line.trim_start().strip_prefix("```") {
+                in_block = !in_block;
+                shell = in_block && matches!(lang.trim(), "" | "sh" | "bash" | "console");
+                continue;
+            }
+            if !shell {
+                continue;
+            }
+            let code = line.split(" #").next().unwrap_or("");
+            for (at, _) in code.match_indices("crowecode-cloud ") {
+                let before = code[..at].chars().last();
+                if before.is_some_and(|c| !matches!(c, ' ' | '(' | '"' | '=')) {
+                    continue;
+                }
+                let rest = &code[at + "crowecode-cloud ".len()..];
+                let end = rest.find([')', '|', '&', ';', '>', '<']).unwrap_or(rest.len());
+                let args = shell_words(&rest[..end]);
+                let parsed = Cli::try_parse_from(std::iter::once("crowecode-cloud".to_string()).chain(args.clone()));
+                match parsed {
+                    Ok(_) => {}
+                    Err(e) if !e.use_stderr() => {} // --help, --version
+                    Err(e) => panic!("README: `crowecode-cloud {}` does not parse: {e}", args.join(" ")),
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 28, "only {checked} README commands found: did the blocks change?");
+    }
 
     #[test]
     fn sizes_parse_with_binary_units() {

@@ -155,8 +155,12 @@ impl Document {
                 }
             }
         }
+        // Where each overridden value came from (`--mirror`, `CROWECODE_MIRROR`): errors and
+        // warnings about it name that, not the config document.
+        let mut from_flag: BTreeMap<&str, String> = BTreeMap::new();
         for (k, v) in ov.pairs() {
             if let Some(v) = v {
+                from_flag.insert(k, ov.source_of(k));
                 if v.is_empty() {
                     strings.remove(k);
                 } else {
@@ -166,9 +170,15 @@ impl Document {
         }
         for k in strings.keys() {
             if !provider.keys().contains(k) {
-                warnings.push(format!("config key {k:?} does not apply to provider {provider} and is ignored"));
+                let what = from_flag.get(k).cloned().unwrap_or_else(|| format!("config key {k:?}"));
+                warnings.push(format!("{what} does not apply to provider {provider} and is ignored"));
             }
         }
+        let fail = |k: &str, p: Problem| match from_flag.get(k) {
+            Some(source) => p.in_flag(source),
+            None => p.in_config(origin),
+        };
+        let url = |k: &str, v: Option<String>| v.map(|v| check_url(&v, k).map_err(|p| fail(k, p))).transpose();
         let mut take = |k: &str| strings.remove(k);
         let bucket = take("bucket").ok_or_else(|| {
             Error::config(origin, "no bucket given", "add \"bucket\" under \"config\", or pass --bucket NAME")
@@ -176,9 +186,9 @@ impl Document {
         let config = CloudConfig {
             provider,
             bucket: bucket.trim().to_string(),
-            prefix: normalise_prefix(take("prefix").as_deref().unwrap_or(""), origin)?,
+            prefix: check_prefix(take("prefix").as_deref().unwrap_or("")).map_err(|p| fail("prefix", p))?,
             region: take("region"),
-            endpoint: take("endpoint").map(|e| normalise_endpoint(&e, origin)).transpose()?,
+            endpoint: url("endpoint", take("endpoint"))?,
             account: take("account"),
             project: take("project"),
             sse: take("sse"),
@@ -186,14 +196,16 @@ impl Document {
             kms_key: take("kms_key"),
             encryption_scope: take("encryption_scope"),
             fallback_command: take("fallback_command"),
-            mirror: take("mirror").map(|m| normalise_endpoint(&m, origin)).transpose()?,
-            data_proxy: take("data_proxy").map(|m| normalise_endpoint(&m, origin)).transpose()?,
+            mirror: url("mirror", take("mirror"))?,
+            data_proxy: url("data_proxy", take("data_proxy"))?,
             trusted_keys,
             require_signature,
             signing_scope: take("signing_scope").map(|s| s.trim().to_string()),
             extra,
         };
-        config.validate(origin)?;
+        if let Some((key, problem)) = config.problem() {
+            return Err(fail(key, problem));
+        }
         if config.mirror.is_some() && config.data_proxy.is_some() {
             return Err(Error::config(
                 origin,

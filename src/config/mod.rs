@@ -23,7 +23,7 @@ use document::Document;
 
 use file::read_config_file;
 pub use file::{FileLocation, MAX_CONFIG_BYTES, default_config_path, file_location, write_config_file};
-use validate::{bucket_problem, normalise_endpoint, region_problem};
+use validate::{Problem, bucket_problem, check_prefix, check_url, region_problem};
 pub(crate) use validate::{looks_like_secret, shell_quote};
 pub use validate::{normalise_prefix, redact_url};
 
@@ -268,9 +268,19 @@ pub struct Overrides {
     pub fallback_command: Option<String>,
     pub mirror: Option<String>,
     pub data_proxy: Option<String>,
+    /// Keys whose value came from an environment variable (named here) rather than `--key`.
+    pub from_env: BTreeMap<&'static str, &'static str>,
 }
 
 impl Overrides {
+    /// What set `key` on the command line: its environment variable, else its flag.
+    fn source_of(&self, key: &str) -> String {
+        match self.from_env.get(key) {
+            Some(var) => (*var).to_string(),
+            None => format!("--{}", key.replace('_', "-")),
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.pairs().iter().all(|(_, v)| v.is_none()) && self.provider.is_none()
     }
@@ -375,38 +385,42 @@ pub fn resolve(env: &dyn Fn(&str) -> Option<String>, file: &FileLocation, overri
 impl CloudConfig {
     /// Checks the bucket name against the provider's rules and the encryption options for consistency.
     pub fn validate(&self, origin: &str) -> Result<()> {
+        match self.problem() {
+            Some((_, problem)) => Err(problem.in_config(origin)),
+            None => Ok(()),
+        }
+    }
+
+    /// The first value that breaks the provider's rules, with the key it is under.
+    pub(crate) fn problem(&self) -> Option<(&'static str, Problem)> {
         if let Some(problem) = bucket_problem(self.provider, &self.bucket) {
-            return Err(Error::config(
-                origin,
-                format!("invalid {} bucket name {:?}: {problem}", self.provider, self.bucket),
-                match self.provider {
-                    ProviderKind::Local => "give a directory path, e.g. --bucket /srv/model-bucket",
-                    ProviderKind::Azure => "container names are 3-63 lowercase letters, digits and single hyphens",
-                    _ => {
-                        "bucket names are 3-63 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
-                    }
-                },
-            ));
+            let hint = match self.provider {
+                ProviderKind::Local => "give a directory path, e.g. --bucket /srv/model-bucket",
+                ProviderKind::Azure => "container names are 3-63 lowercase letters, digits and single hyphens",
+                _ => {
+                    "bucket names are 3-63 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+                }
+            };
+            let message = format!("invalid {} bucket name {:?}: {problem}", self.provider, self.bucket);
+            return Some(("bucket", Problem::new(message, hint)));
         }
         if let Some(region) = &self.region
             && let Some(problem) = region_problem(region)
         {
-            return Err(Error::config(
-                origin,
-                format!("invalid region {region:?}: {problem}"),
-                "for example --region us-west-2",
-            ));
+            let message = format!("invalid region {region:?}: {problem}");
+            return Some(("region", Problem::new(message, "for example --region us-west-2")));
         }
         if let Some(sse) = &self.sse
             && sse != "AES256"
             && sse != "aws:kms"
         {
-            return Err(Error::config(origin, format!("invalid sse {sse:?}"), "use \"AES256\" or \"aws:kms\""));
+            return Some(("sse", Problem::new(format!("invalid sse {sse:?}"), "use \"AES256\" or \"aws:kms\"")));
         }
         if self.kms_key_id.is_some() && self.sse.as_deref() != Some("aws:kms") && self.provider == ProviderKind::S3 {
-            return Err(Error::config(origin, "kms_key_id is set but sse is not \"aws:kms\"", "add --sse aws:kms"));
+            let message = "kms_key_id is set but sse is not \"aws:kms\"".to_string();
+            return Some(("kms_key_id", Problem::new(message, "add --sse aws:kms")));
         }
-        Ok(())
+        None
     }
 
     /// The seed-compatible JSON document for this configuration.
@@ -564,10 +578,13 @@ mod tests {
     #[test]
     fn endpoint_loses_trailing_slash_and_must_be_a_url() {
         assert_eq!(
-            normalise_endpoint("http://127.0.0.1:10000/devstoreaccount1/", "t").unwrap(),
+            check_url("http://127.0.0.1:10000/devstoreaccount1/", "endpoint").unwrap(),
             "http://127.0.0.1:10000/devstoreaccount1"
         );
-        assert!(normalise_endpoint("127.0.0.1:4566", "t").is_err());
+        assert!(check_url("127.0.0.1:4566", "endpoint").is_err());
+        assert!(check_url("http://127.0.0.1:99999", "mirror").unwrap_err().message.contains("port \"99999\""));
+        assert!(check_url("http://[::1]:8080/", "mirror").is_ok());
+        assert!(check_url("http://host:abc", "data_proxy").is_err());
     }
 
     #[test]

@@ -38,22 +38,48 @@ pub(crate) fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// Why a setting's value is refused, before it is known where the value came from (a flag, the
+/// environment or the config): the caller names the source.
+#[derive(Debug)]
+pub(crate) struct Problem {
+    pub(crate) message: String,
+    pub(crate) hint: String,
+}
+
+impl Problem {
+    pub(crate) fn new(message: String, hint: impl Into<String>) -> Self {
+        Self { message, hint: hint.into() }
+    }
+
+    /// As an error about the config document at `origin` (exit 3).
+    pub(crate) fn in_config(self, origin: &str) -> Error {
+        Error::config(origin, self.message, self.hint)
+    }
+
+    /// As a usage error about a flag or an environment variable (exit 2), named by `source`.
+    pub(crate) fn in_flag(self, source: &str) -> Error {
+        Error::usage(format!("{source}: {}", self.message), self.hint)
+    }
+}
+
 /// Normalises a prefix: no leading `/`, a trailing `/` unless empty, no `.`/`..` segments.
 pub fn normalise_prefix(raw: &str, origin: &str) -> Result<String> {
+    check_prefix(raw).map_err(|p| p.in_config(origin))
+}
+
+pub(crate) fn check_prefix(raw: &str) -> std::result::Result<String, Problem> {
     let trimmed = raw.trim().trim_matches('/');
     if trimmed.is_empty() {
         return Ok(String::new());
     }
     if trimmed.chars().any(char::is_control) || trimmed.contains('\\') {
-        return Err(Error::config(
-            origin,
+        return Err(Problem::new(
             format!("invalid prefix {raw:?}: control characters and '\\' are not allowed"),
             "use a prefix like \"crowecode-models/\"",
         ));
     }
     if trimmed.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
-        return Err(Error::config(
-            origin,
+        return Err(Problem::new(
             format!("invalid prefix {raw:?}: empty, '.' or '..' path segments are not allowed"),
             "use a prefix like \"crowecode-models/\"",
         ));
@@ -61,40 +87,57 @@ pub fn normalise_prefix(raw: &str, origin: &str) -> Result<String> {
     Ok(format!("{trimmed}/"))
 }
 
-pub(super) fn normalise_endpoint(raw: &str, origin: &str) -> Result<String> {
+/// Checks an http(s) base URL of the setting `key` (`endpoint`, `mirror` or `data_proxy`): a host,
+/// a port that exists, no query, fragment or credentials. Returns it without a trailing `/`.
+pub(crate) fn check_url(raw: &str, key: &str) -> std::result::Result<String, Problem> {
+    let (what, example) = match key {
+        "mirror" => ("mirror URL", "for example --mirror https://models-cache.internal"),
+        "data_proxy" => ("data proxy URL", "for example --data-proxy http://127.0.0.1:65001 (dfdaemon's proxy)"),
+        _ => ("endpoint", "for example --endpoint https://s3.example.com"),
+    };
     let e = raw.trim().trim_end_matches('/');
     let rest = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://"));
+    // Never echo what might be a credential: messages show the URL redacted.
+    let shown = redact_url(raw);
     let Some(rest) = rest.filter(|r| !r.is_empty()) else {
-        return Err(Error::config(
-            origin,
-            format!("invalid endpoint {:?}: expected an http:// or https:// URL", redact_url(raw)),
-            "for example --endpoint https://s3.example.com",
-        ));
+        return Err(Problem::new(format!("invalid {what} {shown:?}: expected an http:// or https:// URL"), example));
     };
-    // Never echo what might be a credential: the message shows the URL redacted.
     if rest.contains(['?', '#']) {
-        return Err(Error::config(
-            origin,
-            format!("invalid endpoint {:?}: an endpoint has no query or fragment", redact_url(raw)),
-            "give the endpoint without `?...`; a SAS token goes in AZURE_STORAGE_SAS_TOKEN, never in the config",
+        return Err(Problem::new(
+            format!("invalid {what} {shown:?}: it has no query or fragment"),
+            "give the URL without `?...`; a SAS token goes in AZURE_STORAGE_SAS_TOKEN, never in the config",
         ));
     }
     let authority = rest.split('/').next().unwrap_or("");
     if authority.contains('@') {
-        return Err(Error::config(
-            origin,
-            format!("invalid endpoint {:?}: an endpoint carries no user name or password", redact_url(raw)),
+        return Err(Problem::new(
+            format!("invalid {what} {shown:?}: it carries no user name or password"),
             "remove `user:password@`; credentials come from the cloud's own credential chain (see README, Credentials)",
         ));
     }
     if authority.is_empty() || rest.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(Error::config(
-            origin,
-            format!("invalid endpoint {:?}: no host, or spaces or control characters", redact_url(raw)),
-            "for example --endpoint https://s3.example.com",
+        return Err(Problem::new(
+            format!("invalid {what} {shown:?}: no host, or spaces or control characters"),
+            example,
+        ));
+    }
+    if let Some(port) = port_of(authority)
+        && !port.parse::<u16>().is_ok_and(|p| p > 0)
+    {
+        return Err(Problem::new(
+            format!("invalid {what} {shown:?}: port {port:?} is not between 1 and 65535"),
+            example,
         ));
     }
     Ok(e.to_string())
+}
+
+/// The port written in `host:port` or `[v6]:port`, if any.
+fn port_of(authority: &str) -> Option<&str> {
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').and_then(|(_, after)| after.strip_prefix(':')),
+        None => authority.rsplit_once(':').map(|(_, port)| port),
+    }
 }
 
 /// A URL with what could be a credential hidden: the password of `user:password@`, and the

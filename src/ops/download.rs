@@ -80,6 +80,7 @@ async fn model_or_fallback_inner(s: &Session, reference: &str, opts: &DownloadOp
         let manifest = s.cache.read_manifest_copy(&path, &model).ok_or_else(|| s.not_found(&model))?;
         let signed_by = installed_passes(s, &r, &path, id.as_ref())?;
         let mut done = Downloaded::whole(path, DownloadStatus::Cached, &manifest, 0, started);
+        done.reference = label(&r, id.as_ref());
         done.version = id.map(|v| v.to_string());
         done.tag = r.tag().map(ToString::to_string);
         done.signature = installed_signature(s, &done.path);
@@ -93,6 +94,7 @@ async fn model_or_fallback_inner(s: &Session, reference: &str, opts: &DownloadOp
         && let Ok(signed_by) = installed_passes(s, &r, &path, id.as_ref())
     {
         let mut done = Downloaded::whole(path, DownloadStatus::Cached, &manifest, 0, started);
+        done.reference = label(&r, id.as_ref());
         done.version = id.map(|v| v.to_string());
         done.signature = installed_signature(s, &done.path);
         done.signed_by = signed_by;
@@ -144,6 +146,16 @@ async fn model_or_fallback_inner(s: &Session, reference: &str, opts: &DownloadOp
     }
 }
 
+/// How lines about a download of `r` (resolved to `id`) are labelled: the model for latest, the
+/// tag, or the short version id (never an archive digest, which is no reference).
+pub(crate) fn label(r: &Reference, id: Option<&VersionId>) -> String {
+    match (&r.target, id) {
+        _ if r.is_latest() => r.model.to_string(),
+        (Target::Tag(_), _) | (_, None) => r.to_string(),
+        (_, Some(id)) => format!("{}@{}", r.model, id.short()),
+    }
+}
+
 /// Makes the version `found` describes ready in the cache. One download per model per
 /// machine: concurrent calls wait for the first and then find the version ready. With `link`
 /// (a download of `latest`), `models/<Model>` points at it afterwards. With `force`, the version
@@ -158,7 +170,13 @@ pub(crate) async fn whole_version(
 ) -> Result<Downloaded> {
     let Found { manifest, version: id, tag, .. } = found;
     let model = manifest.model.clone();
-    let version = s.cache.version_path(&model, &manifest.archive_sha256);
+    let shown = match &tag {
+        _ if link => model.to_string(),
+        Some(t) => format!("{model}:{t}"),
+        None => format!("{model}@{}", id.short()),
+    };
+    let name = s.cache.version_name(&model, &id, &manifest.archive_sha256);
+    let version = s.cache.version_path(&model, &name);
     let finish = |path: PathBuf, status, transferred| -> Result<Downloaded> {
         s.cache.record_version(&path, &id)?;
         if let Some(a) = &accepted {
@@ -168,6 +186,7 @@ pub(crate) async fn whole_version(
             s.cache.set_ref(&model, tag, &id)?;
         }
         let mut done = Downloaded::whole(path, status, &manifest, transferred, started);
+        done.reference = shown.clone();
         done.version = Some(id.to_string());
         done.tag = tag.as_ref().map(|t| t.to_string());
         done.signature = installed_signature(s, &done.path);
@@ -186,9 +205,13 @@ pub(crate) async fn whole_version(
     }
     let lock = s.lock(&model).await?;
     let acquired = {
-        let (cache, m) = (s.cache.clone(), manifest.clone());
+        let (cache, m, name) = (s.cache.clone(), manifest.clone(), name.clone());
         blocking(move || {
-            if force { cache.begin_replacing(lock, &m).map(Acquired::Staging) } else { cache.begin(lock, &m, link) }
+            if force {
+                cache.begin_replacing(lock, &m).map(Acquired::Staging)
+            } else {
+                cache.begin(lock, &m, &name, link)
+            }
         })
         .await?
     };
@@ -197,19 +220,19 @@ pub(crate) async fn whole_version(
         Acquired::Staging(staging) => staging,
     };
     if let Some(r) = staging.resume() {
-        s.info(
-            &model,
-            format!(
+        s.reporter.report(crate::progress::Event::Info {
+            model: &shown,
+            message: format!(
                 "resuming an interrupted download: {} files ({:.1} MiB) already here and verified",
                 r.kept_files,
                 r.kept_bytes as f64 / f64::from(1 << 20)
             ),
-        );
+        });
     }
     let resume = staging.resume().cloned();
     s.cache.check_room(manifest.total_size - resume.as_ref().map_or(0, |r| r.kept_bytes))?;
-    let tuning = fetch_into(s, &manifest, staging.dir(), resume.as_ref()).await?;
-    let path = staging.commit(&manifest, link)?;
+    let tuning = fetch_into(s, &manifest, staging.dir(), resume.as_ref(), &shown).await?;
+    let path = staging.commit(&manifest, &name, link)?;
     let transferred = manifest.archive_size - resume.map_or(0, |r| r.start_offset);
     let mut done = finish(path, DownloadStatus::Downloaded, transferred)?;
     done.tuning = Some(tuning);
@@ -286,6 +309,7 @@ async fn fetch_into(
     manifest: &Manifest,
     staging: &std::path::Path,
     resume: Option<&Resume>,
+    label: &str,
 ) -> Result<crate::transfer::tuning::Tuning> {
     let extractor = match resume {
         Some(r) => Extractor::resuming(staging.to_path_buf(), manifest.expected_entries(), r.start_index, true),
@@ -293,7 +317,7 @@ async fn fetch_into(
     };
     let key = &s.layout.archive_key(manifest);
     check_archive_size(s, manifest).await?;
-    let progress = Progress::new(s.reporter.clone(), manifest.model.as_str());
+    let progress = Progress::new(s.reporter.clone(), label);
     let sha = transfer::download_archive(
         s.provider.clone(),
         key,

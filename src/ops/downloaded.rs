@@ -27,10 +27,13 @@ pub enum DownloadStatus {
 #[derive(Clone, Debug, Serialize)]
 pub struct Downloaded {
     pub model: ModelName,
+    /// What the lines about this download are labelled with: `Alpha` (latest), `Alpha:prod`, or
+    /// `Alpha@<short version id>`.
+    pub reference: String,
     /// The ready, verified version directory.
     pub path: PathBuf,
     pub status: DownloadStatus,
-    /// Archive sha256 of the installed version.
+    /// The sha256 of the version's archive (not its version id: see `version`).
     pub sha256: Sha256Hex,
     /// Sum of file sizes.
     pub size: u64,
@@ -66,6 +69,7 @@ impl Downloaded {
     ) -> Self {
         Self {
             model: manifest.model.clone(),
+            reference: manifest.model.to_string(),
             path,
             status,
             sha256: manifest.archive_sha256.clone(),

@@ -81,7 +81,8 @@ pub(crate) async fn run(
             Err(e) => return Err(e),
         }
     }
-    let path = staging.commit(&manifest, true)?;
+    // Made here, never in the bucket: no version id, so the archive digest names it.
+    let path = staging.commit(&manifest, manifest.archive_sha256.short(), true)?;
     Ok(Fallback::Made(Downloaded::whole(path, status, &manifest, 0, started)))
 }
 

@@ -20,7 +20,7 @@ pub struct RemoteModel {
     pub sha256: Option<Sha256Hex>,
     pub uploaded_at: Option<String>,
     pub compression: Option<Compression>,
-    /// The cached version's short sha, when this machine has one.
+    /// The cached version's short version id, when this machine has one.
     pub cached: Option<String>,
     /// Whether the cached version is the bucket's current one.
     pub cached_current: bool,
@@ -66,12 +66,13 @@ pub(crate) async fn run(s: &Session) -> Result<Vec<RemoteModel>> {
     stream::iter(models)
         .map(|model| async move {
             let cached_path = s.cache.current(&model).ok().flatten();
-            let cached = cached_path
-                .as_ref()
-                .and_then(|p| p.file_name())
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.split_once('@'))
-                .map(|(_, s)| s.to_string());
+            // The short version id of the cached version (its directory's name says the same,
+            // except for a directory of an earlier release or a fallback's, named by archive).
+            let cached_id = cached_path.as_ref().and_then(|p| s.cache.version_of(p));
+            let cached = cached_id.as_ref().map(|v| v.short().to_string()).or_else(|| {
+                let name = cached_path.as_ref()?.file_name()?.to_str()?;
+                name.split_once('@').map(|(_, s)| s.to_string())
+            });
             let tags: BTreeMap<TagName, VersionId> = versions::list_tags(s, &model)
                 .await
                 .unwrap_or_default()
@@ -84,9 +85,9 @@ pub(crate) async fn run(s: &Session) -> Result<Vec<RemoteModel>> {
             {
                 Ok(Some((m, version))) => Ok(RemoteModel {
                     signatures: super::signatures::signers(s, &model, &version, &m).await.ok(),
+                    cached_current: cached_id.as_ref() == Some(&version),
                     version: Some(version),
                     tags,
-                    cached_current: cached.as_deref() == Some(m.archive_sha256.short()),
                     model,
                     size: Some(m.total_size),
                     files: Some(m.files.len()),

@@ -57,10 +57,12 @@ pub(crate) async fn run(s: &Session, reference: &str, patterns: &[String]) -> Re
     let mut sorted = patterns.to_vec();
     sorted.sort();
     let key = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(sorted.join("\n").as_bytes())[..4]);
-    let dest = s.cache.selection_path(&model, &manifest.archive_sha256, &key);
+    let dest = s.cache.selection_path(&model, found.version.short(), &key);
     let size = selected.iter().map(|f| f.size).sum();
+    let shown = super::download::label(&r, Some(&found.version));
     let done = |status, transferred| Downloaded {
         model: model.clone(),
+        reference: shown.clone(),
         path: dest.clone(),
         status,
         sha256: manifest.archive_sha256.clone(),
@@ -105,7 +107,7 @@ pub(crate) async fn run(s: &Session, reference: &str, patterns: &[String]) -> Re
         });
     }
     check_archive_size(s, manifest).await?;
-    let progress = Progress::new(s.reporter.clone(), model.as_str());
+    let progress = Progress::new(s.reporter.clone(), &shown);
     let fetched =
         transfer::download_files(s.provider.clone(), &s.layout.archive_key(manifest), files, &s.transfer, &progress)
             .await;

@@ -88,12 +88,18 @@ pub(crate) async fn put_signature(
 
 /// The signatures stored for `version`: (short key id, bytes).
 pub(crate) async fn list(s: &Session, model: &ModelName, version: &VersionId) -> Result<Vec<(String, Bytes)>> {
+    Ok(list_all(s, model, version).await?.0)
+}
+
+/// The signatures stored for `version`, and the ids of those too large to read.
+async fn list_all(s: &Session, model: &ModelName, version: &VersionId) -> Result<(Vec<(String, Bytes)>, Vec<String>)> {
     let prefix = s.layout.signatures_prefix(model, version);
     let objects = s.provider.list(&prefix).await.map_err(|e| Error::from_provider(format!("listing {prefix}"), e))?;
-    let mut out = Vec::new();
+    let (mut out, mut too_large) = (Vec::new(), Vec::new());
     for o in objects {
         let Some(id) = o.key.strip_prefix(&prefix).and_then(|n| n.strip_suffix(".sig")) else { continue };
         if o.size > crate::signing::oms::MAX_SIGNATURE_BYTES as u64 {
+            too_large.push(id.to_string());
             continue;
         }
         if let Some(bytes) = s.get_small(&o.key).await? {
@@ -101,7 +107,7 @@ pub(crate) async fn list(s: &Session, model: &ModelName, version: &VersionId) ->
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    Ok((out, too_large))
 }
 
 /// Who signed `version`, for `list`, `history` and `status`.
@@ -175,11 +181,19 @@ async fn check_version(
     version: &VersionId,
     manifest: &Manifest,
 ) -> Result<std::result::Result<Accepted, String>> {
-    let stored = list(s, model, version).await?;
-    if stored.is_empty() {
+    let (stored, too_large) = list_all(s, model, version).await?;
+    let mut reasons: Vec<String> = too_large
+        .iter()
+        .map(|id| {
+            format!(
+                "signature {id} is larger than {} MiB (a signature object too large), so it was not read",
+                crate::signing::oms::MAX_SIGNATURE_BYTES >> 20
+            )
+        })
+        .collect();
+    if stored.is_empty() && reasons.is_empty() {
         return Ok(Err("it is not signed".into()));
     }
-    let mut reasons = Vec::new();
     for (id, bytes) in stored {
         let outcome = Bundle::parse(&bytes).and_then(|bundle| {
             let (statement, key) = bundle.verify(&s.trust.keys)?;

@@ -23,8 +23,9 @@ use crate::signing::oms::{Envelope, TagClaim};
 
 /// The largest tag object read: a tag is its version and its moves (the newest `MAX_MOVES`).
 const MAX_TAG_BYTES: usize = 1 << 20;
-/// Moves a tag object keeps (the oldest go first).
-const MAX_MOVES: usize = 1000;
+/// Moves a tag object keeps (the oldest go first): every download reads the tag, so it stays
+/// small (about 25 KiB at most); a rollback goes back at most this many moves.
+const MAX_MOVES: usize = 100;
 
 /// A version found for a reference.
 #[derive(Clone, Debug)]

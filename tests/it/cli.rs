@@ -106,8 +106,8 @@ fn setup_normalises_the_prefix_and_validates_bucket_names() {
     assert_eq!(v["config"]["prefix"], "a/b/");
     assert!(!sb.path().join("cfg/crowecode/cloud.json").exists(), "--no-write writes nothing");
     let out = sb.cmd().args(["setup", "--provider", "s3", "--bucket", "Bad_Bucket"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(3));
-    assert!(stderr(&out).contains("invalid s3 bucket name"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "a bad flag is a usage error");
+    assert!(stderr(&out).contains("--bucket: invalid s3 bucket name"), "{}", stderr(&out));
     assert!(stderr(&out).contains("hint:"));
     sb.cmd().arg("setup").assert().code(2).stderr(predicate::str::contains("--provider and --bucket"));
 }

@@ -17,6 +17,7 @@ mod hardening;
 mod hostile;
 mod mirror;
 mod review2;
+mod review2_ux;
 mod roundtrip;
 #[cfg(feature = "s3")]
 mod s3;

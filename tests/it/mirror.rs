@@ -389,5 +389,5 @@ fn the_local_provider_reads_files_and_ignores_a_mirror_with_a_warning() {
     assert!(sb.cmd().args(["upload", "L", "-q", "--from"]).arg(&src).output().unwrap().status.success());
     let out = sb.cmd().args(["download", "L", "--mirror", "http://127.0.0.1:9"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("\"mirror\" does not apply to provider local"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--mirror does not apply to provider local"), "{}", stderr(&out));
 }

@@ -25,7 +25,7 @@ impl Printer {
                     self.note(&format!("{}: up to date (version {}), nothing uploaded", u.model, u.version.short()))
                 }
                 UploadStatus::Uploaded => self.note(&format!(
-                    "{}: uploaded {}, {} in {} part{} in {} ({}), sha256 {}",
+                    "{}: uploaded {}, {} in {} part{} in {} ({}) as version {} (archive sha256 {})",
                     u.model,
                     files(u.files),
                     fmt_bytes(u.archive_size),
@@ -33,6 +33,7 @@ impl Printer {
                     if u.parts == 1 { "" } else { "s" },
                     fmt_secs(u.seconds),
                     rate(u.archive_size, u.seconds),
+                    u.version.short(),
                     u.sha256.short()
                 )),
             }
@@ -58,30 +59,40 @@ impl Printer {
     /// Output of `download`: paths on stdout, one per line.
     pub fn downloads(&self, batch: &Batch<Downloaded>) {
         for d in &batch.models {
+            let who = safe(&d.reference);
+            // What a user may copy into a reference: the version id; the archive digest is only
+            // shown, so named, for what has no version (a fallback's model).
+            let which = match &d.version {
+                Some(v) => format!(
+                    "version {}",
+                    crate::reference::VersionId::parse(v).map_or(v.clone(), |id| id.short().to_string())
+                ),
+                None => format!("archive sha256 {}", d.sha256.short()),
+            };
             match d.status {
-                DownloadStatus::Cached => {
-                    self.note(&format!("{}: already current (sha256 {})", d.model, d.sha256.short()))
+                DownloadStatus::Cached if d.reference == d.model.as_str() => {
+                    self.note(&format!("{who}: already current ({which})"))
                 }
+                DownloadStatus::Cached if d.reference.contains('@') => {
+                    self.note(&format!("{who}: already in the cache"))
+                }
+                DownloadStatus::Cached => self.note(&format!("{who}: already in the cache ({which})")),
                 DownloadStatus::Downloaded => self.note(&format!(
-                    "{}: downloaded and verified {}, {} in {} ({}), sha256 {}",
-                    d.model,
+                    "{who}: downloaded and verified {}, {} in {} ({}), {which}",
                     files(d.files),
                     fmt_bytes(d.transferred),
                     fmt_secs(d.seconds),
                     rate(d.transferred, d.seconds),
-                    d.sha256.short()
                 )),
                 DownloadStatus::Fallback | DownloadStatus::Published => self.note(&format!(
-                    "{}: made by the fallback command ({}, {}){}, sha256 {}",
-                    d.model,
+                    "{who}: made by the fallback command ({}, {}){}, {which}",
                     files(d.files),
                     fmt_bytes(d.size),
                     if d.status == DownloadStatus::Published { " and uploaded to the bucket" } else { "" },
-                    d.sha256.short()
                 )),
             }
             if let Some(key) = &d.signed_by {
-                self.note(&format!("{}: signed by trusted key {}", d.model, safe(key)));
+                self.note(&format!("{who}: signed by trusted key {}", safe(key)));
             }
         }
         self.model_errors(batch);

@@ -135,7 +135,14 @@ impl Printer {
             };
             let differs = !r.missing.is_empty() || !r.changed.is_empty() || !r.extra.is_empty();
             if !differs {
-                self.out(&format!("{}: ok, {} match {}{signed}", r.model, files(r.files_checked), r.path.display()));
+                // Intact files under require_signature without a trusted signature: not ok.
+                let verdict = if r.ok { "ok" } else { "REFUSED" };
+                self.out(&format!(
+                    "{}: {verdict}, {} match {}{signed}",
+                    r.model,
+                    files(r.files_checked),
+                    r.path.display()
+                ));
                 continue;
             }
             // What was signed is the manifest; the files on disk no longer match it.
@@ -148,11 +155,24 @@ impl Printer {
             self.out(&text);
         }
         for r in batch.models.iter().filter(|r| !r.ok) {
-            self.note(&format!(
-                "hint: `crowecode-cloud download {} --force` fetches a clean, verified copy and replaces {}",
-                r.model,
-                r.path.display()
-            ));
+            let differs = !r.missing.is_empty() || !r.changed.is_empty() || !r.extra.is_empty();
+            if differs {
+                self.note(&format!(
+                    "hint: `crowecode-cloud download {} --force` fetches a clean, verified copy and replaces {}",
+                    r.model,
+                    r.path.display()
+                ));
+            } else {
+                // The files are intact; what is missing is a trusted signature, which a fresh
+                // copy would not have either.
+                let pinned = match r.version.as_deref().and_then(crate::reference::VersionId::parse) {
+                    Some(v) => format!("{}@{}", r.model, v.short()),
+                    None => r.model.to_string(),
+                };
+                self.note(&format!(
+                    "hint: the files match, but no trusted key signed this version. If it is genuine, sign it in the bucket (`crowecode-cloud sign {pinned} --sign-key KEY`), then `crowecode-cloud download {pinned} --force` installs the signature"
+                ));
+            }
         }
     }
 
