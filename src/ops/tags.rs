@@ -237,7 +237,7 @@ pub(crate) async fn history(s: &Session, reference: &str) -> Result<History> {
     }
     let mut entries = Vec::new();
     for id in ids {
-        let found = match versions::by_id(s, &model, &id).await? {
+        let found = match versions::by_id_listed(s, &model, &id).await? {
             Some(f) => f,
             None => match &legacy {
                 Some(l) if l.version == id => l.clone(),
@@ -335,7 +335,7 @@ pub(crate) async fn delete_version(s: &Session, reference: &str, force: bool) ->
     let mut shared = false;
     for id in versions::list_versions(s, &model).await? {
         if id != found.version
-            && let Some(other) = versions::by_id(s, &model, &id).await?
+            && let Some(other) = versions::by_id_listed(s, &model, &id).await?
         {
             shared |= s.layout.archive_key(&other.manifest) == archive;
         }

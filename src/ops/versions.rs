@@ -137,6 +137,19 @@ pub(crate) async fn resolve(s: &Session, reference: &Reference) -> Result<Option
                 ids.push(legacy.version);
             }
             ids.retain(|id| id.hex().starts_with(prefix.as_str()));
+            if ids.len() > 1 {
+                // A stray object (its content is not what its name says) is no version: it
+                // does not make a prefix ambiguous.
+                let mut valid = Vec::new();
+                for id in ids {
+                    if by_id_listed(s, model, &id).await?.is_some()
+                        || legacy(s, model).await?.is_some_and(|l| l.version == id)
+                    {
+                        valid.push(id);
+                    }
+                }
+                ids = valid;
+            }
             match ids.as_slice() {
                 [] => Ok(None),
                 [id] => Ok(Some(match by_id(s, model, id).await? {
@@ -167,6 +180,19 @@ pub(crate) async fn by_id(s: &Session, model: &ModelName, id: &VersionId) -> Res
     }
     let manifest = Manifest::parse(&bytes, model, &key)?.confined(&s.layout, &key)?;
     Ok(Some(Found { manifest, version: id.clone(), bytes, tag: None, tag_record: None }))
+}
+
+/// [`by_id`] for a version found by listing: an object whose content does not hash to its name
+/// (a stray or half-copied object) is skipped with a warning, not an error for the whole model.
+pub(crate) async fn by_id_listed(s: &Session, model: &ModelName, id: &VersionId) -> Result<Option<Found>> {
+    match by_id(s, model, id).await {
+        Err(e @ Error::Integrity { .. }) => {
+            let message = format!("{model}: skipped {}: {e}", s.layout.version_key(model, id));
+            s.reporter.report(crate::progress::Event::Warning { message });
+            Ok(None)
+        }
+        other => other,
+    }
 }
 
 /// `manifest.json`, as earlier releases wrote it (and as this one keeps it: the alias of
@@ -282,7 +308,8 @@ pub(crate) async fn move_tag(
     super::probe::require_conditional_writes(s).await?;
     // Without a condition, a move by someone else between the read and the write is no reason
     // to fail: read again and move from there (a few times; then it is reported).
-    let mut tries = if expect == Expect::Any { 5 } else { 1 };
+    const TRIES: u32 = 8;
+    let mut tries = if expect == Expect::Any { TRIES } else { 1 };
     // Where the tag must point now (`Some(None)`: it must not exist), if anywhere.
     let expected: Option<Option<&VersionId>> = match &expect {
         Expect::Any => None,
@@ -303,7 +330,22 @@ pub(crate) async fn move_tag(
         }
         match write_move(s, model, tag, to, current, "", matches!(expect, Expect::Rollback(_))).await {
             Ok(()) => {}
-            Err(Error::Conflict { .. }) if tries > 0 => continue,
+            Err(Error::Conflict { .. }) if tries > 0 => {
+                // Others are moving it too: step aside a random moment, so one of us wins.
+                tokio::time::sleep(std::time::Duration::from_millis(fastrand::u64(5..60))).await;
+                continue;
+            }
+            // Unconditional: no expectation was broken, the tag just never held still.
+            Err(Error::Conflict { .. }) if expect == Expect::Any => {
+                return Err(Error::Conflict {
+                    message: format!(
+                        "{model}:{tag} was moved by others {TRIES} times while this move was being made; nothing was changed"
+                    ),
+                    hint: Some(format!(
+                        "see `crowecode-cloud history {model}:{tag}`: something keeps moving it; run the command again once it holds still"
+                    )),
+                });
+            }
             Err(e) => return Err(e),
         }
         if let Err(e) = survives(s, model, to).await {

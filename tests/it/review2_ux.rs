@@ -210,3 +210,24 @@ fn u7_an_oversized_signature_is_called_too_large_and_verify_hints_at_signing() {
     assert!(stdout(&out).contains("REFUSED"), "{}", stdout(&out));
     assert!(stderr(&out).contains(&format!("crowecode-cloud sign A@{}", &hex[..12])), "{}", stderr(&out));
 }
+
+// ---------------------------------------------------------------- U6: a stray version object
+
+/// An object in `versions/` whose content is not what its name says (stray, half-copied) is
+/// skipped with a warning: it makes no prefix ambiguous, and `history` and `prune` go on.
+#[test]
+fn u6_a_stray_version_object_is_skipped_with_a_warning() {
+    let (sb, _) = machine_with_prefix(Provider::Local, None);
+    let v = up(&sb, "A", "v1", &[]);
+    let hex = v.split_once("@sha256:").unwrap().1;
+    let stray = format!("{}{}", &hex[..20], "f".repeat(44));
+    std::fs::write(local_bucket(&sb).join(format!("crowecode-models/A/versions/{stray}.json")), b"{}").unwrap();
+    let out = run(&sb, &["download", &format!("A@{}", &hex[..12])]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("skipped crowecode-models/A/versions/{stray}.json")), "{}", stderr(&out));
+    let out = run(&sb, &["history", "A"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(&hex[..12]) && !stdout(&out).contains(&stray[..24]), "{}", stdout(&out));
+    let out = run(&sb, &["prune", "--remote", "A"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
