@@ -1,12 +1,14 @@
 //! Naming versions: `resolve` (a reference to its pinned form), `tag` and `untag`, `rollback`,
 //! `history` and `delete`. Every tag move is a compare-and-swap (see [`super::versions`]).
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use super::Session;
 use super::versions::{self, Expect, Found, Moved, TagMove};
 use crate::error::{Error, Result};
 use crate::names::ModelName;
+use crate::provider::PutMode;
 use crate::reference::{Reference, TagName, Target, VersionId};
 
 /// A reference and the version it names now.
@@ -358,14 +360,35 @@ pub(crate) async fn delete_version(s: &Session, reference: &str, force: bool) ->
 /// Deletes every object of a model this tool wrote: `manifest.json`, tags, versions and their
 /// signatures, archives, and unfinished archive uploads. Anything else under the model's
 /// directory (another prefix's models, files a person put there) is listed and left alone.
+///
+/// Against tag moves and uploads running at the same time it works like the prune sweep: the
+/// `pruning.json` marker is up while it deletes (a move that sees it waits, then checks that its
+/// version is still there, and is undone if not), and after its deletes it removes any tag that
+/// names a version no longer there. The marker goes last; a move checked after that finds its
+/// deleted version missing. So no tag is left naming something deleted.
 pub(crate) async fn delete_model(s: &Session, model: &ModelName) -> Result<Deleted> {
     let prefix = format!("{}{model}/", s.layout.prefix());
+    let marker = s.layout.pruning_key(model);
     let objects = s.provider.list(&prefix).await.map_err(|e| Error::from_provider(format!("listing {prefix}"), e))?;
     let (keys, left_alone): (Vec<String>, Vec<String>) =
-        objects.into_iter().map(|o| o.key).partition(|k| s.layout.is_model_object(model, k));
+        objects.into_iter().map(|o| o.key).filter(|k| k != &marker).partition(|k| s.layout.is_model_object(model, k));
     if keys.is_empty() {
         return Err(s.not_found(model));
     }
+    s.provider
+        .put(
+            &marker,
+            Bytes::from(format!("{{\"since\": \"{}\", \"by\": \"delete --all\"}}\n", versions::now_rfc3339())),
+            PutMode::Overwrite,
+        )
+        .await
+        .map_err(|e| Error::from_provider(format!("writing {marker}"), e))?;
+    let result = delete_listed(s, model, keys, left_alone).await;
+    let _ = s.provider.delete(&marker).await;
+    result
+}
+
+async fn delete_listed(s: &Session, model: &ModelName, keys: Vec<String>, left_alone: Vec<String>) -> Result<Deleted> {
     let mut out = Deleted { model: Some(model.clone()), left_alone, ..Default::default() };
     // The manifest and the tags first: readers then find no model rather than a half-deleted one.
     let manifest = s.layout.manifest_key(model);
@@ -374,6 +397,18 @@ pub(crate) async fn delete_model(s: &Session, model: &ModelName) -> Result<Delet
     for key in keys {
         s.delete_key(&key).await?;
         out.keys.push(key);
+    }
+    // A tag moved meanwhile onto a version deleted above names nothing now: it goes too.
+    for record in versions::list_tags(s, model).await? {
+        let whole = match versions::by_id(s, model, &record.version).await? {
+            Some(found) => s.provider.head(&s.layout.archive_key(&found.manifest)).await.is_ok(),
+            None => false,
+        };
+        if !whole {
+            let key = s.layout.tag_key(model, &record.tag);
+            s.delete_key(&key).await?;
+            out.keys.push(key);
+        }
     }
     let archives = s.layout.archives_prefix(model);
     let pending = s

@@ -478,7 +478,7 @@ pub(crate) async fn survives(s: &Session, model: &ModelName, version: &VersionId
             s.reporter.report(crate::progress::Event::Info {
                 model: model.as_str(),
                 message: format!(
-                    "a `prune --remote` is sweeping {model}: waiting {} to be sure {} survives it",
+                    "a `prune --remote` or `delete --all` is deleting in {model}: waiting {} to be sure {} survives it",
                     humantime::format_duration(std::time::Duration::from_secs(wait.as_secs().max(1))),
                     version.short()
                 ),
@@ -490,7 +490,7 @@ pub(crate) async fn survives(s: &Session, model: &ModelName, version: &VersionId
     }
     let gone = |what: String| Error::Conflict {
         message: format!(
-            "{model}@{}: {what} by a `prune --remote` running at the same time; the tag was put back",
+            "{model}@{}: {what} by a `prune --remote` or `delete --all` running at the same time; the tag was put back",
             version.short()
         ),
         hint: Some(format!(
@@ -515,6 +515,12 @@ async fn undo(s: &Session, model: &ModelName, tag: &TagName, moved_to: &VersionI
     if &record.version != moved_to {
         return;
     }
+    // The version it pointed at may be gone too (a `delete --all` removes every version): then
+    // the tag goes, rather than naming something missing.
+    let before = match before {
+        Some(b) if matches!(by_id(s, model, b).await, Ok(Some(_))) => Some(b),
+        _ => None,
+    };
     match before {
         Some(before) => {
             let _ = write_move(s, model, tag, before, Some((record, etag)), " (undone: its version was pruned)", true)

@@ -231,3 +231,83 @@ fn u6_a_stray_version_object_is_skipped_with_a_warning() {
     let out = run(&sb, &["prune", "--remote", "A"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+// ---------------------------------------------------------------- delete --all against writers
+
+/// Rounds of `delete A --all --yes` racing a `tag` and an `upload` of A, started at varying
+/// moments. Whatever the interleaving, no tag is left naming something missing: every tag that
+/// remains downloads, and a move or upload that reports success names a version that downloads
+/// (or the model was deleted after it, with its tags).
+fn delete_all_races_writers(p: Provider, prefix: Option<&str>, rounds: usize) {
+    let (mut sb, _) = machine_with_prefix(p, prefix);
+    sb.env("CROWECODE_SWEEP_WINDOW_MS", "800");
+    let mut outcomes = std::collections::BTreeMap::new();
+    for round in 0..rounds {
+        let mut v = Vec::new();
+        for i in 0..4 {
+            v.push(up(&sb, "A", &format!("r{round}-v{i}"), &[]));
+        }
+        let mut tag = sb.std_cmd();
+        tag.args(["tag", &v[0], "prod", "-q"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+        let delay = std::time::Duration::from_millis((round as u64 * 29) % 120);
+        let mover = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            tag.output().unwrap()
+        });
+        let dir = sb.src().join(format!("new-{round}"));
+        write_files(&dir, &[("w.bin", format!("r{round}-new\n").as_bytes())]);
+        let mut upload = sb.std_cmd();
+        upload.args(["upload", "A", "-q", "--from"]).arg(&dir);
+        let up_delay = std::time::Duration::from_millis((round as u64 * 47) % 120);
+        let uploader = std::thread::spawn(move || {
+            std::thread::sleep(up_delay);
+            upload.output().unwrap()
+        });
+        let deleted = run(&sb, &["delete", "A", "--all", "--yes", "-q"]);
+        let (tagged, uploaded) = (mover.join().unwrap(), uploader.join().unwrap());
+        for (what, out) in [("delete", &deleted), ("tag", &tagged), ("upload", &uploaded)] {
+            let code = out.status.code();
+            assert!(matches!(code, Some(0 | 5 | 8)), "{p:?} round {round}: {what} exited {code:?}: {}", stderr(out));
+            *outcomes.entry(format!("{what} {code:?}")).or_insert(0) += 1;
+        }
+        // Every tag that is left names a whole version.
+        for t in ["latest", "prod"] {
+            let got = run(&sb, &["download", &format!("A:{t}"), "-q", "--force"]);
+            assert!(
+                matches!(got.status.code(), Some(0 | 5)),
+                "{p:?} round {round}: A:{t} names something missing: {}",
+                stderr(&got)
+            );
+            if t == "latest" && got.status.success() && uploaded.status.success() {
+                let text = std::fs::read_to_string(Path::new(&stdout(&got)).join("w.bin")).unwrap();
+                assert!(text.starts_with(&format!("r{round}-")), "{p:?} round {round}: {text}");
+            }
+        }
+        let _ = run(&sb, &["delete", "A", "--all", "--yes", "-q"]);
+    }
+    eprintln!("{p:?} {prefix:?}: {outcomes:?}");
+}
+
+#[test]
+fn delete_all_racing_tag_moves_and_uploads_leaves_no_dangling_tag_on_the_local_provider() {
+    delete_all_races_writers(Provider::Local, None, 10);
+}
+
+#[test]
+#[cfg(feature = "s3")]
+fn delete_all_racing_tag_moves_and_uploads_leaves_no_dangling_tag_on_moto() {
+    delete_all_races_writers(Provider::S3, None, 5);
+    delete_all_races_writers(Provider::S3, Some(""), 3);
+}
+
+#[test]
+#[cfg(feature = "gcs")]
+fn delete_all_racing_tag_moves_and_uploads_leaves_no_dangling_tag_on_fake_gcs() {
+    delete_all_races_writers(Provider::Gcs, Some(""), 3);
+}
+
+#[test]
+#[cfg(feature = "azure")]
+fn delete_all_racing_tag_moves_and_uploads_leaves_no_dangling_tag_on_azurite() {
+    delete_all_races_writers(Provider::Azure, None, 4);
+}
