@@ -10,7 +10,7 @@ use futures::{StreamExt as _, TryStreamExt as _, stream};
 
 use crate::common::{noise, require_env};
 
-async fn provider_for(overrides: Overrides, dir: &std::path::Path) -> Arc<dyn Provider> {
+pub(crate) async fn provider_for(overrides: Overrides, dir: &std::path::Path) -> Arc<dyn Provider> {
     let file = FileLocation { path: dir.join("none.json"), explicit: false };
     let resolved = config::resolve(&|_| None, &file, &overrides).unwrap();
     provider::from_config(&resolved.config, RetryPolicy { max_attempts: 2, ..RetryPolicy::default() }).await.unwrap()

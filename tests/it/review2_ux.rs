@@ -311,3 +311,40 @@ fn delete_all_racing_tag_moves_and_uploads_leaves_no_dangling_tag_on_fake_gcs() 
 fn delete_all_racing_tag_moves_and_uploads_leaves_no_dangling_tag_on_azurite() {
     delete_all_races_writers(Provider::Azure, None, 4);
 }
+
+// ---------------------------------------------------------------- DL3 on a cloud store
+
+/// A version written by an uploader whose clock is two days behind is young by the store's clock
+/// on S3 too: the default prune keeps it.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg(feature = "s3")]
+async fn dl3_a_version_with_a_skewed_created_at_survives_the_default_prune_on_moto() {
+    let (sb, bucket) = machine_with_prefix(Provider::S3, Some("dl3/"));
+    up(&sb, "A", "v1", &[]);
+    let c = up(&sb, "A", "candidate", &["--no-latest"]);
+    let overrides = crowecode_cloud::config::Overrides {
+        provider: Some("s3".into()),
+        bucket: Some(bucket),
+        endpoint: Some(crate::common::require_env("CROWECODE_TEST_S3_ENDPOINT")),
+        region: Some("us-east-1".into()),
+        prefix: Some("dl3/".into()),
+        ..Default::default()
+    };
+    let store = crate::conformance::provider_for(overrides, sb.path()).await;
+    let old = format!("dl3/A/versions/{}.json", c.trim_start_matches("A@sha256:"));
+    let text =
+        String::from_utf8(crowecode_cloud::provider::ProviderExt::get_bytes(&*store, &old).await.unwrap().to_vec())
+            .unwrap();
+    let at = text.find("\"created_at\": \"").unwrap() + 15;
+    let skewed = format!("{}2026-01-01T08:00:00Z{}", &text[..at], &text[at + 20..]);
+    let id = crate::common::sha256_hex(skewed.as_bytes());
+    let new_key = format!("dl3/A/versions/{id}.json");
+    store.put(&new_key, skewed.into(), crowecode_cloud::provider::PutMode::Create).await.unwrap();
+    store.delete(&old).await.unwrap();
+    let sb2 = &sb;
+    tokio::task::block_in_place(|| {
+        ok(sb2, &["prune", "--remote", "--yes"]);
+        let dir = ok(sb2, &["download", &format!("A@sha256:{id}"), "-q"]);
+        assert_eq!(std::fs::read_to_string(Path::new(&dir).join("w.bin")).unwrap().trim(), "candidate");
+    });
+}
