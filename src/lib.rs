@@ -14,6 +14,7 @@
 
 pub mod archive;
 pub mod cache;
+pub mod chunk;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod manager;
 pub mod manifest;
 pub mod names;
 pub mod ops;
+pub mod pack;
 pub mod progress;
 pub mod provider;
 pub mod redact;

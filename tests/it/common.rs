@@ -256,3 +256,14 @@ impl Drop for SmallDisk {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// Runs `cmd` on a thread after `delay`; join the handle for its output (races between commands).
+pub fn run_after(
+    mut cmd: std::process::Command,
+    delay: std::time::Duration,
+) -> std::thread::JoinHandle<std::process::Output> {
+    std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        cmd.output().unwrap()
+    })
+}

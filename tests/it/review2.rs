@@ -6,13 +6,13 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::common::{Sandbox, local_bucket, ok, run, stderr, stdout, write_files};
+use crate::common::{Sandbox, local_bucket, ok, run, run_after, stderr, stdout, write_files};
 use crate::conformance::fastrand_u32;
 use crate::mirror::machine_with_prefix;
 use crate::user_paths::Provider;
 
 /// Uploads a one-file model whose file says `text`; the pinned reference.
-fn up(sb: &Sandbox, model: &str, text: &str, extra: &[&str]) -> String {
+pub(crate) fn up(sb: &Sandbox, model: &str, text: &str, extra: &[&str]) -> String {
     let dir = sb.src().join(model);
     let _ = std::fs::remove_dir_all(&dir);
     write_files(&dir, &[("w.bin", format!("{text}\n").as_bytes())]);
@@ -46,20 +46,14 @@ fn prune_races_tag_moves(p: Provider, prefix: Option<&str>, rounds: usize) {
         let delay = Duration::from_millis((round as u64 * 23) % 160);
         let mut tag = sb.std_cmd();
         tag.args(["tag", &v[0], "prod", "-q"]).stdout(Stdio::null()).stderr(Stdio::piped());
-        let mover = std::thread::spawn(move || {
-            std::thread::sleep(delay);
-            tag.output().unwrap()
-        });
+        let mover = run_after(tag, delay);
         // And an upload of a new tree, whose version the sweep may find before latest names it.
         let dir = sb.src().join(format!("new-{round}"));
         write_files(&dir, &[("w.bin", format!("r{round}-new\n").as_bytes())]);
         let mut upload = sb.std_cmd();
         upload.args(["upload", "A", "-q", "--from"]).arg(&dir).stdout(Stdio::piped()).stderr(Stdio::piped());
         let up_delay = Duration::from_millis((round as u64 * 41) % 160);
-        let uploader = std::thread::spawn(move || {
-            std::thread::sleep(up_delay);
-            upload.output().unwrap()
-        });
+        let uploader = run_after(upload, up_delay);
         let prune = run(&sb, &["prune", "--remote", "--yes", "--min-age", "0s", "-q"]);
         let tagged = mover.join().unwrap();
         let uploaded = uploader.join().unwrap();

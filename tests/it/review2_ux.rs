@@ -4,18 +4,10 @@
 
 use std::path::Path;
 
-use crate::common::{Sandbox, local_bucket, ok, run, stderr, stdout, write_files};
+use crate::common::{local_bucket, ok, run, run_after, stderr, stdout, write_files};
 use crate::mirror::machine_with_prefix;
+use crate::review2::up;
 use crate::user_paths::Provider;
-
-fn up(sb: &Sandbox, model: &str, text: &str, extra: &[&str]) -> String {
-    let dir = sb.src().join(model);
-    let _ = std::fs::remove_dir_all(&dir);
-    write_files(&dir, &[("w.bin", format!("{text}\n").as_bytes())]);
-    let out = sb.cmd().args(["upload", model, "-q", "--from"]).arg(&dir).args(extra).output().unwrap();
-    assert!(out.status.success(), "upload {model} {text}: {}", stderr(&out));
-    stdout(&out)
-}
 
 fn short(pinned: &str) -> &str {
     &pinned.split_once("@sha256:").expect("a pinned reference").1[..12]
@@ -250,19 +242,13 @@ fn delete_all_races_writers(p: Provider, prefix: Option<&str>, rounds: usize) {
         let mut tag = sb.std_cmd();
         tag.args(["tag", &v[0], "prod", "-q"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
         let delay = std::time::Duration::from_millis((round as u64 * 29) % 120);
-        let mover = std::thread::spawn(move || {
-            std::thread::sleep(delay);
-            tag.output().unwrap()
-        });
+        let mover = run_after(tag, delay);
         let dir = sb.src().join(format!("new-{round}"));
         write_files(&dir, &[("w.bin", format!("r{round}-new\n").as_bytes())]);
         let mut upload = sb.std_cmd();
         upload.args(["upload", "A", "-q", "--from"]).arg(&dir);
         let up_delay = std::time::Duration::from_millis((round as u64 * 47) % 120);
-        let uploader = std::thread::spawn(move || {
-            std::thread::sleep(up_delay);
-            upload.output().unwrap()
-        });
+        let uploader = run_after(upload, up_delay);
         let deleted = run(&sb, &["delete", "A", "--all", "--yes", "-q"]);
         let (tagged, uploaded) = (mover.join().unwrap(), uploader.join().unwrap());
         for (what, out) in [("delete", &deleted), ("tag", &tagged), ("upload", &uploaded)] {

@@ -1,0 +1,279 @@
+//! Content-defined chunking for bucket format 2 (see ARCHITECTURE.md, "Incremental versions").
+//!
+//! FastCDC: a gear rolling hash `h = (h << 1) + GEAR[byte]`, whose top bits depend on the last
+//! 64 bytes only, cuts where those bits are zero. No cut in the first [`MIN`] bytes of a chunk; up
+//! to [`AVG`] a harder condition (more bits), after it an easier one (fewer bits), so chunk sizes
+//! gather around [`AVG`]; [`MAX`] always cuts. Cuts depend only on nearby bytes, so an insert or an
+//! overwrite moves the chunks it touches and leaves the later boundaries where they were.
+//!
+//! The parameters and the gear table are part of the bucket format: changing either changes every
+//! chunk, and with it what an upload can reuse. A test pins both.
+
+use std::io::Read;
+
+use sha2::{Digest as _, Sha256};
+
+/// No cut before this many bytes of a chunk (a shorter chunk ends a file).
+pub const MIN: usize = 128 << 10;
+/// The size chunks gather around.
+pub const AVG: usize = 512 << 10;
+/// Always a cut at this size.
+pub const MAX: usize = 2 << 20;
+
+/// Bits of `log2(AVG)`: the harder condition tests two more, the easier two fewer.
+const AVG_BITS: u32 = AVG.trailing_zeros();
+const HARD_SHIFT: u32 = 64 - (AVG_BITS + 2);
+const EASY_SHIFT: u32 = 64 - (AVG_BITS - 2);
+
+/// The gear table: 256 fixed pseudo-random words (splitmix64 from a fixed seed).
+static GEAR: [u64; 256] = gear_table();
+
+const fn gear_table() -> [u64; 256] {
+    let mut table = [0u64; 256];
+    let mut state: u64 = 0x6372_6f77_6563_6f64; // "crowecod"
+    let mut i = 0;
+    while i < 256 {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        table[i] = z ^ (z >> 31);
+        i += 1;
+    }
+    table
+}
+
+/// Finds chunk boundaries in a stream fed in pieces of any size.
+#[derive(Clone, Debug, Default)]
+pub struct Chunker {
+    hash: u64,
+    /// Bytes of the current chunk seen so far.
+    len: usize,
+}
+
+impl Chunker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Where in `data` the current chunk ends (exclusive), if it ends there; the chunker then
+    /// starts the next chunk, so the rest of `data` is to be fed again. `None`: all of `data`
+    /// belongs to the current chunk.
+    pub fn cut(&mut self, data: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        // The first MIN bytes of a chunk are never hashed: no cut can fall there.
+        if self.len < MIN {
+            let skip = (MIN - self.len).min(data.len());
+            self.len += skip;
+            i = skip;
+        }
+        while i < data.len() {
+            self.hash = (self.hash << 1).wrapping_add(GEAR[data[i] as usize]);
+            self.len += 1;
+            i += 1;
+            let shift = if self.len < AVG { HARD_SHIFT } else { EASY_SHIFT };
+            if self.hash >> shift == 0 || self.len >= MAX {
+                *self = Self::default();
+                return Some(i);
+            }
+        }
+        None
+    }
+}
+
+/// One chunk of a file: where it starts, how long it is, and the sha256 of its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Piece {
+    pub offset: u64,
+    pub len: u32,
+    pub sha256: [u8; 32],
+}
+
+/// A file cut into chunks, and the sha256 of the whole file.
+pub type Cut = (Vec<Piece>, [u8; 32]);
+
+/// Cuts what `reader` yields into chunks; returns them and the sha256 of all the bytes.
+pub fn cut_stream(mut reader: impl Read) -> std::io::Result<Cut> {
+    let mut buf = vec![0u8; 4 << 20];
+    let (mut whole, mut piece) = (Sha256::new(), Sha256::new());
+    let (mut chunker, mut pieces) = (Chunker::new(), Vec::new());
+    let (mut offset, mut start) = (0u64, 0u64);
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let data = &buf[..n];
+        whole.update(data);
+        let mut at = 0;
+        while let Some(end) = chunker.cut(&data[at..]) {
+            piece.update(&data[at..at + end]);
+            offset += end as u64;
+            pieces.push(Piece { offset: start, len: (offset - start) as u32, sha256: piece.finalize_reset().into() });
+            start = offset;
+            at += end;
+        }
+        piece.update(&data[at..]);
+        offset += (n - at) as u64;
+    }
+    if offset > start || pieces.is_empty() {
+        pieces.push(Piece { offset: start, len: (offset - start) as u32, sha256: piece.finalize().into() });
+    }
+    Ok((pieces, whole.finalize().into()))
+}
+
+/// [`cut_stream`] of each file, on up to `threads` cores at once (a model's shards hash in
+/// parallel; one file is read by one thread, front to back). Results are in the order of `paths`.
+pub fn cut_files(paths: &[std::path::PathBuf], threads: usize) -> std::io::Result<Vec<Cut>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<std::io::Result<Cut>>>> =
+        paths.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads.clamp(1, paths.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(path) = paths.get(i) else { break };
+                    let cut = std::fs::File::open(path).and_then(|f| cut_stream(std::io::BufReader::new(f)));
+                    *results[i].lock().expect("result slot") = Some(cut);
+                }
+            });
+        }
+    });
+    results.into_iter().map(|slot| slot.into_inner().expect("result slot").expect("every file was cut")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reproducible noise (xorshift), as model weights look to a chunker.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn cut(data: &[u8]) -> Vec<Piece> {
+        cut_stream(data).unwrap().0
+    }
+
+    /// Bytes of `new`'s chunks that `old` does not have: what an upload of `new` sends, and what
+    /// a machine holding `old` fetches.
+    fn new_bytes(old: &[Piece], new: &[Piece]) -> u64 {
+        let have: std::collections::HashSet<[u8; 32]> = old.iter().map(|p| p.sha256).collect();
+        new.iter().filter(|p| !have.contains(&p.sha256)).map(|p| u64::from(p.len)).sum()
+    }
+
+    #[test]
+    fn the_gear_table_and_the_cuts_are_pinned() {
+        // Part of the bucket format: a change here changes every chunk of every upload.
+        let table: Vec<u8> = GEAR.iter().flat_map(|g| g.to_le_bytes()).collect();
+        let lens: Vec<u8> = cut(&noise(8 << 20, 7)).iter().flat_map(|p| p.len.to_le_bytes()).collect();
+        assert_eq!(
+            hex::encode(Sha256::digest(&table)),
+            "67d848db72ac63c888a369ffa57c70946c49306bbc9e395c70679d82d71a6d86",
+            "gear table"
+        );
+        assert_eq!(
+            hex::encode(Sha256::digest(&lens)),
+            "8bca95dff8c4bc46bcdb690beab26e6b22357cdea7ce1f2ce590320cc94d903d",
+            "cut points"
+        );
+    }
+
+    #[test]
+    fn chunks_stay_within_bounds_and_gather_around_the_average() {
+        let data = noise(48 << 20, 1);
+        let pieces = cut(&data);
+        let (last, rest) = pieces.split_last().unwrap();
+        assert!(rest.iter().all(|p| (MIN..=MAX).contains(&(p.len as usize))), "bounds");
+        assert!(last.len as usize <= MAX);
+        let mean = data.len() / pieces.len();
+        assert!((AVG * 6 / 10..=AVG * 16 / 10).contains(&mean), "mean chunk {mean}");
+        // Contiguous, and the whole.
+        let mut at = 0;
+        for p in &pieces {
+            assert_eq!(p.offset, at);
+            at += u64::from(p.len);
+        }
+        assert_eq!(at, data.len() as u64);
+    }
+
+    #[test]
+    fn fed_in_any_pieces_the_cuts_are_the_same() {
+        let data = noise(9 << 20, 3);
+        let whole = cut(&data);
+        // A reader that hands out odd-sized reads.
+        struct Dribble<'a>(&'a [u8], usize);
+        impl Read for Dribble<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.1 = self.1 * 7 % 100_003 + 1;
+                let n = self.1.min(buf.len()).min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let (dribbled, digest) = cut_stream(Dribble(&data, 1)).unwrap();
+        assert_eq!(dribbled, whole);
+        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&data)));
+    }
+
+    #[test]
+    fn small_and_empty_files_are_one_chunk() {
+        assert_eq!(cut(b"").len(), 1);
+        let p = cut(b"{\"hidden_size\": 512}");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].len, 20);
+        assert_eq!(cut(&noise(MIN - 1, 5)).len(), 1);
+    }
+
+    /// The three edits of a 64 MiB shard each cost at most 8 MiB of new chunks.
+    #[test]
+    fn an_edit_costs_the_chunks_around_it() {
+        let old = noise(64 << 20, 11);
+        let before = cut(&old);
+        let limit = 8 << 20;
+
+        let mut overwritten = old.clone();
+        overwritten[(30 << 20)..(31 << 20)].copy_from_slice(&noise(1 << 20, 99));
+        let n = new_bytes(&before, &cut(&overwritten));
+        assert!((1 << 20..=limit).contains(&n), "1 MiB overwritten in the middle: {n} new bytes");
+
+        let mut appended = old.clone();
+        appended.extend_from_slice(&noise(1 << 20, 98));
+        let n = new_bytes(&before, &cut(&appended));
+        assert!((1 << 20..=limit).contains(&n), "1 MiB appended: {n} new bytes");
+
+        let mut inserted = noise(4 << 10, 97);
+        inserted.extend_from_slice(&old);
+        let n = new_bytes(&before, &cut(&inserted));
+        assert!((4 << 10..=limit).contains(&n), "4 KiB inserted at the start: {n} new bytes");
+    }
+
+    #[test]
+    fn files_cut_in_parallel_come_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<std::path::PathBuf> = (0..5u64)
+            .map(|i| {
+                let path = dir.path().join(format!("f{i}"));
+                std::fs::write(&path, noise((i as usize + 1) * (700 << 10), i + 20)).unwrap();
+                path
+            })
+            .collect();
+        let parallel = cut_files(&paths, 3).unwrap();
+        for (path, got) in paths.iter().zip(&parallel) {
+            assert_eq!(got, &cut_stream(std::fs::File::open(path).unwrap()).unwrap());
+        }
+        assert!(cut_files(&[dir.path().join("missing")], 2).is_err());
+    }
+}

@@ -1,0 +1,137 @@
+//! Packing chunks into pack objects for bucket format 2 (see ARCHITECTURE.md, "Incremental
+//! versions"): which chunks an upload must send, in which packs, and how a machine reads them
+//! back in few requests.
+
+use std::collections::HashSet;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::chunk::Piece;
+
+/// The largest pack: one PUT of at most this many bytes.
+pub const MAX_PACK: u64 = 64 << 20;
+
+/// A chunk of an upload: file `file` (an index into the upload's files), its piece `piece`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub file: usize,
+    pub piece: usize,
+}
+
+/// One pack to send: its id (the sha256 of its chunk digests in order, known before a byte is
+/// sent), its chunks in order, and its size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedPack {
+    pub id: [u8; 32],
+    pub chunks: Vec<ChunkRef>,
+    pub size: u64,
+}
+
+/// The packs an upload sends: every chunk of `files` whose digest is neither in `have` (what
+/// the bucket holds already) nor earlier in this upload, in file order, cut into packs of at
+/// most [`MAX_PACK`] bytes, no chunk split.
+pub fn plan(files: &[Vec<Piece>], have: &HashSet<[u8; 32]>) -> Vec<PlannedPack> {
+    let mut seen: HashSet<[u8; 32]> = HashSet::new();
+    let mut packs = Vec::new();
+    let mut current: Vec<ChunkRef> = Vec::new();
+    let mut size = 0u64;
+    for (file, pieces) in files.iter().enumerate() {
+        for (piece, p) in pieces.iter().enumerate() {
+            if have.contains(&p.sha256) || !seen.insert(p.sha256) {
+                continue;
+            }
+            if size + u64::from(p.len) > MAX_PACK && !current.is_empty() {
+                packs.push(close(files, std::mem::take(&mut current), size));
+                size = 0;
+            }
+            current.push(ChunkRef { file, piece });
+            size += u64::from(p.len);
+        }
+    }
+    if !current.is_empty() {
+        packs.push(close(files, current, size));
+    }
+    packs
+}
+
+fn close(files: &[Vec<Piece>], chunks: Vec<ChunkRef>, size: u64) -> PlannedPack {
+    let mut h = Sha256::new();
+    for c in &chunks {
+        h.update(files[c.file][c.piece].sha256);
+    }
+    PlannedPack { id: h.finalize().into(), chunks, size }
+}
+
+/// How many ranged GETs read `chunks` (each `(pack index, offset, length)`, in the order they
+/// are needed) when runs of consecutive chunks of one pack are read together, in ranges of at
+/// most `range` bytes: what a fresh machine's download costs in requests.
+pub fn range_requests(chunks: &[(usize, u64, u64)], range: u64) -> usize {
+    let mut requests = 0;
+    let mut open: Option<(usize, u64, u64)> = None; // pack, start, end of the range being built
+    for &(pack, offset, len) in chunks {
+        match open {
+            Some((p, start, end)) if p == pack && end == offset && offset + len - start <= range => {
+                open = Some((p, start, offset + len));
+            }
+            _ => {
+                requests += 1;
+                open = Some((pack, offset, offset + len));
+            }
+        }
+    }
+    requests
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(n: u8, len: u32) -> Piece {
+        Piece { offset: 0, len, sha256: [n; 32] }
+    }
+
+    #[test]
+    fn packs_hold_what_is_new_once_in_file_order_and_never_split_a_chunk() {
+        let mib = 1 << 20;
+        let files = vec![
+            vec![piece(1, 30 * mib), piece(2, 30 * mib), piece(3, 30 * mib)],
+            vec![piece(2, 30 * mib), piece(4, 5 * mib)],
+            vec![piece(5, 1)],
+        ];
+        let have: HashSet<[u8; 32]> = [[3; 32]].into_iter().collect();
+        let packs = plan(&files, &have);
+        let order: Vec<Vec<u8>> =
+            packs.iter().map(|p| p.chunks.iter().map(|c| files[c.file][c.piece].sha256[0]).collect()).collect();
+        assert_eq!(order, vec![vec![1, 2], vec![4, 5]], "3 is in the bucket, 2 is sent once");
+        assert!(packs.iter().all(|p| p.size <= MAX_PACK));
+        assert_eq!(packs[0].size, 60 * u64::from(mib));
+        // The id is the digest of the chunk digests: the same chunks, the same pack.
+        assert_eq!(plan(&files, &have), packs);
+        assert_ne!(packs[0].id, packs[1].id);
+        assert!(plan(&files[..1], &[[1; 32], [2; 32], [3; 32]].into_iter().collect()).is_empty());
+    }
+
+    #[test]
+    fn a_chunk_larger_than_what_is_left_starts_a_new_pack() {
+        let files = vec![(0..40).map(|i| piece(i, 2 << 20)).collect::<Vec<_>>()];
+        let packs = plan(&files, &HashSet::new());
+        assert_eq!(packs.iter().map(|p| p.chunks.len()).collect::<Vec<_>>(), [32, 8]);
+    }
+
+    #[test]
+    fn consecutive_chunks_of_a_pack_are_read_together() {
+        let m = 1 << 20;
+        // Four consecutive 4 MiB chunks of pack 0, a gap, then pack 1.
+        let chunks =
+            [(0, 0, 4 * m), (0, 4 * m, 4 * m), (0, 8 * m, 4 * m), (0, 12 * m, 4 * m), (0, 20 * m, m), (1, 0, m)];
+        assert_eq!(range_requests(&chunks, 16 * m), 3);
+        assert_eq!(range_requests(&chunks, 8 * m), 4);
+        // 60 GiB sent whole, chunks of 512 KiB in 64 MiB packs, read in 16 MiB ranges.
+        let per_pack = (MAX_PACK / (512 << 10)) as usize;
+        let packs = (60u64 << 30) / MAX_PACK;
+        let all: Vec<(usize, u64, u64)> = (0..packs as usize)
+            .flat_map(|p| (0..per_pack).map(move |i| (p, i as u64 * (512 << 10), 512 << 10)))
+            .collect();
+        assert_eq!(range_requests(&all, 16 << 20), 3840);
+    }
+}
