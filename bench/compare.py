@@ -1,4 +1,4 @@
-"""Side by side on one local S3 server: crowecode-cloud against `rclone copy`, the AWS CLI with
+"""Side by side on one local S3 server: crowecode-cloud against `rclone copy`, `s5cmd cp`, the AWS CLI with
 tar and sha256sum, and a boto3 + tarfile + hashlib script. Prints wall time, client CPU seconds
 (user + sys of the whole client process tree) and peak RSS, as medians, and ratios ours/theirs.
 
@@ -140,6 +140,7 @@ def main():
     key, secret = os.environ["CROWECODE_TEST_S3_RCLONE_KEY"], os.environ["CROWECODE_TEST_S3_RCLONE_SECRET"]
     tools = args.tools
     rclone, aws, py = os.path.join(tools, "rclone"), os.path.join(tools, "aws"), os.path.join(tools, "python")
+    s5cmd = os.path.join(tools, "s5cmd")
 
     base = os.environ.get("CROWECODE_BENCH_DIR") or os.path.join(tempfile.gettempdir(), "crowecode-bench")
     os.makedirs(base, exist_ok=True)
@@ -201,7 +202,7 @@ def main():
             archive_key, archive_size = manifest["archive_key"], manifest["archive_size"]
 
             for i in range(args.runs):
-                dests = {n: os.path.join(work, f"dl-{n}") for n in ("rclone", "aws", "seed")}
+                dests = {n: os.path.join(work, f"dl-{n}") for n in ("rclone", "s5cmd", "aws", "seed")}
                 for d in dests.values():
                     shutil.rmtree(d, ignore_errors=True)
                 shutil.rmtree(env["CROWECODE_HOME"], ignore_errors=True)
@@ -225,6 +226,10 @@ def main():
                 record("download: crowecode-cloud", measure(ours(rclone_ep, BUCKET_DL) + ["download", "Bench"], env))
                 drop_caches()
                 record("download: rclone copy", measure([rclone, "copy", f"DL:{BUCKET_DL}/files/Bench", dests["rclone"]], env))
+                drop_caches()
+                # s5cmd verifies nothing: it writes what the server sends, with every core.
+                record("download: s5cmd cp", measure(
+                    [s5cmd, "--endpoint-url", rclone_ep, "cp", f"s3://{BUCKET_DL}/files/Bench/*", dests["s5cmd"] + "/"], env))
                 drop_caches()
                 record("download: aws s3 cp + tar -x + sha256sum -c", measure(
                     f'mkdir -p {dests["aws"]} && cd {dests["aws"]} && {aws} --endpoint-url {rclone_ep} s3 cp s3://{BUCKET_DL}/tar/Bench.tar - | tar -x '
@@ -278,6 +283,9 @@ def main():
                 record("upload: crowecode-cloud", measure(ours(ul_ep, BUCKET_UL) + ["upload", "Bench", "--force", "--from", model], env))
                 drop_caches()
                 record("upload: rclone copy", measure([rclone, "copy", model, f"UL:{BUCKET_UL}/files/Bench-{i}"], env))
+                drop_caches()
+                record("upload: s5cmd cp", measure(
+                    [s5cmd, "--endpoint-url", ul_ep, "cp", model + "/", f"s3://{BUCKET_UL}/s5cmd/Bench-{i}/"], env))
                 drop_caches()
                 record("upload: tar | aws s3 cp", measure(
                     f"tar -cf - -C {model} . | {aws} --endpoint-url {ul_ep} s3 cp - s3://{BUCKET_UL}/tar/Bench-{i}.tar", env))

