@@ -82,6 +82,33 @@ pub fn range_requests(chunks: &[(usize, u64, u64)], range: u64) -> usize {
     requests
 }
 
+/// The bytes of `pack`, read from the files it was planned from (`paths[i]` holds `files[i]`),
+/// every chunk hashed again: a file that changed since it was cut fails with `InvalidData`, so a
+/// pack never holds bytes that do not match the digests the version will name.
+pub fn assemble(pack: &PlannedPack, paths: &[std::path::PathBuf], files: &[Vec<Piece>]) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read as _, Seek as _};
+    let mut out = Vec::with_capacity(pack.size as usize);
+    let mut open: Option<(usize, std::fs::File)> = None;
+    for c in &pack.chunks {
+        let piece = &files[c.file][c.piece];
+        let file = match &mut open {
+            Some((i, f)) if *i == c.file => f,
+            _ => &mut open.insert((c.file, std::fs::File::open(&paths[c.file])?)).1,
+        };
+        file.seek(std::io::SeekFrom::Start(piece.offset))?;
+        let start = out.len();
+        out.resize(start + piece.len as usize, 0);
+        file.read_exact(&mut out[start..])?;
+        if <[u8; 32]>::from(Sha256::digest(&out[start..])) != piece.sha256 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} changed while it was being uploaded", paths[c.file].display()),
+            ));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +160,43 @@ mod tests {
             .flat_map(|p| (0..per_pack).map(move |i| (p, i as u64 * (512 << 10), 512 << 10)))
             .collect();
         assert_eq!(range_requests(&all, 16 << 20), 3840);
+    }
+
+    #[test]
+    fn a_pack_is_assembled_from_its_files_and_a_changed_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<std::path::PathBuf> = (0..2).map(|i| dir.path().join(format!("f{i}"))).collect();
+        // Noise (xorshift), so that no two chunks are alike.
+        let noise = |seed: u64| {
+            let mut x = seed;
+            (0..(3 << 20))
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 24) as u8
+                })
+                .collect::<Vec<u8>>()
+        };
+        let data = [noise(11), noise(12)];
+        for (p, d) in paths.iter().zip(&data) {
+            std::fs::write(p, d).unwrap();
+        }
+        let files: Vec<Vec<Piece>> =
+            paths.iter().map(|p| crate::chunk::cut_stream(std::fs::File::open(p).unwrap()).unwrap().0).collect();
+        let packs = plan(&files, &HashSet::new());
+        let mut whole = Vec::new();
+        for p in &packs {
+            let bytes = assemble(p, &paths, &files).unwrap();
+            assert_eq!(bytes.len() as u64, p.size);
+            whole.extend(bytes);
+        }
+        // Every byte of both files, once, in file order (the data does not repeat across files).
+        assert_eq!(whole, data.concat());
+        let mut changed = data[1].clone();
+        changed[10] ^= 1;
+        std::fs::write(&paths[1], changed).unwrap();
+        let last = packs.last().unwrap();
+        assert_eq!(assemble(last, &paths, &files).unwrap_err().kind(), std::io::ErrorKind::InvalidData);
     }
 }

@@ -1,0 +1,255 @@
+"""What a new version costs: a 1 GiB model of four shards and a config, changed five ways in a row,
+each uploaded and then fetched by a machine holding the version before; finally a fresh machine.
+
+For each tool and step: bytes sent to the store, bytes a machine holding the previous version
+fetches, how much the bucket and that machine's disk grew, requests and
+wall times. crowecode-cloud keeps every version (pin, roll back); `rclone sync` and `s5cmd sync`
+keep one copy of the tree and overwrite it, so they skip unchanged files and resend a changed file
+whole, and the bucket holds no previous version.
+
+Runs its own S3 server (s3s-fs, on a directory) behind a counting TCP proxy. Started by
+bench/incremental.sh."""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import measure  # noqa: E402
+
+MIB = 1 << 20
+
+
+class Counter:
+    """A TCP proxy in front of `upstream` that counts the bytes each way, and the HTTP requests
+    (request heads in the client's stream; a body is skipped by its Content-Length)."""
+
+    def __init__(self, upstream_port):
+        self.up, self.down, self.requests = 0, 0, 0
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.port = self.sock.getsockname()[1]
+        self.upstream = upstream_port
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            client, _ = self.sock.accept()
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            threading.Thread(target=self.pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self.pump, args=(server, client, False), daemon=True).start()
+
+    def pump(self, src, dst, upward):
+        head, body_left = b"", 0
+        try:
+            while True:
+                data = src.recv(1 << 20)
+                if not data:
+                    break
+                requests = 0
+                if upward:
+                    view = data
+                    while view:
+                        if body_left:
+                            n = min(body_left, len(view))
+                            body_left, view = body_left - n, view[n:]
+                            continue
+                        head += view
+                        view = b""
+                        end = head.find(b"\r\n\r\n")
+                        if end < 0:
+                            break
+                        requests += 1
+                        m = re.search(rb"(?im)^content-length:\s*(\d+)", head[:end])
+                        body_left = int(m.group(1)) if m else 0
+                        view, head = head[end + 4:], b""
+                with self.lock:
+                    if upward:
+                        self.up += len(data)
+                        self.requests += requests
+                    else:
+                        self.down += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def snapshot(self):
+        with self.lock:
+            return self.up, self.down, self.requests
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def make_model(root):
+    os.makedirs(root, exist_ok=True)
+    for i in range(4):
+        with open(os.path.join(root, f"model-{i + 1:05d}-of-00004.safetensors"), "wb") as f:
+            for _ in range(256):
+                f.write(os.urandom(MIB))
+    with open(os.path.join(root, "config.json"), "w") as f:
+        json.dump({"architectures": ["BenchForCausalLM"], "hidden_size": 4096, "num_layers": 32}, f)
+
+
+def edit(root, step):
+    """Applies step `step` to the tree in place; returns what it did."""
+    shard = os.path.join(root, "model-00002-of-00004.safetensors")
+    if step == "config":
+        with open(os.path.join(root, "config.json"), "w") as f:
+            json.dump({"architectures": ["BenchForCausalLM"], "hidden_size": 4096, "num_layers": 33}, f)
+    elif step == "overwrite":
+        with open(shard, "r+b") as f:
+            f.seek(128 * MIB)
+            f.write(os.urandom(MIB))
+    elif step == "append":
+        with open(shard, "ab") as f:
+            f.write(os.urandom(MIB))
+    elif step == "insert":
+        with open(shard, "rb") as f:
+            rest = f.read()
+        with open(shard, "wb") as f:
+            f.write(os.urandom(4096))
+            f.write(rest)
+
+
+STEPS = [("config", "config.json changed (a few bytes)"), ("overwrite", "1 MiB overwritten in a shard"),
+         ("append", "1 MiB appended to a shard"), ("insert", "4 KiB inserted at a shard's start")]
+
+
+def du(path):
+    # du counts a hard-linked inode once per invocation: what the disk really holds.
+    out = subprocess.run(["du", "-sb", path], capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--tools", required=True, help="directory with rclone, s5cmd and python (boto3)")
+    ap.add_argument("--server", required=True, help="the s3s-fs executable (an S3 server on a directory)")
+    args = ap.parse_args()
+    import boto3  # from the bench venv
+
+    base = os.environ.get("CROWECODE_BENCH_DIR") or os.path.join(tempfile.gettempdir(), "crowecode-bench")
+    os.makedirs(base, exist_ok=True)
+    work = tempfile.mkdtemp(dir=base)
+    port = free_port()
+    data = os.path.join(work, "server")
+    os.makedirs(data)
+    key, secret = "bench", "bench-secret"
+    server = subprocess.Popen([args.server, "--host", "127.0.0.1", "--port", str(port), "--access-key", key,
+                               "--secret-key", secret, data], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port)).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        proxy = Counter(port)
+        ep = f"http://127.0.0.1:{proxy.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CROWECODE_", "AWS_", "RCLONE_"))}
+        env.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_REGION": "us-east-1",
+                    "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
+                    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "RCLONE_CONFIG": "/dev/null",
+                    "RCLONE_CONFIG_B_TYPE": "s3", "RCLONE_CONFIG_B_PROVIDER": "Other",
+                    "RCLONE_CONFIG_B_ACCESS_KEY_ID": "bench", "RCLONE_CONFIG_B_SECRET_ACCESS_KEY": "bench-secret",
+                    "RCLONE_CONFIG_B_ENDPOINT": ep, "RCLONE_CONFIG_B_REGION": "us-east-1",
+                    "RCLONE_CONFIG_B_FORCE_PATH_STYLE": "true", "XDG_CONFIG_HOME": os.path.join(work, "cfg")})
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="bench",
+                          aws_secret_access_key="bench-secret", region_name="us-east-1")
+
+        def bucket_bytes(bucket):
+            total = 0
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                total += sum(o["Size"] for o in page.get("Contents", []))
+            return total
+
+        rclone, s5cmd = os.path.join(args.tools, "rclone"), os.path.join(args.tools, "s5cmd")
+        src = os.path.join(work, "src", "Bench")
+        tools = {
+            "crowecode-cloud": {
+                "bucket": "ours",
+                "upload": lambda: [args.bin, "--no-progress", "-q", "--provider", "s3", "--bucket", "ours",
+                                   "--endpoint", ep, "--region", "us-east-1", "upload", "Bench", "--from", src],
+                "download": lambda home: ([args.bin, "--no-progress", "-q", "--provider", "s3", "--bucket", "ours",
+                                           "--endpoint", ep, "--region", "us-east-1", "--cache-dir", home,
+                                           "download", "Bench"]),
+            },
+            "rclone sync": {
+                "bucket": "rclone",
+                "upload": lambda: [rclone, "sync", src, "B:rclone/Bench"],
+                "download": lambda home: [rclone, "sync", "B:rclone/Bench", home],
+            },
+            "s5cmd sync": {
+                "bucket": "s5cmd",
+                "upload": lambda: [s5cmd, "--endpoint-url", ep, "sync", src + "/", "s3://s5cmd/Bench/"],
+                "download": lambda home: [s5cmd, "--endpoint-url", ep, "sync", "s3://s5cmd/Bench/*", home + "/"],
+            },
+        }
+        rows = []
+        for name, t in tools.items():
+            s3.create_bucket(Bucket=t["bucket"])
+            shutil.rmtree(os.path.join(work, "src"), ignore_errors=True)
+            make_model(src)
+            machine = os.path.join(work, f"machine-{t['bucket']}")
+            shutil.rmtree(machine, ignore_errors=True)
+            os.makedirs(machine)
+
+            def step(label, upload):
+                b0, d0 = bucket_bytes(t["bucket"]), du(machine)
+                up0, _, r0 = proxy.snapshot()
+                uw = measure(t["upload"](), env)[0] if upload else 0.0
+                up1, down1, _ = proxy.snapshot()
+                dw = measure(t["download"](machine), env)[0]
+                _, down2, r2 = proxy.snapshot()
+                rows.append((name, label, up1 - up0, down2 - down1, bucket_bytes(t["bucket"]) - b0,
+                             du(machine) - d0, r2 - r0, uw, dw))
+
+            step("first upload, first machine", True)
+            for key, label in STEPS:
+                edit(src, key)
+                step(label, True)
+            fresh = machine
+            shutil.rmtree(fresh)
+            os.makedirs(fresh)
+            step("a fresh machine (the last version)", False)
+    finally:
+        server.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\n1 GiB model (4 shards of 256 MiB and a config), one s3s-fs server behind a counting proxy;"
+          f" bytes and requests as the proxy saw them (bytes include HTTP headers)")
+    head = f"{'tool':<16} {'step':<36} {'sent MiB':>9} {'fetched MiB':>11} {'bucket +MiB':>11} {'disk +MiB':>9}" \
+           f" {'requests':>8} {'upload s':>8} {'fetch s':>8}"
+    print(head)
+    for name, label, up, down, bucket, disk, reqs, uw, dw in rows:
+        print(f"{name:<16} {label:<36} {up / MIB:>9.1f} {down / MIB:>11.1f} {bucket / MIB:>11.1f} {disk / MIB:>9.1f}"
+              f" {reqs:>8} {uw:>8.2f} {dw:>8.2f}")
+    print("\nrclone and s5cmd keep one copy of the tree: their bucket holds no previous version to pin or roll back to.")
+
+
+if __name__ == "__main__":
+    main()
