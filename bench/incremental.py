@@ -1,4 +1,4 @@
-"""What a new version costs: a 1 GiB model of four shards and a config, changed five ways in a row,
+"""What a new version costs: a model (1 GiB by default) of four shards and a config, changed five ways in a row,
 each uploaded and then fetched by a machine holding the version before; finally a fresh machine.
 
 For each tool and step: bytes sent to the store, bytes a machine holding the previous version
@@ -7,8 +7,8 @@ wall times. crowecode-cloud keeps every version (pin, roll back); `rclone sync` 
 keep one copy of the tree and overwrite it, so they skip unchanged files and resend a changed file
 whole, and the bucket holds no previous version.
 
-Runs its own S3 server (s3s-fs, on a directory) behind a counting TCP proxy. Started by
-bench/incremental.sh."""
+Runs its own moto server behind a counting TCP proxy (byte and request counts are the point;
+moto's wall times are not speeds). Started by bench/incremental.sh."""
 
 import argparse
 import json
@@ -103,11 +103,11 @@ def free_port():
     return port
 
 
-def make_model(root):
+def make_model(root, shard_mib):
     os.makedirs(root, exist_ok=True)
     for i in range(4):
         with open(os.path.join(root, f"model-{i + 1:05d}-of-00004.safetensors"), "wb") as f:
-            for _ in range(256):
+            for _ in range(shard_mib):
                 f.write(os.urandom(MIB))
     with open(os.path.join(root, "config.json"), "w") as f:
         json.dump({"architectures": ["BenchForCausalLM"], "hidden_size": 4096, "num_layers": 32}, f)
@@ -121,7 +121,7 @@ def edit(root, step):
             json.dump({"architectures": ["BenchForCausalLM"], "hidden_size": 4096, "num_layers": 33}, f)
     elif step == "overwrite":
         with open(shard, "r+b") as f:
-            f.seek(128 * MIB)
+            f.seek(os.path.getsize(shard) // 2)
             f.write(os.urandom(MIB))
     elif step == "append":
         with open(shard, "ab") as f:
@@ -148,7 +148,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
     ap.add_argument("--tools", required=True, help="directory with rclone, s5cmd and python (boto3)")
-    ap.add_argument("--server", required=True, help="the s3s-fs executable (an S3 server on a directory)")
+    ap.add_argument("--moto", required=True, help="the moto_server executable")
+    ap.add_argument("--shard-mib", type=int, default=256, help="size of each of the four shards")
     args = ap.parse_args()
     import boto3  # from the bench venv
 
@@ -156,11 +157,8 @@ def main():
     os.makedirs(base, exist_ok=True)
     work = tempfile.mkdtemp(dir=base)
     port = free_port()
-    data = os.path.join(work, "server")
-    os.makedirs(data)
-    key, secret = "bench", "bench-secret"
-    server = subprocess.Popen([args.server, "--host", "127.0.0.1", "--port", str(port), "--access-key", key,
-                               "--secret-key", secret, data], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen([args.moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):
             try:
@@ -213,7 +211,7 @@ def main():
         for name, t in tools.items():
             s3.create_bucket(Bucket=t["bucket"])
             shutil.rmtree(os.path.join(work, "src"), ignore_errors=True)
-            make_model(src)
+            make_model(src, args.shard_mib)
             machine = os.path.join(work, f"machine-{t['bucket']}")
             shutil.rmtree(machine, ignore_errors=True)
             os.makedirs(machine)
@@ -240,8 +238,10 @@ def main():
         server.kill()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n1 GiB model (4 shards of 256 MiB and a config), one s3s-fs server behind a counting proxy;"
-          f" bytes and requests as the proxy saw them (bytes include HTTP headers)")
+    print(f"\n{4 * args.shard_mib} MiB model (4 shards of {args.shard_mib} MiB and a config), one moto server behind"
+          f" a counting proxy; bytes and requests as the proxy saw them (bytes include HTTP headers). Wall times"
+          f" are moto's more than the tools': it serves many ranged GETs of one large object slowly, and"
+          f" that is how crowecode-cloud reads an archive (bench/compare.sh measures speed)")
     head = f"{'tool':<16} {'step':<36} {'sent MiB':>9} {'fetched MiB':>11} {'bucket +MiB':>11} {'disk +MiB':>9}" \
            f" {'requests':>8} {'upload s':>8} {'fetch s':>8}"
     print(head)
