@@ -19,6 +19,7 @@ pub mod download;
 mod downloaded;
 pub mod fallback;
 pub mod list;
+mod moves;
 pub mod probe;
 pub mod prune_remote;
 pub mod selection;
