@@ -109,6 +109,81 @@ pub fn assemble(pack: &PlannedPack, paths: &[std::path::PathBuf], files: &[Vec<P
     Ok(out)
 }
 
+/// Where the chunks of one version are (`<Model>/versions/<id>.loc.json`): the packs, and for
+/// each chunk of the version, in file order then chunk order, its pack and offset. Not covered by
+/// the version id, so a repack may rewrite it; every chunk read through it is checked against the
+/// version's digest, so a wrong entry costs an integrity failure, never wrong bytes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Locations {
+    pub format: u32,
+    /// Pack ids, hex.
+    pub packs: Vec<String>,
+    /// `[pack index, offset]` per chunk.
+    pub chunks: Vec<(u32, u64)>,
+}
+
+impl Locations {
+    /// Where the chunks of `files` are once `packs` are stored, the other chunks being where
+    /// `have` says (a previous version's locations, by chunk digest). `None` when a chunk is in
+    /// neither (a plan that does not cover the files).
+    pub fn build(
+        files: &[Vec<Piece>],
+        packs: &[PlannedPack],
+        have: &std::collections::HashMap<[u8; 32], (String, u64)>,
+    ) -> Option<Self> {
+        let mut ids: Vec<String> = Vec::new();
+        let mut index = std::collections::HashMap::<String, u32>::new();
+        let mut at = std::collections::HashMap::<[u8; 32], (u32, u64)>::new();
+        let mut intern = |id: &str, ids: &mut Vec<String>| {
+            *index.entry(id.to_string()).or_insert_with(|| {
+                ids.push(id.to_string());
+                (ids.len() - 1) as u32
+            })
+        };
+        for pack in packs {
+            let p = intern(&hex::encode(pack.id), &mut ids);
+            let mut offset = 0;
+            for c in &pack.chunks {
+                let piece = &files[c.file][c.piece];
+                at.insert(piece.sha256, (p, offset));
+                offset += u64::from(piece.len);
+            }
+        }
+        let mut chunks = Vec::new();
+        for piece in files.iter().flatten() {
+            let place = match at.get(&piece.sha256) {
+                Some(&place) => place,
+                None => {
+                    let (pack, offset) = have.get(&piece.sha256)?;
+                    let place = (intern(pack, &mut ids), *offset);
+                    at.insert(piece.sha256, place);
+                    place
+                }
+            };
+            chunks.push(place);
+        }
+        Some(Self { format: 2, packs: ids, chunks })
+    }
+
+    /// Parses and checks a locations object for a version of `count` chunks.
+    pub fn parse(bytes: &[u8], count: usize) -> std::result::Result<Self, String> {
+        let l: Self = serde_json::from_slice(bytes).map_err(|e| format!("unreadable locations: {e}"))?;
+        if l.format != 2 {
+            return Err(format!("locations of format {}, expected 2", l.format));
+        }
+        if l.chunks.len() != count {
+            return Err(format!("{} locations for {count} chunks", l.chunks.len()));
+        }
+        if l.packs.iter().any(|p| p.len() != 64 || !p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))) {
+            return Err("a pack id is not 64 lowercase hex digits".into());
+        }
+        if l.chunks.iter().any(|&(p, _)| p as usize >= l.packs.len()) {
+            return Err("a chunk names a pack that is not listed".into());
+        }
+        Ok(l)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +273,27 @@ mod tests {
         std::fs::write(&paths[1], changed).unwrap();
         let last = packs.last().unwrap();
         assert_eq!(assemble(last, &paths, &files).unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn locations_name_each_chunk_once_where_it_is_and_round_trip() {
+        let files = vec![vec![piece(1, 10), piece(2, 20)], vec![piece(3, 30), piece(1, 10)]];
+        let old_pack = "ab".repeat(32);
+        let have: std::collections::HashMap<[u8; 32], (String, u64)> =
+            [([3; 32], (old_pack.clone(), 500))].into_iter().collect();
+        let packs = plan(&files, &[[3; 32]].into_iter().collect());
+        let l = Locations::build(&files, &packs, &have).unwrap();
+        let new_pack = hex::encode(packs[0].id);
+        assert_eq!(l.packs, vec![new_pack, old_pack]);
+        // Chunk 1 appears twice and is stored once; chunk 3 stays where the old version had it.
+        assert_eq!(l.chunks, vec![(0, 0), (0, 10), (1, 500), (0, 0)]);
+        let bytes = serde_json::to_vec(&l).unwrap();
+        assert_eq!(Locations::parse(&bytes, 4).unwrap(), l);
+        assert!(Locations::parse(&bytes, 3).unwrap_err().contains("4 locations for 3 chunks"));
+        let mut bad = l.clone();
+        bad.chunks[0].0 = 7;
+        assert!(Locations::parse(&serde_json::to_vec(&bad).unwrap(), 4).is_err());
+        // A chunk neither planned nor known: no locations.
+        assert!(Locations::build(&files, &packs, &std::collections::HashMap::new()).is_none());
     }
 }
