@@ -105,7 +105,7 @@ impl LocalProvider {
                 format!("conditional write of {key} refused: {why}"),
             ));
         }
-        fs::rename(tmp, &dest).map_err(|e| io_err(e, &dest))?;
+        rename_into(tmp, &dest)?;
         let meta = fs::metadata(&dest).map_err(|e| io_err(e, &dest))?;
         Ok(Some(etag_of(&meta)))
     }
@@ -428,5 +428,42 @@ impl Provider for LocalProvider {
 
     async fn credential_source(&self) -> String {
         "none needed (local directory)".into()
+    }
+}
+
+/// Moves a finished temporary file to its object path. A delete elsewhere in that "directory"
+/// removes the directory once it is empty (a bucket has none), possibly between its creation and
+/// this rename: then it is made again.
+fn rename_into(tmp: &Path, dest: &Path) -> PResult<()> {
+    let mut tries = 0;
+    loop {
+        match fs::rename(tmp, dest) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 8 && tmp.exists() => {
+                tries += 1;
+                if let Some(parent) = dest.parent() {
+                    fs::create_dir_all(parent).map_err(|e| io_err(e, parent))?;
+                }
+            }
+            Err(e) => return Err(io_err(e, dest)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_lands_when_its_directory_was_removed_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp-object");
+        fs::write(&tmp, b"x").unwrap();
+        // As a concurrent delete leaves it: the object's directory is gone.
+        let dest = dir.path().join("m/d/object");
+        rename_into(&tmp, &dest).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"x");
+        // A missing temporary file is still an error, not a loop.
+        assert!(rename_into(&tmp, &dest).is_err());
     }
 }
