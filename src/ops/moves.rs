@@ -237,15 +237,37 @@ pub(crate) async fn survives(s: &Session, model: &ModelName, version: &VersionId
             "see `crowecode-cloud history {model}`; upload the model again, or tag a version that is still there"
         )),
     };
+    match missing_part(s, model, version).await? {
+        Some(what) => Err(gone(what.into())),
+        None => Ok(()),
+    }
+}
+
+/// What of `version` is no longer in the bucket: `None` when the version object and its archive
+/// both are; otherwise which is gone. A failed read is an error, never taken for "gone".
+pub(crate) async fn missing_part(s: &Session, model: &ModelName, version: &VersionId) -> Result<Option<&'static str>> {
     let Some(found) = by_id(s, model, version).await? else {
-        return Err(gone("the version was deleted".into()));
+        return Ok(Some("the version was deleted"));
     };
     let archive = s.layout.archive_key(&found.manifest);
     match s.provider.head(&archive).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind == ProviderErrorKind::NotFound => Err(gone("its archive was deleted".into())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind == ProviderErrorKind::NotFound => Ok(Some("its archive was deleted")),
         Err(e) => Err(Error::from_provider(format!("reading {archive}"), e)),
     }
+}
+
+/// Raises `<Model>/pruning.json`, the marker of a sweep that deletes versions (`by` says which
+/// command), and returns its key: tag moves that find it wait out the window (see [`survives`]).
+/// The sweep removes it after its last delete.
+pub(crate) async fn raise_sweep_marker(s: &Session, model: &ModelName, by: &str) -> Result<String> {
+    let marker = s.layout.pruning_key(model);
+    let body = format!("{{\"since\": \"{}\", \"by\": \"{by}\"}}\n", now_rfc3339());
+    s.provider
+        .put(&marker, bytes::Bytes::from(body), PutMode::Overwrite)
+        .await
+        .map_err(|e| Error::from_provider(format!("writing {marker}"), e))?;
+    Ok(marker)
 }
 
 /// Puts a tag back where it was before a move whose version did not survive (best effort: a

@@ -5,7 +5,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use serde::Serialize;
 
 use super::Session;
@@ -13,7 +12,6 @@ use super::versions::{self, TagRecord};
 use crate::error::{Error, Result};
 use crate::names::ModelName;
 use crate::progress::Event;
-use crate::provider::PutMode;
 use crate::reference::{Reference, VersionId};
 
 /// An unreferenced archive that `prune --remote` deleted (or would delete).
@@ -114,10 +112,7 @@ async fn prune_model(
     let marker = s.layout.pruning_key(model);
     // The store's clock: the marker's write time (a dry run writes nothing and uses this machine's).
     let now = if apply {
-        s.provider
-            .put(&marker, Bytes::from(format!("{{\"since\": \"{}\"}}\n", versions::now_rfc3339())), PutMode::Overwrite)
-            .await
-            .map_err(|e| Error::from_provider(format!("writing {marker}"), e))?;
+        versions::raise_sweep_marker(s, model, "prune --remote").await?;
         let meta = s.provider.head(&marker).await.map_err(|e| Error::from_provider(format!("reading {marker}"), e))?;
         meta.last_modified.unwrap_or_else(SystemTime::now)
     } else {

@@ -1,14 +1,12 @@
 //! Naming versions: `resolve` (a reference to its pinned form), `tag` and `untag`, `rollback`,
 //! `history` and `delete`. Every tag move is a compare-and-swap (see [`super::versions`]).
 
-use bytes::Bytes;
 use serde::Serialize;
 
 use super::Session;
 use super::versions::{self, Expect, Found, Moved, TagMove};
 use crate::error::{Error, Result};
 use crate::names::ModelName;
-use crate::provider::PutMode;
 use crate::reference::{Reference, TagName, Target, VersionId};
 
 /// A reference and the version it names now.
@@ -375,14 +373,7 @@ pub(crate) async fn delete_model(s: &Session, model: &ModelName) -> Result<Delet
     if keys.is_empty() {
         return Err(s.not_found(model));
     }
-    s.provider
-        .put(
-            &marker,
-            Bytes::from(format!("{{\"since\": \"{}\", \"by\": \"delete --all\"}}\n", versions::now_rfc3339())),
-            PutMode::Overwrite,
-        )
-        .await
-        .map_err(|e| Error::from_provider(format!("writing {marker}"), e))?;
+    versions::raise_sweep_marker(s, model, "delete --all").await?;
     let result = delete_listed(s, model, keys, left_alone).await;
     let _ = s.provider.delete(&marker).await;
     result
@@ -400,11 +391,7 @@ async fn delete_listed(s: &Session, model: &ModelName, keys: Vec<String>, left_a
     }
     // A tag moved meanwhile onto a version deleted above names nothing now: it goes too.
     for record in versions::list_tags(s, model).await? {
-        let whole = match versions::by_id(s, model, &record.version).await? {
-            Some(found) => s.provider.head(&s.layout.archive_key(&found.manifest)).await.is_ok(),
-            None => false,
-        };
-        if !whole {
+        if versions::missing_part(s, model, &record.version).await?.is_some() {
             let key = s.layout.tag_key(model, &record.tag);
             s.delete_key(&key).await?;
             out.keys.push(key);

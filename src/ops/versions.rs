@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Session;
 pub use super::moves::Moved;
-pub(crate) use super::moves::{Expect, conflict, move_tag, sweep_window};
+pub(crate) use super::moves::{Expect, conflict, missing_part, move_tag, raise_sweep_marker, sweep_window};
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::names::ModelName;
