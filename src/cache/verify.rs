@@ -34,6 +34,13 @@ pub struct VerifyReport {
     pub signature_problem: Option<String>,
 }
 
+impl VerifyReport {
+    /// Whether the files on disk differ from the manifest (missing, changed or extra).
+    pub fn differs(&self) -> bool {
+        !self.missing.is_empty() || !self.changed.is_empty() || !self.extra.is_empty()
+    }
+}
+
 impl Cache {
     /// Re-hashes the current version of `model` against the manifest it was installed from.
     /// Blocking; reads every byte of the model.

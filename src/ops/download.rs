@@ -103,7 +103,7 @@ async fn model_or_fallback_inner(s: &Session, reference: &str, opts: &DownloadOp
     match versions::resolve(s, &r).await? {
         Some(found) => {
             let accepted = signatures::check(s, &found).await?;
-            match whole_version(s, found.clone(), accepted.clone(), r.is_latest(), opts.force, started).await {
+            match whole_version(s, found.clone(), accepted.clone(), &r, opts.force, started).await {
                 // An untrusted mirror served bytes that fail verification: nothing was installed;
                 // read the version again from the bucket.
                 Err(e @ Error::Integrity { .. })
@@ -116,7 +116,7 @@ async fn model_or_fallback_inner(s: &Session, reference: &str, opts: &DownloadOp
                         ),
                     });
                     let direct = s.direct();
-                    let mut done = whole_version(&direct, found, accepted, r.is_latest(), opts.force, started).await?;
+                    let mut done = whole_version(&direct, found, accepted, &r, opts.force, started).await?;
                     done.traffic = Some(direct.plane.traffic());
                     done.reread_from_bucket = true;
                     Ok(done)
@@ -137,7 +137,7 @@ async fn model_or_fallback_inner(s: &Session, reference: &str, opts: &DownloadOp
                 // Published by another machine while this one waited for the model's lock.
                 Fallback::InBucket(found) => {
                     let accepted = signatures::check(s, &found).await?;
-                    whole_version(s, found, accepted, true, false, started).await
+                    whole_version(s, found, accepted, &r, false, started).await
                 }
             },
             None => Err(s.not_found(&model)),
@@ -156,25 +156,22 @@ pub(crate) fn label(r: &Reference, id: Option<&VersionId>) -> String {
     }
 }
 
-/// Makes the version `found` describes ready in the cache. One download per model per
-/// machine: concurrent calls wait for the first and then find the version ready. With `link`
-/// (a download of `latest`), `models/<Model>` points at it afterwards. With `force`, the version
+/// Makes the version `found` (what `r` resolved to) describes ready in the cache. One download
+/// per model per machine: concurrent calls wait for the first and then find the version ready.
+/// For a download of `latest`, `models/<Model>` points at it afterwards. With `force`, the version
 /// is fetched and verified again, and replaces the cached copy.
 pub(crate) async fn whole_version(
     s: &Session,
     found: Found,
     accepted: Option<Accepted>,
-    link: bool,
+    r: &Reference,
     force: bool,
     started: Instant,
 ) -> Result<Downloaded> {
     let Found { manifest, version: id, tag, .. } = found;
     let model = manifest.model.clone();
-    let shown = match &tag {
-        _ if link => model.to_string(),
-        Some(t) => format!("{model}:{t}"),
-        None => format!("{model}@{}", id.short()),
-    };
+    let link = r.is_latest();
+    let shown = label(r, Some(&id));
     let name = s.cache.version_name(&model, &id, &manifest.archive_sha256);
     let version = s.cache.version_path(&model, &name);
     let finish = |path: PathBuf, status, transferred| -> Result<Downloaded> {

@@ -133,8 +133,7 @@ impl Printer {
                 (None, Some(problem)) => format!(", NOT SIGNED by a trusted key: {}", safe(problem)),
                 (None, None) => String::new(),
             };
-            let differs = !r.missing.is_empty() || !r.changed.is_empty() || !r.extra.is_empty();
-            if !differs {
+            if !r.differs() {
                 // Intact files under require_signature without a trusted signature: not ok.
                 let verdict = if r.ok { "ok" } else { "REFUSED" };
                 self.out(&format!(
@@ -155,8 +154,7 @@ impl Printer {
             self.out(&text);
         }
         for r in batch.models.iter().filter(|r| !r.ok) {
-            let differs = !r.missing.is_empty() || !r.changed.is_empty() || !r.extra.is_empty();
-            if differs {
+            if r.differs() {
                 self.note(&format!(
                     "hint: `crowecode-cloud download {} --force` fetches a clean, verified copy and replaces {}",
                     r.model,
