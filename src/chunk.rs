@@ -146,11 +146,11 @@ pub fn cut_files(paths: &[std::path::PathBuf], threads: usize) -> std::io::Resul
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Reproducible noise (xorshift), as model weights look to a chunker.
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
+    pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
         (0..len)
             .map(|_| {

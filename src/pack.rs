@@ -241,19 +241,8 @@ mod tests {
     fn a_pack_is_assembled_from_its_files_and_a_changed_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let paths: Vec<std::path::PathBuf> = (0..2).map(|i| dir.path().join(format!("f{i}"))).collect();
-        // Noise (xorshift), so that no two chunks are alike.
-        let noise = |seed: u64| {
-            let mut x = seed;
-            (0..(3 << 20))
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    (x >> 24) as u8
-                })
-                .collect::<Vec<u8>>()
-        };
-        let data = [noise(11), noise(12)];
+        // Noise, so that no two chunks are alike.
+        let data = [crate::chunk::tests::noise(3 << 20, 11), crate::chunk::tests::noise(3 << 20, 12)];
         for (p, d) in paths.iter().zip(&data) {
             std::fs::write(p, d).unwrap();
         }
