@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! <prefix><Model>/manifest.json                   written last: a model exists when this does
-//! <prefix><Model>/archives/<utc-stamp>-<rand>.tar  one archive per uploaded version
+//! <prefix><Model>/archives/<utc-stamp>-<rand>.tar  format 1: one archive per uploaded version
+//! <prefix><Model>/versions/<id>.loc.json           format 2: where each chunk of the version is
+//! <prefix>_pieces/packs/<hh>/<pack id>.pack        format 2: chunks, shared by every model
 //! ```
 
 use std::collections::HashSet;
@@ -15,8 +17,12 @@ use crate::archive::{Compression, check_relative_path};
 use crate::error::{Error, Result};
 use crate::names::{ModelName, Sha256Hex};
 
-/// The manifest format this version writes and reads.
+/// Format 1: a version is one archive.
 pub const FORMAT_VERSION: u32 = 1;
+/// Format 2: a version is its files' chunks, in packs shared by every model of the prefix.
+pub const FORMAT_PIECES: u32 = 2;
+/// The newest manifest format this version reads.
+pub const NEWEST_FORMAT: u32 = FORMAT_PIECES;
 /// The largest manifest accepted (a model with ~100k files).
 pub const MAX_MANIFEST_BYTES: usize = 64 << 20;
 
@@ -32,6 +38,10 @@ pub struct FileEntry {
     /// Offset of the file's bytes inside the archive (uncompressed archives only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
+    /// Format 2: the file's content-defined chunks in order, `[sha256, length]` each (offsets
+    /// are the running sum). Covered by the version id, so a pinned reference fixes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<(Sha256Hex, u32)>,
 }
 
 /// A directory of the model (kept so empty directories and modes round-trip).
@@ -47,10 +57,16 @@ pub struct Manifest {
     /// Manifest format version.
     pub format: u32,
     pub model: ModelName,
-    /// Key of the archive object.
+    /// Key of the archive object (format 1; empty in format 2).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub archive_key: String,
-    pub archive_sha256: Sha256Hex,
+    /// The archive's sha256 (format 1 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_sha256: Option<Sha256Hex>,
+    /// The archive's size (format 1; 0 in format 2).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub archive_size: u64,
+    #[serde(default)]
     pub compression: Compression,
     /// Files in archive order.
     pub files: Vec<FileEntry>,
@@ -65,7 +81,37 @@ pub struct Manifest {
     pub tool_version: String,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl Manifest {
+    /// Whether the version is stored as chunks in packs (format 2) rather than one archive.
+    pub fn is_pieces(&self) -> bool {
+        self.format == FORMAT_PIECES
+    }
+
+    /// How many chunks the version's files have (format 2; 0 in format 1).
+    pub fn chunk_count(&self) -> usize {
+        self.files.iter().map(|f| f.chunks.len()).sum()
+    }
+
+    /// What names the stored bytes of the version for the cache: the archive's digest (format 1),
+    /// or, in format 2, the digest of the files' digests in order.
+    pub fn content_digest(&self) -> Sha256Hex {
+        if let Some(sha) = &self.archive_sha256 {
+            return sha.clone();
+        }
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        for f in &self.files {
+            h.update(f.path.as_bytes());
+            h.update([0]);
+            h.update(f.sha256.as_str().as_bytes());
+        }
+        Sha256Hex::from_digest(&h.finalize())
+    }
+
     /// Parses and validates a manifest read from `key`, which must describe `model`.
     pub fn parse(bytes: &[u8], model: &ModelName, key: &str) -> Result<Self> {
         let bad = |what: String| Error::integrity(key, what, None, None);
@@ -77,10 +123,10 @@ impl Manifest {
             format: Option<u32>,
         }
         if let Ok(Probe { format: Some(f) }) = serde_json::from_slice::<Probe>(bytes)
-            && f > FORMAT_VERSION
+            && f > NEWEST_FORMAT
         {
             return Err(Error::other(
-                format!("{key}: manifest format {f} is newer than this crowecode-cloud understands ({FORMAT_VERSION})"),
+                format!("{key}: manifest format {f} is newer than this crowecode-cloud understands ({NEWEST_FORMAT})"),
                 Some("upgrade crowecode-cloud".into()),
             ));
         }
@@ -94,8 +140,31 @@ impl Manifest {
 
     /// Internal consistency: safe unique paths, sizes adding up, offsets inside the archive.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.format != FORMAT_VERSION {
+        if self.format != FORMAT_VERSION && self.format != FORMAT_PIECES {
             return Err(format!("unsupported manifest format {}", self.format));
+        }
+        match self.format {
+            FORMAT_VERSION if self.archive_sha256.is_none() || self.archive_key.is_empty() => {
+                return Err("a format 1 manifest must name its archive and its digest".into());
+            }
+            FORMAT_VERSION if self.files.iter().any(|f| !f.chunks.is_empty()) => {
+                return Err("a format 1 manifest lists chunks".into());
+            }
+            FORMAT_PIECES if self.archive_sha256.is_some() || !self.archive_key.is_empty() => {
+                return Err("a format 2 manifest names an archive".into());
+            }
+            _ => {}
+        }
+        if self.is_pieces() {
+            for f in &self.files {
+                let sum = f.chunks.iter().try_fold(0u64, |acc, (_, len)| acc.checked_add(u64::from(*len)));
+                if f.chunks.is_empty() || sum != Some(f.size) {
+                    return Err(format!("the chunks of {} do not add up to its size", f.path));
+                }
+                if f.chunks.iter().any(|(_, len)| u64::from(*len) > crate::chunk::MAX as u64) {
+                    return Err(format!("a chunk of {} is larger than the largest chunk", f.path));
+                }
+            }
         }
         let mut seen = HashSet::new();
         for path in self.files.iter().map(|f| &f.path).chain(self.dirs.iter().map(|d| &d.path)) {
@@ -119,7 +188,7 @@ impl Manifest {
         if total != self.total_size {
             return Err(format!("total_size {} is not the sum of file sizes {total}", self.total_size));
         }
-        if self.compression == Compression::None {
+        if self.compression == Compression::None && !self.is_pieces() {
             for f in &self.files {
                 let end = f.offset.and_then(|o| o.checked_add(f.size));
                 if end.is_none_or(|e| e > self.archive_size) {
@@ -156,7 +225,7 @@ impl Manifest {
     /// now decides where its archive is read ([`Layout::archive_key`]), so a model copied to
     /// another prefix or bucket with any copy tool still downloads.
     pub fn confined(self, _layout: &Layout, key: &str) -> Result<Self> {
-        if self.archive_name().is_none() {
+        if !self.is_pieces() && self.archive_name().is_none() {
             return Err(Error::integrity(
                 key,
                 format!(
@@ -270,10 +339,56 @@ impl Layout {
         format!("{}{tag}.json", self.tags_prefix(model))
     }
 
-    /// `<prefix><Model>/pruning.json`: there while a `prune --remote` sweeps the model; a tag move
-    /// that finds it waits before checking that its version survived (ARCHITECTURE.md).
-    pub fn pruning_key(&self, model: &ModelName) -> String {
-        format!("{}{model}/pruning.json", self.prefix)
+    /// What the markers of sweeps deleting in the model start with: `<prefix><Model>/pruning`.
+    /// Each sweep (`prune --remote`, `delete --all`) raises its own,
+    /// `pruning-<rand>.json` ([`Layout::new_sweep_marker`]); earlier releases raised
+    /// `pruning.json`. A tag move that finds any waits before checking that its version survived
+    /// (ARCHITECTURE.md).
+    pub fn sweep_markers(&self, model: &ModelName) -> String {
+        format!("{}{model}/pruning", self.prefix)
+    }
+
+    /// A new sweep marker for the model: `<prefix><Model>/pruning-<rand>.json`.
+    pub fn new_sweep_marker(&self, model: &ModelName) -> String {
+        format!("{}-{:016x}.json", self.sweep_markers(model), fastrand::u64(..))
+    }
+
+    /// `<prefix><Model>/versions/<hex>.loc.json`: where each chunk of a format 2 version is.
+    pub fn locations_key(&self, model: &ModelName, version: &crate::reference::VersionId) -> String {
+        format!("{}{}.loc.json", self.versions_prefix(model), version.hex())
+    }
+
+    /// `<prefix>_pieces/`: what every model of the prefix shares (`_` starts no model name).
+    pub fn pieces_prefix(&self) -> String {
+        format!("{}_pieces/", self.prefix)
+    }
+
+    /// `<prefix>_pieces/packs/`.
+    pub fn packs_prefix(&self) -> String {
+        format!("{}packs/", self.pieces_prefix())
+    }
+
+    /// `<prefix>_pieces/packs/<hh>/<id>.pack` for a pack id (64 hex digits).
+    pub fn pack_key(&self, id: &str) -> String {
+        format!("{}{}/{id}.pack", self.packs_prefix(), &id[..2.min(id.len())])
+    }
+
+    /// The pack id of a listed pack key.
+    pub fn pack_of_key<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let rest = key.strip_prefix(&self.packs_prefix())?;
+        let (hh, name) = rest.split_once('/')?;
+        let id = name.strip_suffix(".pack")?;
+        (id.len() == 64 && id.starts_with(hh) && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+    }
+
+    /// What the markers of pack sweeps start with: `<prefix>_pieces/pruning`.
+    pub fn pack_sweep_markers(&self) -> String {
+        format!("{}pruning", self.pieces_prefix())
+    }
+
+    /// A new marker of a pack sweep: `<prefix>_pieces/pruning-<rand>.json`.
+    pub fn new_pack_sweep_marker(&self) -> String {
+        format!("{}-{:016x}.json", self.pack_sweep_markers(), fastrand::u64(..))
     }
 
     /// Whether `key` is one of the objects this tool writes for `model`: `manifest.json`,
@@ -282,7 +397,11 @@ impl Layout {
     pub fn is_model_object(&self, model: &ModelName, key: &str) -> bool {
         let Some(rest) = key.strip_prefix(&format!("{}{model}/", self.prefix)) else { return false };
         match rest.split_once('/') {
-            None => rest == "manifest.json" || rest == "pruning.json",
+            None => {
+                rest == "manifest.json"
+                    || rest == "pruning.json"
+                    || rest.strip_prefix("pruning-").is_some_and(|r| r.ends_with(".json"))
+            }
             Some(("tags", name)) => name.ends_with(".json") && !name.contains('/'),
             Some(("versions", name)) => !name.contains('/') && (name.ends_with(".json") || name.ends_with(".sig")),
             Some(("archives", name)) => !name.contains('/') && !name.is_empty(),
@@ -322,7 +441,7 @@ mod tests {
             format: 1,
             model: ModelName::new("Alpha").unwrap(),
             archive_key: "p/Alpha/archives/x.tar".into(),
-            archive_sha256: Sha256Hex::parse(&"a".repeat(64)).unwrap(),
+            archive_sha256: Some(Sha256Hex::parse(&"a".repeat(64)).unwrap()),
             archive_size: 4096,
             compression: Compression::None,
             files: vec![FileEntry {
@@ -331,6 +450,7 @@ mod tests {
                 sha256: Sha256Hex::parse(&"b".repeat(64)).unwrap(),
                 mode: 0o644,
                 offset: Some(512),
+                chunks: vec![],
             }],
             dirs: vec![DirEntry { path: "sub".into(), mode: 0o755 }],
             total_size: 10,
@@ -413,6 +533,8 @@ mod tests {
         for ours in [
             "manifest.json",
             "pruning.json",
+            "pruning-0123456789abcdef.json",
+            "versions/ab.loc.json",
             "tags/prod.json",
             "versions/ab.json",
             "versions/ab.0123.sig",
@@ -431,5 +553,12 @@ mod tests {
             assert!(!l.is_model_object(&m, &format!("models/Alpha/{theirs}")), "{theirs}");
         }
         assert!(!l.is_model_object(&m, "models/AlphaB/manifest.json"));
+        let id = "ab".repeat(32);
+        assert_eq!(l.pack_key(&id), format!("models/_pieces/packs/ab/{id}.pack"));
+        assert_eq!(l.pack_of_key(&l.pack_key(&id)), Some(id.as_str()));
+        assert_eq!(l.pack_of_key(&format!("models/_pieces/packs/cd/{id}.pack")), None);
+        assert_eq!(l.pack_of_key("models/_pieces/packs/ab/x.pack"), None);
+        assert!(l.new_sweep_marker(&m).starts_with(&l.sweep_markers(&m)));
+        assert!(l.is_model_object(&m, &l.new_sweep_marker(&m)));
     }
 }

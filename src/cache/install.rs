@@ -83,7 +83,7 @@ impl Cache {
                 if manifest.compression == Compression::None {
                     // Lets a run after a crash find and keep what this one completes.
                     let marker = resume_marker(&dir);
-                    if let Err(e) = fs::write(&marker, manifest.archive_sha256.as_str()) {
+                    if let Err(e) = fs::write(&marker, manifest.content_digest().as_str()) {
                         let _ = remove_tree(&dir);
                         return Err(Error::io("cannot write", &marker, e));
                     }
@@ -254,7 +254,7 @@ fn find_resumable(cache: &Cache, model: &ModelName, manifest: &Manifest) -> Resu
     let staging = rd.flatten().map(|e| e.path()).find(|p| {
         p.is_dir()
             && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-            && fs::read_to_string(resume_marker(p)).is_ok_and(|s| s.trim() == manifest.archive_sha256.as_str())
+            && fs::read_to_string(resume_marker(p)).is_ok_and(|s| s.trim() == manifest.content_digest().as_str())
     });
     let Some(staging) = staging else {
         return Ok(None);

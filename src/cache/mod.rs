@@ -31,6 +31,7 @@ use crate::manifest::Manifest;
 use crate::names::{ModelName, Sha256Hex};
 use crate::reference::{TagName, Target, VersionId};
 
+pub(crate) mod blobs;
 mod install;
 mod lock;
 mod prune;
@@ -355,7 +356,7 @@ impl Cache {
             out.push(CachedVersion {
                 model,
                 path: entry.path(),
-                sha256: manifest.as_ref().map(|m| m.archive_sha256.clone()),
+                sha256: manifest.as_ref().map(Manifest::content_digest),
                 current,
                 size: manifest.as_ref().map(|m| m.total_size),
                 files: manifest.as_ref().map(|m| m.files.len()),

@@ -133,6 +133,10 @@ impl Cache {
                 }
             }
         }
+        if !opts.dry_run {
+            // Files of format 2 versions that no version directory links any more.
+            self.remove_unused_blobs();
+        }
         drop(locks);
         Ok(PruneOutcome { removed: out, skipped })
     }

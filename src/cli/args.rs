@@ -194,6 +194,10 @@ pub(super) enum Command {
         /// Archive compression: none (fastest, allows --only and resume), zstd or gzip
         #[arg(long, value_enum, default_value_t = Compression::None, hide_possible_values = true)]
         compression: Compression,
+        /// Bucket format of the new version: 1 (one archive) or 2 (content-defined chunks in
+        /// packs shared by every model: a version costs what changed)
+        #[arg(long, value_name = "N", env = "CROWECODE_UPLOAD_FORMAT", value_parser = clap::value_parser!(u32).range(1..=2))]
+        format: Option<u32>,
         /// Upload even if the bucket already holds this exact tree
         #[arg(long)]
         force: bool,

@@ -393,7 +393,9 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
             printer.list_remote(&out);
             Ok(exit::OK)
         }
-        Command::Upload { models, tags, no_latest, models_dir, from, compression, force, signature, .. } => {
+        Command::Upload {
+            models, tags, no_latest, models_dir, from, compression, force, signature, format, ..
+        } => {
             let source = match (from, models_dir) {
                 (Some(dir), _) => commands::upload::Source::Dir(absolute(dir)?),
                 (None, dir) => {
@@ -432,8 +434,21 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
                 })?),
                 None => None,
             };
-            let opts =
-                UploadOptions { compression: *compression, force: *force, tags, no_latest: *no_latest, signature };
+            let format = format.unwrap_or(1);
+            if format == 2 && *compression != crate::archive::Compression::None {
+                return Err(Error::usage(
+                    format!("--compression {} applies to format 1 archives only", compression.as_str()),
+                    "drop --compression with --format 2 (chunks are stored as they are: weights barely compress)",
+                ));
+            }
+            let opts = UploadOptions {
+                compression: *compression,
+                force: *force,
+                tags,
+                no_latest: *no_latest,
+                signature,
+                format,
+            };
             let batch = commands::upload::run(ctx, models, &source, &opts).await?;
             printer.uploads(&batch);
             Ok(batch.exit_code())

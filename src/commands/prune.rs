@@ -33,6 +33,10 @@ pub struct Report {
     pub remote_versions: Vec<RemotePruned>,
     /// With `--remote`: unfinished multipart uploads older than `--min-age` (aborted with `--yes`).
     pub unfinished_uploads: Vec<String>,
+    /// With `--remote`: packs (bucket format 2) no stored version names, and the space of the
+    /// packs kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packs: Option<crate::ops::pieces_gc::PackReport>,
     /// Models left alone because they were being downloaded.
     pub skipped: Vec<ModelName>,
     /// With `--remote`: models left alone because their manifest could not be read.
@@ -53,13 +57,15 @@ pub async fn run(ctx: &Context, opts: &Options) -> Result<Report> {
             Ok(r) => r,
             Err(e) => return Err(manager.explain(e).await),
         };
-        let would_free_bytes = out.archives.iter().chain(&out.versions).map(|r| r.bytes).sum();
+        let would_free_bytes = out.archives.iter().chain(&out.versions).map(|r| r.bytes).sum::<u64>()
+            + out.packs.deleted.iter().map(|p| p.bytes).sum::<u64>();
         return Ok(Report {
             dry_run: !apply,
             local: Vec::new(),
             remote: out.archives,
             remote_versions: out.versions,
             unfinished_uploads: out.unfinished_uploads,
+            packs: Some(out.packs),
             skipped: Vec::new(),
             unreadable: out.skipped,
             freed_bytes: if apply { would_free_bytes } else { 0 },
@@ -78,6 +84,7 @@ pub async fn run(ctx: &Context, opts: &Options) -> Result<Report> {
         remote: Vec::new(),
         remote_versions: Vec::new(),
         unfinished_uploads: Vec::new(),
+        packs: None,
         skipped: out.skipped,
         unreadable: Vec::new(),
         freed_bytes: if opts.dry_run { 0 } else { would_free_bytes },

@@ -172,7 +172,7 @@ pub(crate) async fn whole_version(
     let model = manifest.model.clone();
     let link = r.is_latest();
     let shown = label(r, Some(&id));
-    let name = s.cache.version_name(&model, &id, &manifest.archive_sha256);
+    let name = s.cache.version_name(&model, &id, &manifest.content_digest());
     let version = s.cache.version_path(&model, &name);
     let finish = |path: PathBuf, status, transferred| -> Result<Downloaded> {
         s.cache.record_version(&path, &id)?;
@@ -228,11 +228,20 @@ pub(crate) async fn whole_version(
     }
     let resume = staging.resume().cloned();
     s.cache.check_room(manifest.total_size - resume.as_ref().map_or(0, |r| r.kept_bytes))?;
-    let tuning = fetch_into(s, &manifest, staging.dir(), resume.as_ref(), &shown).await?;
+    let (tuning, transferred, pieces) = if manifest.is_pieces() {
+        let (got, tuning) = super::pieces_fetch::fetch(s, &manifest, &id, staging.dir(), None, &shown).await?;
+        (tuning, got.fetched, Some(got))
+    } else {
+        let tuning = fetch_into(s, &manifest, staging.dir(), resume.as_ref(), &shown).await?;
+        (tuning, manifest.archive_size - resume.map_or(0, |r| r.start_offset), None)
+    };
     let path = staging.commit(&manifest, &name, link)?;
-    let transferred = manifest.archive_size - resume.map_or(0, |r| r.start_offset);
     let mut done = finish(path, DownloadStatus::Downloaded, transferred)?;
     done.tuning = Some(tuning);
+    if let Some(got) = pieces {
+        done.requests = Some(got.requests);
+        done.local_bytes = Some(got.local);
+    }
     Ok(done)
 }
 
@@ -335,11 +344,11 @@ async fn fetch_into(
     };
     // A resumed run checked every file against its own sha256 (the kept ones by re-hashing,
     // the rest as they were written); its digest covers only the bytes it fetched.
-    if resume.is_none() && sha != manifest.archive_sha256 {
+    if resume.is_none() && Some(&sha) != manifest.archive_sha256.as_ref() {
         return Err(Error::integrity(
             key,
             "archive sha256 differs from the manifest",
-            Some(manifest.archive_sha256.to_string()),
+            manifest.archive_sha256.as_ref().map(ToString::to_string),
             Some(sha.to_string()),
         ));
     }

@@ -56,6 +56,15 @@ pub struct Downloaded {
     pub reread_from_bucket: bool,
     /// The range size and ranges in flight chosen, and why (when bytes were fetched).
     pub tuning: Option<crate::transfer::tuning::Tuning>,
+    /// The bucket format of the version (1: one archive, 2: chunks in packs).
+    pub format: u32,
+    /// Format 2: bytes of the version this machine had already (whole files and chunks of
+    /// installed versions), which were not fetched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_bytes: Option<u64>,
+    /// Format 2: ranged reads of packs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<usize>,
 }
 
 impl Downloaded {
@@ -72,7 +81,7 @@ impl Downloaded {
             reference: manifest.model.to_string(),
             path,
             status,
-            sha256: manifest.archive_sha256.clone(),
+            sha256: manifest.content_digest(),
             size: manifest.total_size,
             files: manifest.files.len(),
             transferred,
@@ -84,6 +93,9 @@ impl Downloaded {
             traffic: None,
             reread_from_bucket: false,
             tuning: None,
+            format: manifest.format,
+            local_bytes: None,
+            requests: None,
         }
     }
 }

@@ -82,7 +82,8 @@ pub(crate) async fn run(
         }
     }
     // Made here, never in the bucket: no version id, so the archive digest names it.
-    let path = staging.commit(&manifest, manifest.archive_sha256.short(), true)?;
+    let digest = manifest.content_digest();
+    let path = staging.commit(&manifest, digest.short(), true)?;
     Ok(Fallback::Made(Downloaded::whole(path, status, &manifest, 0, started)))
 }
 

@@ -91,7 +91,7 @@ pub(crate) async fn run(s: &Session) -> Result<Vec<RemoteModel>> {
                     model,
                     size: Some(m.total_size),
                     files: Some(m.files.len()),
-                    sha256: Some(m.archive_sha256),
+                    sha256: m.archive_sha256,
                     uploaded_at: Some(m.created_at),
                     compression: Some(m.compression),
                     cached,

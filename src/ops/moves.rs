@@ -210,23 +210,14 @@ pub(crate) fn sweep_window() -> std::time::Duration {
 /// the window lets every delete decided before this tag was written land first, and then a missing
 /// version is seen here. The argument is written out in ARCHITECTURE.md ("Pruning against tag moves").
 pub(crate) async fn survives(s: &Session, model: &ModelName, version: &VersionId) -> Result<()> {
-    let marker = s.layout.pruning_key(model);
-    match s.provider.head(&marker).await {
-        Ok(_) => {
-            let window = sweep_window();
-            let wait = window + window / 4 + std::time::Duration::from_millis(500);
-            s.reporter.report(crate::progress::Event::Info {
-                model: model.as_str(),
-                message: format!(
-                    "a `prune --remote` or `delete --all` is deleting in {model}: waiting {} to be sure {} survives it",
-                    humantime::format_duration(std::time::Duration::from_secs(wait.as_secs().max(1))),
-                    version.short()
-                ),
-            });
-            tokio::time::sleep(wait).await;
-        }
-        Err(e) if e.kind == ProviderErrorKind::NotFound => {}
-        Err(e) => return Err(Error::from_provider(format!("reading {marker}"), e)),
+    if sweep_running(s, &s.layout.sweep_markers(model)).await? {
+        wait_out_sweep(
+            s,
+            model.as_str(),
+            format!("a `prune --remote` or `delete --all` is deleting in {model}"),
+            version.short(),
+        )
+        .await;
     }
     let gone = |what: String| Error::Conflict {
         message: format!(
@@ -249,25 +240,79 @@ pub(crate) async fn missing_part(s: &Session, model: &ModelName, version: &Versi
     let Some(found) = by_id(s, model, version).await? else {
         return Ok(Some("the version was deleted"));
     };
-    let archive = s.layout.archive_key(&found.manifest);
+    // Format 2: the packs are kept by the version itself (a pack sweep's roots are the stored
+    // versions' locations); the locations go with the version.
+    let (archive, gone) = if found.manifest.is_pieces() {
+        (s.layout.locations_key(model, version), "its locations were deleted")
+    } else {
+        (s.layout.archive_key(&found.manifest), "its archive was deleted")
+    };
     match s.provider.head(&archive).await {
         Ok(_) => Ok(None),
-        Err(e) if e.kind == ProviderErrorKind::NotFound => Ok(Some("its archive was deleted")),
+        Err(e) if e.kind == ProviderErrorKind::NotFound => Ok(Some(gone)),
         Err(e) => Err(Error::from_provider(format!("reading {archive}"), e)),
     }
 }
 
-/// Raises `<Model>/pruning.json`, the marker of a sweep that deletes versions (`by` says which
-/// command), and returns its key: tag moves that find it wait out the window (see [`survives`]).
-/// The sweep removes it after its last delete.
-pub(crate) async fn raise_sweep_marker(s: &Session, model: &ModelName, by: &str) -> Result<String> {
-    let marker = s.layout.pruning_key(model);
+/// Whether a sweep's marker starting with `markers` is up (any: each sweep raises its own).
+pub(crate) async fn sweep_running(s: &Session, markers: &str) -> Result<bool> {
+    let found = s.provider.list(markers).await.map_err(|e| Error::from_provider(format!("listing {markers}*"), e))?;
+    Ok(found.iter().any(|o| o.key.ends_with(".json") && !o.key[markers.len()..].contains('/')))
+}
+
+/// Waits a little longer than the sweep window, so that every delete a running sweep decided
+/// before the caller's write lands first; says so (`what` is running, `subject` is what must
+/// survive it).
+pub(crate) async fn wait_out_sweep(s: &Session, label: &str, what: String, subject: &str) {
+    let window = sweep_window();
+    let wait = window + window / 4 + std::time::Duration::from_millis(500);
+    s.reporter.report(crate::progress::Event::Info {
+        model: label,
+        message: format!(
+            "{what}: waiting {} to be sure {subject} survives it",
+            humantime::format_duration(std::time::Duration::from_secs(wait.as_secs().max(1)))
+        ),
+    });
+    tokio::time::sleep(wait).await;
+}
+
+/// Raises the marker `key` of a sweep (`by` says which command) and returns the store's time of
+/// its write (the sweep's clock for ages). Writers that find it wait out the window before
+/// checking that what they wrote survived; the sweep removes it after its last delete and
+/// writes it again whenever it reads its roots again ([`refresh_sweep_marker`]).
+pub(crate) async fn raise_sweep_marker(s: &Session, key: &str, by: &str) -> Result<std::time::SystemTime> {
+    refresh_sweep_marker(s, key, by).await?;
+    let meta = s.provider.head(key).await.map_err(|e| Error::from_provider(format!("reading {key}"), e))?;
+    Ok(meta.last_modified.unwrap_or_else(std::time::SystemTime::now))
+}
+
+/// Writes the marker `key` again: a marker not written for [`STALE_MARKER`] belongs to a sweep
+/// that was killed, and the next sweep removes it ([`remove_stale_markers`]).
+pub(crate) async fn refresh_sweep_marker(s: &Session, key: &str, by: &str) -> Result<()> {
     let body = format!("{{\"since\": \"{}\", \"by\": \"{by}\"}}\n", now_rfc3339());
     s.provider
-        .put(&marker, bytes::Bytes::from(body), PutMode::Overwrite)
+        .put(key, bytes::Bytes::from(body), PutMode::Overwrite)
         .await
-        .map_err(|e| Error::from_provider(format!("writing {marker}"), e))?;
-    Ok(marker)
+        .map_err(|e| Error::from_provider(format!("writing {key}"), e))?;
+    Ok(())
+}
+
+/// How long a marker may go unwritten before it is taken for a killed sweep's: a live sweep
+/// writes it at every read of its roots, at least every half window.
+pub(crate) const STALE_MARKER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes the markers starting with `markers` that were last written more than
+/// [`STALE_MARKER`] before `now` (the store's clock): killed sweeps', which would otherwise make
+/// every writer wait.
+pub(crate) async fn remove_stale_markers(s: &Session, markers: &str, now: std::time::SystemTime) -> Result<()> {
+    let found = s.provider.list(markers).await.map_err(|e| Error::from_provider(format!("listing {markers}*"), e))?;
+    for o in found {
+        let stale = o.last_modified.is_some_and(|t| t + STALE_MARKER < now);
+        if stale && o.key.ends_with(".json") && !o.key[markers.len()..].contains('/') {
+            s.delete_key(&o.key).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Puts a tag back where it was before a move whose version did not survive (best effort: a

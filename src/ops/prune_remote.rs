@@ -33,6 +33,8 @@ pub struct RemotePruneOutcome {
     pub unfinished_uploads: Vec<String>,
     /// Models skipped because their manifest could not be read.
     pub skipped: Vec<ModelName>,
+    /// Packs (bucket format 2): those no stored version names, and the space of the rest.
+    pub packs: super::pieces_gc::PackReport,
 }
 
 /// `prune --remote` over `models` (empty: every model): per model see [`prune_model`]; also
@@ -69,6 +71,10 @@ pub(crate) async fn run(
             Err(e) => return Err(e),
         }
     }
+    // After the versions: the packs only the pruned versions named go now.
+    // A dry run counts the versions it would delete as deleted.
+    let doomed: HashSet<String> = out.versions.iter().map(|v| v.key.clone()).collect();
+    out.packs = super::pieces_gc::sweep(s, min_age, apply, &doomed).await?;
     let pending = s
         .provider
         .list_pending_uploads(s.layout.prefix())
@@ -109,17 +115,17 @@ async fn prune_model(
     if versions::resolve(s, &Reference::parse(model.as_str())?).await?.is_none() {
         return Ok(());
     }
-    let marker = s.layout.pruning_key(model);
+    let marker = s.layout.new_sweep_marker(model);
     // The store's clock: the marker's write time (a dry run writes nothing and uses this machine's).
     let now = if apply {
-        versions::raise_sweep_marker(s, model, "prune --remote").await?;
-        let meta = s.provider.head(&marker).await.map_err(|e| Error::from_provider(format!("reading {marker}"), e))?;
-        meta.last_modified.unwrap_or_else(SystemTime::now)
+        let now = versions::raise_sweep_marker(s, &marker, "prune --remote").await?;
+        versions::remove_stale_markers(s, &s.layout.sweep_markers(model), now).await?;
+        now
     } else {
         SystemTime::now()
     };
     let cutoff = now.checked_sub(min_age).unwrap_or(SystemTime::UNIX_EPOCH);
-    let result = sweep(s, model, keep, cutoff, apply, out).await;
+    let result = sweep(s, model, keep, cutoff, apply.then_some(marker.as_str()), out).await;
     if apply {
         // Last: a tag move that still finds it waits out the window, which is harmless.
         let _ = s.provider.delete(&marker).await;
@@ -180,9 +186,10 @@ async fn sweep(
     model: &ModelName,
     keep: usize,
     cutoff: SystemTime,
-    apply: bool,
+    marker: Option<&str>,
     out: &mut RemotePruneOutcome,
 ) -> Result<()> {
+    let apply = marker.is_some();
     let (mut kept, tags, legacy) = roots(s, model).await?;
     if let (Some(legacy), Some(latest)) = (&legacy, tags.iter().find(|t| t.tag.is_latest()))
         && legacy.version != latest.version
@@ -205,9 +212,13 @@ async fn sweep(
         found.iter().map(|(f, _)| f).filter(|f| !kept.contains(&f.version)).collect();
     let window = versions::sweep_window();
     while apply && !doomed.is_empty() {
-        // A fresh read of the roots; every delete below ends within the window of it.
-        let (roots, _, _) = roots(s, model).await?;
+        // A fresh read of the roots; every delete below ends within the window of it (counted
+        // from before the read: a move written during it may not have been seen).
         let read = Instant::now();
+        if let Some(marker) = marker {
+            versions::refresh_sweep_marker(s, marker, "prune --remote").await?;
+        }
+        let (roots, _, _) = roots(s, model).await?;
         let mut rest = Vec::new();
         for f in doomed {
             if roots.contains(&f.version) {
@@ -220,6 +231,10 @@ async fn sweep(
             }
             let key = s.layout.version_key(model, &f.version);
             within(read, window, &key, s.delete_key(&key)).await?;
+            if f.manifest.is_pieces() {
+                let loc = s.layout.locations_key(model, &f.version);
+                within(read, window, &loc, s.delete_key(&loc)).await?;
+            }
             // Its signatures go with it (after it: a version is never left looking unsigned).
             for (id, _) in super::signatures::list(s, model, &f.version).await? {
                 let sig = s.layout.signature_key(model, &f.version, &id);
@@ -239,6 +254,10 @@ async fn sweep(
     // `manifest.json`, or young, are kept.
     let prefix = s.layout.archives_prefix(model);
     loop {
+        let read = Instant::now();
+        if let Some(marker) = marker {
+            versions::refresh_sweep_marker(s, marker, "prune --remote").await?;
+        }
         let mut referenced: HashSet<String> = HashSet::new();
         if apply {
             let now = stored_versions(s, model, &found).await?;
@@ -249,7 +268,6 @@ async fn sweep(
             );
         }
         referenced.extend(versions::legacy(s, model).await?.map(|l| s.layout.archive_key(&l.manifest)));
-        let read = Instant::now();
         let archives =
             s.provider.list(&prefix).await.map_err(|e| Error::from_provider(format!("listing {prefix}"), e))?;
         let mut again = false;
@@ -274,7 +292,7 @@ async fn sweep(
 
 /// A delete that must end within `window` of `since`, or the sweep stops: a later delete could
 /// land after a tag move that checked for it had given up waiting.
-async fn within(
+pub(crate) async fn within(
     since: Instant,
     window: Duration,
     key: &str,

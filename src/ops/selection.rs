@@ -26,7 +26,7 @@ pub(crate) async fn run(s: &Session, reference: &str, patterns: &[String]) -> Re
     // Before anything is fetched: a selection of an unsigned version is refused like the version.
     let accepted = super::signatures::check(s, &found).await?;
     let manifest = &found.manifest;
-    if manifest.compression != Compression::None {
+    if manifest.compression != Compression::None && !manifest.is_pieces() {
         return Err(Error::other(
             format!(
                 "{model} was uploaded with {} compression, so its files cannot be read one by one",
@@ -65,7 +65,7 @@ pub(crate) async fn run(s: &Session, reference: &str, patterns: &[String]) -> Re
         reference: shown.clone(),
         path: dest.clone(),
         status,
-        sha256: manifest.archive_sha256.clone(),
+        sha256: manifest.content_digest(),
         size,
         files: selected.len(),
         transferred,
@@ -78,6 +78,9 @@ pub(crate) async fn run(s: &Session, reference: &str, patterns: &[String]) -> Re
         traffic: Some(s.plane.traffic().since(&before)),
         reread_from_bucket: false,
         tuning: None,
+        format: manifest.format,
+        local_bytes: None,
+        requests: None,
     };
     if dest.is_dir() {
         return Ok(done(DownloadStatus::Cached, 0));
@@ -88,6 +91,19 @@ pub(crate) async fn run(s: &Session, reference: &str, patterns: &[String]) -> Re
     }
     let staging = s.cache.begin_empty(lock)?;
     s.cache.check_room(size)?;
+    if manifest.is_pieces() {
+        // Only the chunks of the selected files are read.
+        let wanted: Vec<usize> = (0..manifest.files.len())
+            .filter(|&i| patterns.iter().any(|p| crate::select::matches(p, &manifest.files[i].path)))
+            .collect();
+        let (got, _) =
+            super::pieces_fetch::fetch(s, manifest, &found.version, staging.dir(), Some(&wanted), &shown).await?;
+        staging.commit_to(&dest)?;
+        let mut out = done(DownloadStatus::Downloaded, got.fetched);
+        out.local_bytes = Some(got.local);
+        out.requests = Some(got.requests);
+        return Ok(out);
+    }
     let mut files = Vec::with_capacity(selected.len());
     for f in &selected {
         let offset = f.offset.ok_or_else(|| {

@@ -360,20 +360,25 @@ pub(crate) async fn delete_version(s: &Session, reference: &str, force: bool) ->
 /// directory (another prefix's models, files a person put there) is listed and left alone.
 ///
 /// Against tag moves and uploads running at the same time it works like the prune sweep: the
-/// `pruning.json` marker is up while it deletes (a move that sees it waits, then checks that its
+/// sweep marker is up while it deletes (a move that sees it waits, then checks that its
 /// version is still there, and is undone if not), and after its deletes it removes any tag that
 /// names a version no longer there. The marker goes last; a move checked after that finds its
 /// deleted version missing. So no tag is left naming something deleted.
 pub(crate) async fn delete_model(s: &Session, model: &ModelName) -> Result<Deleted> {
     let prefix = format!("{}{model}/", s.layout.prefix());
-    let marker = s.layout.pruning_key(model);
+    let markers = s.layout.sweep_markers(model);
+    let marker = s.layout.new_sweep_marker(model);
     let objects = s.provider.list(&prefix).await.map_err(|e| Error::from_provider(format!("listing {prefix}"), e))?;
-    let (keys, left_alone): (Vec<String>, Vec<String>) =
-        objects.into_iter().map(|o| o.key).filter(|k| k != &marker).partition(|k| s.layout.is_model_object(model, k));
+    // Other sweeps' markers are theirs to remove: a move must keep waiting while they run.
+    let (keys, left_alone): (Vec<String>, Vec<String>) = objects
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| !k.starts_with(&markers))
+        .partition(|k| s.layout.is_model_object(model, k));
     if keys.is_empty() {
         return Err(s.not_found(model));
     }
-    versions::raise_sweep_marker(s, model, "delete --all").await?;
+    versions::raise_sweep_marker(s, &marker, "delete --all").await?;
     let result = delete_listed(s, model, keys, left_alone).await;
     let _ = s.provider.delete(&marker).await;
     result

@@ -13,7 +13,7 @@ use super::versions::{self, Expect};
 use super::{Session, blocking, signatures};
 use crate::archive::{self, ArchivePlan, Compression};
 use crate::error::{Error, Result};
-use crate::manifest::{DirEntry, FORMAT_VERSION, FileEntry, Manifest};
+use crate::manifest::{DirEntry, FORMAT_PIECES, FORMAT_VERSION, FileEntry, Manifest};
 use crate::names::{ModelName, Sha256Hex};
 use crate::provider::{ProviderErrorKind, PutMode};
 use crate::reference::{Reference, TagName, Target, VersionId};
@@ -46,8 +46,14 @@ pub struct Uploaded {
     pub size: u64,
     pub files: usize,
     pub compression: Compression,
-    /// Parts the archive was uploaded in (0 when up to date).
+    /// Parts the archive was uploaded in, or packs sent in format 2 (0 when up to date).
     pub parts: u32,
+    /// The bucket format of the version (1: one archive, 2: chunks in packs).
+    pub format: u32,
+    /// Data bytes sent (the archive, or in format 2 the new packs; 0 when up to date).
+    pub sent: u64,
+    /// Format 2: bytes of the model's files the bucket held already (not sent).
+    pub reused: u64,
     pub seconds: f64,
     /// The version's id (`sha256:…`).
     pub version: VersionId,
@@ -74,12 +80,15 @@ impl Uploaded {
             model: m.model.clone(),
             status,
             archive_key: m.archive_key.clone(),
-            sha256: m.archive_sha256.clone(),
+            sha256: m.content_digest(),
             archive_size: m.archive_size,
             size: m.total_size,
             files: m.files.len(),
             compression: m.compression,
             parts,
+            format: m.format,
+            sent: 0,
+            reused: 0,
             seconds: started.elapsed().as_secs_f64(),
             version: version.clone(),
             reference: Reference::pinned(&m.model, version).to_string(),
@@ -98,6 +107,9 @@ pub struct UploadOptions {
     pub force: bool,
     /// Tags to move to the version, besides `latest`.
     pub tags: Vec<TagName>,
+    /// The bucket format of a new version: 1 (one archive) or 2 (chunks in shared packs: a
+    /// version costs what changed). 0: the default, 1.
+    pub format: u32,
     /// Leave `latest` where it is (a candidate for testing before promotion).
     pub no_latest: bool,
     /// An OMS signature its publisher made over the tree (`upload --signature`), stored with the
@@ -166,20 +178,41 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
         return Ok(done);
     }
 
-    let archive_key = s.layout.new_archive_key(&model, SystemTime::now(), opts.compression);
-    let progress = Progress::new(s.reporter.clone(), model.as_str());
-    let up = transfer::upload_archive(s.provider.clone(), &archive_key, plan, opts.compression, &s.transfer, &progress)
-        .await;
-    progress.finished();
-    let up = up?;
-    let manifest = build_manifest(&model, &archive_key, opts.compression, &up);
-    let bytes = Bytes::from(manifest.to_bytes());
-    let version = VersionId::of(&bytes);
-    if let Err(e) = put_version(s, &model, &version, &bytes).await {
-        // The archive is unreferenced now; do not leave it behind.
-        let _ = s.provider.delete(&archive_key).await;
-        return Err(e);
-    }
+    let (manifest, version, parts, tuning, written) = if opts.format == FORMAT_PIECES {
+        // Every version a tag names, latest first: what the new one may reuse chunks of.
+        let mut previous: Vec<versions::Found> = latest.iter().cloned().collect();
+        for record in versions::list_tags(s, &model).await? {
+            if previous.iter().all(|f| f.version != record.version)
+                && let Some(found) = versions::by_id(s, &model, &record.version).await.ok().flatten()
+            {
+                previous.push(found);
+            }
+        }
+        let stored = super::pieces::store(s, &model, plan, &previous).await?;
+        let loc = s.layout.locations_key(&model, &stored.version);
+        let mut manifest = stored.manifest;
+        manifest.archive_size = 0;
+        let written = Written { keys: vec![loc], sent: stored.sent, reused: stored.reused };
+        (manifest, stored.version, stored.packs as u32, None, written)
+    } else {
+        let archive_key = s.layout.new_archive_key(&model, SystemTime::now(), opts.compression);
+        let progress = Progress::new(s.reporter.clone(), model.as_str());
+        let up =
+            transfer::upload_archive(s.provider.clone(), &archive_key, plan, opts.compression, &s.transfer, &progress)
+                .await;
+        progress.finished();
+        let up = up?;
+        let manifest = build_manifest(&model, &archive_key, opts.compression, &up);
+        let bytes = Bytes::from(manifest.to_bytes());
+        let version = VersionId::of(&bytes);
+        if let Err(e) = put_version(s, &model, &version, &bytes).await {
+            // The archive is unreferenced now; do not leave it behind.
+            let _ = s.provider.delete(&archive_key).await;
+            return Err(e);
+        }
+        let sent = manifest.archive_size;
+        (manifest, version, up.parts, Some(up.tuning.clone()), Written { keys: vec![archive_key], sent, reused: 0 })
+    };
     // Signed before any tag names it, so a reader that finds it through a tag finds it signed.
     let signed_by = store_signatures(s, &model, &version, &manifest, opts).await?;
     let mut tags = Vec::new();
@@ -193,7 +226,9 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
                     && winner.manifest.same_tree(&manifest)
                 {
                     let _ = s.provider.delete(&s.layout.version_key(&model, &version)).await;
-                    let _ = s.provider.delete(&archive_key).await;
+                    for key in &written.keys {
+                        let _ = s.provider.delete(key).await;
+                    }
                     let signed_by = store_signatures(s, &model, &winner.version, &winner.manifest, opts).await?;
                     let tags = move_named_tags(s, &model, &winner.version, &opts.tags).await?;
                     let done =
@@ -220,8 +255,16 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
     if !opts.no_latest {
         versions::write_alias(s, &model).await?;
     }
-    let done = Uploaded::of(&manifest, &version, UploadStatus::Uploaded, tags, up.parts, started);
-    Ok(Uploaded { signed_by, tuning: Some(up.tuning.clone()), ..done })
+    let done = Uploaded::of(&manifest, &version, UploadStatus::Uploaded, tags, parts, started);
+    Ok(Uploaded { signed_by, tuning, sent: written.sent, reused: written.reused, ..done })
+}
+
+/// What an upload wrote besides its version object (removed again when another upload of the
+/// same tree won), and the data bytes it sent.
+struct Written {
+    keys: Vec<String>,
+    sent: u64,
+    reused: u64,
 }
 
 /// Stores the version's signatures: one by each signing key, and the publisher's (`--signature`).
@@ -376,6 +419,7 @@ pub(crate) fn build_manifest(
                 sha256: sha256.clone(),
                 mode: entry.mode,
                 offset: (compression == Compression::None).then_some(entry.data_offset),
+                chunks: Vec::new(),
             }),
             _ => dirs.push(DirEntry { path: entry.path.clone(), mode: entry.mode }),
         }
@@ -384,7 +428,7 @@ pub(crate) fn build_manifest(
         format: FORMAT_VERSION,
         model: model.clone(),
         archive_key: archive_key.to_string(),
-        archive_sha256: up.sha256.clone(),
+        archive_sha256: Some(up.sha256.clone()),
         archive_size: up.size,
         compression,
         total_size: up.plan.file_bytes,

@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use super::Session;
 pub use super::moves::Moved;
-pub(crate) use super::moves::{Expect, conflict, missing_part, move_tag, raise_sweep_marker, sweep_window};
+pub(crate) use super::moves::{
+    Expect, conflict, missing_part, move_tag, raise_sweep_marker, refresh_sweep_marker, remove_stale_markers,
+    sweep_running, sweep_window, wait_out_sweep,
+};
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::names::ModelName;

@@ -250,9 +250,10 @@ impl fmt::Debug for DataPlane {
     }
 }
 
-/// Whether a key is an archive (the data plane); everything else is the control plane.
+/// Whether a key is an archive or a pack (the data plane: immutable, what a mirror serves best);
+/// everything else is the control plane.
 fn is_archive(key: &str) -> bool {
-    key.contains("/archives/")
+    key.contains("/archives/") || key.contains("_pieces/packs/")
 }
 
 impl DataPlane {
@@ -510,5 +511,6 @@ mod tests {
             "http://bucket.s3.us-east-1.amazonaws.com/models/A/archives/x.tar?X-Amz-Signature=ab"
         );
         assert!(is_archive("p/A/archives/x.tar") && !is_archive("p/A/versions/x.json"));
+        assert!(is_archive("p/_pieces/packs/ab/ab01.pack") && is_archive("_pieces/packs/ab/ab01.pack"));
     }
 }

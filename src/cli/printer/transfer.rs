@@ -24,6 +24,18 @@ impl Printer {
                 UploadStatus::UpToDate => {
                     self.note(&format!("{}: up to date (version {}), nothing uploaded", u.model, u.version.short()))
                 }
+                UploadStatus::Uploaded if u.format == 2 => self.note(&format!(
+                    "{}: uploaded {}, sent {} in {} new pack{} in {} ({}), {} were in the bucket already, as version {}",
+                    u.model,
+                    files(u.files),
+                    fmt_bytes(u.sent),
+                    u.parts,
+                    if u.parts == 1 { "" } else { "s" },
+                    fmt_secs(u.seconds),
+                    rate(u.sent, u.seconds),
+                    fmt_bytes(u.reused),
+                    u.version.short(),
+                )),
                 UploadStatus::Uploaded => self.note(&format!(
                     "{}: uploaded {}, {} in {} part{} in {} ({}) as version {} (archive sha256 {})",
                     u.model,
@@ -77,6 +89,16 @@ impl Printer {
                     self.note(&format!("{who}: already in the cache"))
                 }
                 DownloadStatus::Cached => self.note(&format!("{who}: already in the cache ({which})")),
+                DownloadStatus::Downloaded if d.format == 2 => self.note(&format!(
+                    "{who}: downloaded and verified {}, {} fetched in {} request{} in {} ({}), {} were on this machine already, {which}",
+                    files(d.files),
+                    fmt_bytes(d.transferred),
+                    d.requests.unwrap_or(0),
+                    if d.requests == Some(1) { "" } else { "s" },
+                    fmt_secs(d.seconds),
+                    rate(d.transferred, d.seconds),
+                    fmt_bytes(d.local_bytes.unwrap_or(0)),
+                )),
                 DownloadStatus::Downloaded => self.note(&format!(
                     "{who}: downloaded and verified {}, {} in {} ({}), {which}",
                     files(d.files),

@@ -186,6 +186,24 @@ impl Printer {
         for p in r.remote_versions.iter().chain(&r.remote) {
             self.out(&format!("{verb} {} ({}): {}", safe(&p.key), p.model, fmt_bytes(p.bytes)));
         }
+        let packs = r.packs.clone().unwrap_or_default();
+        if !packs.deleted.is_empty() {
+            let bytes = packs.deleted.iter().map(|p| p.bytes).sum();
+            self.out(&format!(
+                "{verb} {} pack(s) no version names ({}, under {})",
+                packs.deleted.len(),
+                fmt_bytes(bytes),
+                safe(packs.deleted[0].key.rsplitn(3, '/').nth(2).unwrap_or_default())
+            ));
+        }
+        if packs.dead_bytes > 0 {
+            self.note(&format!(
+                "packs: {} kept ({}), of which {} is read by no version",
+                packs.packs,
+                fmt_bytes(packs.bytes),
+                fmt_bytes(packs.dead_bytes)
+            ));
+        }
         let abort = if r.dry_run { "would abort" } else { "aborted" };
         for key in &r.unfinished_uploads {
             self.out(&format!("{abort} the unfinished upload {}", safe(key)));
@@ -196,13 +214,18 @@ impl Printer {
         for m in &r.unreadable {
             self.note(&format!("{m}: left alone, its manifest cannot be read (see the warning above)"));
         }
-        let n = r.local.len() + r.remote.len() + r.remote_versions.len();
+        let n = r.local.len() + r.remote.len() + r.remote_versions.len() + packs.deleted.len();
         if n == 0 && r.unfinished_uploads.is_empty() {
             self.note("nothing to prune");
         } else if n > 0 {
             self.note(&format!("{verb} {n} item(s), {}", fmt_bytes(r.would_free_bytes)));
         }
-        if r.dry_run && !(r.remote.is_empty() && r.remote_versions.is_empty() && r.unfinished_uploads.is_empty()) {
+        if r.dry_run
+            && !(r.remote.is_empty()
+                && r.remote_versions.is_empty()
+                && r.unfinished_uploads.is_empty()
+                && packs.deleted.is_empty())
+        {
             self.note("hint: add --yes to delete these archives and abort these uploads");
         }
     }

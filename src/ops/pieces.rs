@@ -1,0 +1,270 @@
+//! Bucket format 2, the writing side (ARCHITECTURE.md, "Incremental versions"): a version's
+//! files are cut into content-defined chunks; the chunks the bucket does not hold yet go up in
+//! packs; the version names every chunk by its digest, and its locations say in which pack each
+//! chunk is. A version is committed when every pack it names is known to have survived any
+//! concurrent pack sweep.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use futures::{StreamExt as _, TryStreamExt as _, stream};
+
+use super::versions::{self, Found};
+use super::{Session, blocking};
+use crate::archive::{ArchivePlan, Compression};
+use crate::chunk::Piece;
+use crate::error::{Error, Result};
+use crate::manifest::{DirEntry, FORMAT_PIECES, FileEntry, Manifest};
+use crate::names::{ModelName, Sha256Hex};
+use crate::pack::{self, Locations, PlannedPack};
+use crate::progress::Direction;
+use crate::provider::{ProviderErrorKind, PutMode};
+use crate::reference::VersionId;
+use crate::transfer::Progress;
+
+/// The largest locations object read (a 60 GB model's is about 3 MB).
+const MAX_LOCATIONS_BYTES: usize = 64 << 20;
+
+/// A format 2 version written to the bucket (not yet tagged).
+pub(crate) struct Stored {
+    pub manifest: Manifest,
+    pub version: VersionId,
+    /// Packs sent, and their bytes.
+    pub packs: usize,
+    pub sent: u64,
+    /// Bytes of the files found in the bucket already (chunks of earlier versions).
+    pub reused: u64,
+}
+
+/// Where each chunk of `found` (a format 2 version) is: its digest, pack id and offset.
+pub(crate) async fn chunk_places(s: &Session, found: &Found) -> Result<Vec<([u8; 32], String, u64)>> {
+    let loc = locations(s, found).await?;
+    let digests = found.manifest.files.iter().flat_map(|f| f.chunks.iter());
+    Ok(digests
+        .zip(&loc.chunks)
+        .map(|((sha, _), &(p, offset))| (digest_bytes(sha), loc.packs[p as usize].clone(), offset))
+        .collect())
+}
+
+/// The locations object of `found`, checked against its chunk count.
+pub(crate) async fn locations(s: &Session, found: &Found) -> Result<Locations> {
+    locations_of(s, &found.manifest.model, &found.version, found.manifest.chunk_count()).await
+}
+
+/// The locations object of the version `version` of `model`, of `count` chunks.
+pub(crate) async fn locations_of(
+    s: &Session,
+    model: &ModelName,
+    version: &VersionId,
+    count: usize,
+) -> Result<Locations> {
+    let key = s.layout.locations_key(model, version);
+    let Some(bytes) = s.get_small(&key).await? else {
+        return Err(Error::integrity(&key, "the locations of the version are missing from the bucket", None, None));
+    };
+    if bytes.len() > MAX_LOCATIONS_BYTES {
+        return Err(Error::integrity(&key, format!("locations of {} bytes are too large", bytes.len()), None, None));
+    }
+    Locations::parse(&bytes, count).map_err(|what| Error::integrity(&key, what, None, None))
+}
+
+pub(crate) fn digest_bytes(sha: &Sha256Hex) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(sha.as_str(), &mut out).expect("a Sha256Hex is 64 hex digits");
+    out
+}
+
+/// Cuts the tree of `plan` into chunks, sends the packs of the chunks that neither `previous`
+/// (earlier versions of the model, format 2) nor this upload already hold, and writes the
+/// locations and then the version, create-only. Then checks that every pack the version names
+/// survived a concurrent sweep ([`packs_survive`]).
+pub(crate) async fn store(s: &Session, model: &ModelName, plan: ArchivePlan, previous: &[Found]) -> Result<Stored> {
+    let files: Vec<&crate::archive::PlannedEntry> = plan.entries.iter().filter(|e| e.size.is_some()).collect();
+    let paths: Vec<PathBuf> = files.iter().map(|e| e.source.clone()).collect();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cut_paths = paths.clone();
+    let cuts = blocking(move || {
+        crate::chunk::cut_files(&cut_paths, threads)
+            .map_err(|e| Error::other(format!("cannot read the model: {e}"), None))
+    })
+    .await?;
+    for ((entry, (pieces, _)), path) in files.iter().zip(&cuts).zip(&paths) {
+        let read: u64 = pieces.iter().map(|p| u64::from(p.len)).sum();
+        if Some(read) != entry.size {
+            return Err(changed(path));
+        }
+    }
+    let pieces: Vec<Vec<Piece>> = cuts.iter().map(|(p, _)| p.clone()).collect();
+
+    // What the bucket holds already: the chunks of the earlier versions given.
+    let mut have: HashMap<[u8; 32], (String, u64)> = HashMap::new();
+    for found in previous.iter().filter(|f| f.manifest.is_pieces()) {
+        match chunk_places(s, found).await {
+            Ok(places) => have.extend(places.into_iter().map(|(d, p, o)| (d, (p, o)))),
+            // Unreadable locations only cost reuse.
+            Err(e @ Error::Integrity { .. }) => s.info(model, format!("not reusing {}: {e}", found.version.short())),
+            Err(e) => return Err(e),
+        }
+    }
+    let known: HashSet<[u8; 32]> = have.keys().copied().collect();
+    let planned = pack::plan(&pieces, &known);
+    let sent: u64 = planned.iter().map(|p| p.size).sum();
+    let total: u64 = pieces.iter().flatten().map(|p| u64::from(p.len)).sum();
+    let reused: u64 = pieces.iter().flatten().filter(|p| known.contains(&p.sha256)).map(|p| u64::from(p.len)).sum();
+
+    let progress = Progress::new(s.reporter.clone(), model.as_str());
+    progress.started(Direction::Upload, sent);
+    let sending = send_packs(s, &planned, &paths, &pieces, &progress).await;
+    progress.finished();
+    sending?;
+
+    let mut entries = Vec::new();
+    let mut dirs = Vec::new();
+    let mut cut = cuts.iter();
+    for e in &plan.entries {
+        match e.size {
+            Some(size) => {
+                let (pieces, sha) = cut.next().expect("one cut per file");
+                entries.push(FileEntry {
+                    path: e.path.clone(),
+                    size,
+                    sha256: Sha256Hex::from_digest(sha),
+                    mode: e.mode,
+                    offset: None,
+                    chunks: pieces.iter().map(|p| (Sha256Hex::from_digest(&p.sha256), p.len)).collect(),
+                });
+            }
+            None => dirs.push(DirEntry { path: e.path.clone(), mode: e.mode }),
+        }
+    }
+    let manifest = Manifest {
+        format: FORMAT_PIECES,
+        model: model.clone(),
+        archive_key: String::new(),
+        archive_sha256: None,
+        archive_size: 0,
+        compression: Compression::None,
+        total_size: total,
+        files: entries,
+        dirs,
+        created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    manifest.validate().map_err(|what| Error::other(format!("the version built is invalid: {what}"), None))?;
+    let bytes = Bytes::from(manifest.to_bytes());
+    let version = VersionId::of(&bytes);
+    let loc = Locations::build(&pieces, &planned, &have).expect("every chunk is planned or held");
+    let loc_key = s.layout.locations_key(model, &version);
+    let loc_bytes = Bytes::from(serde_json::to_vec(&loc).expect("locations serialise"));
+    s.provider
+        .put(&loc_key, loc_bytes, PutMode::Overwrite)
+        .await
+        .map_err(|e| Error::from_provider(format!("writing {loc_key}"), e))?;
+    super::upload::put_version(s, model, &version, &bytes).await?;
+    packs_survive(s, model, &version, &loc).await?;
+    Ok(Stored { manifest, version, packs: planned.len(), sent, reused })
+}
+
+fn changed(path: &std::path::Path) -> Error {
+    Error::other(
+        format!("{} changed while it was being uploaded", path.display()),
+        Some("nothing was committed; upload again once the model directory is no longer being written".into()),
+    )
+}
+
+/// Sends the planned packs, create-only (a pack of that id already there holds the same
+/// chunks), as many at once as the memory budget holds (each is in memory while it is sent).
+async fn send_packs(
+    s: &Session,
+    planned: &[PlannedPack],
+    paths: &[PathBuf],
+    pieces: &[Vec<Piece>],
+    progress: &Progress,
+) -> Result<()> {
+    let budget = s.transfer.max_memory.unwrap_or(crate::transfer::tuning::DEFAULT_MAX_MEMORY);
+    let in_flight = s.transfer.concurrency.unwrap_or(usize::MAX).min((budget / pack::MAX_PACK).max(1) as usize).max(1);
+    let paths = std::sync::Arc::new(paths.to_vec());
+    let pieces = std::sync::Arc::new(pieces.to_vec());
+    stream::iter(planned.iter().cloned())
+        .map(|p| {
+            let (paths, pieces) = (paths.clone(), pieces.clone());
+            async move {
+                let key = s.layout.pack_key(&hex::encode(p.id));
+                let size = p.size;
+                let body = blocking(move || {
+                    pack::assemble(&p, &paths, &pieces).map_err(|e| match e.kind() {
+                        std::io::ErrorKind::InvalidData => Error::other(
+                            e.to_string(),
+                            Some("nothing was committed; upload again once the model directory is no longer being written".into()),
+                        ),
+                        _ => Error::other(format!("cannot read the model: {e}"), None),
+                    })
+                })
+                .await?;
+                match s.provider.put(&key, Bytes::from(body), PutMode::Create).await {
+                    Ok(_) => {}
+                    Err(e) if e.kind == ProviderErrorKind::Precondition => {}
+                    Err(e) => return Err(Error::from_provider(format!("writing {key}"), e)),
+                }
+                progress.advanced(size);
+                Ok(())
+            }
+        })
+        .buffer_unordered(in_flight)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+/// The commit check of a format 2 version just written: a pack sweep (`prune --remote`) whose
+/// last read of the stored versions came before this version was written may have found one of
+/// its packs unreferenced. Such a sweep has its marker up until after its last delete, and
+/// deletes only within the sweep window of that read; so, waiting out the window when a marker is
+/// up, then finding every pack, proves none will be deleted for want of this version. A pack
+/// missing then was deleted: the version is removed again and the upload fails (exit 8), and run
+/// again sends what is missing. The argument is in ARCHITECTURE.md.
+pub(crate) async fn packs_survive(s: &Session, model: &ModelName, version: &VersionId, loc: &Locations) -> Result<()> {
+    if versions::sweep_running(s, &s.layout.pack_sweep_markers()).await? {
+        versions::wait_out_sweep(
+            s,
+            model.as_str(),
+            "a `prune --remote` is removing unused packs".into(),
+            &format!("every pack of {}", version.short()),
+        )
+        .await;
+    }
+    let missing: Vec<String> = stream::iter(loc.packs.iter().cloned())
+        .map(|id| async move {
+            let key = s.layout.pack_key(&id);
+            match s.provider.head(&key).await {
+                Ok(_) => Ok(None),
+                Err(e) if e.kind == ProviderErrorKind::NotFound => Ok(Some(key)),
+                Err(e) => Err(Error::from_provider(format!("reading {key}"), e)),
+            }
+        })
+        .buffer_unordered(16)
+        .try_filter_map(|k| async move { Ok(k) })
+        .try_collect()
+        .await?;
+    let loc_key = s.layout.locations_key(model, version);
+    let loc_there = match s.provider.head(&loc_key).await {
+        Ok(_) => true,
+        Err(e) if e.kind == ProviderErrorKind::NotFound => false,
+        Err(e) => return Err(Error::from_provider(format!("reading {loc_key}"), e)),
+    };
+    if missing.is_empty() && loc_there {
+        return Ok(());
+    }
+    let missing = if missing.is_empty() { vec![loc_key] } else { missing };
+    let _ = s.provider.delete(&s.layout.version_key(model, version)).await;
+    let _ = s.provider.delete(&s.layout.locations_key(model, version)).await;
+    Err(Error::Conflict {
+        message: format!(
+            "{model}: a `prune --remote` running at the same time deleted {} pack(s) this upload reuses (first: {}); the new version was removed again",
+            missing.len(),
+            missing[0]
+        ),
+        hint: Some(format!("run the upload of {model} again: it sends what is missing")),
+    })
+}

@@ -1,0 +1,406 @@
+//! Bucket format 2, the reading side (ARCHITECTURE.md, "Incremental versions"): a version's
+//! files are made in a staging directory from what this machine has (a file of the same sha256 in
+//! the cache's blob store or in another installed version, a chunk of an earlier version's file)
+//! and from ranged reads of packs for the rest. Every chunk is checked against its digest as it
+//! arrives, every file against its sha256 once whole (on as many cores as files finish at once),
+//! and a verified file enters the blob store at once: a killed download keeps what it finished.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures::{StreamExt as _, TryStreamExt as _, stream};
+use sha2::{Digest as _, Sha256};
+
+use super::pieces::{digest_bytes, locations_of};
+use super::{Session, blocking};
+use crate::archive::installed_mode;
+use crate::cache::blobs::LocalSources;
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::progress::Direction;
+use crate::provider::GetRange;
+use crate::reference::VersionId;
+use crate::transfer::Progress;
+use crate::transfer::tuning::Tuning;
+
+/// The largest ranged read of a pack: runs of consecutive chunks are read together up to this.
+pub const RANGE: u64 = 16 << 20;
+
+/// What making a format 2 version cost.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Fetched {
+    /// Bytes read from the bucket (packs).
+    pub fetched: u64,
+    /// Ranged reads of packs.
+    pub requests: usize,
+    /// Bytes of files found whole on this machine, and of chunks read from local files.
+    pub local: u64,
+}
+
+/// A local chunk that no longer matched its digest: file index, offset in it, digest.
+type Miss = (usize, u64, [u8; 32]);
+
+/// A chunk to read from a pack, and where its bytes go (file index, offset in the file).
+struct Wanted {
+    pack: usize,
+    offset: u64,
+    len: u64,
+    digest: [u8; 32],
+    targets: Vec<(usize, u64)>,
+}
+
+/// Makes every file of `manifest` (the version `version`) in `staging`, verified, with its mode;
+/// `only` limits it to those files (indexes into `manifest.files`).
+pub(crate) async fn fetch(
+    s: &Session,
+    manifest: &Manifest,
+    version: &VersionId,
+    staging: &Path,
+    only: Option<&[usize]>,
+    label: &str,
+) -> Result<(Fetched, Tuning)> {
+    let model = manifest.model.clone();
+    let loc = locations_of(s, &model, version, manifest.chunk_count()).await?;
+    let wanted: Vec<usize> = only.map_or_else(|| (0..manifest.files.len()).collect(), <[usize]>::to_vec);
+    let (cache, m) = (s.cache.clone(), model.clone());
+    let sources = blocking(move || Ok(LocalSources::gather(&cache, &m))).await?;
+    let sources = Arc::new(sources);
+    let manifest = Arc::new(manifest.clone());
+    let staging = staging.to_path_buf();
+
+    // Directories first, then each file: whole from this machine if it has one of the same
+    // sha256 (hashed before it is trusted), else an empty file of its size to write chunks into.
+    {
+        let (manifest, staging, selection) = (manifest.clone(), staging.clone(), only.is_some());
+        blocking(move || make_dirs(&manifest, &staging, selection)).await?;
+    }
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut out = Fetched::default();
+    let reused: Vec<Option<u64>> = stream::iter(wanted.iter().copied())
+        .map(|i| {
+            let (manifest, staging, sources, cache) =
+                (manifest.clone(), staging.clone(), sources.clone(), s.cache.clone());
+            blocking(move || Ok(reuse_whole(&cache, &sources, &manifest, i, &staging)))
+        })
+        .buffered(threads)
+        .try_collect()
+        .await?;
+    let mut open: HashMap<usize, Arc<File>> = HashMap::new();
+    for (&i, reused) in wanted.iter().zip(&reused) {
+        if let Some(bytes) = reused {
+            out.local += bytes;
+            continue;
+        }
+        let f = &manifest.files[i];
+        let path = staging.join(&f.path);
+        let file = File::create(&path).and_then(|h| h.set_len(f.size).map(|()| h));
+        open.insert(i, Arc::new(file.map_err(|e| Error::io("cannot write", &path, e))?));
+    }
+
+    // Each chunk of the files still to make: from a local file that has it (checked), else
+    // from its pack. A chunk that occurs several times is read once.
+    let mut offsets: Vec<Vec<u64>> = Vec::with_capacity(manifest.files.len());
+    let mut first_chunk = Vec::with_capacity(manifest.files.len());
+    let mut n = 0;
+    for f in &manifest.files {
+        first_chunk.push(n);
+        n += f.chunks.len();
+        let mut at = 0;
+        offsets.push(
+            f.chunks
+                .iter()
+                .map(|(_, len)| {
+                    let start = at;
+                    at += u64::from(*len);
+                    start
+                })
+                .collect(),
+        );
+    }
+    let remaining: Arc<HashMap<usize, AtomicUsize>> =
+        Arc::new(open.keys().map(|&i| (i, AtomicUsize::new(manifest.files[i].chunks.len()))).collect());
+    let mut remote: HashMap<[u8; 32], Wanted> = HashMap::new();
+    let mut local: Vec<([u8; 32], PathBuf, u64, u64, usize, u64)> = Vec::new();
+    let mut order: Vec<usize> = open.keys().copied().collect();
+    order.sort_unstable();
+    for &i in &order {
+        let f = &manifest.files[i];
+        for (j, (sha, len)) in f.chunks.iter().enumerate() {
+            let digest = digest_bytes(sha);
+            let target = (i, offsets[i][j]);
+            if let Some((path, at)) = sources.chunk(&digest) {
+                local.push((digest, path.clone(), *at, u64::from(*len), i, target.1));
+                continue;
+            }
+            let (pack, offset) = loc.chunks[first_chunk[i] + j];
+            remote
+                .entry(digest)
+                .or_insert_with(|| Wanted {
+                    pack: pack as usize,
+                    offset,
+                    len: u64::from(*len),
+                    digest,
+                    targets: Vec::new(),
+                })
+                .targets
+                .push(target);
+        }
+    }
+    let ctx = Arc::new(Writer {
+        files: open,
+        remaining,
+        manifest: manifest.clone(),
+        staging: staging.clone(),
+        cache: s.cache.clone(),
+    });
+
+    // Local chunks, checked: one that no longer matches is read from its pack instead.
+    let read_locally: Vec<std::result::Result<u64, Miss>> = stream::iter(local)
+        .map(|(digest, path, at, len, i, to)| {
+            let ctx = ctx.clone();
+            blocking(move || {
+                let mut buf = vec![0u8; len as usize];
+                let good = File::open(&path).and_then(|f| f.read_exact_at(&mut buf, at)).is_ok()
+                    && <[u8; 32]>::from(Sha256::digest(&buf)) == digest;
+                if !good {
+                    return Ok(Err((i, to, digest)));
+                }
+                ctx.write(&buf, &[(i, to)])?;
+                Ok(Ok(len))
+            })
+        })
+        .buffer_unordered(threads)
+        .try_collect()
+        .await?;
+    for r in read_locally {
+        let (i, to, digest) = match r {
+            Ok(len) => {
+                out.local += len;
+                continue;
+            }
+            Err(miss) => miss,
+        };
+        let j = offsets[i].iter().position(|&o| o == to).expect("a chunk of the file");
+        let (pack, offset) = loc.chunks[first_chunk[i] + j];
+        let len = u64::from(manifest.files[i].chunks[j].1);
+        remote
+            .entry(digest)
+            .or_insert_with(|| Wanted { pack: pack as usize, offset, len, digest, targets: Vec::new() })
+            .targets
+            .push((i, to));
+    }
+
+    // The rest from the packs: runs of consecutive chunks of a pack in one ranged read.
+    let mut chunks: Vec<Wanted> = remote.into_values().collect();
+    chunks.sort_by_key(|w| (w.pack, w.offset));
+    let mut requests: Vec<Vec<Wanted>> = Vec::new();
+    for w in chunks {
+        match requests.last_mut() {
+            Some(run)
+                if run[0].pack == w.pack && {
+                    let last = run.last().expect("a run is never empty");
+                    last.offset + last.len == w.offset && w.offset + w.len - run[0].offset <= RANGE
+                } =>
+            {
+                run.push(w)
+            }
+            _ => requests.push(vec![w]),
+        }
+    }
+    out.fetched = requests.iter().flatten().map(|w| w.len).sum();
+    out.requests = requests.len();
+    let budget = s.transfer.max_memory.unwrap_or(crate::transfer::tuning::DEFAULT_MAX_MEMORY);
+    let in_flight = s.transfer.concurrency.unwrap_or((budget / RANGE).clamp(1, 16) as usize).max(1);
+    let progress = Progress::new(s.reporter.clone(), label);
+    progress.started(Direction::Download, out.fetched);
+    let packs = Arc::new(loc.packs.clone());
+    let result = stream::iter(requests)
+        .map(|run| {
+            let (ctx, packs, progress) = (ctx.clone(), packs.clone(), progress.clone());
+            async move {
+                let key = s.layout.pack_key(&packs[run[0].pack]);
+                let start = run[0].offset;
+                let end = run.last().map_or(start, |w| w.offset + w.len);
+                let body = read_range(s, &key, start, end).await?;
+                let got = end - start;
+                blocking(move || {
+                    for w in &run {
+                        let at = (w.offset - start) as usize;
+                        let bytes = &body[at..at + w.len as usize];
+                        if <[u8; 32]>::from(Sha256::digest(bytes)) != w.digest {
+                            return Err(Error::integrity(
+                                &key,
+                                format!("a chunk at offset {} differs from its digest in the version", w.offset),
+                                Some(hex::encode(w.digest)),
+                                Some(hex::encode(Sha256::digest(bytes))),
+                            ));
+                        }
+                        ctx.write(bytes, &w.targets)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+                progress.advanced(got);
+                Ok::<(), Error>(())
+            }
+        })
+        .buffer_unordered(in_flight)
+        .try_collect::<Vec<()>>()
+        .await;
+    progress.finished();
+    result?;
+    // Files whose every chunk was local finished in the writes above too; any left (a file of
+    // no chunks cannot be: each has at least one) would be a bug.
+    if let Some((&i, _)) = ctx.remaining.iter().find(|(_, r)| r.load(Ordering::SeqCst) > 0) {
+        return Err(Error::other(format!("{} was not completed", manifest.files[i].path), None));
+    }
+    {
+        let (manifest, staging) = (manifest.clone(), staging.clone());
+        blocking(move || set_dir_modes(&manifest, &staging)).await?;
+    }
+    let tuning = Tuning {
+        part_size: RANGE,
+        start: in_flight,
+        limit: in_flight,
+        reached: in_flight,
+        memory_budget: budget,
+        peak_held: None,
+        why: format!("format 2: ranges of up to {} MiB over packs, {in_flight} at once", RANGE >> 20),
+    };
+    Ok((out, tuning))
+}
+
+/// One ranged read of a pack, whole: a short or missing pack is an integrity failure.
+async fn read_range(s: &Session, key: &str, start: u64, end: u64) -> Result<bytes::Bytes> {
+    let stream = s.provider.get(key, GetRange::Bounded(start..end)).await.map_err(|e| match e.kind {
+        crate::provider::ProviderErrorKind::NotFound => {
+            Error::integrity(key, "a pack the version names is missing from the bucket", None, None)
+        }
+        _ => Error::from_provider(format!("reading {key}"), e),
+    })?;
+    let parts: Vec<bytes::Bytes> =
+        stream.try_collect().await.map_err(|e| Error::from_provider(format!("reading {key}"), e))?;
+    let mut body = bytes::BytesMut::with_capacity((end - start) as usize);
+    for p in parts {
+        body.extend_from_slice(&p);
+    }
+    if body.len() as u64 != end - start {
+        return Err(Error::integrity(
+            key,
+            format!("the pack answered {} bytes for a range of {}", body.len(), end - start),
+            None,
+            None,
+        ));
+    }
+    Ok(body.freeze())
+}
+
+/// The files being written, and how many chunks each still waits for.
+struct Writer {
+    files: HashMap<usize, Arc<File>>,
+    remaining: Arc<HashMap<usize, AtomicUsize>>,
+    manifest: Arc<Manifest>,
+    staging: PathBuf,
+    cache: crate::cache::Cache,
+}
+
+impl Writer {
+    /// Writes a verified chunk at each target; a file whose last chunk this was is hashed whole,
+    /// given its mode and entered into the blob store.
+    fn write(&self, bytes: &[u8], targets: &[(usize, u64)]) -> Result<()> {
+        for &(i, at) in targets {
+            let path = || self.staging.join(&self.manifest.files[i].path);
+            self.files[&i].write_all_at(bytes, at).map_err(|e| Error::io("cannot write", &path(), e))?;
+            if self.remaining[&i].fetch_sub(1, Ordering::SeqCst) == 1 {
+                self.finish(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&self, i: usize) -> Result<()> {
+        let f = &self.manifest.files[i];
+        let path = self.staging.join(&f.path);
+        let (sha, _) = crate::archive::sha256_file(&path).map_err(|e| Error::io("cannot read", &path, e))?;
+        if sha != f.sha256 {
+            return Err(Error::integrity(
+                &f.path,
+                "the file made from its chunks differs from its sha256 in the version",
+                Some(f.sha256.to_string()),
+                Some(sha.to_string()),
+            ));
+        }
+        set_mode(&path, f.mode)?;
+        crate::cache::blobs::keep(&self.cache, &path, &f.sha256);
+        Ok(())
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(installed_mode(mode)))
+        .map_err(|e| Error::io("cannot set the mode of", path, e))
+}
+
+/// A file of the version found whole on this machine (blob store or another installed version),
+/// hashed and then linked (or copied) into place: its size, or `None` to make it from chunks.
+fn reuse_whole(
+    cache: &crate::cache::Cache,
+    sources: &LocalSources,
+    manifest: &Manifest,
+    i: usize,
+    staging: &Path,
+) -> Option<u64> {
+    let f = &manifest.files[i];
+    let target = staging.join(&f.path);
+    for candidate in sources.whole(cache, &f.sha256) {
+        let same = std::fs::metadata(&candidate).is_ok_and(|m| m.len() == f.size)
+            && crate::archive::sha256_file(&candidate).is_ok_and(|(sha, _)| sha == f.sha256);
+        if !same {
+            if candidate == cache.blob_path(&f.sha256) {
+                // A changed blob (a write into a file of a version): out of the store, so that
+                // the verified file made now takes its place.
+                let _ = std::fs::remove_file(&candidate);
+            }
+            continue;
+        }
+        let _ = std::fs::remove_file(&target);
+        let placed = crate::cache::blobs::link_or_copy(cache, &candidate, &f.sha256, &target);
+        if placed && set_mode(&target, f.mode).is_ok() {
+            return Some(f.size);
+        }
+    }
+    None
+}
+
+fn make_dirs(manifest: &Manifest, staging: &Path, selection: bool) -> Result<()> {
+    let mk = |p: &Path| std::fs::create_dir_all(p).map_err(|e| Error::io("cannot create", p, e));
+    if !selection {
+        for d in &manifest.dirs {
+            mk(&staging.join(&d.path))?;
+        }
+    }
+    for f in &manifest.files {
+        if let Some(parent) = staging.join(&f.path).parent() {
+            mk(parent)?;
+        }
+    }
+    Ok(())
+}
+
+/// Directory modes, deepest first (a read-only directory must not block its children).
+fn set_dir_modes(manifest: &Manifest, staging: &Path) -> Result<()> {
+    let mut dirs: Vec<_> = manifest.dirs.iter().collect();
+    dirs.sort_by(|a, b| b.path.cmp(&a.path));
+    for d in dirs {
+        let path = staging.join(&d.path);
+        if path.is_dir() {
+            set_mode(&path, d.mode)?;
+        }
+    }
+    Ok(())
+}
