@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A complete run of crowecode-cloud on this machine alone: a bucket that is a temp directory
 # (the local provider), a small generated model, upload, download, verification, and what
-# happens when the bucket holds a damaged archive. Needs cargo and python3 (to read JSON).
+# happens when the bucket holds a damaged piece. Needs cargo and python3 (to read JSON).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,9 +44,16 @@ echo "MODEL=$MODEL"
 run diff -r "$WORK/models/Demo" "$MODEL" && echo "byte-identical to the uploaded tree"
 run crowecode-cloud download Demo --json
 
-step "a pinned download stays on its version while latest moves"
+step "a one-line config change: uploaded and fetched in bytes, not the model again"
 echo '{"architectures":["DemoForCausalLM"],"hidden_size":1024}' > "$WORK/models/Demo/config.json"
-V2=$(crowecode-cloud upload Demo --models-dir "$WORK/models" --quiet)
+UP=$(crowecode-cloud --json upload Demo --models-dir "$WORK/models")
+V2=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["models"][0]["reference"])' "$UP")
+python3 -c 'import json,sys; u=json.loads(sys.argv[1])["models"][0]; print("uploaded %d bytes; %.1f MiB were in the bucket already" % (u["sent"], u["reused"] / 2**20))' "$UP"
+run crowecode-cloud download Demo
+echo "the shards are shared with the first version, not stored twice (hard links):"
+ls -li "$(crowecode-cloud download "$REF" -q)/model-00001-of-00002.safetensors" "$(crowecode-cloud download Demo -q)/model-00001-of-00002.safetensors"
+
+step "a pinned download stays on its version while latest moves"
 run crowecode-cloud history Demo
 PINNED=$(crowecode-cloud download "$REF")
 [ "$PINNED" = "$MODEL" ] && echo "$REF is still $PINNED (no request: it is cached)"
@@ -56,15 +63,17 @@ run crowecode-cloud rollback Demo
 run crowecode-cloud resolve Demo Demo:prod
 run crowecode-cloud tag "$V2" latest
 
-step "a damaged archive in the bucket is refused; the ready model stays"
-ARCHIVE=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["archive_key"])' "$WORK/bucket/models/Demo/manifest.json")
-printf 'X' | dd of="$WORK/bucket/$ARCHIVE" bs=1 seek=5000000 conv=notrunc status=none
+step "a damaged piece in the bucket is refused; the ready model stays"
+PACK=$(find "$WORK/bucket/models/_pieces/packs" -name '*.pack' -size +1M | head -1)
+cp "$PACK" "$WORK/pack.bak"
+printf 'X' | dd of="$PACK" bs=1 seek=5000000 conv=notrunc status=none
 set +e
-crowecode-cloud download Demo
+crowecode-cloud download Demo --force   # --force: fetch it all again from the bucket
 code=$?
 set -e
 echo "exit code $code (6 = integrity failure); models/Demo still points at $(readlink "$CROWECODE_HOME/models/Demo")"
 [ "$code" = 6 ]
+mv "$WORK/pack.bak" "$PACK"   # repaired (`upload --force` from the model's files would too)
 
 step "signed models: the fleet installs only what the CI key signed"
 run crowecode-cloud keygen --out "$WORK/keys/ci"

@@ -276,7 +276,7 @@ impl Error {
             }
             Self::ModelNotFound { .. } => Some("run `crowecode-cloud list` to see the models in the bucket".into()),
             Self::Integrity { .. } => Some(
-                "nothing was installed and the previous version is untouched; run the command again, and if it fails the same way re-upload the model".into(),
+                "nothing was installed and the previous version is untouched; run the command again, and if it fails the same way re-upload the model (`upload --force` sends every piece again, repairing a damaged one)".into(),
             ),
             Self::Network { source, .. } => Some(source.hint.clone().unwrap_or_else(|| {
                 "check the network path to the storage endpoint (proxy, DNS, firewall); the command resumes where it stopped when run again".into()

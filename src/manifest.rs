@@ -79,6 +79,10 @@ pub struct Manifest {
     pub created_at: String,
     /// The `crowecode-cloud` version that wrote it.
     pub tool_version: String,
+    /// Format 2: a random id of the upload that wrote it, so that `upload --force` of the same
+    /// tree makes a version of its own (format 1 has its archive's random name for that).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub upload_id: String,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -381,6 +385,11 @@ impl Layout {
         (id.len() == 64 && id.starts_with(hh) && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
     }
 
+    /// `<prefix>_pieces/files/<sha256>.json`: where the chunks of a file of that sha256 are.
+    pub fn file_index_key(&self, sha: &str) -> String {
+        format!("{}files/{sha}.json", self.pieces_prefix())
+    }
+
     /// What the markers of pack sweeps start with: `<prefix>_pieces/pruning`.
     pub fn pack_sweep_markers(&self) -> String {
         format!("{}pruning", self.pieces_prefix())
@@ -456,6 +465,7 @@ mod tests {
             total_size: 10,
             created_at: "2026-01-01T00:00:00Z".into(),
             tool_version: "0.1.0".into(),
+            upload_id: String::new(),
         }
     }
 

@@ -30,7 +30,7 @@ pub struct PlannedPack {
 /// The packs an upload sends: every chunk of `files` whose digest is neither in `have` (what
 /// the bucket holds already) nor earlier in this upload, in file order, cut into packs of at
 /// most [`MAX_PACK`] bytes, no chunk split.
-pub fn plan(files: &[Vec<Piece>], have: &HashSet<[u8; 32]>) -> Vec<PlannedPack> {
+pub fn plan(files: &[Vec<Piece>], have: &HashSet<[u8; 32]>, max_pack: u64) -> Vec<PlannedPack> {
     let mut seen: HashSet<[u8; 32]> = HashSet::new();
     let mut packs = Vec::new();
     let mut current: Vec<ChunkRef> = Vec::new();
@@ -40,7 +40,7 @@ pub fn plan(files: &[Vec<Piece>], have: &HashSet<[u8; 32]>) -> Vec<PlannedPack> 
             if have.contains(&p.sha256) || !seen.insert(p.sha256) {
                 continue;
             }
-            if size + u64::from(p.len) > MAX_PACK && !current.is_empty() {
+            if size + u64::from(p.len) > max_pack && !current.is_empty() {
                 packs.push(close(files, std::mem::take(&mut current), size));
                 size = 0;
             }
@@ -201,22 +201,22 @@ mod tests {
             vec![piece(5, 1)],
         ];
         let have: HashSet<[u8; 32]> = [[3; 32]].into_iter().collect();
-        let packs = plan(&files, &have);
+        let packs = plan(&files, &have, MAX_PACK);
         let order: Vec<Vec<u8>> =
             packs.iter().map(|p| p.chunks.iter().map(|c| files[c.file][c.piece].sha256[0]).collect()).collect();
         assert_eq!(order, vec![vec![1, 2], vec![4, 5]], "3 is in the bucket, 2 is sent once");
         assert!(packs.iter().all(|p| p.size <= MAX_PACK));
         assert_eq!(packs[0].size, 60 * u64::from(mib));
         // The id is the digest of the chunk digests: the same chunks, the same pack.
-        assert_eq!(plan(&files, &have), packs);
+        assert_eq!(plan(&files, &have, MAX_PACK), packs);
         assert_ne!(packs[0].id, packs[1].id);
-        assert!(plan(&files[..1], &[[1; 32], [2; 32], [3; 32]].into_iter().collect()).is_empty());
+        assert!(plan(&files[..1], &[[1; 32], [2; 32], [3; 32]].into_iter().collect(), MAX_PACK).is_empty());
     }
 
     #[test]
     fn a_chunk_larger_than_what_is_left_starts_a_new_pack() {
         let files = vec![(0..40).map(|i| piece(i, 2 << 20)).collect::<Vec<_>>()];
-        let packs = plan(&files, &HashSet::new());
+        let packs = plan(&files, &HashSet::new(), MAX_PACK);
         assert_eq!(packs.iter().map(|p| p.chunks.len()).collect::<Vec<_>>(), [32, 8]);
     }
 
@@ -248,7 +248,7 @@ mod tests {
         }
         let files: Vec<Vec<Piece>> =
             paths.iter().map(|p| crate::chunk::cut_stream(std::fs::File::open(p).unwrap()).unwrap().0).collect();
-        let packs = plan(&files, &HashSet::new());
+        let packs = plan(&files, &HashSet::new(), MAX_PACK);
         let mut whole = Vec::new();
         for p in &packs {
             let bytes = assemble(p, &paths, &files).unwrap();
@@ -270,7 +270,7 @@ mod tests {
         let old_pack = "ab".repeat(32);
         let have: std::collections::HashMap<[u8; 32], (String, u64)> =
             [([3; 32], (old_pack.clone(), 500))].into_iter().collect();
-        let packs = plan(&files, &[[3; 32]].into_iter().collect());
+        let packs = plan(&files, &[[3; 32]].into_iter().collect(), MAX_PACK);
         let l = Locations::build(&files, &packs, &have).unwrap();
         let new_pack = hex::encode(packs[0].id);
         assert_eq!(l.packs, vec![new_pack, old_pack]);

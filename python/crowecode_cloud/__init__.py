@@ -120,6 +120,7 @@ _KEYWORDS = (
     ("--force", "force=True"),
     ("--only", "only=[...]"),
     ("--tag", "tags=[...]"),
+    ("--format", "format=..."),
 )
 
 
@@ -303,11 +304,16 @@ class CloudManager:
 
     def upload_model_to_cloud(self, name: str, path: PathLike, *, tags: Sequence[str] = (), no_latest: bool = False,
                               force: bool = False, progress: Optional[bool] = None,
-                              sign_key: Optional[PathLike] = None, signature: Optional[PathLike] = None) -> Uploaded:
+                              sign_key: Optional[PathLike] = None, signature: Optional[PathLike] = None,
+                              format: Optional[int] = None) -> Uploaded:
         """Uploads the directory ``path`` as ``name`` (``"Alpha"`` or ``"Alpha:TAG"``); signed with
         the private key ``sign_key`` (or CROWECODE_SIGNING_KEY), and/or with the publisher's OMS
-        ``signature`` file, which must match the tree."""
+        ``signature`` file, which must match the tree. ``format`` is the bucket format of the new
+        version: 2 (the default: chunks in shared packs) or 1 (one archive, which release 0.1.0
+        reads)."""
         args = ["upload", name, "--from", os.fspath(path)]
+        if format is not None:
+            args += ["--format", str(format)]
         if sign_key is not None:
             args += ["--sign-key", os.fspath(sign_key)]
         if signature is not None:

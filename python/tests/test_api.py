@@ -126,10 +126,10 @@ def test_each_exception_comes_from_a_real_failure(home: Path, monkeypatch: pytes
     assert "list" in (missing.value.hint or "")
     src = make_model(home / "src", "Alpha")
     mgr.upload_model_to_cloud("Alpha", src)
-    archive = next((home / "bucket" / "crowecode-models" / "Alpha" / "archives").iterdir())
-    data = bytearray(archive.read_bytes())
+    pack = next((home / "bucket" / "crowecode-models" / "_pieces" / "packs").rglob("*.pack"))
+    data = bytearray(pack.read_bytes())
     data[600] ^= 0x20
-    archive.write_bytes(bytes(data))
+    pack.write_bytes(bytes(data))
     with pytest.raises(IntegrityError):
         mgr.download_model_from_cloud("Alpha")
     # Hints name the CLI's flags, and from Python the keyword arguments they stand for.

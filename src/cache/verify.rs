@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::Cache;
 use crate::error::{Error, Result};
 use crate::names::ModelName;
+use crate::reference::{Reference, Target};
 
 /// How an installed version compares with its manifest.
 #[derive(Clone, Debug, Serialize)]
@@ -42,15 +43,22 @@ impl VerifyReport {
 }
 
 impl Cache {
-    /// Re-hashes the current version of `model` against the manifest it was installed from.
+    /// Re-hashes the installed version `r` names (the current one for a model name, what a tag
+    /// last resolved to here, or a pinned version) against the manifest it was installed from.
     /// Blocking; reads every byte of the model.
-    pub fn verify(&self, model: &ModelName) -> Result<VerifyReport> {
+    pub fn verify(&self, r: &Reference) -> Result<VerifyReport> {
         use std::collections::BTreeSet;
         use std::os::unix::fs::PermissionsExt as _;
 
-        let Some(path) = self.current(model)? else {
+        let model = &r.model;
+        let path = match &r.target {
+            Target::Tag(t) if t.is_latest() => self.current(model)?,
+            Target::Tag(t) => self.get_ref(model, t).and_then(|id| self.find_version(model, &Target::Version(id))),
+            target => self.find_version(model, target),
+        };
+        let Some(path) = path else {
             return Err(Error::ModelNotFound {
-                model: model.to_string(),
+                model: r.to_string(),
                 location: format!("the cache {}", self.root.display()),
             });
         };

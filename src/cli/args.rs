@@ -293,8 +293,9 @@ pub(super) enum Command {
     },
     /// Re-hash installed models against their manifests; exit 6 on any difference
     Verify {
-        /// Model names
-        #[arg(required = true, value_name = "MODEL")]
+        /// Models (their current version), or references: Alpha:prod (as last resolved here),
+        /// Alpha@<version>
+        #[arg(required = true, value_name = "REF")]
         models: Vec<String>,
         #[command(flatten)]
         require: RequireArgs,

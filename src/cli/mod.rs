@@ -434,7 +434,11 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
                 })?),
                 None => None,
             };
-            let format = format.unwrap_or(1);
+            let format = format.unwrap_or(if *compression == crate::archive::Compression::None {
+                crate::ops::upload::DEFAULT_FORMAT
+            } else {
+                1
+            });
             if format == 2 && *compression != crate::archive::Compression::None {
                 return Err(Error::usage(
                     format!("--compression {} applies to format 1 archives only", compression.as_str()),

@@ -1,13 +1,13 @@
-//! `verify MODEL...`: re-hash installed models against their manifests. Needs no bucket access.
+//! `verify REF...`: re-hash installed versions against their manifests. Needs no bucket access.
 
 use super::{Batch, Context, ModelError};
 use crate::cache::{Cache, VerifyReport};
 use crate::error::{Error, Result};
-use crate::names::ModelName;
+use crate::reference::Reference;
 
 /// Verifies each model in the cache; a model that cannot be checked is an error entry.
 pub async fn run(ctx: &Context, models: &[String]) -> Result<Batch<VerifyReport>> {
-    let names = models.iter().map(|m| ModelName::new(m)).collect::<Result<Vec<_>>>()?;
+    let names = models.iter().map(|m| Reference::parse(m)).collect::<Result<Vec<_>>>()?;
     // The bucket is not needed, but the config's trusted keys are, when there is a config.
     let config = match ctx.resolve() {
         Ok(resolved) => Some(resolved.config),
@@ -30,7 +30,7 @@ pub async fn run(ctx: &Context, models: &[String]) -> Result<Batch<VerifyReport>
                 }
                 batch.models.push(report);
             }
-            Err(e) => batch.errors.push(ModelError::new(model.as_str(), &e)),
+            Err(e) => batch.errors.push(ModelError::new(&model.to_string(), &e)),
         }
     }
     Ok(batch)

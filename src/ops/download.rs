@@ -229,7 +229,7 @@ pub(crate) async fn whole_version(
     let resume = staging.resume().cloned();
     s.cache.check_room(manifest.total_size - resume.as_ref().map_or(0, |r| r.kept_bytes))?;
     let (tuning, transferred, pieces) = if manifest.is_pieces() {
-        let (got, tuning) = super::pieces_fetch::fetch(s, &manifest, &id, staging.dir(), None, &shown).await?;
+        let (got, tuning) = super::pieces_fetch::fetch(s, &manifest, &id, staging.dir(), None, !force, &shown).await?;
         (tuning, got.fetched, Some(got))
     } else {
         let tuning = fetch_into(s, &manifest, staging.dir(), resume.as_ref(), &shown).await?;

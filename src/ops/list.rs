@@ -17,9 +17,12 @@ pub struct RemoteModel {
     pub model: ModelName,
     pub size: Option<u64>,
     pub files: Option<usize>,
+    /// The archive's sha256 (format 1), or the digest of the files' digests (format 2).
     pub sha256: Option<Sha256Hex>,
     pub uploaded_at: Option<String>,
     pub compression: Option<Compression>,
+    /// The bucket format of the `latest` version (1: one archive, 2: chunks in packs).
+    pub format: Option<u32>,
     /// The cached version's short version id, when this machine has one.
     pub cached: Option<String>,
     /// Whether the cached version is the bucket's current one.
@@ -44,6 +47,7 @@ impl RemoteModel {
             sha256: None,
             uploaded_at: None,
             compression: None,
+            format: None,
             cached,
             cached_current: false,
             error: Some(error),
@@ -91,7 +95,8 @@ pub(crate) async fn run(s: &Session) -> Result<Vec<RemoteModel>> {
                     model,
                     size: Some(m.total_size),
                     files: Some(m.files.len()),
-                    sha256: m.archive_sha256,
+                    sha256: Some(m.content_digest()),
+                    format: Some(m.format),
                     uploaded_at: Some(m.created_at),
                     compression: Some(m.compression),
                     cached,

@@ -35,6 +35,8 @@ pub(crate) struct Stored {
     pub sent: u64,
     /// Bytes of the files found in the bucket already (chunks of earlier versions).
     pub reused: u64,
+    /// The pack size and packs in flight chosen, and why.
+    pub tuning: crate::transfer::tuning::Tuning,
 }
 
 /// Where each chunk of `found` (a format 2 version) is: its digest, pack id and offset.
@@ -79,7 +81,13 @@ pub(crate) fn digest_bytes(sha: &Sha256Hex) -> [u8; 32] {
 /// (earlier versions of the model, format 2) nor this upload already hold, and writes the
 /// locations and then the version, create-only. Then checks that every pack the version names
 /// survived a concurrent sweep ([`packs_survive`]).
-pub(crate) async fn store(s: &Session, model: &ModelName, plan: ArchivePlan, previous: &[Found]) -> Result<Stored> {
+pub(crate) async fn store(
+    s: &Session,
+    model: &ModelName,
+    plan: ArchivePlan,
+    previous: &[Found],
+    force: bool,
+) -> Result<Stored> {
     let files: Vec<&crate::archive::PlannedEntry> = plan.entries.iter().filter(|e| e.size.is_some()).collect();
     let paths: Vec<PathBuf> = files.iter().map(|e| e.source.clone()).collect();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -97,9 +105,10 @@ pub(crate) async fn store(s: &Session, model: &ModelName, plan: ArchivePlan, pre
     }
     let pieces: Vec<Vec<Piece>> = cuts.iter().map(|(p, _)| p.clone()).collect();
 
-    // What the bucket holds already: the chunks of the earlier versions given.
+    // What the bucket holds already: the chunks of the earlier versions given. With `force`,
+    // nothing: every chunk is sent again, over what is there (which repairs a damaged pack).
     let mut have: HashMap<[u8; 32], (String, u64)> = HashMap::new();
-    for found in previous.iter().filter(|f| f.manifest.is_pieces()) {
+    for found in previous.iter().filter(|f| f.manifest.is_pieces() && !force) {
         match chunk_places(s, found).await {
             Ok(places) => have.extend(places.into_iter().map(|(d, p, o)| (d, (p, o)))),
             // Unreadable locations only cost reuse.
@@ -107,17 +116,24 @@ pub(crate) async fn store(s: &Session, model: &ModelName, plan: ArchivePlan, pre
             Err(e) => return Err(e),
         }
     }
+    // Files another model (or an earlier version no tag names) holds: one GET per file.
+    let indexed =
+        if force { (0..cuts.len()).map(|i| (i, Vec::new())).collect() } else { read_file_indexes(s, &cuts).await? };
+    for (_, places) in &indexed {
+        have.extend(places.iter().cloned());
+    }
     let known: HashSet<[u8; 32]> = have.keys().copied().collect();
-    let planned = pack::plan(&pieces, &known);
+    let planned = pack::plan(&pieces, &known, pack_size(s));
     let sent: u64 = planned.iter().map(|p| p.size).sum();
     let total: u64 = pieces.iter().flatten().map(|p| u64::from(p.len)).sum();
     let reused: u64 = pieces.iter().flatten().filter(|p| known.contains(&p.sha256)).map(|p| u64::from(p.len)).sum();
 
     let progress = Progress::new(s.reporter.clone(), model.as_str());
     progress.started(Direction::Upload, sent);
-    let sending = send_packs(s, &planned, &paths, &pieces, &progress).await;
+    let mode = if force { PutMode::Overwrite } else { PutMode::Create };
+    let sending = send_packs(s, &planned, &paths, &pieces, mode, &progress).await;
     progress.finished();
-    sending?;
+    let tuning = sending?;
 
     let mut entries = Vec::new();
     let mut dirs = Vec::new();
@@ -150,6 +166,7 @@ pub(crate) async fn store(s: &Session, model: &ModelName, plan: ArchivePlan, pre
         dirs,
         created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        upload_id: format!("{:016x}", fastrand::u64(..)),
     };
     manifest.validate().map_err(|what| Error::other(format!("the version built is invalid: {what}"), None))?;
     let bytes = Bytes::from(manifest.to_bytes());
@@ -163,7 +180,15 @@ pub(crate) async fn store(s: &Session, model: &ModelName, plan: ArchivePlan, pre
         .map_err(|e| Error::from_provider(format!("writing {loc_key}"), e))?;
     super::upload::put_version(s, model, &version, &bytes).await?;
     packs_survive(s, model, &version, &loc).await?;
-    Ok(Stored { manifest, version, packs: planned.len(), sent, reused })
+    write_file_indexes(s, &manifest, &loc, &indexed).await;
+    Ok(Stored { manifest, version, packs: planned.len(), sent, reused, tuning })
+}
+
+/// The largest pack an upload makes: [`pack::MAX_PACK`], smaller when the memory budget is (two
+/// packs in flight fit it; a chunk, up to 2 MiB, is never split).
+pub(crate) fn pack_size(s: &Session) -> u64 {
+    let budget = s.transfer.max_memory.unwrap_or(crate::transfer::tuning::DEFAULT_MAX_MEMORY);
+    (budget / 2).clamp(crate::chunk::MAX as u64, pack::MAX_PACK)
 }
 
 fn changed(path: &std::path::Path) -> Error {
@@ -180,15 +205,18 @@ async fn send_packs(
     planned: &[PlannedPack],
     paths: &[PathBuf],
     pieces: &[Vec<Piece>],
+    mode: PutMode,
     progress: &Progress,
-) -> Result<()> {
+) -> Result<crate::transfer::tuning::Tuning> {
     let budget = s.transfer.max_memory.unwrap_or(crate::transfer::tuning::DEFAULT_MAX_MEMORY);
-    let in_flight = s.transfer.concurrency.unwrap_or(usize::MAX).min((budget / pack::MAX_PACK).max(1) as usize).max(1);
+    let in_flight = s.transfer.concurrency.unwrap_or(usize::MAX).min((budget / pack_size(s)).max(1) as usize).max(1);
+    let limiter = crate::transfer::RateLimiter::new(s.transfer.limit_rate);
+    let limiter = &limiter;
     let paths = std::sync::Arc::new(paths.to_vec());
     let pieces = std::sync::Arc::new(pieces.to_vec());
     stream::iter(planned.iter().cloned())
         .map(|p| {
-            let (paths, pieces) = (paths.clone(), pieces.clone());
+            let (paths, pieces, mode) = (paths.clone(), pieces.clone(), mode.clone());
             async move {
                 let key = s.layout.pack_key(&hex::encode(p.id));
                 let size = p.size;
@@ -202,7 +230,10 @@ async fn send_packs(
                     })
                 })
                 .await?;
-                match s.provider.put(&key, Bytes::from(body), PutMode::Create).await {
+                if let Some(limiter) = limiter {
+                    limiter.take(size).await;
+                }
+                match s.provider.put(&key, Bytes::from(body), mode).await {
                     Ok(_) => {}
                     Err(e) if e.kind == ProviderErrorKind::Precondition => {}
                     Err(e) => return Err(Error::from_provider(format!("writing {key}"), e)),
@@ -214,7 +245,19 @@ async fn send_packs(
         .buffer_unordered(in_flight)
         .try_collect::<Vec<()>>()
         .await?;
-    Ok(())
+    Ok(crate::transfer::tuning::Tuning {
+        part_size: pack_size(s),
+        start: in_flight,
+        limit: in_flight,
+        reached: in_flight.min(planned.len().max(1)),
+        memory_budget: budget,
+        peak_held: None,
+        why: format!(
+            "format 2: packs of up to {} MiB, {in_flight} in flight within {} MiB",
+            pack_size(s) >> 20,
+            budget >> 20
+        ),
+    })
 }
 
 /// The commit check of a format 2 version just written: a pack sweep (`prune --remote`) whose
@@ -267,4 +310,91 @@ pub(crate) async fn packs_survive(s: &Session, model: &ModelName, version: &Vers
         ),
         hint: Some(format!("run the upload of {model} again: it sends what is missing")),
     })
+}
+
+/// `_pieces/files/<sha256>.json`: where the chunks of a file of that sha256 are, so that the
+/// same file under another model's name costs no upload. It needs no trust: a wrong entry makes
+/// a version whose chunks fail their digests when read (exit 6), never wrong bytes, and an
+/// upload checks that its packs exist before it relies on it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FileIndex {
+    packs: Vec<String>,
+    /// `[chunk sha256, pack index, offset]` per chunk, in file order.
+    chunks: Vec<(String, u32, u64)>,
+}
+
+type Places = Vec<([u8; 32], (String, u64))>;
+
+/// For each file: the chunk places its index gives, when the index matches the file's chunks and
+/// every pack it names is there. Files with no usable index are returned with no places (their
+/// index is written after the commit).
+async fn read_file_indexes(s: &Session, cuts: &[crate::chunk::Cut]) -> Result<Vec<(usize, Places)>> {
+    // Every file is looked up (one small GET each), so that a file this model already had
+    // gets its index too when it has none yet.
+    stream::iter(0..cuts.len())
+        .map(|i| async move {
+            let key = s.layout.file_index_key(&hex::encode(cuts[i].1));
+            let Some(bytes) = s.get_small(&key).await? else { return Ok((i, Vec::new())) };
+            let Ok(index) = serde_json::from_slice::<FileIndex>(&bytes) else { return Ok((i, Vec::new())) };
+            let same = index.chunks.len() == cuts[i].0.len()
+                && index.chunks.iter().zip(&cuts[i].0).all(|(c, p)| c.0 == hex::encode(p.sha256))
+                && index.chunks.iter().all(|c| (c.1 as usize) < index.packs.len());
+            if !same {
+                return Ok((i, Vec::new()));
+            }
+            for pack in &index.packs {
+                match s.provider.head(&s.layout.pack_key(pack)).await {
+                    Ok(_) => {}
+                    Err(e) if e.kind == ProviderErrorKind::NotFound => return Ok((i, Vec::new())),
+                    Err(e) => return Err(Error::from_provider(format!("reading {}", s.layout.pack_key(pack)), e)),
+                }
+            }
+            let places = cuts[i]
+                .0
+                .iter()
+                .zip(&index.chunks)
+                .map(|(p, c)| (p.sha256, (index.packs[c.1 as usize].clone(), c.2)))
+                .collect();
+            Ok((i, places))
+        })
+        .buffer_unordered(16)
+        .try_collect()
+        .await
+}
+
+/// Writes the index of each file `indexed` found none usable for (best effort: it only saves
+/// later uploads of the same file).
+async fn write_file_indexes(s: &Session, manifest: &Manifest, loc: &Locations, indexed: &[(usize, Places)]) {
+    let mut first = Vec::with_capacity(manifest.files.len());
+    let mut n = 0;
+    for f in &manifest.files {
+        first.push(n);
+        n += f.chunks.len();
+    }
+    let todo: Vec<usize> = indexed.iter().filter(|(_, places)| places.is_empty()).map(|(i, _)| *i).collect();
+    stream::iter(todo)
+        .for_each_concurrent(16, |i| {
+            let f = &manifest.files[i];
+            let mut packs: Vec<String> = Vec::new();
+            let chunks = f
+                .chunks
+                .iter()
+                .enumerate()
+                .map(|(j, (sha, _))| {
+                    let (p, offset) = loc.chunks[first[i] + j];
+                    let id = &loc.packs[p as usize];
+                    let at = packs.iter().position(|q| q == id).unwrap_or_else(|| {
+                        packs.push(id.clone());
+                        packs.len() - 1
+                    });
+                    (sha.to_string(), at as u32, offset)
+                })
+                .collect();
+            let body = serde_json::to_vec(&FileIndex { packs, chunks }).expect("an index serialises");
+            let key = s.layout.file_index_key(f.sha256.as_str());
+            async move {
+                let _ = s.provider.put(&key, Bytes::from(body), PutMode::Overwrite).await;
+            }
+        })
+        .await;
 }

@@ -61,13 +61,19 @@ pub(crate) async fn fetch(
     version: &VersionId,
     staging: &Path,
     only: Option<&[usize]>,
+    reuse_local: bool,
     label: &str,
 ) -> Result<(Fetched, Tuning)> {
     let model = manifest.model.clone();
     let loc = locations_of(s, &model, version, manifest.chunk_count()).await?;
     let wanted: Vec<usize> = only.map_or_else(|| (0..manifest.files.len()).collect(), <[usize]>::to_vec);
     let (cache, m) = (s.cache.clone(), model.clone());
-    let sources = blocking(move || Ok(LocalSources::gather(&cache, &m))).await?;
+    // `download --force` fetches everything again: a clean copy from the bucket.
+    let sources = if reuse_local {
+        blocking(move || Ok(LocalSources::gather(&cache, &m))).await?
+    } else {
+        LocalSources::default()
+    };
     let sources = Arc::new(sources);
     let manifest = Arc::new(manifest.clone());
     let staging = staging.to_path_buf();
@@ -84,7 +90,7 @@ pub(crate) async fn fetch(
         .map(|i| {
             let (manifest, staging, sources, cache) =
                 (manifest.clone(), staging.clone(), sources.clone(), s.cache.clone());
-            blocking(move || Ok(reuse_whole(&cache, &sources, &manifest, i, &staging)))
+            blocking(move || Ok(reuse_local.then(|| reuse_whole(&cache, &sources, &manifest, i, &staging)).flatten()))
         })
         .buffered(threads)
         .try_collect()
@@ -195,6 +201,11 @@ pub(crate) async fn fetch(
     }
 
     // The rest from the packs: runs of consecutive chunks of a pack in one ranged read.
+    let budget = s.transfer.max_memory.unwrap_or(crate::transfer::tuning::DEFAULT_MAX_MEMORY);
+    // Two ranges fit the memory budget at least; a range holds one chunk (up to 2 MiB) at least.
+    let range = (budget / 2).clamp(crate::chunk::MAX as u64, RANGE);
+    let in_flight = (budget / range).clamp(1, 16) as usize;
+    let in_flight = s.transfer.concurrency.map_or(in_flight, |c| c.clamp(1, in_flight));
     let mut chunks: Vec<Wanted> = remote.into_values().collect();
     chunks.sort_by_key(|w| (w.pack, w.offset));
     let mut requests: Vec<Vec<Wanted>> = Vec::new();
@@ -203,7 +214,7 @@ pub(crate) async fn fetch(
             Some(run)
                 if run[0].pack == w.pack && {
                     let last = run.last().expect("a run is never empty");
-                    last.offset + last.len == w.offset && w.offset + w.len - run[0].offset <= RANGE
+                    last.offset + last.len == w.offset && w.offset + w.len - run[0].offset <= range
                 } =>
             {
                 run.push(w)
@@ -213,8 +224,8 @@ pub(crate) async fn fetch(
     }
     out.fetched = requests.iter().flatten().map(|w| w.len).sum();
     out.requests = requests.len();
-    let budget = s.transfer.max_memory.unwrap_or(crate::transfer::tuning::DEFAULT_MAX_MEMORY);
-    let in_flight = s.transfer.concurrency.unwrap_or((budget / RANGE).clamp(1, 16) as usize).max(1);
+    let limiter = crate::transfer::RateLimiter::new(s.transfer.limit_rate);
+    let (limiter, held) = (&limiter, &Held::default());
     let progress = Progress::new(s.reporter.clone(), label);
     progress.started(Direction::Download, out.fetched);
     let packs = Arc::new(loc.packs.clone());
@@ -225,8 +236,12 @@ pub(crate) async fn fetch(
                 let key = s.layout.pack_key(&packs[run[0].pack]);
                 let start = run[0].offset;
                 let end = run.last().map_or(start, |w| w.offset + w.len);
-                let body = read_range(s, &key, start, end).await?;
                 let got = end - start;
+                if let Some(limiter) = limiter {
+                    limiter.take(got).await;
+                }
+                let _holding = held.hold(got);
+                let body = read_range(s, &key, start, end).await?;
                 blocking(move || {
                     for w in &run {
                         let at = (w.offset - start) as usize;
@@ -263,15 +278,45 @@ pub(crate) async fn fetch(
         blocking(move || set_dir_modes(&manifest, &staging)).await?;
     }
     let tuning = Tuning {
-        part_size: RANGE,
+        part_size: range,
         start: in_flight,
         limit: in_flight,
         reached: in_flight,
         memory_budget: budget,
-        peak_held: None,
-        why: format!("format 2: ranges of up to {} MiB over packs, {in_flight} at once", RANGE >> 20),
+        peak_held: Some(held.peak()),
+        why: format!(
+            "format 2: ranges of up to {} MiB over packs, {in_flight} at once (the memory budget's)",
+            range >> 20
+        ),
     };
     Ok((out, tuning))
+}
+
+/// Bytes of ranges in memory, and the most there were at once.
+#[derive(Default)]
+struct Held {
+    now: std::sync::atomic::AtomicU64,
+    peak: std::sync::atomic::AtomicU64,
+}
+
+impl Held {
+    fn hold(&self, n: u64) -> HeldGuard<'_> {
+        let now = self.now.fetch_add(n, Ordering::SeqCst) + n;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        HeldGuard(self, n)
+    }
+
+    fn peak(&self) -> u64 {
+        self.peak.load(Ordering::SeqCst)
+    }
+}
+
+struct HeldGuard<'a>(&'a Held, u64);
+
+impl Drop for HeldGuard<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(self.1, Ordering::SeqCst);
+    }
 }
 
 /// One ranged read of a pack, whole: a short or missing pack is an integrity failure.

@@ -90,6 +90,11 @@ async fn sweep_with(
             versions::refresh_sweep_marker(s, marker, "prune --remote (packs)").await?;
         }
         let roots = read_roots(s, cutoff, marker.is_some(), doomed, &mut known, out).await?;
+        if let Some(pause) = test_pause(window) {
+            // Tests widen the gap between the read and the deletes, where a racing upload must
+            // be caught by its commit check.
+            tokio::time::sleep(pause).await;
+        }
         if marker.is_some() && read.elapsed() > window / 2 {
             return Err(Error::other(
                 format!(
@@ -220,4 +225,11 @@ async fn places(
         }
     }
     Ok(out)
+}
+
+/// `CROWECODE_TEST_PACK_SWEEP_PAUSE_MS`: a pause after each read of the roots, for race tests
+/// (at most a third of the window, so the sweep still keeps its deadline).
+fn test_pause(window: Duration) -> Option<Duration> {
+    let ms: u64 = std::env::var("CROWECODE_TEST_PACK_SWEEP_PAUSE_MS").ok()?.parse().ok()?;
+    Some(Duration::from_millis(ms).min(window / 3))
 }

@@ -97,7 +97,7 @@ pub(crate) async fn run(s: &Session, reference: &str, patterns: &[String]) -> Re
             .filter(|&i| patterns.iter().any(|p| crate::select::matches(p, &manifest.files[i].path)))
             .collect();
         let (got, _) =
-            super::pieces_fetch::fetch(s, manifest, &found.version, staging.dir(), Some(&wanted), &shown).await?;
+            super::pieces_fetch::fetch(s, manifest, &found.version, staging.dir(), Some(&wanted), true, &shown).await?;
         staging.commit_to(&dest)?;
         let mut out = done(DownloadStatus::Downloaded, got.fetched);
         out.local_bytes = Some(got.local);

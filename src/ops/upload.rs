@@ -20,6 +20,9 @@ use crate::reference::{Reference, TagName, Target, VersionId};
 use crate::signing::oms::Bundle;
 use crate::transfer::{self, Progress};
 
+/// The bucket format of a new version when none is asked for.
+pub const DEFAULT_FORMAT: u32 = FORMAT_PIECES;
+
 /// How a lost manifest commit is described (and recognised by the fallback's `--publish`).
 pub(crate) const CONFLICT: &str = "another upload of a different tree moved latest while this one ran";
 
@@ -38,9 +41,13 @@ pub enum UploadStatus {
 pub struct Uploaded {
     pub model: ModelName,
     pub status: UploadStatus,
+    /// The archive (format 1 only).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub archive_key: String,
+    /// The archive's sha256 (format 1), or the digest of the files' digests (format 2).
     pub sha256: Sha256Hex,
-    /// Archive size in bytes.
+    /// Archive size in bytes (format 1 only).
+    #[serde(skip_serializing_if = "is_zero")]
     pub archive_size: u64,
     /// Sum of file sizes.
     pub size: u64,
@@ -99,6 +106,10 @@ impl Uploaded {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// Options for `upload_model`.
 #[derive(Clone, Debug, Default)]
 pub struct UploadOptions {
@@ -108,7 +119,7 @@ pub struct UploadOptions {
     /// Tags to move to the version, besides `latest`.
     pub tags: Vec<TagName>,
     /// The bucket format of a new version: 1 (one archive) or 2 (chunks in shared packs: a
-    /// version costs what changed). 0: the default, 1.
+    /// version costs what changed). 0: the default, [`DEFAULT_FORMAT`].
     pub format: u32,
     /// Leave `latest` where it is (a candidate for testing before promotion).
     pub no_latest: bool,
@@ -178,7 +189,8 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
         return Ok(done);
     }
 
-    let (manifest, version, parts, tuning, written) = if opts.format == FORMAT_PIECES {
+    let format = if opts.format == 0 { DEFAULT_FORMAT } else { opts.format };
+    let (manifest, version, parts, tuning, written) = if format == FORMAT_PIECES {
         // Every version a tag names, latest first: what the new one may reuse chunks of.
         let mut previous: Vec<versions::Found> = latest.iter().cloned().collect();
         for record in versions::list_tags(s, &model).await? {
@@ -188,12 +200,12 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
                 previous.push(found);
             }
         }
-        let stored = super::pieces::store(s, &model, plan, &previous).await?;
+        let stored = super::pieces::store(s, &model, plan, &previous, opts.force).await?;
         let loc = s.layout.locations_key(&model, &stored.version);
         let mut manifest = stored.manifest;
         manifest.archive_size = 0;
         let written = Written { keys: vec![loc], sent: stored.sent, reused: stored.reused };
-        (manifest, stored.version, stored.packs as u32, None, written)
+        (manifest, stored.version, stored.packs as u32, Some(stored.tuning), written)
     } else {
         let archive_key = s.layout.new_archive_key(&model, SystemTime::now(), opts.compression);
         let progress = Progress::new(s.reporter.clone(), model.as_str());
@@ -436,5 +448,6 @@ pub(crate) fn build_manifest(
         dirs,
         created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        upload_id: String::new(),
     }
 }

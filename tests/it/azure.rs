@@ -76,7 +76,7 @@ fn round_trip(mut sb: Sandbox, mut fresh: Sandbox, creds: &[(&str, &str)], secre
     let out = az(&sb, &container).args(["setup", "--create-bucket", "--no-write"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = az(&sb, &container)
-        .args(["--json", "upload", "Alpha", "--part-size", "1M", "--models-dir"])
+        .args(["--json", "upload", "Alpha", "--format", "1", "--part-size", "1M", "--models-dir"])
         .arg(sb.src())
         .output()
         .unwrap();
@@ -262,11 +262,15 @@ fn azurite_every_write_carries_the_encryption_scope() {
     seen.lock().unwrap().clear();
     az(&sb, &container)
         .args(args)
-        .args(["upload", "Alpha", "--part-size", "1M", "--models-dir"])
+        .args(["upload", "Alpha", "--format", "1", "--part-size", "1M", "--models-dir"])
         .arg(sb.src())
         .assert()
         .success();
+    // Bucket format 2 too: packs, locations and file indexes.
+    make_model(&sb.src(), "Beta", 46);
+    az(&sb, &container).args(args).args(["upload", "Beta", "--models-dir"]).arg(sb.src()).assert().success();
     let log = seen.lock().unwrap().clone();
+    assert!(count(&log, b"_pieces") >= 1, "format 2 wrote packs");
     let puts = count(&log, b"PUT /");
     let blocks = count(&log, b"blockid=");
     assert!(blocks >= 3 && puts > blocks, "{puts} PUTs, {blocks} blocks");

@@ -186,7 +186,8 @@ fn upload_then_download_gives_the_same_tree_and_paths_on_stdout() {
 
 #[test]
 fn an_unchanged_tree_uploads_nothing_and_force_overrides() {
-    let sb = Sandbox::new();
+    let mut sb = Sandbox::new();
+    sb.env("CROWECODE_UPLOAD_FORMAT", "1"); // archives: bucket format 1
     make_model(&sb.src(), "Alpha", 3);
     sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
     let up = |extra: &[&str]| {
@@ -232,7 +233,8 @@ fn compressed_archives_round_trip() {
 
 #[test]
 fn small_parts_make_many_parts_and_still_round_trip() {
-    let sb = Sandbox::new();
+    let mut sb = Sandbox::new();
+    sb.env("CROWECODE_UPLOAD_FORMAT", "1"); // archives: bucket format 1
     let model = make_model(&sb.src(), "Parts", 5);
     sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
     let out = sb
@@ -277,7 +279,8 @@ fn upload_errors_say_what_to_do() {
 
 #[test]
 fn a_corrupted_archive_exits_6_and_leaves_the_ready_model_alone() {
-    let sb = Sandbox::new();
+    let mut sb = Sandbox::new();
+    sb.env("CROWECODE_UPLOAD_FORMAT", "1"); // archives: bucket format 1
     let model = make_model(&sb.src(), "Alpha", 6);
     sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
     sb.local().args(["upload", "Alpha", "--from"]).arg(&model).assert().success();
@@ -553,7 +556,8 @@ fn download_only_fetches_matching_files_verified_and_apart_from_the_model() {
 
 #[test]
 fn download_only_refuses_compressed_archives_and_tampered_files() {
-    let sb = Sandbox::new();
+    let mut sb = Sandbox::new();
+    sb.env("CROWECODE_UPLOAD_FORMAT", "1"); // archives: bucket format 1
     make_model(&sb.src(), "Zed", 62);
     make_model(&sb.src(), "Tam", 63);
     sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
@@ -671,7 +675,8 @@ fn prune_leaves_a_model_whose_lock_is_held() {
 
 #[test]
 fn prune_remote_lists_then_deletes_unreferenced_archives() {
-    let sb = Sandbox::new();
+    let mut sb = Sandbox::new();
+    sb.env("CROWECODE_UPLOAD_FORMAT", "1"); // archives: bucket format 1
     let alpha = make_model(&sb.src(), "Alpha", 74);
     sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
     for i in 0..3 {
@@ -814,7 +819,8 @@ fn sigkill_trials_never_leave_a_half_installed_model() {
 
 #[test]
 fn a_download_killed_midway_resumes_keeping_the_verified_files() {
-    let sb = Sandbox::new();
+    let mut sb = Sandbox::new();
+    sb.env("CROWECODE_UPLOAD_FORMAT", "1"); // archives: bucket format 1
     let model = sb.src().join("Model");
     let files: Vec<(String, Vec<u8>)> =
         (0..8).map(|i| (format!("shard-{i}.bin"), crate::common::noise(3 << 20, 200 + i))).collect();

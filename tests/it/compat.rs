@@ -83,7 +83,9 @@ fn the_previous_release_downloads_the_newest_version_from_a_bucket_this_one_wrot
     let src = old_tree(&sb.src());
     for v in 0..2 {
         write_files(&src, &[("config.json", format!("{{\"v\":{v}}}").as_bytes())]);
-        let out = sb.cmd().args(["upload", "Old", "--tag", "prod", "--from"]).arg(&src).output().unwrap();
+        // Bucket format 1: what 0.1.0 reads (a fleet with 0.1.0 machines uploads so).
+        let out =
+            sb.cmd().args(["upload", "Old", "--format", "1", "--tag", "prod", "--from"]).arg(&src).output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let home = sb.path().join("old-home");
@@ -99,4 +101,60 @@ fn the_previous_release_downloads_the_newest_version_from_a_bucket_this_one_wrot
         .unwrap();
     assert!(out.status.success(), "release 0.1.0: {}", stderr(&out));
     assert_eq!(tree(Path::new(&stdout(&out))), tree(&src), "the newest version");
+}
+
+/// A model uploaded in bucket format 2 (the default): release 0.1.0 refuses it with a clear
+/// message and exit 1, installing nothing; it never gets a wrong model.
+#[test]
+fn the_previous_release_refuses_a_format_2_model_and_installs_nothing() {
+    let old = require_env("CROWECODE_TEST_OLD_BIN");
+    let sb = Sandbox::new();
+    let bucket = sb.bucket();
+    let out =
+        sb.cmd().args(["setup", "--provider", "local", "--create-bucket", "--bucket"]).arg(&bucket).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let src = old_tree(&sb.src());
+    let out = sb.cmd().args(["upload", "New", "--from"]).arg(&src).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let home = sb.path().join("old-home");
+    let out = std::process::Command::new(&old)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &home)
+        .env("CROWECODE_HOME", home.join("cache"))
+        .args(["--provider", "local", "--bucket"])
+        .arg(&bucket)
+        .args(["--prefix", "crowecode-models/", "download", "New"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "release 0.1.0: {}", stderr(&out));
+    assert!(stderr(&out).contains("manifest format 2 is newer"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("upgrade crowecode-cloud"), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty(), "no path is printed: {}", stdout(&out));
+    assert!(!home.join("cache/models/New").exists(), "nothing installed");
+}
+
+/// A machine holding a version installed from bucket format 1 fetches only what changed of the
+/// next version in format 2: its files are found by their sha256 (and hashed before use).
+#[test]
+fn a_format_1_install_is_reused_by_the_next_format_2_version() {
+    let sb = Sandbox::new();
+    let bucket = sb.bucket();
+    let out =
+        sb.cmd().args(["setup", "--provider", "local", "--create-bucket", "--bucket"]).arg(&bucket).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let src = sb.src().join("Mixed");
+    write_files(&src, &[("weights.bin", &crate::common::noise(4 << 20, 3)), ("config.json", b"{\"v\": 1}")]);
+    let out = sb.cmd().args(["upload", "Mixed", "--format", "1", "--from"]).arg(&src).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(sb.cmd().args(["download", "Mixed", "-q"]).output().unwrap().status.success());
+    write_files(&src, &[("config.json", b"{\"v\": 2}")]);
+    assert!(sb.cmd().args(["upload", "Mixed", "-q", "--from"]).arg(&src).output().unwrap().status.success());
+    let out = sb.cmd().args(["--json", "download", "Mixed"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = &v["models"][0];
+    assert_eq!(got["format"], 2, "{got}");
+    assert!(got["transferred"].as_u64().unwrap() < 64 << 10, "only the config: {got}");
+    assert_eq!(tree(Path::new(got["path"].as_str().unwrap())), tree(&src));
 }

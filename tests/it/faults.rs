@@ -152,6 +152,8 @@ fn sandbox() -> Sandbox {
     let mut sb = Sandbox::new();
     sb.env("AWS_ACCESS_KEY_ID", "faults").env("AWS_SECRET_ACCESS_KEY", "faults-secret").env("AWS_REGION", "us-east-1");
     sb.env("CROWECODE_MAX_ATTEMPTS", "6").env("CROWECODE_STALL_TIMEOUT", "1.5");
+    // These faults are injected into archive transfers: bucket format 1.
+    sb.env("CROWECODE_UPLOAD_FORMAT", "1");
     sb
 }
 

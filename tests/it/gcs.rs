@@ -36,7 +36,7 @@ fn fake_gcs_setup_upload_list_download_round_trip() {
     let beta = make_model(&sb.src(), "Beta", 32);
     gcs(&sb, &endpoint, &bucket).args(["setup", "--create-bucket", "--no-write"]).assert().success();
     let out = gcs(&sb, &endpoint, &bucket)
-        .args(["--json", "upload", "Alpha", "--part-size", "256K", "--models-dir"])
+        .args(["--json", "upload", "Alpha", "--format", "1", "--part-size", "256K", "--models-dir"])
         .arg(sb.src())
         .output()
         .unwrap();

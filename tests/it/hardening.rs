@@ -183,7 +183,8 @@ fn s4_installed_models_are_never_group_or_world_writable() {
 
 #[test]
 fn s5_a_manifest_naming_another_models_archive_is_refused_with_exit_6() {
-    let sb = set_up();
+    let mut sb = set_up();
+    sb.env("CROWECODE_UPLOAD_FORMAT", "1"); // archives: bucket format 1
     upload(&sb, "M", &make_model(&sb.src(), "M", 1));
     upload(&sb, "O", &make_model(&sb.src(), "O", 2));
     let root = sb.bucket().join("crowecode-models");
@@ -218,7 +219,8 @@ fn s6_control_characters_in_file_names_are_escaped_when_printed() {
 
 #[test]
 fn w1_two_identical_uploads_at_once_both_succeed() {
-    let sb = set_up();
+    let mut sb = set_up();
+    sb.env("CROWECODE_UPLOAD_FORMAT", "1"); // archives: bucket format 1
     let src = sb.src().join("A");
     write_files(&src, &[("w.bin", &crate::common::noise(6 << 20, 9))]);
     let spawn = || {
@@ -237,7 +239,8 @@ fn w1_two_identical_uploads_at_once_both_succeed() {
 
 #[test]
 fn w3_a_truncated_or_missing_archive_is_exit_6_at_once() {
-    let sb = set_up();
+    let mut sb = set_up();
+    sb.env("CROWECODE_UPLOAD_FORMAT", "1"); // archives: bucket format 1
     upload(&sb, "M", &make_model(&sb.src(), "M", 3));
     let dir = sb.bucket().join("crowecode-models/M/archives");
     let archive = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
@@ -306,7 +309,8 @@ fn w7_upload_then_download_on_one_machine_with_the_default_models_dir() {
 
 #[test]
 fn w8_w10_w11_exit_codes_match_what_happened() {
-    let sb = set_up();
+    let mut sb = set_up();
+    sb.env("CROWECODE_UPLOAD_FORMAT", "1"); // archives: bucket format 1
     let src = sb.src().join("A");
     write_files(&src, &[("w.bin", &crate::common::noise(8 << 20, 7))]);
     upload(&sb, "A", &src);
@@ -374,7 +378,8 @@ fn u2_u3_bad_tuning_values_and_usage_errors_are_exit_2_with_json() {
 
 #[test]
 fn u6_prune_remote_skips_an_unreadable_manifest_and_prunes_the_rest() {
-    let sb = set_up();
+    let mut sb = set_up();
+    sb.env("CROWECODE_UPLOAD_FORMAT", "1"); // archives: bucket format 1
     let src = make_model(&sb.src(), "A", 8);
     for i in 0..3 {
         write_files(&src, &[("config.json", format!("{{\"v\":{i}}}").as_bytes())]);
@@ -470,6 +475,7 @@ fn upload_with(sb: &Sandbox, args: &[String], model: &str, dir: &Path) {
 #[test]
 fn u5_prune_remote_aborts_the_parts_of_a_killed_upload() {
     let mut sb = Sandbox::new();
+    sb.env("CROWECODE_UPLOAD_FORMAT", "1"); // archives: bucket format 1
     let args = moto_bucket(&mut sb, "mpu/");
     let src = sb.src().join("A");
     write_files(&src, &[("w.bin", &crate::common::noise(30 << 20, 12))]);
@@ -643,7 +649,8 @@ fn u7_hints_fit_the_situation() {
 
 #[test]
 fn w14_a_file_rewritten_in_place_during_upload_is_refused() {
-    let sb = set_up();
+    let mut sb = set_up();
+    sb.env("CROWECODE_UPLOAD_FORMAT", "1"); // archives: bucket format 1
     let src = sb.src().join("G");
     write_files(&src, &[("w.bin", &crate::common::noise(6 << 20, 16))]);
     let path = src.join("w.bin");

@@ -9,7 +9,8 @@ use crate::common::{Sandbox, make_model, plant_latest, sha256_hex, tar_header, t
 
 /// A sandbox with model `Evil` uploaded and downloaded (the ready version to protect).
 fn ready_sandbox() -> (Sandbox, String) {
-    let sb = Sandbox::new();
+    let mut sb = Sandbox::new();
+    sb.env("CROWECODE_UPLOAD_FORMAT", "1"); // hostile archives: bucket format 1
     let model = make_model(&sb.src(), "Evil", 42);
     sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
     sb.local().args(["upload", "Evil", "--from"]).arg(&model).assert().success();

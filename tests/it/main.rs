@@ -15,6 +15,7 @@ mod faults;
 mod gcs;
 mod hardening;
 mod hostile;
+mod incremental;
 mod mirror;
 mod review2;
 mod review2_ux;

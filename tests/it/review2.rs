@@ -163,7 +163,8 @@ fn dl2_delete_all_on_moto_leaves_a_nested_prefix_alone() {
 
 #[test]
 fn dl3_a_version_from_an_uploader_with_a_slow_clock_is_young_by_the_stores_clock() {
-    let (sb, _) = machine_with_prefix(Provider::Local, None);
+    let (mut sb, _) = machine_with_prefix(Provider::Local, None);
+    sb.env("CROWECODE_UPLOAD_FORMAT", "1"); // archives: bucket format 1
     up(&sb, "A", "v1", &[]);
     let c = up(&sb, "A", "candidate", &["--no-latest"]);
     // The same candidate as an uploader whose clock is two days behind writes it.
@@ -356,6 +357,7 @@ fn s3_a_signed_tag_move_copied_from_another_prefix_or_bucket_is_refused() {
     // A bucket writer without a key copies staging's signed objects over prod's.
     copy_dir(&root.join("staging/A/versions"), &root.join("prod/A/versions"));
     copy_dir(&root.join("staging/A/archives"), &root.join("prod/A/archives"));
+    copy_dir(&root.join("staging/_pieces"), &root.join("prod/_pieces"));
     std::fs::copy(root.join("staging/A/tags/latest.json"), root.join("prod/A/tags/latest.json")).unwrap();
     let out = prod(&sb, &["download", "A", "-q"]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
@@ -441,7 +443,8 @@ fn w1_a_multi_tag_if_current_moves_all_or_nothing() {
 
 #[test]
 fn w2_tag_on_a_bucket_of_the_previous_release_stores_the_version_first() {
-    let (sb, _) = machine_with_prefix(Provider::Local, None);
+    let (mut sb, _) = machine_with_prefix(Provider::Local, None);
+    sb.env("CROWECODE_UPLOAD_FORMAT", "1"); // archives: bucket format 1
     up(&sb, "A", "v1", &[]);
     let p = local_bucket(&sb).join("crowecode-models/A");
     std::fs::remove_dir_all(p.join("tags")).unwrap();

@@ -70,7 +70,8 @@ fn moto_setup_upload_list_download_round_trip() {
 
 #[test]
 fn moto_upload_of_more_than_100_parts_round_trips() {
-    let (sb, endpoint) = moto();
+    let (mut sb, endpoint) = moto();
+    sb.env("CROWECODE_UPLOAD_FORMAT", "1"); // archives: bucket format 1
     let b = bucket("parts");
     let model = sb.src().join("Big");
     std::fs::create_dir_all(&model).unwrap();
@@ -286,10 +287,13 @@ fn server_side_encryption_is_sent_on_every_write() {
     let big = model.join("weights.bin");
     std::fs::File::create(&big).unwrap().set_len(11 << 20).unwrap();
     s3(&sb, &endpoint, &b)
-        .args(["--sse", "AES256", "upload", "Secret", "--part-size", "5MiB", "--from"])
+        .args(["--sse", "AES256", "upload", "Secret", "--format", "1", "--part-size", "5MiB", "--from"])
         .arg(&model)
         .assert()
         .success();
+    // And a model in bucket format 2: its packs, locations and file indexes.
+    let other = make_model(&sb.src(), "Other", 27);
+    s3(&sb, &endpoint, &b).args(["--sse", "AES256", "upload", "Other", "--from"]).arg(&other).assert().success();
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
@@ -303,8 +307,9 @@ fn server_side_encryption_is_sent_on_every_write() {
         let client = aws_sdk_s3::Client::from_conf(conf);
         let listed = client.list_objects_v2().bucket(&b).send().await.unwrap();
         let keys: Vec<String> = listed.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect();
-        // The archive, the version, the tag `latest` and the manifest.json alias.
-        assert_eq!(keys.len(), 4, "{keys:?}");
+        // Format 1: the archive, the version, the tag `latest` and the manifest.json alias.
+        assert_eq!(keys.iter().filter(|k| k.starts_with("models/Secret/")).count(), 4, "{keys:?}");
+        assert!(keys.iter().any(|k| k.contains("/_pieces/packs/")), "{keys:?}");
         for key in keys {
             let head = client.head_object().bucket(&b).key(&key).send().await.unwrap();
             assert_eq!(head.server_side_encryption().map(|s| s.as_str()), Some("AES256"), "{key}");

@@ -154,7 +154,8 @@ fn flip_a_byte(path: &Path, at: usize) {
 
 #[test]
 fn tampering_with_a_version_or_its_archive_is_refused_for_a_pinned_reference() {
-    let (sb, _) = set_up(Provider::Local);
+    let (mut sb, _) = set_up(Provider::Local);
+    sb.env("CROWECODE_UPLOAD_FORMAT", "1"); // archives: bucket format 1
     let src = make_model(&sb.src(), "P", 3);
     let pinned = upload(&sb, "P", &src, &[]);
     let id = pinned.split("sha256:").nth(1).unwrap().to_string();
@@ -205,7 +206,8 @@ fn offline_downloads_use_only_what_this_machine_has() {
 
 #[test]
 fn prune_keeps_tagged_previous_and_recent_versions() {
-    let (sb, _) = set_up(Provider::Local);
+    let (mut sb, _) = set_up(Provider::Local);
+    sb.env("CROWECODE_UPLOAD_FORMAT", "1"); // archives: bucket format 1
     let src = make_model(&sb.src(), "K", 5);
     let mut pins = Vec::new();
     for i in 0..4 {
@@ -249,8 +251,11 @@ fn a_model_copied_to_another_prefix_downloads_from_its_new_place() {
     let root = bucket_dir(&sb);
     let copy = root.with_file_name("elsewhere");
     std::fs::create_dir_all(&copy).unwrap();
-    let status = std::process::Command::new("cp").arg("-r").arg(root.join("C")).arg(&copy).status().unwrap();
-    assert!(status.success());
+    // The model's directory, and the packs every model of the prefix shares (bucket format 2).
+    for dir in ["C", "_pieces"] {
+        let status = std::process::Command::new("cp").arg("-r").arg(root.join(dir)).arg(&copy).status().unwrap();
+        assert!(status.success());
+    }
     let mut fresh = Sandbox::new();
     provider_args(&mut fresh, Provider::Local);
     let bucket = root.parent().unwrap().display().to_string();
