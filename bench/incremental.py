@@ -144,6 +144,23 @@ def du(path):
     return int(out.split()[0])
 
 
+def format2_layout(s3):
+    """(chunks, bytes of manifest and locations) of the last version crowecode-cloud uploaded."""
+    import json
+    objs = [o for page in s3.get_paginator("list_objects_v2").paginate(Bucket="ours", Prefix="crowecode-models/Bench/versions/")
+            for o in page.get("Contents", [])]
+    versions = sorted((o for o in objs if o["Key"].endswith(".json") and not o["Key"].endswith(".loc.json")),
+                      key=lambda o: o["LastModified"])
+    if not versions:
+        return None
+    key = versions[-1]["Key"]
+    body = s3.get_object(Bucket="ours", Key=key)["Body"].read()
+    manifest = json.loads(body)
+    chunks = sum(len(f.get("chunks", [])) for f in manifest["files"])
+    loc = s3.head_object(Bucket="ours", Key=key[:-len(".json")] + ".loc.json")["ContentLength"]
+    return (chunks, len(body) + loc) if chunks else None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
@@ -208,6 +225,7 @@ def main():
             },
         }
         rows = []
+        layout = None
         for name, t in tools.items():
             s3.create_bucket(Bucket=t["bucket"])
             shutil.rmtree(os.path.join(work, "src"), ignore_errors=True)
@@ -234,14 +252,15 @@ def main():
             shutil.rmtree(fresh)
             os.makedirs(fresh)
             step("a fresh machine (the last version)", False)
+        layout = format2_layout(s3)
     finally:
         server.kill()
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n{4 * args.shard_mib} MiB model (4 shards of {args.shard_mib} MiB and a config), one moto server behind"
           f" a counting proxy; bytes and requests as the proxy saw them (bytes include HTTP headers). Wall times"
-          f" are moto's more than the tools': it serves many ranged GETs of one large object slowly, and"
-          f" that is how crowecode-cloud reads an archive (bench/compare.sh measures speed)")
+          f" are moto's more than the tools': it serves many ranged GETs of large objects slowly, and"
+          f" that is how crowecode-cloud reads packs (bench/compare.sh measures speed)")
     head = f"{'tool':<16} {'step':<36} {'sent MiB':>9} {'fetched MiB':>11} {'bucket +MiB':>11} {'disk +MiB':>9}" \
            f" {'requests':>8} {'upload s':>8} {'fetch s':>8}"
     print(head)
@@ -249,6 +268,16 @@ def main():
         print(f"{name:<16} {label:<36} {up / MIB:>9.1f} {down / MIB:>11.1f} {bucket / MIB:>11.1f} {disk / MIB:>9.1f}"
               f" {reqs:>8} {uw:>8.2f} {dw:>8.2f}")
     print("\nrclone and s5cmd keep one copy of the tree: their bucket holds no previous version to pin or roll back to.")
+    if layout:
+        chunks, meta = layout
+        size = 60 * 10**9
+        packs = -(-size // (64 << 20))
+        n = size // (512 << 10)
+        print(f"\nA 60 GB model in this layout: about {packs:,} packs of 64 MiB, so {packs:,} PUTs to upload it"
+              f" (plus one small object per file and 4 for the version) and {4 * packs:,} ranged GETs of 16 MiB"
+              f" for a fresh machine; about {n:,} chunks of 512 KiB on average, whose version and locations take"
+              f" {meta / chunks:.0f} bytes a chunk here ({meta / chunks * n / 1e6:.1f} MB, {meta / chunks * n / size:.3%}"
+              f" of the model): what an upload reads to find what it can reuse.")
 
 
 if __name__ == "__main__":

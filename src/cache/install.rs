@@ -244,7 +244,8 @@ fn resume_marker(staging: &Path) -> PathBuf {
 /// in it is removed, directories the manifest does not list included. Blocking: it hashes the
 /// files it keeps.
 fn find_resumable(cache: &Cache, model: &ModelName, manifest: &Manifest) -> Result<Option<(PathBuf, Resume)>> {
-    if manifest.compression != Compression::None || manifest.files.iter().any(|f| f.offset.is_none()) {
+    let pieces = manifest.is_pieces();
+    if !pieces && (manifest.compression != Compression::None || manifest.files.iter().any(|f| f.offset.is_none())) {
         return Ok(None);
     }
     let Ok(rd) = fs::read_dir(cache.staging_root()) else {
@@ -259,6 +260,9 @@ fn find_resumable(cache: &Cache, model: &ModelName, manifest: &Manifest) -> Resu
     let Some(staging) = staging else {
         return Ok(None);
     };
+    if pieces {
+        return Ok(resumable_pieces(&staging, manifest)?.map(|r| (staging, r)));
+    }
     let files: HashMap<&str, &FileEntry> = manifest.files.iter().map(|f| (f.path.as_str(), f)).collect();
     let expected = manifest.expected_entries();
     let (mut start_index, mut start_offset, mut kept_bytes) = (0usize, 0u64, 0u64);
@@ -304,4 +308,31 @@ fn find_resumable(cache: &Cache, model: &ModelName, manifest: &Manifest) -> Resu
     }
     let resume = Resume { start_index, start_offset, kept_files: kept.len(), kept_bytes };
     Ok(Some((staging, resume)))
+}
+
+/// A crashed format 2 download's staging directory: its files of the right size stay (the
+/// download checks each of their chunks against its digest in place and fetches only the rest);
+/// anything the manifest does not list goes.
+fn resumable_pieces(staging: &Path, manifest: &Manifest) -> Result<Option<Resume>> {
+    let sizes: HashMap<PathBuf, u64> = manifest.files.iter().map(|f| (staging.join(&f.path), f.size)).collect();
+    let dirs: HashSet<PathBuf> = manifest
+        .dirs
+        .iter()
+        .map(|d| staging.join(&d.path))
+        .chain(sizes.keys().flat_map(|p| p.ancestors().skip(1).map(Path::to_path_buf).collect::<Vec<_>>()))
+        .collect();
+    let mut kept = 0;
+    for entry in walkdir::WalkDir::new(staging).min_depth(1).contents_first(true).into_iter().flatten() {
+        let path = entry.path();
+        if entry.file_type().is_dir() {
+            if !dirs.contains(path) {
+                remove_tree(path)?;
+            }
+        } else if entry.file_type().is_file() && entry.metadata().is_ok_and(|m| Some(&m.len()) == sizes.get(path)) {
+            kept += 1;
+        } else {
+            fs::remove_file(path).map_err(|e| Error::io("cannot remove", path, e))?;
+        }
+    }
+    Ok((kept > 0).then_some(Resume { start_index: 0, start_offset: 0, kept_files: kept, kept_bytes: 0 }))
 }

@@ -217,14 +217,19 @@ pub(crate) async fn whole_version(
         Acquired::Staging(staging) => staging,
     };
     if let Some(r) = staging.resume() {
-        s.reporter.report(crate::progress::Event::Info {
-            model: &shown,
-            message: format!(
+        let message = if manifest.is_pieces() {
+            format!(
+                "resuming an interrupted download: {} files are here, whole or in part; each chunk is checked against its digest before it is kept",
+                r.kept_files
+            )
+        } else {
+            format!(
                 "resuming an interrupted download: {} files ({:.1} MiB) already here and verified",
                 r.kept_files,
                 r.kept_bytes as f64 / f64::from(1 << 20)
-            ),
-        });
+            )
+        };
+        s.reporter.report(crate::progress::Event::Info { model: &shown, message });
     }
     let resume = staging.resume().cloned();
     s.cache.check_room(manifest.total_size - resume.as_ref().map_or(0, |r| r.kept_bytes))?;

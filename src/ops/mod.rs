@@ -106,6 +106,9 @@ impl Session {
 
     /// Deletes an object; one that is already gone is no error.
     pub async fn delete_key(&self, key: &str) -> Result<()> {
+        if key.is_empty() || key.ends_with('/') {
+            return Err(Error::other(format!("refusing to delete {key:?}, which names no object"), None));
+        }
         match self.provider.delete(key).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind == ProviderErrorKind::NotFound => Ok(()),

@@ -96,6 +96,7 @@ pub(crate) async fn fetch(
         .try_collect()
         .await?;
     let mut open: HashMap<usize, Arc<File>> = HashMap::new();
+    let mut in_place = Vec::new();
     for (&i, reused) in wanted.iter().zip(&reused) {
         if let Some(bytes) = reused {
             out.local += bytes;
@@ -103,7 +104,18 @@ pub(crate) async fn fetch(
         }
         let f = &manifest.files[i];
         let path = staging.join(&f.path);
-        let file = File::create(&path).and_then(|h| h.set_len(f.size).map(|()| h));
+        // A file of the right size left by a killed run of this download: its chunks are
+        // checked where they are, and only the others fetched.
+        if std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == f.size) {
+            in_place.push(i);
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .and_then(|h| h.set_len(f.size).map(|()| h));
         open.insert(i, Arc::new(file.map_err(|e| Error::io("cannot write", &path, e))?));
     }
 
@@ -127,8 +139,25 @@ pub(crate) async fn fetch(
                 .collect(),
         );
     }
-    let remaining: Arc<HashMap<usize, AtomicUsize>> =
-        Arc::new(open.keys().map(|&i| (i, AtomicUsize::new(manifest.files[i].chunks.len()))).collect());
+    let offsets = Arc::new(offsets);
+    let good: HashMap<usize, std::collections::HashSet<usize>> = {
+        stream::iter(in_place)
+            .map(|i| {
+                let (manifest, staging, offsets) = (manifest.clone(), staging.clone(), offsets.clone());
+                blocking(move || Ok((i, chunks_in_place(&manifest, &staging, &offsets, i))))
+            })
+            .buffer_unordered(threads)
+            .try_collect()
+            .await?
+    };
+    for (&i, js) in &good {
+        out.local += js.iter().map(|&j| u64::from(manifest.files[i].chunks[j].1)).sum::<u64>();
+    }
+    let remaining: Arc<HashMap<usize, AtomicUsize>> = Arc::new(
+        open.keys()
+            .map(|&i| (i, AtomicUsize::new(manifest.files[i].chunks.len() - good.get(&i).map_or(0, |g| g.len()))))
+            .collect(),
+    );
     let mut remote: HashMap<[u8; 32], Wanted> = HashMap::new();
     let mut local: Vec<([u8; 32], PathBuf, u64, u64, usize, u64)> = Vec::new();
     let mut order: Vec<usize> = open.keys().copied().collect();
@@ -136,6 +165,9 @@ pub(crate) async fn fetch(
     for &i in &order {
         let f = &manifest.files[i];
         for (j, (sha, len)) in f.chunks.iter().enumerate() {
+            if good.get(&i).is_some_and(|g| g.contains(&j)) {
+                continue;
+            }
             let digest = digest_bytes(sha);
             let target = (i, offsets[i][j]);
             if let Some((path, at)) = sources.chunk(&digest) {
@@ -163,6 +195,14 @@ pub(crate) async fn fetch(
         staging: staging.clone(),
         cache: s.cache.clone(),
     });
+
+    // Files every chunk of which was in place are complete now.
+    for (&i, r) in ctx.remaining.iter() {
+        if r.load(Ordering::SeqCst) == 0 {
+            let ctx = ctx.clone();
+            blocking(move || ctx.finish(i)).await?;
+        }
+    }
 
     // Local chunks, checked: one that no longer matches is read from its pack instead.
     let read_locally: Vec<std::result::Result<u64, Miss>> = stream::iter(local)
@@ -448,4 +488,27 @@ fn set_dir_modes(manifest: &Manifest, staging: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The chunks of file `i` that a killed run left complete in `staging` (each read where it is
+/// and checked against its digest).
+fn chunks_in_place(
+    manifest: &Manifest,
+    staging: &Path,
+    offsets: &[Vec<u64>],
+    i: usize,
+) -> std::collections::HashSet<usize> {
+    let f = &manifest.files[i];
+    let Ok(file) = File::open(staging.join(&f.path)) else { return Default::default() };
+    let mut buf = Vec::new();
+    f.chunks
+        .iter()
+        .enumerate()
+        .filter(|(j, (sha, len))| {
+            buf.resize(*len as usize, 0);
+            file.read_exact_at(&mut buf, offsets[i][*j]).is_ok()
+                && <[u8; 32]>::from(Sha256::digest(&buf)) == digest_bytes(sha)
+        })
+        .map(|(j, _)| j)
+        .collect()
 }

@@ -331,6 +331,23 @@ pub(crate) async fn delete_version(s: &Session, reference: &str, force: bool) ->
         versions::remove_tag(s, &model, &tag).await?;
         out.untagged.push(tag);
     }
+    let key = s.layout.version_key(&model, &found.version);
+    s.delete_key(&key).await?;
+    out.keys.push(key);
+    for (id, _) in super::signatures::list(s, &model, &found.version).await? {
+        let key = s.layout.signature_key(&model, &found.version, &id);
+        s.delete_key(&key).await?;
+        out.keys.push(key);
+    }
+    if found.manifest.is_pieces() {
+        // Format 2: its locations; its packs, shared, go in the next `prune --remote` when no
+        // other version names them.
+        let loc = s.layout.locations_key(&model, &found.version);
+        s.delete_key(&loc).await?;
+        out.keys.push(loc);
+        return Ok(out);
+    }
+    // Format 1: its archive, unless another version names the same one.
     let archive = s.layout.archive_key(&found.manifest);
     let mut shared = false;
     for id in versions::list_versions(s, &model).await? {
@@ -339,14 +356,6 @@ pub(crate) async fn delete_version(s: &Session, reference: &str, force: bool) ->
         {
             shared |= s.layout.archive_key(&other.manifest) == archive;
         }
-    }
-    let key = s.layout.version_key(&model, &found.version);
-    s.delete_key(&key).await?;
-    out.keys.push(key);
-    for (id, _) in super::signatures::list(s, &model, &found.version).await? {
-        let key = s.layout.signature_key(&model, &found.version, &id);
-        s.delete_key(&key).await?;
-        out.keys.push(key);
     }
     if !shared {
         s.delete_key(&archive).await?;

@@ -74,12 +74,7 @@ fn a_bucket_of_the_previous_release_downloads_and_gets_versions_on_its_next_uplo
 
 #[test]
 fn the_previous_release_downloads_the_newest_version_from_a_bucket_this_one_wrote() {
-    let old = require_env("CROWECODE_TEST_OLD_BIN");
-    let sb = Sandbox::new();
-    let bucket = sb.bucket();
-    let out =
-        sb.cmd().args(["setup", "--provider", "local", "--create-bucket", "--bucket"]).arg(&bucket).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let sb = local_machine();
     let src = old_tree(&sb.src());
     for v in 0..2 {
         write_files(&src, &[("config.json", format!("{{\"v\":{v}}}").as_bytes())]);
@@ -88,6 +83,27 @@ fn the_previous_release_downloads_the_newest_version_from_a_bucket_this_one_wrot
             sb.cmd().args(["upload", "Old", "--format", "1", "--tag", "prod", "--from"]).arg(&src).output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
     }
+    let (out, _) = old_download(&sb, "Old");
+    assert!(out.status.success(), "release 0.1.0: {}", stderr(&out));
+    assert_eq!(tree(Path::new(&stdout(&out))), tree(&src), "the newest version");
+}
+
+/// A machine set up as the README says, on a local bucket (`sb.bucket()`).
+fn local_machine() -> Sandbox {
+    let sb = Sandbox::new();
+    let out = sb
+        .cmd()
+        .args(["setup", "--provider", "local", "--create-bucket", "--bucket"])
+        .arg(sb.bucket())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    sb
+}
+
+/// `download MODEL` by release 0.1.0, from its own home, on the bucket of `sb`; and that home.
+fn old_download(sb: &Sandbox, model: &str) -> (std::process::Output, PathBuf) {
+    let old = require_env("CROWECODE_TEST_OLD_BIN");
     let home = sb.path().join("old-home");
     let out = std::process::Command::new(&old)
         .env_clear()
@@ -95,38 +111,22 @@ fn the_previous_release_downloads_the_newest_version_from_a_bucket_this_one_wrot
         .env("HOME", &home)
         .env("CROWECODE_HOME", home.join("cache"))
         .args(["--provider", "local", "--bucket"])
-        .arg(&bucket)
-        .args(["--prefix", "crowecode-models/", "download", "Old"])
+        .arg(sb.bucket())
+        .args(["--prefix", "crowecode-models/", "download", model])
         .output()
         .unwrap();
-    assert!(out.status.success(), "release 0.1.0: {}", stderr(&out));
-    assert_eq!(tree(Path::new(&stdout(&out))), tree(&src), "the newest version");
+    (out, home)
 }
 
 /// A model uploaded in bucket format 2 (the default): release 0.1.0 refuses it with a clear
 /// message and exit 1, installing nothing; it never gets a wrong model.
 #[test]
 fn the_previous_release_refuses_a_format_2_model_and_installs_nothing() {
-    let old = require_env("CROWECODE_TEST_OLD_BIN");
-    let sb = Sandbox::new();
-    let bucket = sb.bucket();
-    let out =
-        sb.cmd().args(["setup", "--provider", "local", "--create-bucket", "--bucket"]).arg(&bucket).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let sb = local_machine();
     let src = old_tree(&sb.src());
     let out = sb.cmd().args(["upload", "New", "--from"]).arg(&src).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let home = sb.path().join("old-home");
-    let out = std::process::Command::new(&old)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", &home)
-        .env("CROWECODE_HOME", home.join("cache"))
-        .args(["--provider", "local", "--bucket"])
-        .arg(&bucket)
-        .args(["--prefix", "crowecode-models/", "download", "New"])
-        .output()
-        .unwrap();
+    let (out, home) = old_download(&sb, "New");
     assert_eq!(out.status.code(), Some(1), "release 0.1.0: {}", stderr(&out));
     assert!(stderr(&out).contains("manifest format 2 is newer"), "{}", stderr(&out));
     assert!(stderr(&out).contains("upgrade crowecode-cloud"), "{}", stderr(&out));
@@ -138,11 +138,7 @@ fn the_previous_release_refuses_a_format_2_model_and_installs_nothing() {
 /// next version in format 2: its files are found by their sha256 (and hashed before use).
 #[test]
 fn a_format_1_install_is_reused_by_the_next_format_2_version() {
-    let sb = Sandbox::new();
-    let bucket = sb.bucket();
-    let out =
-        sb.cmd().args(["setup", "--provider", "local", "--create-bucket", "--bucket"]).arg(&bucket).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let sb = local_machine();
     let src = sb.src().join("Mixed");
     write_files(&src, &[("weights.bin", &crate::common::noise(4 << 20, 3)), ("config.json", b"{\"v\": 1}")]);
     let out = sb.cmd().args(["upload", "Mixed", "--format", "1", "--from"]).arg(&src).output().unwrap();

@@ -351,6 +351,23 @@ fn prune_remote_removes_the_packs_only_pruned_versions_named() {
     let got = on(&sb, &fresh, &["download", "P", "-q"]);
     assert!(got.status.success(), "{}", stderr(&got));
     assert_eq!(std::fs::read(Path::new(&stdout(&got)).join("w.bin")).unwrap(), noise(2 << 20, 1));
+
+    // `delete MODEL@VERSION` of a format 2 version removes it and its locations; its packs wait
+    // for the next sweep, which keeps those another version names.
+    write_files(&dir, &[("w.bin", &noise(2 << 20, 1)), ("extra.bin", &noise(1 << 20, 3))]);
+    let v3 = upload(&sb, "P", &dir, &["--no-latest"]);
+    let reference = v3["reference"].as_str().unwrap().to_string();
+    let out = sb.cmd().args(["delete", &reference]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = reference.split("sha256:").nth(1).unwrap();
+    let versions = Path::new(&bucket).join("crowecode-models/P/versions");
+    assert!(!versions.join(format!("{id}.json")).exists() && !versions.join(format!("{id}.loc.json")).exists());
+    assert_eq!(packs(), 2, "the packs stay until a sweep");
+    let out = sb.cmd().args(["prune", "--remote", "--min-age", "0s", "--yes", "-q"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(packs(), 1, "the pack only the deleted version named is gone, the shared one stays");
+    let again = on(&sb, &sb.path().join("fresh-2"), &["download", "P", "-q"]);
+    assert!(again.status.success(), "{}", stderr(&again));
 }
 
 /// A format 2 download holds at most its memory budget of ranges, with any `--concurrency`,
@@ -378,4 +395,40 @@ fn memory_is_bounded_in_format_2_on_the_local_provider() {
 #[test]
 fn memory_is_bounded_in_format_2_on_moto() {
     memory_bounded(Provider::S3);
+}
+
+/// A download killed (SIGKILL: no cleanup) midway resumes per piece: the next run checks the
+/// chunks the killed one wrote, in place, and fetches only the others.
+fn killed_download_resumes(p: Provider) {
+    let (sb, _) = machine_with_prefix(p, None);
+    let dir = sb.src().join("K");
+    write_files(&dir, &[("a.bin", &noise(12 << 20, 21)), ("b.bin", &noise(4 << 20, 22))]);
+    upload(&sb, "K", &dir, &[]);
+    let node = sb.path().join("node");
+    let mut c = sb.std_cmd();
+    c.env("CROWECODE_HOME", &node).args(["download", "K", "--limit-rate", "4M", "--max-memory", "8M", "-q"]);
+    let mut child = c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!node.join("models/K").exists(), "{p:?}: nothing half-made is visible");
+    let again = on(&sb, &node, &["--json", "download", "K"]);
+    let said = stderr(&again);
+    let got = first(&again);
+    assert!(said.contains("resuming an interrupted download"), "{p:?}: {said}");
+    let fetched = n(&got, "transferred");
+    assert!(fetched < 12 * MIB, "{p:?}: fetched {fetched} of 16 MiB again: {got}");
+    assert!(n(&got, "local_bytes") >= 4 * MIB, "{p:?}: {got}");
+    assert_eq!(tree(Path::new(got["path"].as_str().unwrap())), tree(&dir), "{p:?}");
+}
+
+#[test]
+fn a_killed_download_resumes_per_piece_on_the_local_provider() {
+    killed_download_resumes(Provider::Local);
+}
+
+#[cfg(feature = "s3")]
+#[test]
+fn a_killed_download_resumes_per_piece_on_moto() {
+    killed_download_resumes(Provider::S3);
 }
