@@ -146,9 +146,8 @@ def du(path):
 
 def format2_layout(s3):
     """(chunks, bytes of manifest and locations) of the last version crowecode-cloud uploaded."""
-    import json
-    objs = [o for page in s3.get_paginator("list_objects_v2").paginate(Bucket="ours", Prefix="crowecode-models/Bench/versions/")
-            for o in page.get("Contents", [])]
+    objs = [o for page in s3.get_paginator("list_objects_v2").paginate(Bucket="ours")
+            for o in page.get("Contents", []) if "Bench/versions/" in o["Key"]]
     versions = sorted((o for o in objs if o["Key"].endswith(".json") and not o["Key"].endswith(".loc.json")),
                       key=lambda o: o["LastModified"])
     if not versions:
@@ -271,10 +270,11 @@ def main():
     if layout:
         chunks, meta = layout
         size = 60 * 10**9
-        packs = -(-size // (64 << 20))
+        packs = -(-size // (32 << 20))
         n = size // (512 << 10)
-        print(f"\nA 60 GB model in this layout: about {packs:,} packs of 64 MiB, so {packs:,} PUTs to upload it"
-              f" (plus one small object per file and 4 for the version) and {4 * packs:,} ranged GETs of 16 MiB"
+        print(f"\nA 60 GB model in this layout: about {packs:,} packs of 32 MiB (the default memory budget's), so"
+              f" {packs:,} PUTs to upload it (plus one small object per file and 4 for the version) and"
+              f" {2 * packs:,} ranged GETs of 16 MiB"
               f" for a fresh machine; about {n:,} chunks of 512 KiB on average, whose version and locations take"
               f" {meta / chunks:.0f} bytes a chunk here ({meta / chunks * n / 1e6:.1f} MB, {meta / chunks * n / size:.3%}"
               f" of the model): what an upload reads to find what it can reuse.")

@@ -217,16 +217,18 @@ impl CloudManager {
         ops::upload::run(&self.session, name, dir, opts).await
     }
 
-    /// Unreferenced archives and unfinished uploads in the bucket (see [`ops::prune_remote`]);
-    /// deleted and aborted when `apply`. `models` empty means all.
+    /// Unreferenced versions, archives, packs and unfinished uploads in the bucket (see
+    /// [`ops::prune_remote`]); deleted and aborted when `apply`. `models` empty means all. With
+    /// `repack`, the live chunks of mostly dead packs are copied into new ones.
     pub async fn prune_remote(
         &self,
         models: &[ModelName],
         keep: usize,
         min_age: std::time::Duration,
         apply: bool,
+        repack: bool,
     ) -> Result<RemotePruneOutcome> {
-        ops::prune_remote::run(&self.session, models, keep, min_age, apply).await
+        ops::prune_remote::run(&self.session, models, keep, min_age, apply, repack).await
     }
 
     /// The version a reference (`Alpha`, `Alpha:prod`, `Alpha@sha256:…`) names now, pinned.

@@ -228,12 +228,15 @@ mod tests {
             [(0, 0, 4 * m), (0, 4 * m, 4 * m), (0, 8 * m, 4 * m), (0, 12 * m, 4 * m), (0, 20 * m, m), (1, 0, m)];
         assert_eq!(range_requests(&chunks, 16 * m), 3);
         assert_eq!(range_requests(&chunks, 8 * m), 4);
-        // 60 GiB sent whole, chunks of 512 KiB in 64 MiB packs, read in 16 MiB ranges.
-        let per_pack = (MAX_PACK / (512 << 10)) as usize;
-        let packs = (60u64 << 30) / MAX_PACK;
+        // 60 GiB sent whole, chunks of 512 KiB in 32 MiB packs (the default budget's), read in
+        // 16 MiB ranges.
+        let pack = 32u64 << 20;
+        let per_pack = (pack / (512 << 10)) as usize;
+        let packs = (60u64 << 30) / pack;
         let all: Vec<(usize, u64, u64)> = (0..packs as usize)
             .flat_map(|p| (0..per_pack).map(move |i| (p, i as u64 * (512 << 10), 512 << 10)))
             .collect();
+        assert_eq!(packs, 1920, "PUTs to send it");
         assert_eq!(range_requests(&all, 16 << 20), 3840);
     }
 

@@ -350,6 +350,10 @@ pub(super) enum Command {
         /// With --remote: really delete (otherwise only list)
         #[arg(long)]
         yes: bool,
+        /// With --remote: also copy the live chunks of packs at least half dead into new packs
+        /// (the old ones go in the next prune --remote --yes)
+        #[arg(long, requires = "remote")]
+        repack: bool,
         /// Show what would be removed; remove nothing
         #[arg(long)]
         dry_run: bool,

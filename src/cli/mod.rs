@@ -504,12 +504,13 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
             printer.downloads(&batch);
             Ok(batch.exit_code())
         }
-        Command::Prune { models, keep, max_size, remote, min_age, yes, dry_run } => {
+        Command::Prune { models, keep, max_size, remote, min_age, yes, dry_run, repack } => {
             let opts = commands::prune::Options {
                 models: models.clone(),
                 keep: *keep,
                 max_size: *max_size,
                 remote: *remote,
+                repack: *repack,
                 min_age: *min_age,
                 yes: *yes,
                 dry_run: *dry_run,

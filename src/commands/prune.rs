@@ -16,6 +16,8 @@ pub struct Options {
     pub keep: usize,
     pub max_size: Option<u64>,
     pub remote: bool,
+    /// With `remote`: copy the live chunks of mostly dead packs into new ones.
+    pub repack: bool,
     pub min_age: std::time::Duration,
     /// Remote deletions happen only with this; the cache is pruned unless `dry_run`.
     pub yes: bool,
@@ -37,6 +39,9 @@ pub struct Report {
     /// packs kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub packs: Option<crate::ops::pieces_gc::PackReport>,
+    /// With `--repack`: what was (or would be) repacked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repack: Option<crate::ops::repack::RepackReport>,
     /// Models left alone because they were being downloaded.
     pub skipped: Vec<ModelName>,
     /// With `--remote`: models left alone because their manifest could not be read.
@@ -53,7 +58,7 @@ pub async fn run(ctx: &Context, opts: &Options) -> Result<Report> {
     if opts.remote {
         let manager = ctx.manager().await?;
         let apply = opts.yes && !opts.dry_run;
-        let out = match manager.prune_remote(&models, opts.keep, opts.min_age, apply).await {
+        let out = match manager.prune_remote(&models, opts.keep, opts.min_age, apply, opts.repack).await {
             Ok(r) => r,
             Err(e) => return Err(manager.explain(e).await),
         };
@@ -66,6 +71,7 @@ pub async fn run(ctx: &Context, opts: &Options) -> Result<Report> {
             remote_versions: out.versions,
             unfinished_uploads: out.unfinished_uploads,
             packs: Some(out.packs),
+            repack: out.repack,
             skipped: Vec::new(),
             unreadable: out.skipped,
             freed_bytes: if apply { would_free_bytes } else { 0 },
@@ -85,6 +91,7 @@ pub async fn run(ctx: &Context, opts: &Options) -> Result<Report> {
         remote_versions: Vec::new(),
         unfinished_uploads: Vec::new(),
         packs: None,
+        repack: None,
         skipped: out.skipped,
         unreadable: Vec::new(),
         freed_bytes: if opts.dry_run { 0 } else { would_free_bytes },

@@ -234,7 +234,11 @@ pub(crate) async fn whole_version(
     let resume = staging.resume().cloned();
     s.cache.check_room(manifest.total_size - resume.as_ref().map_or(0, |r| r.kept_bytes))?;
     let (tuning, transferred, pieces) = if manifest.is_pieces() {
-        let (got, tuning) = super::pieces_fetch::fetch(s, &manifest, &id, staging.dir(), None, !force, &shown).await?;
+        // The chunk digests are as trusted as the file digests unless what vouches for the
+        // version is a publisher's signature of the files alone: then every file is hashed too.
+        let hash_files = accepted.as_ref().is_some_and(|a| !a.bound);
+        let how = super::pieces_fetch::How { reuse_local: !force, hash_files };
+        let (got, tuning) = super::pieces_fetch::fetch(s, &manifest, &id, staging.dir(), None, how, &shown).await?;
         (tuning, got.fetched, Some(got))
     } else {
         let tuning = fetch_into(s, &manifest, staging.dir(), resume.as_ref(), &shown).await?;

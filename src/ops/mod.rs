@@ -25,6 +25,7 @@ pub(crate) mod pieces_fetch;
 pub mod pieces_gc;
 pub mod probe;
 pub mod prune_remote;
+pub mod repack;
 pub mod selection;
 pub mod signatures;
 pub mod status;

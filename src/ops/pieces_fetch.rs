@@ -53,6 +53,16 @@ struct Wanted {
     targets: Vec<(usize, u64)>,
 }
 
+/// How a version is made.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct How {
+    /// Use what this machine has (`false` for `download --force`: a clean copy from the bucket).
+    pub reuse_local: bool,
+    /// Hash every file whole against its sha256 once made, besides every chunk against its
+    /// digest (needed when a signature of the files alone vouches for the version).
+    pub hash_files: bool,
+}
+
 /// Makes every file of `manifest` (the version `version`) in `staging`, verified, with its mode;
 /// `only` limits it to those files (indexes into `manifest.files`).
 pub(crate) async fn fetch(
@@ -61,9 +71,10 @@ pub(crate) async fn fetch(
     version: &VersionId,
     staging: &Path,
     only: Option<&[usize]>,
-    reuse_local: bool,
+    how: How,
     label: &str,
 ) -> Result<(Fetched, Tuning)> {
+    let How { reuse_local, hash_files } = how;
     let model = manifest.model.clone();
     let loc = locations_of(s, &model, version, manifest.chunk_count()).await?;
     let wanted: Vec<usize> = only.map_or_else(|| (0..manifest.files.len()).collect(), <[usize]>::to_vec);
@@ -194,6 +205,7 @@ pub(crate) async fn fetch(
         manifest: manifest.clone(),
         staging: staging.clone(),
         cache: s.cache.clone(),
+        hash_files,
     });
 
     // Files every chunk of which was in place are complete now.
@@ -269,9 +281,11 @@ pub(crate) async fn fetch(
     let progress = Progress::new(s.reporter.clone(), label);
     progress.started(Direction::Download, out.fetched);
     let packs = Arc::new(loc.packs.clone());
+    // Range buffers are reused: a fresh 16 MiB allocation per range costs a page fault per 4 KiB.
+    let pool: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
     let result = stream::iter(requests)
         .map(|run| {
-            let (ctx, packs, progress) = (ctx.clone(), packs.clone(), progress.clone());
+            let (ctx, packs, progress, pool) = (ctx.clone(), packs.clone(), progress.clone(), pool.clone());
             async move {
                 let key = s.layout.pack_key(&packs[run[0].pack]);
                 let start = run[0].offset;
@@ -281,8 +295,9 @@ pub(crate) async fn fetch(
                     limiter.take(got).await;
                 }
                 let _holding = held.hold(got);
-                let body = read_range(s, &key, start, end).await?;
-                blocking(move || {
+                let mut body = pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop().unwrap_or_default();
+                read_range(s, &key, start, end, &mut body).await?;
+                let body = blocking(move || {
                     for w in &run {
                         let at = (w.offset - start) as usize;
                         let bytes = &body[at..at + w.len as usize];
@@ -296,9 +311,10 @@ pub(crate) async fn fetch(
                         }
                         ctx.write(bytes, &w.targets)?;
                     }
-                    Ok(())
+                    Ok(body)
                 })
                 .await?;
+                pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(body);
                 progress.advanced(got);
                 Ok::<(), Error>(())
             }
@@ -359,29 +375,51 @@ impl Drop for HeldGuard<'_> {
     }
 }
 
-/// One ranged read of a pack, whole: a short or missing pack is an integrity failure.
-async fn read_range(s: &Session, key: &str, start: u64, end: u64) -> Result<bytes::Bytes> {
-    let stream = s.provider.get(key, GetRange::Bounded(start..end)).await.map_err(|e| match e.kind {
-        crate::provider::ProviderErrorKind::NotFound => {
-            Error::integrity(key, "a pack the version names is missing from the bucket", None, None)
+/// One ranged read of a pack, whole, into `body` (cleared first); a read cut off midway is
+/// made again (a few times). A short or missing pack is an integrity failure.
+async fn read_range(s: &Session, key: &str, start: u64, end: u64, body: &mut Vec<u8>) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        body.clear();
+        body.reserve((end - start) as usize);
+        let failed = match s.provider.get(key, GetRange::Bounded(start..end)).await {
+            Ok(mut stream) => {
+                let mut failed = None;
+                while let Some(part) = stream.next().await {
+                    match part {
+                        Ok(part) => body.extend_from_slice(&part),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                failed
+            }
+            Err(e) if e.kind == crate::provider::ProviderErrorKind::NotFound => {
+                return Err(Error::integrity(key, "a pack the version names is missing from the bucket", None, None));
+            }
+            Err(e) => return Err(Error::from_provider(format!("reading {key}"), e)),
+        };
+        match failed {
+            Some(e) if e.kind == crate::provider::ProviderErrorKind::Transport && attempt < 4 => {
+                tracing::info!(%key, attempt, "a ranged read of a pack was cut off; reading it again");
+                continue;
+            }
+            Some(e) => return Err(Error::from_provider(format!("reading {key}"), e)),
+            None => {}
         }
-        _ => Error::from_provider(format!("reading {key}"), e),
-    })?;
-    let parts: Vec<bytes::Bytes> =
-        stream.try_collect().await.map_err(|e| Error::from_provider(format!("reading {key}"), e))?;
-    let mut body = bytes::BytesMut::with_capacity((end - start) as usize);
-    for p in parts {
-        body.extend_from_slice(&p);
+        if body.len() as u64 != end - start {
+            return Err(Error::integrity(
+                key,
+                format!("the pack answered {} bytes for a range of {}", body.len(), end - start),
+                None,
+                None,
+            ));
+        }
+        return Ok(());
     }
-    if body.len() as u64 != end - start {
-        return Err(Error::integrity(
-            key,
-            format!("the pack answered {} bytes for a range of {}", body.len(), end - start),
-            None,
-            None,
-        ));
-    }
-    Ok(body.freeze())
 }
 
 /// The files being written, and how many chunks each still waits for.
@@ -391,6 +429,7 @@ struct Writer {
     manifest: Arc<Manifest>,
     staging: PathBuf,
     cache: crate::cache::Cache,
+    hash_files: bool,
 }
 
 impl Writer {
@@ -410,7 +449,18 @@ impl Writer {
     fn finish(&self, i: usize) -> Result<()> {
         let f = &self.manifest.files[i];
         let path = self.staging.join(&f.path);
-        let (sha, _) = crate::archive::sha256_file(&path).map_err(|e| Error::io("cannot read", &path, e))?;
+        if self.hash_files {
+            self.hash_whole(i, &path)?;
+        }
+        set_mode(&path, f.mode)?;
+        crate::cache::blobs::keep(&self.cache, &path, &f.sha256);
+        Ok(())
+    }
+
+    /// The file made from its chunks, hashed whole against its sha256.
+    fn hash_whole(&self, i: usize, path: &Path) -> Result<()> {
+        let f = &self.manifest.files[i];
+        let (sha, _) = crate::archive::sha256_file(path).map_err(|e| Error::io("cannot read", path, e))?;
         if sha != f.sha256 {
             return Err(Error::integrity(
                 &f.path,
@@ -419,8 +469,6 @@ impl Writer {
                 Some(sha.to_string()),
             ));
         }
-        set_mode(&path, f.mode)?;
-        crate::cache::blobs::keep(&self.cache, &path, &f.sha256);
         Ok(())
     }
 }

@@ -35,6 +35,8 @@ pub struct RemotePruneOutcome {
     pub skipped: Vec<ModelName>,
     /// Packs (bucket format 2): those no stored version names, and the space of the rest.
     pub packs: super::pieces_gc::PackReport,
+    /// With `--repack`: packs at least half dead whose live chunks were copied into new packs.
+    pub repack: Option<super::repack::RepackReport>,
 }
 
 /// `prune --remote` over `models` (empty: every model): per model see [`prune_model`]; also
@@ -47,6 +49,7 @@ pub(crate) async fn run(
     keep: usize,
     min_age: Duration,
     apply: bool,
+    repack: bool,
 ) -> Result<RemotePruneOutcome> {
     let names: Vec<ModelName> = if models.is_empty() {
         let objects = s
@@ -75,6 +78,9 @@ pub(crate) async fn run(
     // A dry run counts the versions it would delete as deleted.
     let doomed: HashSet<String> = out.versions.iter().map(|v| v.key.clone()).collect();
     out.packs = super::pieces_gc::sweep(s, min_age, apply, &doomed).await?;
+    if repack {
+        out.repack = Some(super::repack::run(s, apply).await?);
+    }
     let pending = s
         .provider
         .list_pending_uploads(s.layout.prefix())

@@ -96,8 +96,10 @@ pub(crate) async fn run(s: &Session, reference: &str, patterns: &[String]) -> Re
         let wanted: Vec<usize> = (0..manifest.files.len())
             .filter(|&i| patterns.iter().any(|p| crate::select::matches(p, &manifest.files[i].path)))
             .collect();
+        let how =
+            super::pieces_fetch::How { reuse_local: true, hash_files: accepted.as_ref().is_some_and(|a| !a.bound) };
         let (got, _) =
-            super::pieces_fetch::fetch(s, manifest, &found.version, staging.dir(), Some(&wanted), true, &shown).await?;
+            super::pieces_fetch::fetch(s, manifest, &found.version, staging.dir(), Some(&wanted), how, &shown).await?;
         staging.commit_to(&dest)?;
         let mut out = done(DownloadStatus::Downloaded, got.fetched);
         out.local_bytes = Some(got.local);

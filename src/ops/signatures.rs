@@ -31,6 +31,10 @@ pub struct Accepted {
     pub bytes: Bytes,
     /// The key that signed it (short id and where it is configured).
     pub key: String,
+    /// Whether it names the version (this tool's signatures do): it then covers every digest
+    /// of the manifest, the chunks' included. A publisher's `model_signing` signature covers
+    /// the files' digests only.
+    pub bound: bool,
 }
 
 /// Who signed a version, as the bucket says (verified against the trusted keys when any are
@@ -197,10 +201,10 @@ async fn check_version(
     for (id, bytes) in stored {
         let outcome = Bundle::parse(&bytes).and_then(|bundle| {
             let (statement, key) = bundle.verify(&s.trust.keys)?;
-            statement.check(model, version, manifest).map(|()| key.label())
+            statement.check(model, version, manifest).map(|()| (key.label(), statement.binding.is_some()))
         });
         match outcome {
-            Ok(key) => return Ok(Ok(Accepted { bytes, key })),
+            Ok((key, bound)) => return Ok(Ok(Accepted { bytes, key, bound })),
             Err(why) => reasons.push(if why.starts_with("signed by") { why } else { format!("signature {id}: {why}") }),
         }
     }

@@ -171,9 +171,16 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
     // Where `latest` points now, as a tag (a bucket of an earlier release has only manifest.json).
     let latest_tag = versions::read_tag(s, &model, &TagName::latest()).await.ok().flatten().map(|r| r.version);
 
-    if let Some(old) = latest.as_ref().filter(|_| !opts.force)
-        && unchanged(&plan, &old.manifest).await?.is_some()
-    {
+    let format = if opts.format == 0 { DEFAULT_FORMAT } else { opts.format };
+    // Format 2 reads the tree once: cutting it gives every file's sha256 too.
+    let (plan, tree) =
+        if format == FORMAT_PIECES { (None, Some(super::pieces::cut_tree(plan).await?)) } else { (Some(plan), None) };
+    let same = match (latest.as_ref().filter(|_| !opts.force), &plan, &tree) {
+        (Some(old), Some(plan), _) => unchanged(plan, &old.manifest).await?.is_some(),
+        (Some(old), None, Some(tree)) => tree.same_as(&old.manifest),
+        _ => false,
+    };
+    if let Some(old) = latest.as_ref().filter(|_| same) {
         // Nothing to upload; the version gets its object and its tags if it has none yet (a
         // model of an earlier release gets versions on its next upload).
         put_version(s, &model, &old.version, &old.bytes).await?;
@@ -189,8 +196,7 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
         return Ok(done);
     }
 
-    let format = if opts.format == 0 { DEFAULT_FORMAT } else { opts.format };
-    let (manifest, version, parts, tuning, written) = if format == FORMAT_PIECES {
+    let (manifest, version, parts, tuning, written) = if let Some(tree) = tree {
         // Every version a tag names, latest first: what the new one may reuse chunks of.
         let mut previous: Vec<versions::Found> = latest.iter().cloned().collect();
         for record in versions::list_tags(s, &model).await? {
@@ -200,13 +206,14 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
                 previous.push(found);
             }
         }
-        let stored = super::pieces::store(s, &model, plan, &previous, opts.force).await?;
+        let stored = super::pieces::store(s, &model, tree, &previous, opts.force).await?;
         let loc = s.layout.locations_key(&model, &stored.version);
         let mut manifest = stored.manifest;
         manifest.archive_size = 0;
         let written = Written { keys: vec![loc], sent: stored.sent, reused: stored.reused };
         (manifest, stored.version, stored.packs as u32, Some(stored.tuning), written)
     } else {
+        let plan = plan.expect("format 1 keeps the plan");
         let archive_key = s.layout.new_archive_key(&model, SystemTime::now(), opts.compression);
         let progress = Progress::new(s.reporter.clone(), model.as_str());
         let up =

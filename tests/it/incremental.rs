@@ -432,3 +432,40 @@ fn a_killed_download_resumes_per_piece_on_the_local_provider() {
 fn a_killed_download_resumes_per_piece_on_moto() {
     killed_download_resumes(Provider::S3);
 }
+
+/// `prune --remote --repack` reclaims packs that are mostly dead: their live chunks move to new
+/// packs, the versions naming them are rewritten (their ids unchanged), and the next sweep
+/// removes the old packs; every kept version still downloads, pinned or by tag.
+#[test]
+fn repack_reclaims_mostly_dead_packs() {
+    let (sb, bucket) = machine_with_prefix(Provider::Local, Some(""));
+    let dir = sb.src().join("Q");
+    let packs_bytes = || size_of(&Path::new(&bucket).join("_pieces/packs"));
+    // v1: a and b in one pack; v2: a replaced whole. Deleting v1 leaves half of its pack dead.
+    write_files(&dir, &[("a.bin", &noise(4 << 20, 31)), ("b.bin", &noise(4 << 20, 32))]);
+    let v1 = upload(&sb, "Q", &dir, &[]);
+    write_files(&dir, &[("a.bin", &noise(4 << 20, 33))]);
+    let v2 = upload(&sb, "Q", &dir, &[]);
+    let out = sb.cmd().args(["delete", v1["reference"].as_str().unwrap(), "--force"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(packs_bytes() >= 12 * MIB);
+
+    let dry = sb.cmd().args(["--json", "prune", "--remote", "--min-age", "0s", "--repack"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(v["repack"]["packs"], 1, "{v}");
+    assert_eq!(v["packs"]["dead_bytes"], 4 * MIB, "{v}");
+    let before = packs_bytes();
+    let out = sb.cmd().args(["prune", "--remote", "--min-age", "0s", "--repack", "--yes"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("repack: copied 4.0 MiB"), "{}", stdout(&out));
+    assert!(packs_bytes() > before, "the old pack stays until the next sweep");
+    let out = sb.cmd().args(["prune", "--remote", "--min-age", "0s", "--yes"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(packs_bytes(), 8 * MIB, "a and b once each: {}", stdout(&out));
+    for r in ["Q", v2["reference"].as_str().unwrap()] {
+        let fresh = sb.path().join(format!("fresh-{}", r.len()));
+        let got = on(&sb, &fresh, &["download", r, "-q"]);
+        assert!(got.status.success(), "{r}: {}", stderr(&got));
+        assert_eq!(tree(Path::new(&stdout(&got))), tree(&dir), "{r}");
+    }
+}

@@ -204,6 +204,26 @@ impl Printer {
                 fmt_bytes(packs.dead_bytes)
             ));
         }
+        if let Some(rp) = &r.repack {
+            let (did, reclaim) = if r.dry_run { ("would copy", "would be") } else { ("copied", "are") };
+            if rp.packs > 0 {
+                self.out(&format!(
+                    "repack: {did} {} of live chunks out of {} pack(s) at least half dead into {} new pack(s); {} {reclaim} freed by the next `prune --remote --yes`",
+                    fmt_bytes(rp.copied_bytes),
+                    rp.packs,
+                    if r.dry_run { "?".to_string() } else { rp.new_packs.to_string() },
+                    fmt_bytes(rp.reclaimable_bytes),
+                ));
+            } else {
+                self.note("repack: no pack is half dead");
+            }
+            if rp.put_back > 0 {
+                self.note(&format!(
+                    "repack: {} version(s) left on their old packs (a concurrent prune removed a new pack); run it again",
+                    rp.put_back
+                ));
+            }
+        }
         let abort = if r.dry_run { "would abort" } else { "aborted" };
         for key in &r.unfinished_uploads {
             self.out(&format!("{abort} the unfinished upload {}", safe(key)));
