@@ -36,6 +36,9 @@ pub struct RepackReport {
     pub put_back: usize,
 }
 
+/// A chunk: its digest and length.
+type Chunk = ([u8; 32], u32);
+
 /// A committed format 2 version: its locations' key and bytes, and each chunk's digest and
 /// length in order.
 struct Version {
@@ -51,7 +54,7 @@ pub(crate) async fn run(s: &Session, apply: bool) -> Result<RepackReport> {
     let keys: std::collections::HashSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
     // Every committed version's chunks, by the pack and offset its locations give.
     let mut versions: Vec<Version> = Vec::new();
-    let mut live: HashMap<String, BTreeMap<u64, ([u8; 32], u32)>> = HashMap::new();
+    let mut live: HashMap<String, BTreeMap<u64, Chunk>> = HashMap::new();
     let mut users: HashMap<String, Vec<usize>> = HashMap::new();
     for o in &objects {
         let Some(stem) = o.key.strip_suffix(".loc.json") else { continue };
@@ -170,8 +173,8 @@ pub(crate) async fn run(s: &Session, apply: bool) -> Result<RepackReport> {
 }
 
 /// Runs of consecutive chunks (each run read by one ranged GET of at most 16 MiB).
-fn runs(chunks: &BTreeMap<u64, ([u8; 32], u32)>) -> Vec<Vec<(u64, ([u8; 32], u32))>> {
-    let mut out: Vec<Vec<(u64, ([u8; 32], u32))>> = Vec::new();
+fn runs(chunks: &BTreeMap<u64, Chunk>) -> Vec<Vec<(u64, Chunk)>> {
+    let mut out: Vec<Vec<(u64, Chunk)>> = Vec::new();
     for (&offset, &chunk) in chunks {
         let joins = out.last().is_some_and(|run| {
             let (start, (last, (_, len))) = (run[0].0, run[run.len() - 1]);
