@@ -281,42 +281,17 @@ pub(crate) async fn fetch(
     let progress = Progress::new(s.reporter.clone(), label);
     progress.started(Direction::Download, out.fetched);
     let packs = Arc::new(loc.packs.clone());
-    // Range buffers are reused: a fresh 16 MiB allocation per range costs a page fault per 4 KiB.
-    let pool: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
     let result = stream::iter(requests)
         .map(|run| {
-            let (ctx, packs, progress, pool) = (ctx.clone(), packs.clone(), progress.clone(), pool.clone());
+            let (ctx, packs, progress) = (ctx.clone(), packs.clone(), progress.clone());
             async move {
                 let key = s.layout.pack_key(&packs[run[0].pack]);
                 let start = run[0].offset;
-                let end = run.last().map_or(start, |w| w.offset + w.len);
-                let got = end - start;
+                let got = run.last().map_or(start, |w| w.offset + w.len) - start;
                 if let Some(limiter) = limiter {
                     limiter.take(got).await;
                 }
-                let _holding = held.hold(got);
-                let mut body = pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop().unwrap_or_default();
-                read_range(s, &key, start, end, &mut body).await?;
-                let body = blocking(move || {
-                    for w in &run {
-                        let at = (w.offset - start) as usize;
-                        let bytes = &body[at..at + w.len as usize];
-                        if <[u8; 32]>::from(Sha256::digest(bytes)) != w.digest {
-                            return Err(Error::integrity(
-                                &key,
-                                format!("a chunk at offset {} differs from its digest in the version", w.offset),
-                                Some(hex::encode(w.digest)),
-                                Some(hex::encode(Sha256::digest(bytes))),
-                            ));
-                        }
-                        ctx.write(bytes, &w.targets)?;
-                    }
-                    Ok(body)
-                })
-                .await?;
-                pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(body);
-                progress.advanced(got);
-                Ok::<(), Error>(())
+                stream_run(s, &ctx, &key, &run, held, &progress).await
             }
         })
         .buffer_unordered(in_flight)
@@ -375,50 +350,86 @@ impl Drop for HeldGuard<'_> {
     }
 }
 
-/// One ranged read of a pack, whole, into `body` (cleared first); a read cut off midway is
-/// made again (a few times). A short or missing pack is an integrity failure.
-async fn read_range(s: &Session, key: &str, start: u64, end: u64, body: &mut Vec<u8>) -> Result<()> {
-    let mut attempt = 0;
-    loop {
+/// Reads a run of consecutive chunks of one pack by one ranged GET and writes them as the bytes
+/// arrive: each chunk is hashed on the way and written at every place it goes, and counts as
+/// done (its files may then be complete) only once its digest matched. A read cut off midway is
+/// made again from where it stopped (a few times); unverified bytes may sit in the staging
+/// file meanwhile, never in a version. A short or missing pack is an integrity failure.
+async fn stream_run(
+    s: &Session,
+    ctx: &Writer,
+    key: &str,
+    run: &[Wanted],
+    held: &Held,
+    progress: &Progress,
+) -> Result<()> {
+    let end = run.last().map_or(0, |w| w.offset + w.len);
+    let (mut idx, mut done, mut hasher, mut attempt) = (0usize, 0u64, Sha256::new(), 0);
+    'read: loop {
         attempt += 1;
-        body.clear();
-        body.reserve((end - start) as usize);
-        let failed = match s.provider.get(key, GetRange::Bounded(start..end)).await {
-            Ok(mut stream) => {
-                let mut failed = None;
-                while let Some(part) = stream.next().await {
-                    match part {
-                        Ok(part) => body.extend_from_slice(&part),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
-                failed
-            }
+        let from = run[idx].offset + done;
+        let mut stream = match s.provider.get(key, GetRange::Bounded(from..end)).await {
+            Ok(stream) => stream,
             Err(e) if e.kind == crate::provider::ProviderErrorKind::NotFound => {
                 return Err(Error::integrity(key, "a pack the version names is missing from the bucket", None, None));
             }
             Err(e) => return Err(Error::from_provider(format!("reading {key}"), e)),
         };
-        match failed {
-            Some(e) if e.kind == crate::provider::ProviderErrorKind::Transport && attempt < 4 => {
-                tracing::info!(%key, attempt, "a ranged read of a pack was cut off; reading it again");
-                continue;
-            }
-            Some(e) => return Err(Error::from_provider(format!("reading {key}"), e)),
-            None => {}
+        while let Some(part) = stream.next().await {
+            let part = match part {
+                Ok(part) => part,
+                Err(e) if e.kind == crate::provider::ProviderErrorKind::Transport && attempt < 4 => {
+                    tracing::info!(%key, attempt, "a ranged read of a pack was cut off; reading on from where it stopped");
+                    continue 'read;
+                }
+                Err(e) => return Err(Error::from_provider(format!("reading {key}"), e)),
+            };
+            let _holding = held.hold(part.len() as u64);
+            let mut data: &[u8] = &part;
+            in_place(|| {
+                while !data.is_empty() {
+                    let Some(w) = run.get(idx) else {
+                        return Err(Error::integrity(key, "the pack answered more bytes than asked", None, None));
+                    };
+                    let take = data.len().min((w.len - done) as usize);
+                    hasher.update(&data[..take]);
+                    ctx.put(&data[..take], &w.targets, done)?;
+                    done += take as u64;
+                    data = &data[take..];
+                    if done == w.len {
+                        let digest: [u8; 32] = hasher.finalize_reset().into();
+                        if digest != w.digest {
+                            return Err(Error::integrity(
+                                key,
+                                format!("a chunk at offset {} differs from its digest in the version", w.offset),
+                                Some(hex::encode(w.digest)),
+                                Some(hex::encode(digest)),
+                            ));
+                        }
+                        ctx.chunk_done(&w.targets)?;
+                        progress.advanced(w.len);
+                        (idx, done) = (idx + 1, 0);
+                    }
+                }
+                Ok(())
+            })?;
         }
-        if body.len() as u64 != end - start {
-            return Err(Error::integrity(
-                key,
-                format!("the pack answered {} bytes for a range of {}", body.len(), end - start),
-                None,
-                None,
-            ));
+        if idx < run.len() {
+            if attempt < 4 {
+                continue 'read;
+            }
+            return Err(Error::integrity(key, "the pack answered fewer bytes than asked", None, None));
         }
         return Ok(());
+    }
+}
+
+/// Runs blocking file work on this worker, telling a multi-threaded runtime so (it moves other
+/// tasks away); on a current-thread runtime it just runs.
+fn in_place<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
@@ -436,9 +447,24 @@ impl Writer {
     /// Writes a verified chunk at each target; a file whose last chunk this was is hashed whole,
     /// given its mode and entered into the blob store.
     fn write(&self, bytes: &[u8], targets: &[(usize, u64)]) -> Result<()> {
+        self.put(bytes, targets, 0)?;
+        self.chunk_done(targets)
+    }
+
+    /// Writes part of a chunk, `skip` bytes into it, at each of its places (not yet verified).
+    fn put(&self, bytes: &[u8], targets: &[(usize, u64)], skip: u64) -> Result<()> {
         for &(i, at) in targets {
-            let path = || self.staging.join(&self.manifest.files[i].path);
-            self.files[&i].write_all_at(bytes, at).map_err(|e| Error::io("cannot write", &path(), e))?;
+            self.files[&i]
+                .write_all_at(bytes, at + skip)
+                .map_err(|e| Error::io("cannot write", &self.staging.join(&self.manifest.files[i].path), e))?;
+        }
+        Ok(())
+    }
+
+    /// A chunk written whole and verified at each of its places: a file whose last chunk it was
+    /// is complete.
+    fn chunk_done(&self, targets: &[(usize, u64)]) -> Result<()> {
+        for &(i, _) in targets {
             if self.remaining[&i].fetch_sub(1, Ordering::SeqCst) == 1 {
                 self.finish(i)?;
             }

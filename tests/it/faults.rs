@@ -202,6 +202,28 @@ fn downloads_resume_after_a_stalled_connection() {
     assert_eq!(proxy.injected(), 1);
 }
 
+/// Bucket format 2: a ranged read of a pack cut off or stalled midway reads on from where it
+/// stopped, and the model arrives whole and verified.
+#[test]
+fn format_2_downloads_resume_after_resets_and_stalls() {
+    let endpoint = require_env("CROWECODE_TEST_S3_ENDPOINT");
+    let mut sb = sandbox();
+    sb.env("CROWECODE_UPLOAD_FORMAT", "2");
+    let (bucket, model) = seeded(&sb, &endpoint);
+    let proxy = Proxy::start(&endpoint, Fault::ResetAfter(3 << 20), 4, true);
+    download_through(&proxy, &sb, &bucket, &model);
+    assert_eq!(proxy.injected(), 4, "every planned reset happened");
+    let sb = {
+        let mut again = sandbox();
+        again.env("CROWECODE_UPLOAD_FORMAT", "2");
+        again
+    };
+    let (bucket, model) = seeded(&sb, &endpoint);
+    let proxy = Proxy::start(&endpoint, Fault::StallAfter(2 << 20), 1, true);
+    download_through(&proxy, &sb, &bucket, &model);
+    assert_eq!(proxy.injected(), 1);
+}
+
 #[test]
 fn uploads_retry_parts_after_connection_resets() {
     let endpoint = require_env("CROWECODE_TEST_S3_ENDPOINT");
