@@ -151,7 +151,7 @@ pub(crate) async fn fetch(
         );
     }
     let offsets = Arc::new(offsets);
-    let good: HashMap<usize, std::collections::HashSet<usize>> = {
+    let mut good: HashMap<usize, std::collections::HashSet<usize>> = {
         stream::iter(in_place)
             .map(|i| {
                 let (manifest, staging, offsets) = (manifest.clone(), staging.clone(), offsets.clone());
@@ -163,6 +163,23 @@ pub(crate) async fn fetch(
     };
     for (&i, js) in &good {
         out.local += js.iter().map(|&j| u64::from(manifest.files[i].chunks[j].1)).sum::<u64>();
+    }
+    // An empty file's one chunk is empty: nothing to read (a range of no bytes is no request).
+    let empty: [u8; 32] = Sha256::digest([]).into();
+    for &i in open.keys() {
+        for (j, (sha, len)) in manifest.files[i].chunks.iter().enumerate() {
+            if *len == 0 {
+                if digest_bytes(sha) != empty {
+                    return Err(Error::integrity(
+                        &manifest.files[i].path,
+                        "the version gives an empty chunk a digest that is not the empty one's",
+                        Some(hex::encode(empty)),
+                        Some(sha.to_string()),
+                    ));
+                }
+                good.entry(i).or_default().insert(j);
+            }
+        }
     }
     let remaining: Arc<HashMap<usize, AtomicUsize>> = Arc::new(
         open.keys()

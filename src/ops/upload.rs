@@ -171,7 +171,12 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
     // Where `latest` points now, as a tag (a bucket of an earlier release has only manifest.json).
     let latest_tag = versions::read_tag(s, &model, &TagName::latest()).await.ok().flatten().map(|r| r.version);
 
-    let format = if opts.format == 0 { DEFAULT_FORMAT } else { opts.format };
+    // Compression is of archives: asking for it asks for format 1.
+    let format = match opts.format {
+        0 if opts.compression != Compression::None => FORMAT_VERSION,
+        0 => DEFAULT_FORMAT,
+        f => f,
+    };
     // Format 2 reads the tree once: cutting it gives every file's sha256 too.
     let (plan, tree) =
         if format == FORMAT_PIECES { (None, Some(super::pieces::cut_tree(plan).await?)) } else { (Some(plan), None) };

@@ -40,7 +40,10 @@ fn n(v: &serde_json::Value, field: &str) -> u64 {
 /// A model of three 3 MiB shards, a config and a tokenizer in a subdirectory.
 fn small_model(root: &Path) -> PathBuf {
     let dir = root.join("Alpha");
-    write_files(&dir, &[("config.json", b"{\"layers\": 32}\n"), ("sub/tokenizer.json", b"{\"vocab\": 1}\n")]);
+    write_files(
+        &dir,
+        &[("config.json", b"{\"layers\": 32}\n"), ("sub/tokenizer.json", b"{\"vocab\": 1}\n"), ("sub/empty", b"")],
+    );
     for i in 0..3u64 {
         write_files(&dir, &[(&format!("model-{i}.safetensors"), &noise(3 << 20, 40 + i))]);
     }
