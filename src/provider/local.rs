@@ -192,10 +192,28 @@ impl Provider for LocalProvider {
             if !start.is_dir() {
                 return Ok(out);
             }
-            for entry in walkdir::WalkDir::new(&start).sort_by_file_name() {
-                let entry = entry.map_err(|e| {
-                    ProviderError::new(ProviderErrorKind::Other, format!("listing {}: {e}", start.display()))
-                })?;
+            // Only directories that can hold a key with the prefix are walked (listing
+            // `_pieces/pruning` must not walk every pack's directory).
+            let could_hold = |e: &walkdir::DirEntry| {
+                if e.depth() == 0 || !e.file_type().is_dir() {
+                    return true;
+                }
+                let Some(rel) = e.path().strip_prefix(&this.root).ok().and_then(|r| r.to_str()) else { return false };
+                let dir = format!("{rel}/");
+                prefix.starts_with(&dir) || dir.starts_with(&prefix)
+            };
+            for entry in walkdir::WalkDir::new(&start).sort_by_file_name().into_iter().filter_entry(could_hold) {
+                let entry = match entry {
+                    Ok(entry) => entry,
+                    // Removed by a concurrent delete while it was walked: not there.
+                    Err(e) if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) => continue,
+                    Err(e) => {
+                        return Err(ProviderError::new(
+                            ProviderErrorKind::Other,
+                            format!("listing {}: {e}", start.display()),
+                        ));
+                    }
+                };
                 if !entry.file_type().is_file() {
                     continue;
                 }
@@ -206,8 +224,11 @@ impl Provider for LocalProvider {
                     continue;
                 };
                 if key.starts_with(&prefix) && !key.split('/').any(|s| s.starts_with(".crowecode-")) {
-                    let m =
-                        entry.metadata().map_err(|e| ProviderError::new(ProviderErrorKind::Other, e.to_string()))?;
+                    let m = match entry.metadata() {
+                        Ok(m) => m,
+                        Err(e) if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) => continue,
+                        Err(e) => return Err(ProviderError::new(ProviderErrorKind::Other, e.to_string())),
+                    };
                     out.push(meta_for(key, &m));
                 }
             }
