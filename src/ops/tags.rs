@@ -403,13 +403,17 @@ async fn delete_listed(s: &Session, model: &ModelName, keys: Vec<String>, left_a
         s.delete_key(&key).await?;
         out.keys.push(key);
     }
-    // A tag moved meanwhile onto a version deleted above names nothing now: it goes too.
+    // A tag moved meanwhile onto a version deleted above names nothing now: it goes too, and
+    // so does a manifest.json an upload wrote meanwhile for such a version.
     for record in versions::list_tags(s, model).await? {
         if versions::missing_part(s, model, &record.version).await?.is_some() {
             let key = s.layout.tag_key(model, &record.tag);
             s.delete_key(&key).await?;
             out.keys.push(key);
         }
+    }
+    if versions::remove_dangling_alias(s, model).await? {
+        out.keys.push(s.layout.manifest_key(model));
     }
     let archives = s.layout.archives_prefix(model);
     let pending = s

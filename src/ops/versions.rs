@@ -308,12 +308,46 @@ pub(crate) async fn write_alias(s: &Session, model: &ModelName) -> Result<()> {
             return Ok(());
         }
         match s.provider.put(&key, found.bytes.clone(), mode).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => {
+                // A `delete --all` may have deleted the version between the read of the tag and
+                // this write: like a tag move, the alias is checked after the sweep's window.
+                if sweep_running(s, &s.layout.sweep_markers(model)).await? {
+                    wait_out_sweep(
+                        s,
+                        model.as_str(),
+                        format!("a `delete --all` is deleting in {model}"),
+                        "manifest.json",
+                    )
+                    .await;
+                }
+                remove_dangling_alias(s, model).await?;
+                return Ok(());
+            }
             Err(e) if e.kind == ProviderErrorKind::Precondition => continue,
             Err(e) => return Err(Error::from_provider(format!("writing {key}"), e)),
         }
     }
     Ok(())
+}
+
+/// Deletes `manifest.json` when the version it names can no longer be read whole (its archive,
+/// or in format 2 its locations, deleted): what readers of 0.1.0 and a bucket without a
+/// `latest` tag would otherwise be sent to. Returns whether it did.
+pub(crate) async fn remove_dangling_alias(s: &Session, model: &ModelName) -> Result<bool> {
+    let Some(found) = legacy(s, model).await.ok().flatten() else { return Ok(false) };
+    let part = if found.manifest.is_pieces() {
+        s.layout.locations_key(model, &found.version)
+    } else {
+        s.layout.archive_key(&found.manifest)
+    };
+    match s.provider.head(&part).await {
+        Ok(_) => Ok(false),
+        Err(e) if e.kind == ProviderErrorKind::NotFound => {
+            s.delete_key(&s.layout.manifest_key(model)).await?;
+            Ok(true)
+        }
+        Err(e) => Err(Error::from_provider(format!("reading {part}"), e)),
+    }
 }
 
 pub(crate) fn now_rfc3339() -> String {
