@@ -29,6 +29,8 @@ use crate::transfer::tuning::Tuning;
 
 /// The largest ranged read of a pack: runs of consecutive chunks are read together up to this.
 pub const RANGE: u64 = 16 << 20;
+/// Ranged reads in flight at most (what format 1's downloads reach on a long link).
+const MAX_RANGES: usize = 16;
 
 /// What making a format 2 version cost.
 #[derive(Clone, Debug, Default)]
@@ -271,9 +273,11 @@ pub(crate) async fn fetch(
 
     // The rest from the packs: runs of consecutive chunks of a pack in one ranged read.
     let budget = s.transfer.max_memory.unwrap_or(crate::transfer::tuning::DEFAULT_MAX_MEMORY);
-    // Two ranges fit the memory budget at least; a range holds one chunk (up to 2 MiB) at least.
+    // A range is written as it arrives, but a store may hand it over in frames as large as the
+    // range (a directory does): so as many are in flight as the budget holds whole, at most 16.
+    // On a link that carries a slice per connection, a larger --max-memory fills more of it.
     let range = (budget / 2).clamp(crate::chunk::MAX as u64, RANGE);
-    let in_flight = (budget / range).clamp(1, 16) as usize;
+    let in_flight = ((budget / range) as usize).clamp(1, MAX_RANGES);
     let in_flight = s.transfer.concurrency.map_or(in_flight, |c| c.clamp(1, in_flight));
     let mut chunks: Vec<Wanted> = remote.into_values().collect();
     chunks.sort_by_key(|w| (w.pack, w.offset));
@@ -303,12 +307,7 @@ pub(crate) async fn fetch(
             let (ctx, packs, progress) = (ctx.clone(), packs.clone(), progress.clone());
             async move {
                 let key = s.layout.pack_key(&packs[run[0].pack]);
-                let start = run[0].offset;
-                let got = run.last().map_or(start, |w| w.offset + w.len) - start;
-                if let Some(limiter) = limiter {
-                    limiter.take(got).await;
-                }
-                stream_run(s, &ctx, &key, &run, held, &progress).await
+                stream_run(s, &ctx, &key, &run, held, limiter.as_ref(), &progress).await
             }
         })
         .buffer_unordered(in_flight)
@@ -332,10 +331,7 @@ pub(crate) async fn fetch(
         reached: in_flight,
         memory_budget: budget,
         peak_held: Some(held.peak()),
-        why: format!(
-            "format 2: ranges of up to {} MiB over packs, {in_flight} at once (the memory budget's)",
-            range >> 20
-        ),
+        why: format!("format 2: ranges of up to {} MiB over packs, {in_flight} at once", range >> 20),
     };
     Ok((out, tuning))
 }
@@ -378,6 +374,7 @@ async fn stream_run(
     key: &str,
     run: &[Wanted],
     held: &Held,
+    limiter: Option<&crate::transfer::RateLimiter>,
     progress: &Progress,
 ) -> Result<()> {
     let end = run.last().map_or(0, |w| w.offset + w.len);
@@ -401,6 +398,9 @@ async fn stream_run(
                 }
                 Err(e) => return Err(Error::from_provider(format!("reading {key}"), e)),
             };
+            if let Some(limiter) = limiter {
+                limiter.take(part.len() as u64).await;
+            }
             let _holding = held.hold(part.len() as u64);
             let mut data: &[u8] = &part;
             in_place(|| {
