@@ -55,31 +55,46 @@ pub fn plan(files: &[Vec<Piece>], have: &HashSet<[u8; 32]>, max_pack: u64) -> Ve
 }
 
 fn close(files: &[Vec<Piece>], chunks: Vec<ChunkRef>, size: u64) -> PlannedPack {
+    let id = pack_id(chunks.iter().map(|c| &files[c.file][c.piece].sha256));
+    PlannedPack { id, chunks, size }
+}
+
+/// A pack's id: the sha256 of its chunks' digests, in order.
+pub fn pack_id<'a>(digests: impl IntoIterator<Item = &'a [u8; 32]>) -> [u8; 32] {
     let mut h = Sha256::new();
-    for c in &chunks {
-        h.update(files[c.file][c.piece].sha256);
+    for d in digests {
+        h.update(d);
     }
-    PlannedPack { id: h.finalize().into(), chunks, size }
+    h.finalize().into()
 }
 
 /// How many ranged GETs read `chunks` (each `(pack index, offset, length)`, in the order they
 /// are needed) when runs of consecutive chunks of one pack are read together, in ranges of at
 /// most `range` bytes: what a fresh machine's download costs in requests.
 pub fn range_requests(chunks: &[(usize, u64, u64)], range: u64) -> usize {
-    let mut requests = 0;
-    let mut open: Option<(usize, u64, u64)> = None; // pack, start, end of the range being built
-    for &(pack, offset, len) in chunks {
-        match open {
-            Some((p, start, end)) if p == pack && end == offset && offset + len - start <= range => {
+    runs(chunks.to_vec(), |c| *c, range).len()
+}
+
+/// `items` (chunks in the order they are read, each at `place(item)`: pack index, offset and
+/// length) grouped into runs that one ranged read of at most `range` bytes covers: consecutive
+/// chunks of one pack, back to back.
+pub fn runs<T>(items: Vec<T>, place: impl Fn(&T) -> (usize, u64, u64), range: u64) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = Vec::new();
+    let mut open: Option<(usize, u64, u64)> = None; // pack, start, end of the run being built
+    for item in items {
+        let (pack, offset, len) = place(&item);
+        match (open, out.last_mut()) {
+            (Some((p, start, end)), Some(run)) if p == pack && end == offset && offset + len - start <= range => {
                 open = Some((p, start, offset + len));
+                run.push(item);
             }
             _ => {
-                requests += 1;
                 open = Some((pack, offset, offset + len));
+                out.push(vec![item]);
             }
         }
     }
-    requests
+    out
 }
 
 /// The bytes of `pack`, read from the files it was planned from (`paths[i]` holds `files[i]`),

@@ -224,15 +224,14 @@ pub(crate) async fn store(
 /// and [`pack::MAX_PACK`]. At the default budget, 32 MiB: a 60 GB model goes up in about 1,800
 /// PUTs.
 pub(crate) fn pack_size(s: &Session) -> u64 {
-    let budget = s.transfer.max_memory.unwrap_or(crate::transfer::tuning::DEFAULT_MAX_MEMORY);
-    (budget / 5).clamp(crate::chunk::MAX as u64, pack::MAX_PACK)
+    (crate::transfer::tuning::memory_budget(&s.transfer) / 5).clamp(crate::chunk::MAX as u64, pack::MAX_PACK)
 }
 
+/// What to do when a file changed while it was being uploaded.
+const CHANGED_HINT: &str = "nothing was committed; upload again once the model directory is no longer being written";
+
 fn changed(path: &std::path::Path) -> Error {
-    Error::other(
-        format!("{} changed while it was being uploaded", path.display()),
-        Some("nothing was committed; upload again once the model directory is no longer being written".into()),
-    )
+    Error::other(format!("{} changed while it was being uploaded", path.display()), Some(CHANGED_HINT.into()))
 }
 
 /// Sends the planned packs, create-only (a pack of that id already there holds the same
@@ -245,7 +244,7 @@ async fn send_packs(
     mode: PutMode,
     progress: &Progress,
 ) -> Result<crate::transfer::tuning::Tuning> {
-    let budget = s.transfer.max_memory.unwrap_or(crate::transfer::tuning::DEFAULT_MAX_MEMORY);
+    let budget = crate::transfer::tuning::memory_budget(&s.transfer);
     let in_flight = s.transfer.concurrency.unwrap_or(usize::MAX).min((budget / pack_size(s)).max(1) as usize).max(1);
     let limiter = crate::transfer::RateLimiter::new(s.transfer.limit_rate);
     let limiter = &limiter;
@@ -259,10 +258,8 @@ async fn send_packs(
                 let size = p.size;
                 let body = blocking(move || {
                     pack::assemble(&p, &paths, &pieces).map_err(|e| match e.kind() {
-                        std::io::ErrorKind::InvalidData => Error::other(
-                            e.to_string(),
-                            Some("nothing was committed; upload again once the model directory is no longer being written".into()),
-                        ),
+                        // `assemble` says which file changed.
+                        std::io::ErrorKind::InvalidData => Error::other(e.to_string(), Some(CHANGED_HINT.into())),
                         _ => Error::other(format!("cannot read the model: {e}"), None),
                     })
                 })
@@ -314,7 +311,32 @@ pub(crate) async fn packs_survive(s: &Session, model: &ModelName, version: &Vers
         )
         .await;
     }
-    let missing: Vec<String> = stream::iter(loc.packs.iter().cloned())
+    let missing = missing_packs(s, loc).await?;
+    let loc_key = s.layout.locations_key(model, version);
+    let loc_there = match s.provider.head(&loc_key).await {
+        Ok(_) => true,
+        Err(e) if e.kind == ProviderErrorKind::NotFound => false,
+        Err(e) => return Err(Error::from_provider(format!("reading {loc_key}"), e)),
+    };
+    if missing.is_empty() && loc_there {
+        return Ok(());
+    }
+    let missing = if missing.is_empty() { vec![loc_key.clone()] } else { missing };
+    let _ = s.provider.delete(&s.layout.version_key(model, version)).await;
+    let _ = s.provider.delete(&loc_key).await;
+    Err(Error::Conflict {
+        message: format!(
+            "{model}: a `prune --remote` running at the same time deleted {} pack(s) this upload reuses (first: {}); the new version was removed again",
+            missing.len(),
+            missing[0]
+        ),
+        hint: Some(format!("run the upload of {model} again: it sends what is missing")),
+    })
+}
+
+/// The keys of the packs `loc` names that are not in the bucket (one HEAD each, 16 at once).
+pub(crate) async fn missing_packs(s: &Session, loc: &Locations) -> Result<Vec<String>> {
+    stream::iter(loc.packs.iter().cloned())
         .map(|id| async move {
             let key = s.layout.pack_key(&id);
             match s.provider.head(&key).await {
@@ -326,27 +348,7 @@ pub(crate) async fn packs_survive(s: &Session, model: &ModelName, version: &Vers
         .buffer_unordered(16)
         .try_filter_map(|k| async move { Ok(k) })
         .try_collect()
-        .await?;
-    let loc_key = s.layout.locations_key(model, version);
-    let loc_there = match s.provider.head(&loc_key).await {
-        Ok(_) => true,
-        Err(e) if e.kind == ProviderErrorKind::NotFound => false,
-        Err(e) => return Err(Error::from_provider(format!("reading {loc_key}"), e)),
-    };
-    if missing.is_empty() && loc_there {
-        return Ok(());
-    }
-    let missing = if missing.is_empty() { vec![loc_key] } else { missing };
-    let _ = s.provider.delete(&s.layout.version_key(model, version)).await;
-    let _ = s.provider.delete(&s.layout.locations_key(model, version)).await;
-    Err(Error::Conflict {
-        message: format!(
-            "{model}: a `prune --remote` running at the same time deleted {} pack(s) this upload reuses (first: {}); the new version was removed again",
-            missing.len(),
-            missing[0]
-        ),
-        hint: Some(format!("run the upload of {model} again: it sends what is missing")),
-    })
+        .await
 }
 
 /// `_pieces/files/<sha256>.json`: where the chunks of a file of that sha256 are, so that the

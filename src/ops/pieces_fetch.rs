@@ -272,7 +272,7 @@ pub(crate) async fn fetch(
     }
 
     // The rest from the packs: runs of consecutive chunks of a pack in one ranged read.
-    let budget = s.transfer.max_memory.unwrap_or(crate::transfer::tuning::DEFAULT_MAX_MEMORY);
+    let budget = crate::transfer::tuning::memory_budget(&s.transfer);
     // A range is written as it arrives, but a store may hand it over in frames as large as the
     // range (a directory does): so as many are in flight as the budget holds whole, at most 16.
     // On a link that carries a slice per connection, a larger --max-memory fills more of it.
@@ -281,20 +281,7 @@ pub(crate) async fn fetch(
     let in_flight = s.transfer.concurrency.map_or(in_flight, |c| c.clamp(1, in_flight));
     let mut chunks: Vec<Wanted> = remote.into_values().collect();
     chunks.sort_by_key(|w| (w.pack, w.offset));
-    let mut requests: Vec<Vec<Wanted>> = Vec::new();
-    for w in chunks {
-        match requests.last_mut() {
-            Some(run)
-                if run[0].pack == w.pack && {
-                    let last = run.last().expect("a run is never empty");
-                    last.offset + last.len == w.offset && w.offset + w.len - run[0].offset <= range
-                } =>
-            {
-                run.push(w)
-            }
-            _ => requests.push(vec![w]),
-        }
-    }
+    let requests = crate::pack::runs(chunks, |w| (w.pack, w.offset, w.len), range);
     out.fetched = requests.iter().flatten().map(|w| w.len).sum();
     out.requests = requests.len();
     let limiter = crate::transfer::RateLimiter::new(s.transfer.limit_rate);

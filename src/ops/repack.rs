@@ -110,7 +110,8 @@ pub(crate) async fn run(s: &Session, apply: bool) -> Result<RepackReport> {
     let mut current_chunks: Vec<((String, u64), [u8; 32], u64)> = Vec::new();
     for (old, _) in &candidates {
         let key = s.layout.pack_key(old);
-        for run in runs(&live[old]) {
+        let chunks: Vec<(u64, Chunk)> = live[old].iter().map(|(&o, &c)| (o, c)).collect();
+        for run in crate::pack::runs(chunks, |(o, (_, len))| (0, *o, u64::from(*len)), super::pieces_fetch::RANGE) {
             let start = run[0].0;
             let end = run.last().map_or(start, |(o, (_, len))| o + u64::from(*len));
             let body = read(s, &key, start, end).await?;
@@ -172,23 +173,6 @@ pub(crate) async fn run(s: &Session, apply: bool) -> Result<RepackReport> {
     Ok(out)
 }
 
-/// Runs of consecutive chunks (each run read by one ranged GET of at most 16 MiB).
-fn runs(chunks: &BTreeMap<u64, Chunk>) -> Vec<Vec<(u64, Chunk)>> {
-    let mut out: Vec<Vec<(u64, Chunk)>> = Vec::new();
-    for (&offset, &chunk) in chunks {
-        let joins = out.last().is_some_and(|run| {
-            let (start, (last, (_, len))) = (run[0].0, run[run.len() - 1]);
-            last + u64::from(len) == offset && offset + u64::from(chunk.1) - start <= super::pieces_fetch::RANGE
-        });
-        if joins {
-            out.last_mut().expect("a run").push((offset, chunk));
-        } else {
-            out.push(vec![(offset, chunk)]);
-        }
-    }
-    out
-}
-
 async fn read(s: &Session, key: &str, start: u64, end: u64) -> Result<Vec<u8>> {
     use futures::StreamExt as _;
     let mut stream = s.provider.get(key, GetRange::Bounded(start..end)).await.map_err(|e| match e.kind {
@@ -216,11 +200,7 @@ async fn flush(
     if chunks.is_empty() {
         return Ok(());
     }
-    let mut h = Sha256::new();
-    for (_, digest, _) in chunks.iter() {
-        h.update(digest);
-    }
-    let id = hex::encode(h.finalize());
+    let id = hex::encode(crate::pack::pack_id(chunks.iter().map(|(_, digest, _)| digest)));
     let key = s.layout.pack_key(&id);
     match s.provider.put(&key, Bytes::from(std::mem::take(current)), PutMode::Create).await {
         Ok(_) => {}
@@ -243,13 +223,5 @@ async fn survived(s: &Session, loc_key: &str, loc: &Locations) -> Result<bool> {
         versions::wait_out_sweep(s, label, "a `prune --remote` is removing unused packs".into(), "every new pack")
             .await;
     }
-    for id in &loc.packs {
-        let key = s.layout.pack_key(id);
-        match s.provider.head(&key).await {
-            Ok(_) => {}
-            Err(e) if e.kind == ProviderErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(Error::from_provider(format!("reading {key}"), e)),
-        }
-    }
-    Ok(true)
+    Ok(super::pieces::missing_packs(s, loc).await?.is_empty())
 }
