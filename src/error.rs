@@ -178,6 +178,11 @@ pub enum Error {
     #[error("{message}")]
     Conflict { message: String, hint: Option<String> },
 
+    /// The COMMAND given to `run` could not be started: 127 when there is no such command, 126
+    /// when it is not executable (as a shell says).
+    #[error("{message}")]
+    CommandNotRunnable { message: String, hint: String, code: i32 },
+
     /// Stopped by SIGINT (exit 130) or SIGTERM (exit 143), after cleaning up.
     #[error("interrupted by {signal}{cleanup}")]
     Interrupted { signal: &'static str, code: i32, cleanup: String },
@@ -246,7 +251,7 @@ impl Error {
             Self::Network { .. } => exit::NETWORK,
             Self::Io { .. } | Self::Provider { .. } | Self::Other { .. } => exit::FAILURE,
             Self::Conflict { .. } => exit::CONFLICT,
-            Self::Interrupted { code, .. } => *code,
+            Self::Interrupted { code, .. } | Self::CommandNotRunnable { code, .. } => *code,
         }
     }
 
@@ -258,7 +263,7 @@ impl Error {
             | Self::Access { hint, .. }
             | Self::Other { hint, .. }
             | Self::Conflict { hint, .. } => hint.clone(),
-            Self::Signature { hint, .. } => Some(hint.clone()),
+            Self::Signature { hint, .. } | Self::CommandNotRunnable { hint, .. } => Some(hint.clone()),
             Self::NotConfigured { .. } => Some(
                 "run `crowecode-cloud setup --provider s3 --bucket NAME`, or set CROWECODE_CLOUD_CONFIG_B64".into(),
             ),

@@ -10,6 +10,7 @@ References are the CLI's: ``"Alpha"`` (= ``"Alpha:latest"``), ``"Alpha:prod"``, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,7 +20,7 @@ import subprocess
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, NoReturn, Optional, Sequence, Union
 
 __all__ = [
     "CloudError",
@@ -233,16 +234,51 @@ def _run(args: Sequence[str], *, progress: bool = True, env: Optional[Mapping[st
         answer = json.loads(text) if text else {}
     except json.JSONDecodeError:
         answer = {"error": text or "crowecode-cloud printed no answer"}
-    if proc.returncode in (130, 143):
-        raise KeyboardInterrupt
     if proc.returncode != 0:
-        errors = answer.get("errors") if isinstance(answer, dict) else None
-        if errors:
-            first = errors[0]
-            raise _error({"error": f"{first.get('model')}: {first.get('error')}", "hint": first.get("hint")},
-                         int(first.get("exit_code", proc.returncode)))
-        raise _error(answer if isinstance(answer, dict) else {}, proc.returncode)
+        _raise_for(answer if isinstance(answer, dict) else {}, proc.returncode)
     return answer
+
+
+def _read_json(proc: "subprocess.Popen[bytes]") -> Any:
+    """The one JSON object ``proc`` prints on stdout, read as it arrives (the process goes on);
+    ``None`` if stdout ends first."""
+    assert proc.stdout is not None
+    text = b""
+    for line in proc.stdout:
+        text += line
+        try:
+            return json.loads(text.decode("utf-8", "replace"))
+        except json.JSONDecodeError:
+            continue
+    return None
+
+
+def _raise_for(answer: Mapping[str, Any], code: int) -> NoReturn:
+    """Raises the error a failed command reported (its first model's, when it names one)."""
+    if code in (130, 143):
+        raise KeyboardInterrupt
+    errors = answer.get("errors")
+    if errors:
+        first = errors[0]
+        raise _error({"error": f"{first.get('model')}: {first.get('error')}", "hint": first.get("hint")},
+                     int(first.get("exit_code", code)))
+    raise _error(answer, code)
+
+
+def _end(proc: "subprocess.Popen[bytes]") -> None:
+    """Ends a ``run`` holding a version: its stdin closes, and it exits."""
+    try:
+        if proc.stdin is not None:
+            proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def _downloaded(d: Mapping[str, Any]) -> Downloaded:
@@ -288,6 +324,44 @@ class CloudManager:
             args.append("--offline")
         answer = self._call(args, progress)
         return _downloaded(answer["models"][0])
+
+    @contextlib.contextmanager
+    def use(self, reference: str, *, offline: bool = False, progress: Optional[bool] = None,
+            require_signature: Optional[bool] = None) -> Iterator[str]:
+        """Makes the version ``reference`` names ready, and holds it in use for the ``with`` block:
+        no ``prune`` on this machine removes it meanwhile. Yields its directory::
+
+            with manager.use("Alpha:prod") as path:
+                serve(path)
+
+        The hold is a lock of a ``crowecode-cloud run`` process that this block keeps open; it
+        ends with the block, or with this process however it ends."""
+        show = self.progress if progress is None else progress
+        args = [_binary(), "--json"] + ([] if show else ["--no-progress"]) + ["run", reference]
+        if self.require_signature if require_signature is None else require_signature:
+            args.append("--require-signature")
+        if offline:
+            args.append("--offline")
+        if self.concurrency:
+            args += ["--concurrency", str(self.concurrency)]
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=None if show else subprocess.DEVNULL, env=self.env)
+        assert proc.stdout is not None and proc.stdin is not None
+        try:
+            answer = _read_json(proc)
+            if answer is None or proc.poll() is not None:
+                # It ended: a failure (its answer says which), or it could not hold the version.
+                proc.wait()
+                _raise_for(answer if isinstance(answer, dict) else {}, proc.returncode or 1)
+            assert isinstance(answer, dict)
+            path = str(answer["models"][0]["path"])
+        except BaseException:
+            _end(proc)
+            raise
+        try:
+            yield path
+        finally:
+            _end(proc)
 
     def download_model_from_cloud(self, name: str, **options: Any) -> str:
         """Downloads ``name`` (any reference) and returns its ready directory."""

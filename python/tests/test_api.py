@@ -247,3 +247,35 @@ def test_ctrl_c_stops_a_download_cleanly_and_raises_keyboard_interrupt(home: Pat
     cache = home / "cache" / "crowecode"
     assert not (cache / "models" / "Alpha").exists(), "nothing installed"
     assert not any((cache / ".staging").iterdir()), "staging removed"
+
+
+def _prune_max_size_zero() -> "subprocess.CompletedProcess[str]":
+    return subprocess.run([BIN, "--json", "prune", "--max-size", "0"], capture_output=True, text=True)
+
+
+def test_use_holds_the_version_against_prune_for_the_block(home: Path) -> None:
+    setup("--provider", "local", "--bucket", str(home / "bucket"))
+    mgr = CloudManager(progress=False)
+    src = make_model(home / "src", "Gamma")
+    mgr.upload_model_to_cloud("Gamma:prod", src)
+    with mgr.use("Gamma:prod") as path:
+        assert tree(Path(path)) == tree(src)
+        held = _prune_max_size_zero()
+        assert held.returncode == 8, held.stderr
+        report = json.loads(held.stdout)
+        assert [h["path"] for h in report["held"]] == [path]
+        assert report["held"][0]["holders"], "the holding process is named"
+        # Still whole after the prune: every file reads as uploaded.
+        assert tree(Path(path)) == tree(src)
+    freed = _prune_max_size_zero()
+    assert freed.returncode == 0, freed.stderr
+    assert [p["path"] for p in json.loads(freed.stdout)["local"]] == [path]
+    assert not Path(path).exists()
+    # A failure inside the block ends the hold too; a missing model raises before it.
+    with pytest.raises(RuntimeError):
+        with mgr.use("Gamma:prod") as again:
+            raise RuntimeError(again)
+    assert _prune_max_size_zero().returncode == 0
+    with pytest.raises(ModelNotFoundError):
+        with mgr.use("Nobody"):
+            pass

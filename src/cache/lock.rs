@@ -1,7 +1,8 @@
-//! The cache's two per-model locks (`flock`, released by the kernel when a process dies):
+//! The cache's locks (`flock`, released by the kernel when a process dies): per model,
 //! `<Model>.lock`, held by whoever installs or removes versions of the model (one download per
 //! machine), and `<Model>.use`, held shared while a ready version is handed out and exclusively
-//! while one is removed.
+//! while one is removed; per version, `<Model>@<id>.hold`, held shared for as long as a version
+//! is in use (`run`, Python's `use`), which `prune` tests before it removes the version.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -9,6 +10,40 @@ use std::path::{Path, PathBuf};
 use super::Cache;
 use crate::error::{Error, Result};
 use crate::names::ModelName;
+
+/// A version held in use: `prune` leaves it alone while this lives. A shared `flock` on
+/// `.locks/<version dir name>.hold`, so the kernel ends the hold when the process dies, however
+/// it dies; the descriptor is close-on-exec, so a child process does not inherit it.
+#[derive(Debug)]
+pub struct Hold {
+    path: PathBuf,
+    _file: File,
+}
+
+impl Hold {
+    /// The version directory held.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A process that holds a version in use, as the kernel reports it (`/proc/locks`).
+#[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    /// Its command name (`/proc/<pid>/comm`), when readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.command {
+            Some(c) => write!(f, "pid {} ({c})", self.pid),
+            None => write!(f, "pid {}", self.pid),
+        }
+    }
+}
 
 /// An exclusive per-model lock; released on drop (and by the kernel if the process dies).
 #[derive(Debug)]
@@ -103,12 +138,98 @@ impl Cache {
         Ok(Some(version))
     }
 
+    /// Holds `version_dir` of `model` in use if it is complete, marked as used: `prune` will not
+    /// remove it while the returned [`Hold`] lives. `None` if it is not (or no longer) complete.
+    /// Taken under the model's use lock, shared, so a prune is never halfway through removing
+    /// what is held.
+    pub fn hold(&self, model: &ModelName, version_dir: &Path) -> Result<Option<Hold>> {
+        if !self.root.join(".locks").is_dir() {
+            return Ok(None);
+        }
+        let (path, file) = self.use_lock_file(model)?;
+        file.lock_shared().map_err(|e| Error::io("cannot lock", &path, e))?;
+        let hold_path = self.hold_path(version_dir);
+        let hold = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&hold_path)
+            .map_err(|e| Error::io("cannot open lock file", &hold_path, e))?;
+        // Never waits: only a prune takes it exclusively, and only under the use lock.
+        hold.lock_shared().map_err(|e| Error::io("cannot lock", &hold_path, e))?;
+        if !self.is_complete(version_dir) {
+            return Ok(None);
+        }
+        self.touch(version_dir);
+        Ok(Some(Hold { path: version_dir.to_path_buf(), _file: hold }))
+    }
+
+    /// `.locks/<version dir name>.hold`.
+    fn hold_path(&self, version_dir: &Path) -> PathBuf {
+        let name = version_dir.file_name().unwrap_or_default().to_string_lossy();
+        self.root.join(".locks").join(format!("{name}.hold"))
+    }
+
+    /// For a prune, with the model's use lock held exclusively: `Ok(guard)` when nobody holds
+    /// `version_dir` (the guard keeps it so until the version is gone), `Err(holders)` when
+    /// somebody does.
+    pub(super) fn claim_unheld(&self, version_dir: &Path) -> Result<std::result::Result<Option<File>, Vec<Holder>>> {
+        let path = self.hold_path(version_dir);
+        let file = match File::options().write(true).open(&path) {
+            Ok(f) => f,
+            // Never held since the cache was made: nobody can take it now (the use lock).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ok(None)),
+            Err(e) => return Err(Error::io("cannot open lock file", &path, e)),
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(Ok(Some(file))),
+            Err(fs::TryLockError::WouldBlock) => Ok(Err(holders(&path))),
+            Err(fs::TryLockError::Error(e)) => Err(Error::io("cannot lock", &path, e)),
+        }
+    }
+
+    /// Removes a removed version's hold file (under the model's use lock, exclusively, and the
+    /// hold itself: nobody else has it open).
+    pub(super) fn forget_hold(&self, version_dir: &Path) {
+        let _ = fs::remove_file(self.hold_path(version_dir));
+    }
+
     /// The model's use lock, exclusively: no reader is handing out one of its versions.
     pub(super) fn lock_use_exclusive(&self, model: &ModelName) -> Result<ModelLock> {
         let (path, file) = self.use_lock_file(model)?;
         file.lock().map_err(|e| Error::io("cannot lock", &path, e))?;
         Ok(ModelLock { model: model.clone(), _file: file })
     }
+}
+
+/// The processes holding a `flock` on `path`, from `/proc/locks` (empty where that is not
+/// readable: the version is still reported as held).
+fn holders(path: &Path) -> Vec<Holder> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = fs::metadata(path) else { return Vec::new() };
+    let Ok(locks) = fs::read_to_string("/proc/locks") else { return Vec::new() };
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    let wanted = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    let mut out: Vec<Holder> = Vec::new();
+    for line in locks.lines() {
+        // `1: FLOCK  ADVISORY  READ  1234 08:01:5678 0 EOF` (`->` marks a waiter).
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&"FLOCK") || fields.contains(&"->") {
+            continue;
+        }
+        let (Some(pid), Some(id)) = (fields.get(4), fields.get(5)) else { continue };
+        if !id.eq_ignore_ascii_case(&wanted) {
+            continue;
+        }
+        // 0: a process in a PID namespace this one cannot see (another container's).
+        let Ok(pid @ 1..) = pid.parse::<u32>() else { continue };
+        if out.iter().any(|h| h.pid == pid) {
+            continue;
+        }
+        let command = fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|c| c.trim().to_string());
+        out.push(Holder { pid, command });
+    }
+    out
 }
 
 #[cfg(test)]

@@ -38,8 +38,8 @@ mod prune;
 mod verify;
 
 pub use install::{Acquired, Resume, Staging};
-pub use lock::ModelLock;
-pub use prune::{PruneOptions, PruneOutcome, Pruned};
+pub use lock::{Hold, Holder, ModelLock};
+pub use prune::{Held, PruneOptions, PruneOutcome, Pruned};
 pub use verify::VerifyReport;
 
 const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n# This file is a cache directory tag created by crowecode-cloud.\n# For information about cache directory tags see https://bford.info/cachedir/\n";

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{Cache, CachedVersion, remove_file_if_present, remove_tree, tree_size};
+use super::{Cache, CachedVersion, Holder, remove_file_if_present, remove_tree, tree_size};
 use crate::error::Result;
 use crate::names::ModelName;
 
@@ -22,6 +22,19 @@ pub struct Pruned {
     pub reason: &'static str,
 }
 
+/// A version `prune` would have removed but left alone, because a process holds it in use
+/// (`run`, Python's `use`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Held {
+    pub model: ModelName,
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// Why it would have gone: `not current`, `over --max-size` or `old selection`.
+    pub reason: &'static str,
+    /// Who holds it, as the kernel reports (empty where `/proc/locks` cannot be read).
+    pub holders: Vec<Holder>,
+}
+
 /// What `prune` did in the cache.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PruneOutcome {
@@ -29,6 +42,11 @@ pub struct PruneOutcome {
     pub removed: Vec<Pruned>,
     /// Models left alone because a download of them was in progress.
     pub skipped: Vec<ModelName>,
+    /// Versions left alone because they are in use.
+    pub held: Vec<Held>,
+    /// With `max_size`: the bytes the cache still takes when that is more than `max_size`
+    /// (versions in use, or models being downloaded, could not go).
+    pub over_max_size: Option<u64>,
 }
 
 /// What `prune` should do in the cache.
@@ -48,8 +66,8 @@ pub struct PruneOptions {
 impl Cache {
     /// Removes cached versions that are not current (beyond `keep` per model), selections of
     /// old versions, then whole models, least recently used first, while the cache is larger
-    /// than `max_size`. A model whose lock is held (a download in progress) is left alone.
-    /// Blocking.
+    /// than `max_size`. A model whose lock is held (a download in progress) is left alone, and
+    /// so is a version held in use ([`Cache::hold`]). Blocking.
     pub fn prune(&self, opts: &PruneOptions) -> Result<PruneOutcome> {
         use std::collections::BTreeMap;
         let wanted = |m: &ModelName| opts.models.is_empty() || opts.models.contains(m);
@@ -61,6 +79,7 @@ impl Cache {
         let mut kept: Vec<(ModelName, PathBuf, u64)> = Vec::new();
         let mut locks = Vec::new();
         let mut skipped = Vec::new();
+        let mut held = Vec::new();
         for (model, mut versions) in by_model {
             let Some(lock) = self.try_lock(&model)? else {
                 tracing::info!(%model, "in use by a download; not pruned");
@@ -81,8 +100,23 @@ impl Cache {
                     kept.push((model.clone(), v.path, bytes));
                     continue;
                 }
-                if !opts.dry_run {
-                    self.remove_version(&v.path)?;
+                match self.claim_unheld(&v.path)? {
+                    Err(holders) => {
+                        held.push(Held {
+                            model: model.clone(),
+                            path: v.path.clone(),
+                            bytes,
+                            reason: "not current",
+                            holders,
+                        });
+                        kept.push((model.clone(), v.path, bytes));
+                        continue;
+                    }
+                    Ok(_guard) if !opts.dry_run => {
+                        self.remove_version(&v.path)?;
+                        self.forget_hold(&v.path);
+                    }
+                    Ok(_) => {}
                 }
                 out.push(Pruned { model: model.clone(), path: v.path, bytes, reason: "not current" });
             }
@@ -98,17 +132,28 @@ impl Cache {
                         continue;
                     }
                     let bytes = tree_size(&entry.path());
-                    if !opts.dry_run {
-                        remove_tree(&entry.path())?;
+                    match self.claim_unheld(&entry.path())? {
+                        Err(holders) => {
+                            let reason = "old selection";
+                            held.push(Held { model: model.clone(), path: entry.path(), bytes, reason, holders });
+                            continue;
+                        }
+                        Ok(_guard) if !opts.dry_run => {
+                            remove_tree(&entry.path())?;
+                            self.forget_hold(&entry.path());
+                        }
+                        Ok(_) => {}
                     }
                     out.push(Pruned { model: model.clone(), path: entry.path(), bytes, reason: "old selection" });
                 }
             }
             locks.push((model, lock, use_lock));
         }
+        let mut over_max_size = None;
         if let Some(max) = opts.max_size {
             let mut total: u64 = kept.iter().map(|k| k.2).sum();
-            // Least recently used models first; a model goes whole (link, then its versions).
+            // Least recently used models first; a model goes whole (link, then its versions),
+            // but for the versions held in use (and the link, when it names one of them).
             let mut models: Vec<ModelName> = kept.iter().map(|k| k.0.clone()).collect();
             models.dedup();
             models.sort_by_key(|m| kept.iter().filter(|k| &k.0 == m).map(|k| self.last_used(&k.1)).max());
@@ -116,21 +161,39 @@ impl Cache {
                 if total <= max {
                     break;
                 }
-                if !opts.dry_run {
+                let mut free = Vec::new();
+                for (_, path, bytes) in kept.iter().filter(|k| k.0 == model) {
+                    match self.claim_unheld(path)? {
+                        Ok(guard) => free.push((path, *bytes, guard)),
+                        Err(holders) => {
+                            if !held.iter().any(|h| &h.path == path) {
+                                let reason = "over --max-size";
+                                held.push(Held {
+                                    model: model.clone(),
+                                    path: path.clone(),
+                                    bytes: *bytes,
+                                    reason,
+                                    holders,
+                                });
+                            }
+                        }
+                    }
+                }
+                let current = self.current(&model)?;
+                if !opts.dry_run && current.as_ref().is_none_or(|c| free.iter().any(|f| f.0 == c)) {
                     remove_file_if_present(&self.link_path(&model))?;
                 }
-                for (_, path, bytes) in kept.iter().filter(|k| k.0 == model) {
+                for (path, bytes, _guard) in free {
                     if !opts.dry_run {
                         self.remove_version(path)?;
+                        self.forget_hold(path);
                     }
-                    total = total.saturating_sub(*bytes);
-                    out.push(Pruned {
-                        model: model.clone(),
-                        path: path.clone(),
-                        bytes: *bytes,
-                        reason: "over --max-size",
-                    });
+                    total = total.saturating_sub(bytes);
+                    out.push(Pruned { model: model.clone(), path: path.clone(), bytes, reason: "over --max-size" });
                 }
+            }
+            if total > max {
+                over_max_size = Some(total);
             }
         }
         if !opts.dry_run {
@@ -138,6 +201,6 @@ impl Cache {
             self.remove_unused_blobs();
         }
         drop(locks);
-        Ok(PruneOutcome { removed: out, skipped })
+        Ok(PruneOutcome { removed: out, skipped, held, over_max_size })
     }
 }

@@ -327,6 +327,35 @@ pub(super) enum Command {
         #[command(flatten)]
         transfer: TransferArgs,
     },
+    /// Run a command on models made ready (as download), holding them in use while it runs
+    #[command(after_help = "\
+{} in COMMAND's arguments is the model's directory (one REF), {Alpha} or {Alpha:prod} name one of
+several; CROWECODE_MODEL_PATH (the first REF) and CROWECODE_MODEL_PATH_<MODEL> are set.
+While COMMAND runs, no prune removes these versions; the hold ends with this process, however it
+ends (COMMAND gets SIGTERM if this process is killed). SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1,
+SIGUSR2 and SIGWINCH are passed on; the exit code is COMMAND's (128+N if signal N ended it), or
+this tool's own when a model could not be made ready (127/126: COMMAND cannot be started).
+As a container's PID 1 it reaps orphaned processes.
+Without COMMAND: prints the paths, holds them until standard input ends.
+
+Examples:
+  crowecode-cloud run Alpha:prod -- vllm serve {}
+  crowecode-cloud run Alpha Beta -- python serve.py --model {Alpha} --draft {Beta}")]
+    Run {
+        /// Model references (Alpha, Alpha:prod, Alpha@<version>)
+        #[arg(required = true, value_name = "REF")]
+        models: Vec<String>,
+        /// No request to the bucket: a version from the cache, a tag as this machine last resolved it
+        #[arg(long)]
+        offline: bool,
+        #[command(flatten)]
+        require: RequireArgs,
+        #[command(flatten)]
+        transfer: TransferArgs,
+        /// The command to run, after --
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<std::ffi::OsString>,
+    },
     /// Free space: cached versions that are not current, or with --remote unreferenced archives
     #[command(
         after_help = "In the cache: keeps --keep versions per model (the current one first), removes selections of\nold versions, then with --max-size evicts least recently used models. A model being downloaded\nis left alone.\nWith --remote: lists versions no tag points at (keeping each tag's previous one, the --keep newest\nand any younger than --min-age) and the archives no kept version references; deletes them only\nwith --yes."

@@ -241,6 +241,17 @@ async fn run(cli: Cli) -> i32 {
             () = sigterm => (exit::SIGTERM, "SIGTERM"),
         }
     };
+    if let Command::Run { models, offline, command, .. } = &cli.command {
+        // Signals are the child's once it runs; until then they interrupt as above.
+        let code = match run_command(models, *offline, command, &ctx, &printer, interrupted).await {
+            Ok(code) => code,
+            Err(e) => {
+                printer.error(&e);
+                e.exit_code()
+            }
+        };
+        return code;
+    }
     // The command's future is dropped when this select! ends, before any cleanup below.
     let outcome = tokio::select! {
         r = dispatch(&cli.command, &ctx, &printer) => Ok(r),
@@ -265,6 +276,40 @@ async fn run(cli: Cli) -> i32 {
         }
     };
     if code == exit::OK && printer.stdout_failed() { exit::FAILURE } else { code }
+}
+
+/// `run`: makes the references ready and holds them (interruptible like `download`), then runs
+/// COMMAND, or without one waits for standard input to end; the holds end on return.
+async fn run_command(
+    models: &[String],
+    offline: bool,
+    command: &[std::ffi::OsString],
+    ctx: &Context,
+    printer: &Printer,
+    interrupted: impl std::future::Future<Output = (i32, &'static str)>,
+) -> crate::Result<i32> {
+    let opts = crate::manager::DownloadOptions { offline, ..Default::default() };
+    let ready = tokio::select! {
+        r = commands::run::prepare(ctx, models, &opts) => r?,
+        (code, name) = interrupted => {
+            return Err(Error::Interrupted { signal: name, code, cleanup: String::new() });
+        }
+    };
+    if !ready.batch.errors.is_empty() || command.is_empty() {
+        // Without COMMAND, the paths on stdout (as `download`), held until stdin ends.
+        printer.downloads(&ready.batch);
+        if ready.batch.errors.is_empty() {
+            commands::run::wait_for_stdin_end().await;
+        }
+        return Ok(ready.batch.exit_code());
+    }
+    printer.download_notes(&ready.batch);
+    let references = commands::run::valid_references(models);
+    let paths: Vec<_> = ready.batch.models.iter().map(|d| (d.model.clone(), d.path.clone())).collect();
+    let (words, env) = commands::run::command_line(&references, &paths, command)?;
+    let code = commands::run::supervise(&words, &env).await?;
+    drop(ready.holds);
+    Ok(code)
 }
 
 fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> crate::Result<Context> {
@@ -303,7 +348,7 @@ fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> crate::Res
         None => Cache::default_root(&*env)?,
     };
     let transfer = match &cli.command {
-        Command::Upload { transfer, .. } | Command::Download { transfer, .. } => {
+        Command::Upload { transfer, .. } | Command::Download { transfer, .. } | Command::Run { transfer, .. } => {
             let size = |flag: Option<u64>, var: &str| match flag {
                 Some(v) => Ok(Some(v)),
                 None => env(var).map(|v| parse_size(&v).map_err(|e| env_error(var, &e))).transpose(),
@@ -344,7 +389,9 @@ fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> crate::Res
         | Command::Sign { sign, .. }
         | Command::Tag { sign, .. }
         | Command::Rollback { sign, .. } => (Some(sign), false),
-        Command::Download { require, .. } | Command::Verify { require, .. } => (None, require.require_signature),
+        Command::Download { require, .. } | Command::Verify { require, .. } | Command::Run { require, .. } => {
+            (None, require.require_signature)
+        }
         _ => (None, false),
     };
     let trust = crate::signing::TrustSources {
@@ -504,6 +551,8 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
             printer.downloads(&batch);
             Ok(batch.exit_code())
         }
+        // Handled in `run` before this.
+        Command::Run { .. } => Ok(exit::OK),
         Command::Prune { models, keep, max_size, remote, min_age, yes, dry_run, repack } => {
             let opts = commands::prune::Options {
                 models: models.clone(),
@@ -517,7 +566,9 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
             };
             let report = commands::prune::run(ctx, &opts).await?;
             printer.prune(&report);
-            Ok(exit::OK)
+            // --max-size not met because versions are in use: a conflict with the processes
+            // using them, which the report names; it can be met once they end.
+            Ok(if report.over_max_size.is_some() { exit::CONFLICT } else { exit::OK })
         }
         // Answered in `main` before any of this is set up.
         Command::Completions { .. } | Command::Man | Command::Keygen { .. } => Ok(exit::OK),

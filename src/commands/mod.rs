@@ -18,6 +18,7 @@ use crate::transfer::TransferOptions;
 pub mod download;
 pub mod list;
 pub mod prune;
+pub mod run;
 pub mod setup;
 pub mod status;
 pub mod upload;

@@ -44,6 +44,13 @@ pub struct Report {
     pub repack: Option<crate::ops::repack::RepackReport>,
     /// Models left alone because they were being downloaded.
     pub skipped: Vec<ModelName>,
+    /// Cached versions left alone because a process holds them in use (`run`, Python's `use`),
+    /// with who holds them.
+    pub held: Vec<crate::cache::Held>,
+    /// With `--max-size`: the bytes the cache still takes when that is over the limit (versions
+    /// in use or being downloaded could not go); the command then exits 8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub over_max_size: Option<u64>,
     /// With `--remote`: models left alone because their manifest could not be read.
     pub unreadable: Vec<ModelName>,
     /// Bytes really freed (0 on a dry run).
@@ -73,6 +80,8 @@ pub async fn run(ctx: &Context, opts: &Options) -> Result<Report> {
             packs: Some(out.packs),
             repack: out.repack,
             skipped: Vec::new(),
+            held: Vec::new(),
+            over_max_size: None,
             unreadable: out.skipped,
             freed_bytes: if apply { would_free_bytes } else { 0 },
             would_free_bytes,
@@ -93,6 +102,8 @@ pub async fn run(ctx: &Context, opts: &Options) -> Result<Report> {
         packs: None,
         repack: None,
         skipped: out.skipped,
+        held: out.held,
+        over_max_size: out.over_max_size,
         unreadable: Vec::new(),
         freed_bytes: if opts.dry_run { 0 } else { would_free_bytes },
         would_free_bytes,

@@ -246,6 +246,7 @@ pub(crate) async fn whole_version(
     };
     let path = staging.commit(&manifest, &name, link)?;
     let mut done = finish(path, DownloadStatus::Downloaded, transferred)?;
+    tuning.log(&model);
     done.tuning = Some(tuning);
     if let Some(got) = pieces {
         done.requests = Some(got.requests);

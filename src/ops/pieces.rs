@@ -285,6 +285,7 @@ async fn send_packs(
         limit: in_flight,
         reached: in_flight.min(planned.len().max(1)),
         memory_budget: budget,
+        memory_source: crate::transfer::tuning::memory_source(&s.transfer),
         peak_held: None,
         why: format!(
             "format 2: packs of up to {} MiB, {in_flight} in flight within {} MiB",

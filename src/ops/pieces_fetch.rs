@@ -317,6 +317,7 @@ pub(crate) async fn fetch(
         limit: in_flight,
         reached: in_flight,
         memory_budget: budget,
+        memory_source: crate::transfer::tuning::memory_source(&s.transfer),
         peak_held: Some(held.peak()),
         why: format!("format 2: ranges of up to {} MiB over packs, {in_flight} at once", range >> 20),
     };

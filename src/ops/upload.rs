@@ -280,6 +280,9 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
         versions::write_alias(s, &model).await?;
     }
     let done = Uploaded::of(&manifest, &version, UploadStatus::Uploaded, tags, parts, started);
+    if let Some(t) = &tuning {
+        t.log(&manifest.model);
+    }
     Ok(Uploaded { signed_by, tuning, sent: written.sent, reused: written.reused, ..done })
 }
 

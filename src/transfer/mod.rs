@@ -8,6 +8,7 @@ use crate::progress::{Direction, Event, Reporter};
 use crate::provider::{Limits, Provider};
 
 mod download;
+pub mod memory;
 pub mod tuning;
 mod upload;
 

@@ -62,6 +62,9 @@ pub struct Tuning {
     pub reached: usize,
     /// The most bytes of ranges or parts in memory at once (`--max-memory`).
     pub memory_budget: u64,
+    /// Where the budget came from: `--max-memory`, the built-in default, or the container's
+    /// cgroup memory limit (see [`super::memory`]).
+    pub memory_source: String,
     /// For a download: the most bytes it held received and not yet written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_held: Option<u64>,
@@ -69,13 +72,35 @@ pub struct Tuning {
     pub why: String,
 }
 
+impl Tuning {
+    /// What was chosen and why, for `-v`.
+    pub fn log(&self, model: &crate::names::ModelName) {
+        tracing::debug!(
+            %model,
+            "memory budget {} ({}); {}",
+            mib(self.memory_budget),
+            self.memory_source,
+            self.why
+        );
+    }
+}
+
 fn mib(n: u64) -> String {
     format!("{} MiB", n >> 20)
 }
 
-/// The memory budget of a transfer (`--max-memory`, at least 1 MiB).
+/// The memory budget of a transfer (`--max-memory`, at least 1 MiB); without it the default,
+/// sized from the container's memory limit where there is one ([`super::memory`]).
 pub fn memory_budget(opts: &TransferOptions) -> u64 {
-    opts.max_memory.unwrap_or(DEFAULT_MAX_MEMORY).max(1 << 20)
+    opts.max_memory.unwrap_or_else(|| super::memory::default_memory().bytes).max(1 << 20)
+}
+
+/// Where [`memory_budget`] came from.
+pub fn memory_source(opts: &TransferOptions) -> String {
+    match opts.max_memory {
+        Some(_) => "--max-memory".into(),
+        None => super::memory::default_memory().source.clone(),
+    }
 }
 
 /// The plan of a download of `size` bytes from a bucket worth at most `max_reads` reads in flight
@@ -115,7 +140,16 @@ pub fn download_plan(opts: &TransferOptions, size: u64, max_reads: Option<usize>
         _ => (start, limit, why),
     };
     let why = format!("{why}; at most {} received ahead of the writer", mib(held_budget(budget, part, limit)));
-    Tuning { part_size: part, start, limit, reached: start, memory_budget: budget, peak_held: None, why }
+    Tuning {
+        part_size: part,
+        start,
+        limit,
+        reached: start,
+        memory_budget: budget,
+        memory_source: memory_source(opts),
+        peak_held: None,
+        why,
+    }
 }
 
 /// The bytes a download may hold received ahead of its writer with `in_flight` ranges of `part`

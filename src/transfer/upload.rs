@@ -244,6 +244,7 @@ pub async fn upload_archive(
         limit: concurrency,
         reached: concurrency,
         memory_budget: super::tuning::memory_budget(opts),
+        memory_source: super::tuning::memory_source(opts),
         peak_held: None,
         why,
     };

@@ -112,6 +112,9 @@ impl Sandbox {
             .env("AWS_SHARED_CREDENTIALS_FILE", self.path().join("no-aws-credentials"))
             .env("CROWECODE_MAX_ATTEMPTS", "3")
             .env("CROWECODE_RETRY_BACKOFF", "0.05")
+            // No cgroup memory limit, whatever the machine has: outputs (`tuning`) are the same
+            // everywhere. `in_use.rs` gives fake cgroup trees of its own.
+            .env("CROWECODE_CGROUP_ROOT", self.path().join("no-cgroup"))
             .current_dir(self.path());
         for (k, v) in &self.extra {
             c.env(k, v);

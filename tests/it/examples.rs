@@ -1,5 +1,5 @@
 //! The examples stay true: YAML parses, the Kubernetes Secret's config is one the tool accepts,
-//! and the container entrypoint downloads and then execs the server.
+//! and the container entrypoint makes the model ready and then runs the server on it.
 
 use std::path::{Path, PathBuf};
 
@@ -68,8 +68,9 @@ fn the_kubernetes_secret_holds_a_config_the_tool_accepts() {
     assert_eq!(resolved.config.prefix, "crowecode-models/");
 }
 
+/// The image's ENTRYPOINT, as the Dockerfile gives it, run with `docker run`'s arguments.
 #[test]
-fn the_docker_entrypoint_downloads_then_execs_the_server() {
+fn the_docker_entrypoint_makes_the_model_ready_then_runs_the_server_on_it() {
     let sb = Sandbox::new();
     let alpha = make_model(&sb.src(), "Alpha", 51);
     sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
@@ -81,11 +82,13 @@ fn the_docker_entrypoint_downloads_then_execs_the_server() {
     let b64 = base64::engine::general_purpose::STANDARD.encode(config.to_string());
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_crowecode-cloud")).parent().unwrap();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
-    let entrypoint = repo().join("examples/docker/entrypoint.sh");
+    let dockerfile = std::fs::read_to_string(repo().join("examples/docker/Dockerfile")).unwrap();
+    let line = dockerfile.lines().find_map(|l| l.strip_prefix("ENTRYPOINT ")).expect("an ENTRYPOINT");
+    let entrypoint: Vec<String> = serde_json::from_str(line).expect("the exec form");
 
     let run = |args: &[&str]| {
-        std::process::Command::new("sh")
-            .arg(&entrypoint)
+        std::process::Command::new(&entrypoint[0])
+            .args(&entrypoint[1..])
             .args(args)
             .env_clear()
             .env("PATH", &path)
@@ -95,7 +98,15 @@ fn the_docker_entrypoint_downloads_then_execs_the_server() {
             .output()
             .unwrap()
     };
-    let out = run(&["Alpha", "--", "sh", "-c", "echo serving && ls \"$CROWECODE_HOME/models/Alpha\""]);
+    let out = run(&[
+        "Alpha",
+        "--",
+        "sh",
+        "-c",
+        "echo serving && ls \"$1\" && test \"$1\" = \"$CROWECODE_MODEL_PATH\"",
+        "sh",
+        "{}",
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("serving") && stdout.contains("config.json"), "{stdout}");

@@ -15,6 +15,7 @@ mod faults;
 mod gcs;
 mod hardening;
 mod hostile;
+mod in_use;
 mod incremental;
 mod mirror;
 mod review2;

@@ -70,6 +70,18 @@ impl Printer {
 
     /// Output of `download`: paths on stdout, one per line.
     pub fn downloads(&self, batch: &Batch<Downloaded>) {
+        self.download_notes(batch);
+        if self.json {
+            self.json_out(batch);
+        } else {
+            for d in &batch.models {
+                self.out(&d.path.display().to_string());
+            }
+        }
+    }
+
+    /// The lines on stderr about each download, and its errors; nothing on stdout.
+    pub fn download_notes(&self, batch: &Batch<Downloaded>) {
         for d in &batch.models {
             let who = safe(&d.reference);
             // What a user may copy into a reference: the version id; the archive digest is only
@@ -118,13 +130,6 @@ impl Printer {
             }
         }
         self.model_errors(batch);
-        if self.json {
-            self.json_out(batch);
-        } else {
-            for d in &batch.models {
-                self.out(&d.path.display().to_string());
-            }
-        }
     }
 
     fn progress_line(&self, model: &str, t: &Transfer) {

@@ -231,6 +231,27 @@ impl Printer {
         for m in &r.skipped {
             self.note(&format!("{m}: left alone, a download of it is in progress"));
         }
+        for h in &r.held {
+            let by = if h.holders.is_empty() {
+                String::new()
+            } else {
+                format!(" by {}", h.holders.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "))
+            };
+            self.note(&format!(
+                "{}: left alone ({}, {}), in use{by}: {}",
+                h.model,
+                h.reason,
+                fmt_bytes(h.bytes),
+                h.path.display()
+            ));
+        }
+        if let Some(left) = r.over_max_size {
+            self.err_line(&format!(
+                "error: the cache still takes {} after pruning, over --max-size: versions in use or being downloaded could not go",
+                fmt_bytes(left)
+            ));
+            self.err_line("hint: they can go once the processes using them end; run prune again then");
+        }
         for m in &r.unreadable {
             self.note(&format!("{m}: left alone, its manifest cannot be read (see the warning above)"));
         }
