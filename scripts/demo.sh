@@ -95,5 +95,27 @@ echo "exit code $code (6 = refused); models/Demo still points at $(readlink "$CR
 run crowecode-cloud download "$SIGNED"
 unset CROWECODE_TRUSTED_KEYS CROWECODE_REQUIRE_SIGNATURE
 
+step "a server under run: prune leaves the version it uses, and says who holds it"
+crowecode-cloud run Demo:prod -- sh -c 'echo "serving $CROWECODE_MODEL_PATH"; sleep 3' &
+SERVER=$!
+sleep 1
+set +e
+crowecode-cloud prune --max-size 0
+code=$?
+set -e
+echo "exit code $code (8 = --max-size not met: a version is in use)"
+[ "$code" = 8 ]
+wait "$SERVER"
+run crowecode-cloud prune --max-size 0
+
+step "copy to a directory (a disk carried to a site without internet), and install from it there"
+run crowecode-cloud copy Demo:prod --to "file://$WORK/disk"
+run crowecode-cloud copy Demo:prod --to "file://$WORK/disk"
+echo "at the site, a machine of its own (its own config and cache), set up on the disk with the defaults:"
+site() { XDG_CONFIG_HOME="$WORK/site-config" CROWECODE_HOME="$WORK/site-cache" "$BIN" "$@"; }
+site setup --provider local --bucket "$WORK/disk" >/dev/null
+SITE=$(site download Demo:prod)
+run diff -r "$(crowecode-cloud download Demo:prod -q)" "$SITE" && echo "the site has the same bytes"
+
 step "done"
 echo "bucket: $WORK/bucket   cache: $CROWECODE_HOME   (removed on exit)"

@@ -16,6 +16,7 @@ use crate::provider::{self, Provider, RetryPolicy};
 use crate::reference::TagName;
 use crate::transfer::TransferOptions;
 
+pub use crate::ops::copy::{Copied, CopiedTag, CopiedVersion, CopyOptions, Traffic as CopyTraffic};
 pub use crate::ops::download::{DownloadOptions, DownloadStatus, Downloaded};
 pub use crate::ops::list::RemoteModel;
 pub use crate::ops::prune_remote::{RemotePruneOutcome, RemotePruned};
@@ -234,6 +235,17 @@ impl CloudManager {
     /// The version a reference (`Alpha`, `Alpha:prod`, `Alpha@sha256:…`) names now, pinned.
     pub async fn resolve(&self, reference: &str) -> Result<Resolution> {
         ops::tags::resolve(&self.session, reference).await
+    }
+
+    /// Copies the versions `reference` names (with their pieces and signatures) into the bucket
+    /// of `dest`, then moves the tags asked for there (see [`crate::ops::copy`]).
+    pub async fn copy_to(&self, dest: &CloudManager, reference: &str, opts: &CopyOptions) -> Result<Copied> {
+        ops::copy::copy(&self.session, &dest.session, reference, opts).await
+    }
+
+    /// Where models live: `s3://bucket/prefix/`, a directory, ….
+    pub fn location(&self) -> String {
+        self.session.config.location()
     }
 
     /// Points `tags` at the version `reference` names; with `if_current`, only tags that point

@@ -349,12 +349,13 @@ class CloudManager:
         assert proc.stdout is not None and proc.stdin is not None
         try:
             answer = _read_json(proc)
-            if answer is None or proc.poll() is not None:
-                # It ended: a failure (its answer says which), or it could not hold the version.
+            models = answer.get("models") if isinstance(answer, dict) else None
+            if not models:
+                # A failure (its answer says which): the process ends without holding anything.
                 proc.wait()
                 _raise_for(answer if isinstance(answer, dict) else {}, proc.returncode or 1)
-            assert isinstance(answer, dict)
-            path = str(answer["models"][0]["path"])
+            assert isinstance(models, list)
+            path = str(models[0]["path"])
         except BaseException:
             _end(proc)
             raise

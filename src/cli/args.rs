@@ -327,6 +327,54 @@ pub(super) enum Command {
         #[command(flatten)]
         transfer: TransferArgs,
     },
+    /// Copy versions, with their pieces, signatures and tags, to another bucket or a directory
+    #[command(after_help = "\
+DEST: s3://bucket/prefix/, gs://bucket/prefix/, az://account/container/prefix/, file:///dir (a
+local-provider bucket: a disk to carry to an air-gapped site), a config file, or a
+CROWECODE_CLOUD_CONFIG_B64 value. A URL without a path after the bucket (and a file:// URL) gets
+setup's default prefix, crowecode-models/ (--to-prefix sets another).
+At DEST, pieces are written first, then the version, its signatures, then tags by compare-and-swap:
+a reader there sees the old state or the new. Only what DEST lacks is sent; run again after a
+failure, it finishes. Between buckets of one S3 endpoint, objects are copied inside the service.
+
+Examples:
+  crowecode-cloud copy Alpha:prod --to s3://models-eu/crowecode-models/ --to-region eu-west-1
+  crowecode-cloud copy Alpha --all-versions --tags --to file:///mnt/disk")]
+    Copy {
+        /// References: Alpha (latest, moved at DEST too), Alpha:prod (the tag moves too), Alpha@<version>
+        #[arg(required = true, value_name = "REF")]
+        models: Vec<String>,
+        /// Where to: a URL, a config file or a config string (see below)
+        #[arg(long, value_name = "DEST")]
+        to: String,
+        /// DEST's endpoint (S3-compatible stores, emulators)
+        #[arg(long, value_name = "URL")]
+        to_endpoint: Option<String>,
+        /// DEST's region (S3)
+        #[arg(long, value_name = "REGION")]
+        to_region: Option<String>,
+        /// DEST's prefix, overriding the URL's ("" for none)
+        #[arg(long, value_name = "PREFIX")]
+        to_prefix: Option<String>,
+        /// S3 DEST: the AWS profile (~/.aws/config, ~/.aws/credentials) whose credentials write
+        /// it, when they are not the source's
+        #[arg(long, value_name = "NAME")]
+        to_profile: Option<String>,
+        /// Every version of each model, not only the one REF names
+        #[arg(long)]
+        all_versions: bool,
+        /// Every tag pointing at a version copied
+        #[arg(long)]
+        tags: bool,
+        /// Say what would be sent, and how many bytes; write nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Sign the tags moved at DEST (a signed tag claim is bound to where it was signed)
+        #[command(flatten)]
+        sign: SignArgs,
+        #[command(flatten)]
+        transfer: TransferArgs,
+    },
     /// Run a command on models made ready (as download), holding them in use while it runs
     #[command(after_help = "\
 {} in COMMAND's arguments is the model's directory (one REF), {Alpha} or {Alpha:prod} name one of

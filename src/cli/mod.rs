@@ -348,7 +348,10 @@ fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> crate::Res
         None => Cache::default_root(&*env)?,
     };
     let transfer = match &cli.command {
-        Command::Upload { transfer, .. } | Command::Download { transfer, .. } | Command::Run { transfer, .. } => {
+        Command::Upload { transfer, .. }
+        | Command::Download { transfer, .. }
+        | Command::Run { transfer, .. }
+        | Command::Copy { transfer, .. } => {
             let size = |flag: Option<u64>, var: &str| match flag {
                 Some(v) => Ok(Some(v)),
                 None => env(var).map(|v| parse_size(&v).map_err(|e| env_error(var, &e))).transpose(),
@@ -386,6 +389,7 @@ fn build_context(cli: &Cli, env: EnvReader, printer: Arc<Printer>) -> crate::Res
     }
     let (sign, require) = match &cli.command {
         Command::Upload { sign, .. }
+        | Command::Copy { sign, .. }
         | Command::Sign { sign, .. }
         | Command::Tag { sign, .. }
         | Command::Rollback { sign, .. } => (Some(sign), false),
@@ -553,6 +557,30 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
         }
         // Handled in `run` before this.
         Command::Run { .. } => Ok(exit::OK),
+        Command::Copy {
+            models,
+            to,
+            to_endpoint,
+            to_region,
+            to_prefix,
+            to_profile,
+            all_versions,
+            tags,
+            dry_run,
+            ..
+        } => {
+            let dest = commands::copy::Destination {
+                to: to.clone(),
+                endpoint: to_endpoint.clone(),
+                region: to_region.clone(),
+                prefix: to_prefix.clone(),
+                profile: to_profile.clone(),
+            };
+            let opts = crate::manager::CopyOptions { all_versions: *all_versions, tags: *tags, dry_run: *dry_run };
+            let report = commands::copy::run(ctx, models, &dest, &opts).await?;
+            printer.copy(&report);
+            Ok(report.exit_code())
+        }
         Command::Prune { models, keep, max_size, remote, min_age, yes, dry_run, repack } => {
             let opts = commands::prune::Options {
                 models: models.clone(),

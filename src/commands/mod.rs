@@ -15,6 +15,7 @@ use crate::progress::Reporter;
 use crate::provider::RetryPolicy;
 use crate::transfer::TransferOptions;
 
+pub mod copy;
 pub mod download;
 pub mod list;
 pub mod prune;

@@ -201,6 +201,7 @@ impl Document {
             trusted_keys,
             require_signature,
             signing_scope: take("signing_scope").map(|s| s.trim().to_string()),
+            aws_profile: None,
             extra,
         };
         if let Some((key, problem)) = config.problem() {

@@ -193,6 +193,11 @@ pub struct CloudConfig {
     /// Refuse what no trusted key signed.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub require_signature: bool,
+    /// The AWS shared-config profile whose credentials this bucket is reached with, instead of
+    /// the default chain: `copy --to-profile` (the destination of a copy between two S3
+    /// accounts). Never stored in a config.
+    #[serde(skip)]
+    pub aws_profile: Option<String>,
     /// The scope signed tag moves are bound to (default: [`CloudConfig::location`]); machines
     /// accept only claims of their own scope. Give staging and prod different ones, and keep a
     /// bucket's scope when it is copied or moved.

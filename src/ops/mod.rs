@@ -15,6 +15,7 @@ use crate::progress::{Event, Reporter};
 use crate::provider::{Provider, ProviderErrorKind, ProviderExt as _};
 use crate::transfer::TransferOptions;
 
+pub mod copy;
 pub mod download;
 mod downloaded;
 pub mod fallback;

@@ -172,6 +172,14 @@ pub trait Provider: Send + Sync + fmt::Debug {
         Limits::default()
     }
 
+    /// Copies `source_key` of the bucket `source_bucket` on the same service (and endpoint) to
+    /// `key` in this bucket, inside the service: no byte passes through this machine. Objects
+    /// of at most 5 GiB. `Ok(false)` where this provider has no such copy (the caller then
+    /// copies through the machine).
+    async fn copy_within_service(&self, _source_bucket: &str, _source_key: &str, _key: &str) -> PResult<bool> {
+        Ok(false)
+    }
+
     /// Size and version of one object.
     async fn head(&self, key: &str) -> PResult<ObjectMeta>;
 
@@ -225,7 +233,7 @@ pub trait Provider: Send + Sync + fmt::Debug {
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters (for URL paths and queries).
-#[cfg(any(feature = "gcs", feature = "azure"))]
+#[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
 pub(crate) fn percent_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {

@@ -54,6 +54,13 @@ impl S3Provider {
     /// Builds a client for the bucket `cfg` names.
     pub async fn new(cfg: &CloudConfig) -> Result<Self> {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(profile) = &cfg.aws_profile {
+            // That profile's credentials only: the environment's (the other side of a copy)
+            // would come first in the default chain.
+            let credentials =
+                aws_config::profile::ProfileFileCredentialsProvider::builder().profile_name(profile).build();
+            loader = loader.profile_name(profile).credentials_provider(credentials);
+        }
         if let Some(region) = &cfg.region {
             loader = loader.region(Region::new(region.clone()));
         }
@@ -363,6 +370,23 @@ impl Provider for S3Provider {
         };
         let out = req.send().await.map_err(|e| map_err("PutObject", key, e))?;
         require_etag("PutObject", key, out.e_tag()).map(Some)
+    }
+
+    async fn copy_within_service(&self, source_bucket: &str, source_key: &str, key: &str) -> PResult<bool> {
+        // `x-amz-copy-source` is `bucket/key`, the key URL-encoded (but for its slashes).
+        let source = format!("{source_bucket}/{}", super::percent_encode(source_key).replace("%2F", "/"));
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .copy_source(source)
+            .content_type("application/octet-stream")
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.kms_key_id.clone())
+            .send()
+            .await
+            .map_err(|e| map_err("CopyObject", key, e))?;
+        Ok(true)
     }
 
     async fn create_multipart(&self, key: &str, _part_size: u64) -> PResult<String> {

@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod compat;
 mod conformance;
+mod copy;
 mod examples;
 #[cfg(feature = "s3")]
 mod faults;

@@ -120,7 +120,7 @@ fn setup_replaces_a_broken_config_file_and_keeps_it_aside() {
     assert!(stdout(&out).starts_with("export CROWECODE_CLOUD_CONFIG_B64="));
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Provider {
     Local,
     S3,

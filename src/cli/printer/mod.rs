@@ -190,7 +190,11 @@ impl Printer {
     }
 
     fn model_errors<T>(&self, batch: &Batch<T>) {
-        for e in &batch.errors {
+        self.model_errors_of(&batch.errors);
+    }
+
+    fn model_errors_of(&self, errors: &[crate::commands::ModelError]) {
+        for e in errors {
             let mut text = format!("error: {}: {}", e.model, safe(&e.error));
             if let (Some(x), Some(c)) = (&e.expected, &e.computed) {
                 text.push_str(&format!("\n  expected: {x}\n  computed: {c}"));

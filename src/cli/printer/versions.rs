@@ -174,6 +174,67 @@ impl Printer {
         }
     }
 
+    /// Output of `copy`: the pinned reference of each version on stdout; what was sent, and how,
+    /// on stderr.
+    pub fn copy(&self, r: &crate::commands::copy::Report) {
+        if self.json {
+            return self.json_out(r);
+        }
+        for v in &r.versions {
+            let t = &v.traffic;
+            let what = match v.status {
+                "present" => "already there".to_string(),
+                "would copy" => format!("would send {}", fmt_bytes(v.missing_bytes)),
+                _ if t.server_side_bytes > 0 && t.through_machine_bytes == 0 => {
+                    format!("{} copied inside the storage service", fmt_bytes(t.server_side_bytes))
+                }
+                _ => format!(
+                    "{} through this machine{}",
+                    fmt_bytes(t.through_machine_bytes),
+                    if t.server_side_bytes > 0 {
+                        format!(", {} inside the storage service", fmt_bytes(t.server_side_bytes))
+                    } else {
+                        String::new()
+                    }
+                ),
+            };
+            let sigs = if v.signatures > 0 { format!(", {} signature(s)", v.signatures) } else { String::new() };
+            let short =
+                crate::reference::VersionId::parse(&v.version).map_or(v.version.clone(), |id| id.short().to_string());
+            self.note(&format!(
+                "{}@{short}: {what} ({} object(s) written, {} there already){sigs}; {}",
+                v.model, t.objects, t.present_objects, v.checked
+            ));
+        }
+        for t in &r.tags {
+            let short =
+                crate::reference::VersionId::parse(&t.version).map_or(t.version.clone(), |id| id.short().to_string());
+            let verb = match (r.dry_run, t.changed) {
+                (true, _) => "would point",
+                (false, true) => "now points",
+                (false, false) => "already pointed",
+            };
+            let signed = if t.signed { " (signed for the destination)" } else { "" };
+            self.note(&format!("{}:{} {verb} at {short} in {}{signed}", t.model, t.tag, safe(&r.to)));
+        }
+        let tot = &r.totals;
+        self.note(&format!(
+            "{} {} to {}: {} through this machine, {} inside the storage service",
+            if r.dry_run { "would copy" } else { "copied" },
+            plural(r.versions.len(), "version"),
+            safe(&r.to),
+            fmt_bytes(tot.through_machine_bytes),
+            fmt_bytes(tot.server_side_bytes),
+        ));
+        if r.dry_run && r.missing_bytes > 0 {
+            self.note(&format!("{} would be sent; run without --dry-run to copy", fmt_bytes(r.missing_bytes)));
+        }
+        self.model_errors_of(&r.errors);
+        for v in &r.versions {
+            self.out(&v.pinned);
+        }
+    }
+
     /// Output of `prune`: one line per removed version or archive, then the total.
     pub fn prune(&self, r: &crate::commands::prune::Report) {
         if self.json {
@@ -281,4 +342,8 @@ pub(super) fn signers(s: &crate::manager::Signers) -> String {
     } else {
         s.keys.iter().map(|k| safe(k)).collect::<Vec<_>>().join(", ")
     }
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
 }
