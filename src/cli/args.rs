@@ -12,12 +12,15 @@ Examples:
   eval \"$(crowecode-cloud setup --provider gcs --bucket my-models)\"
   crowecode-cloud upload Alpha Beta --models-dir ./models
   MODEL=$(crowecode-cloud download Alpha) && exec server --model \"$MODEL\"
+  crowecode-cloud run Alpha:prod -- server --model {}
+  crowecode-cloud copy Alpha:prod --to s3://models-eu/crowecode-models/
   crowecode-cloud list --json
 
 Exit codes: 0 ok, 1 other failure, 2 usage, 3 not configured, 4 credentials or permission,
 5 model not found, 6 integrity or signature failure, 7 network still failing after retries,
-8 conflict (a tag moved meanwhile, or a version pruned under a move), 130 interrupted (SIGINT),
-143 terminated (SIGTERM).";
+8 conflict (a tag moved meanwhile, a version pruned under a move, prune --max-size not met
+because versions are in use), 126/127 run: COMMAND not executable/not found, 130 interrupted
+(SIGINT), 143 terminated (SIGTERM). `run` exits with COMMAND's code.";
 
 /// Keep ML model directories in one S3, GCS or Azure bucket; download them once per machine,
 /// fast and verified.

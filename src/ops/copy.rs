@@ -9,11 +9,12 @@
 //!
 //! Bytes that pass through this machine are verified before they are written: each chunk the
 //! version names against its digest (format 2), the archive against its sha256 and size
-//! (format 1, before its multipart upload is completed). Between two buckets of one S3 endpoint
-//! the objects are copied inside the service (`CopyObject`): no byte passes through the machine,
-//! and the copy is checked by its size and ETag (the MD5 of a single-PUT object) against the
-//! source's; the chunks are not re-hashed there, and every download at the destination still
-//! checks each one against the digests in the version, which the copy never changes.
+//! (format 1, before its multipart upload is completed). Between two buckets of one service the
+//! objects are copied inside it (S3 `CopyObject`, GCS `rewrite`, Azure Copy Blob from a read SAS):
+//! no byte passes through the machine, and the copy is checked by its size (S3: and its ETag, the
+//! MD5 of a single-PUT object) against the source's; the chunks are not re-hashed there, and
+//! every download at the destination still checks each one against the digests in the version,
+//! which the copy never changes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -182,12 +183,26 @@ pub(crate) async fn copy(src: &Session, dst: &Session, reference: &str, opts: &C
     Ok(out)
 }
 
-/// Whether `dst` can copy `src`'s objects inside the service: two buckets of one S3 endpoint
-/// (the destination's credentials read the source).
+/// Whether `dst` can copy `src`'s objects inside the service: two buckets of one S3 or GCS
+/// endpoint (the destination's credentials read the source), or two Azure containers (the
+/// source named by a read SAS the source's account key makes).
 fn server_side(src: &Session, dst: &Session) -> bool {
-    src.config.provider == ProviderKind::S3
-        && dst.config.provider == ProviderKind::S3
+    src.config.provider == dst.config.provider
         && src.config.endpoint == dst.config.endpoint
+        && match src.config.provider {
+            ProviderKind::S3 | ProviderKind::Gcs => true,
+            // Copy Blob writes with the container's default encryption scope, not a chosen one.
+            ProviderKind::Azure => dst.config.encryption_scope.is_none(),
+            ProviderKind::Local => false,
+        }
+}
+
+/// What a copy inside the service was checked by.
+fn checked_in_service(src: &Session, what: &str) -> String {
+    match src.config.provider {
+        ProviderKind::S3 => format!("copied inside the service: {what} size and ETag checked against the source's"),
+        _ => format!("copied inside the service: {what} size checked against the source's"),
+    }
 }
 
 /// Copies one version's data, then the version, then its signatures.
@@ -272,7 +287,7 @@ async fn copy_packs(
     let mut traffic = Traffic { present_objects: loc.packs.len() - missing.len(), ..Default::default() };
     let in_service = server_side(src, dst);
     let checked = if in_service {
-        "copied inside the service: each pack's size and ETag checked against the source's".to_string()
+        checked_in_service(src, "each pack's")
     } else {
         "every chunk checked against its digest before it was written".to_string()
     };
@@ -353,7 +368,16 @@ async fn copy_in_service(
     key: &str,
     source: &crate::provider::ObjectMeta,
 ) -> Result<Option<Traffic>> {
-    match dst.provider.copy_within_service(&src.config.bucket, src_key, key).await {
+    // Azure reads the source at a URL of its own: one with a read SAS for this blob.
+    let url = match src.config.provider {
+        ProviderKind::Azure => match src.provider.data_url(src_key, std::time::Duration::from_secs(3600)).await {
+            Ok(Some(u)) if u.headers.is_empty() => Some(u.url),
+            _ => return Ok(None),
+        },
+        _ => None,
+    };
+    let from = crate::provider::CopySource { bucket: src.config.bucket.clone(), key: src_key.to_string(), url };
+    match dst.provider.copy_within_service(&from, key).await {
         Ok(true) => {}
         Ok(false) => return Ok(None),
         Err(e) => {
@@ -434,9 +458,10 @@ async fn copy_archive(
         .archive_sha256
         .clone()
         .ok_or_else(|| Error::integrity(&src_key, "the version names no archive digest", None, None))?;
-    let in_service = server_side(src, dst) && m.archive_size <= 5 << 30;
+    let in_service =
+        server_side(src, dst) && (src.config.provider == ProviderKind::Gcs || m.archive_size <= 5000 << 20);
     let checked = if in_service {
-        "copied inside the service: the archive's size and ETag checked against the source's".to_string()
+        checked_in_service(src, "the archive's")
     } else {
         "the archive checked against its sha256 and size before it was completed".to_string()
     };

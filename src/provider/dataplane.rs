@@ -403,9 +403,9 @@ impl Provider for DataPlane {
         self.direct.head(key).await
     }
 
-    async fn copy_within_service(&self, source_bucket: &str, source_key: &str, key: &str) -> PResult<bool> {
+    async fn copy_within_service(&self, source: &super::CopySource, key: &str) -> PResult<bool> {
         Counters::add(&self.counters.control_requests, 1);
-        self.direct.copy_within_service(source_bucket, source_key, key).await
+        self.direct.copy_within_service(source, key).await
     }
 
     async fn list(&self, prefix: &str) -> PResult<Vec<ObjectMeta>> {

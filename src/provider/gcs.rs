@@ -22,6 +22,7 @@ use gcloud_storage::http::objects::delete::DeleteObjectRequest;
 use gcloud_storage::http::objects::download::Range;
 use gcloud_storage::http::objects::get::GetObjectRequest;
 use gcloud_storage::http::objects::list::ListObjectsRequest;
+use gcloud_storage::http::objects::rewrite::RewriteObjectRequest;
 use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadType};
 use gcloud_storage::http::resumable_upload_client::{ChunkSize, ResumableUploadClient, UploadStatus};
 
@@ -307,6 +308,27 @@ impl Provider for GcsProvider {
                 Err(e)
             }
         }
+    }
+
+    async fn copy_within_service(&self, source: &super::CopySource, key: &str) -> PResult<bool> {
+        // objects.rewrite: done in one call within a location and storage class, else in
+        // several, each going on from the token the last returned.
+        let mut req = RewriteObjectRequest {
+            destination_bucket: self.bucket.clone(),
+            destination_object: key.to_string(),
+            source_bucket: source.bucket.clone(),
+            source_object: source.key.clone(),
+            destination_kms_key_name: self.kms_key.clone(),
+            ..Default::default()
+        };
+        for _ in 0..10_000 {
+            let out = self.client.rewrite_object(&req).await.map_err(|e| map_err("objects.rewrite", key, e))?;
+            if out.done {
+                return Ok(true);
+            }
+            req.rewrite_token = out.rewrite_token;
+        }
+        Err(ProviderError::new(ProviderErrorKind::Other, format!("objects.rewrite {key}: not done after 10000 calls")))
     }
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> PResult<Option<String>> {

@@ -172,11 +172,12 @@ pub trait Provider: Send + Sync + fmt::Debug {
         Limits::default()
     }
 
-    /// Copies `source_key` of the bucket `source_bucket` on the same service (and endpoint) to
-    /// `key` in this bucket, inside the service: no byte passes through this machine. Objects
-    /// of at most 5 GiB. `Ok(false)` where this provider has no such copy (the caller then
-    /// copies through the machine).
-    async fn copy_within_service(&self, _source_bucket: &str, _source_key: &str, _key: &str) -> PResult<bool> {
+    /// Copies `source` (an object of the same service) to `key` in this bucket, inside the
+    /// service: no byte passes through this machine. S3 `CopyObject` and Azure `Put Blob From
+    /// URL` take objects of at most 5 GiB (5000 MiB), GCS `rewrite` any. `Ok(false)` where this
+    /// provider has no such copy, or the source cannot be named to it (the caller then copies
+    /// through the machine).
+    async fn copy_within_service(&self, _source: &CopySource, _key: &str) -> PResult<bool> {
         Ok(false)
     }
 
@@ -229,6 +230,22 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// reads. `None` when this backend or its credential cannot make one (reads then go direct).
     async fn data_url(&self, _key: &str, _valid_for: std::time::Duration) -> PResult<Option<DataUrl>> {
         Ok(None)
+    }
+}
+
+/// An object another bucket of the same service copies inside the service.
+#[derive(Clone)]
+pub struct CopySource {
+    /// Its bucket (container) and full key.
+    pub bucket: String,
+    pub key: String,
+    /// A URL the service itself can read it at (Azure: with a SAS); never printed.
+    pub url: Option<String>,
+}
+
+impl fmt::Debug for CopySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CopySource").field("bucket", &self.bucket).field("key", &self.key).finish_non_exhaustive()
     }
 }
 

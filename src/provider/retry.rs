@@ -258,8 +258,8 @@ impl Provider for Retrying {
         self.call("HEAD", || self.inner.head(key)).await
     }
 
-    async fn copy_within_service(&self, source_bucket: &str, source_key: &str, key: &str) -> PResult<bool> {
-        self.call("COPY", || self.inner.copy_within_service(source_bucket, source_key, key)).await
+    async fn copy_within_service(&self, source: &super::CopySource, key: &str) -> PResult<bool> {
+        self.call("COPY", || self.inner.copy_within_service(source, key)).await
     }
 
     async fn list(&self, prefix: &str) -> PResult<Vec<ObjectMeta>> {

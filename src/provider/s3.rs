@@ -372,9 +372,9 @@ impl Provider for S3Provider {
         require_etag("PutObject", key, out.e_tag()).map(Some)
     }
 
-    async fn copy_within_service(&self, source_bucket: &str, source_key: &str, key: &str) -> PResult<bool> {
+    async fn copy_within_service(&self, source: &super::CopySource, key: &str) -> PResult<bool> {
         // `x-amz-copy-source` is `bucket/key`, the key URL-encoded (but for its slashes).
-        let source = format!("{source_bucket}/{}", super::percent_encode(source_key).replace("%2F", "/"));
+        let source = format!("{}/{}", source.bucket, super::percent_encode(&source.key).replace("%2F", "/"));
         self.client
             .copy_object()
             .bucket(&self.bucket)
