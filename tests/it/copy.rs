@@ -463,3 +463,105 @@ fn two_s3_accounts_the_source_from_the_environment_the_destination_from_a_profil
     let wrong = sb.cmd().args(["copy", "Alpha", "--to", "gs://b/", "--to-profile", "dest"]).output().unwrap();
     assert_eq!(wrong.status.code(), Some(2), "{}", stderr(&wrong));
 }
+
+/// A loopback proxy to `upstream` (`host:port`) counting the bytes that pass, both ways.
+fn counting_proxy(upstream: &str) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let upstream = upstream.to_string();
+    let bytes = Arc::new(AtomicU64::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let counted = bytes.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let server = TcpStream::connect(&upstream).unwrap();
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server.try_clone().unwrap(), client.try_clone().unwrap()),
+            ] {
+                let counted = counted.clone();
+                std::thread::spawn(move || {
+                    let n = std::io::copy(&mut from, &mut to).unwrap_or(0);
+                    counted.fetch_add(n, Ordering::Relaxed);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    (addr, bytes)
+}
+
+/// What the client's connections carried, counted outside the tool: a copy between two moto
+/// buckets moves the model's 6 MB without them passing through the client, and a copy to a
+/// directory (for contrast) carries them all.
+#[cfg(feature = "s3")]
+#[test]
+fn a_copy_inside_s3_carries_no_data_bytes_through_the_client_by_an_outside_count() {
+    use std::sync::atomic::Ordering;
+    let endpoint = crate::common::require_env("CROWECODE_TEST_S3_ENDPOINT");
+    let (proxy, bytes) = counting_proxy(endpoint.trim_start_matches("http://"));
+    let via = format!("http://{proxy}");
+    let (mut sb, _) = machine_with_prefix(Provider::S3, None);
+    let dir = model(&sb.src());
+    let up = sb.cmd().args(["upload", "Alpha:prod", "--from"]).arg(&dir).output().unwrap();
+    assert!(up.status.success(), "{}", stderr(&up));
+    let d = dest(&mut sb, Provider::S3, None);
+    let to: Vec<String> = d.to.iter().map(|a| if *a == endpoint { via.clone() } else { a.clone() }).collect();
+    let before = bytes.load(Ordering::Relaxed);
+    let out = sb.cmd().args(["--endpoint", &via, "--json", "copy", "Alpha:prod"]).args(&to).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::thread::sleep(Duration::from_millis(200));
+    let carried = bytes.load(Ordering::Relaxed) - before;
+    assert!(json(&out)["totals"]["server_side_bytes"].as_u64().unwrap() >= 6_000_000);
+    assert!(carried < 200_000, "{carried} bytes passed through the client for a 6 MB model");
+
+    let d2 = dest(&mut sb, Provider::Local, None);
+    let before = bytes.load(Ordering::Relaxed);
+    let out = sb.cmd().args(["--endpoint", &via, "copy", "Alpha:prod"]).args(&d2.to).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::thread::sleep(Duration::from_millis(200));
+    let carried = bytes.load(Ordering::Relaxed) - before;
+    assert!(carried >= 6_000_000, "the proxy counts what does pass: {carried}");
+}
+
+/// DEST as a config file, and as a `CROWECODE_CLOUD_CONFIG_B64` string, as `setup` prints them.
+#[test]
+fn a_destination_given_as_a_config_file_or_a_config_string() {
+    let (sb, _) = machine_with_prefix(Provider::Local, None);
+    let dir = model(&sb.src());
+    let up = sb.cmd().args(["upload", "Alpha:prod", "--from"]).arg(&dir).output().unwrap();
+    assert!(up.status.success(), "{}", stderr(&up));
+    for (i, as_string) in [false, true].into_iter().enumerate() {
+        let bucket = sb.path().join(format!("site-{i}"));
+        let site = sb.path().join(format!("site-cfg-{i}"));
+        let setup = sb
+            .cmd()
+            .env("XDG_CONFIG_HOME", &site)
+            .args(["setup", "--provider", "local", "--prefix", "fleet/", "--create-bucket", "--bucket"])
+            .arg(&bucket)
+            .output()
+            .unwrap();
+        assert!(setup.status.success(), "{}", stderr(&setup));
+        let file = site.join("crowecode/cloud.json");
+        let to = if as_string {
+            let printed = stdout(&setup);
+            printed.split('\'').nth(1).expect("export CROWECODE_CLOUD_CONFIG_B64='…'").to_string()
+        } else {
+            file.display().to_string()
+        };
+        let out = sb.cmd().args(["copy", "Alpha:prod", "--to", &to]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let got = sb
+            .cmd()
+            .env("XDG_CONFIG_HOME", &site)
+            .env("CROWECODE_HOME", sb.path().join(format!("site-cache-{i}")))
+            .args(["download", "Alpha:prod"])
+            .output()
+            .unwrap();
+        assert!(got.status.success(), "{}", stderr(&got));
+        assert_eq!(tree(Path::new(&stdout(&got))), tree(&dir));
+        assert!(bucket.join("fleet/Alpha/tags/prod.json").is_file(), "under the config's prefix");
+    }
+}
