@@ -160,6 +160,35 @@ def format2_layout(s3):
     return (chunks, len(body) + loc) if chunks else None
 
 
+def counted_moto(moto):
+    """A work directory, a moto server on a free port behind a [`Counter`], and the environment
+    the tools run in: credentials for it, rclone's remote `B:` on the counted endpoint, and no
+    project or AWS variable of the caller's. Returns (work, server, port, proxy, endpoint, env)."""
+    base = os.environ.get("CROWECODE_BENCH_DIR") or os.path.join(tempfile.gettempdir(), "crowecode-bench")
+    os.makedirs(base, exist_ok=True)
+    work = tempfile.mkdtemp(dir=base)
+    port = free_port()
+    server = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port)).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    proxy = Counter(port)
+    ep = f"http://127.0.0.1:{proxy.port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CROWECODE_", "AWS_", "RCLONE_"))}
+    env.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
+                "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "RCLONE_CONFIG": "/dev/null",
+                "RCLONE_CONFIG_B_TYPE": "s3", "RCLONE_CONFIG_B_PROVIDER": "Other",
+                "RCLONE_CONFIG_B_ACCESS_KEY_ID": "bench", "RCLONE_CONFIG_B_SECRET_ACCESS_KEY": "bench-secret",
+                "RCLONE_CONFIG_B_ENDPOINT": ep, "RCLONE_CONFIG_B_REGION": "us-east-1",
+                "RCLONE_CONFIG_B_FORCE_PATH_STYLE": "true", "XDG_CONFIG_HOME": os.path.join(work, "cfg")})
+    return work, server, port, proxy, ep, env
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
@@ -169,29 +198,8 @@ def main():
     args = ap.parse_args()
     import boto3  # from the bench venv
 
-    base = os.environ.get("CROWECODE_BENCH_DIR") or os.path.join(tempfile.gettempdir(), "crowecode-bench")
-    os.makedirs(base, exist_ok=True)
-    work = tempfile.mkdtemp(dir=base)
-    port = free_port()
-    server = subprocess.Popen([args.moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    work, server, port, proxy, ep, env = counted_moto(args.moto)
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port)).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        proxy = Counter(port)
-        ep = f"http://127.0.0.1:{proxy.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CROWECODE_", "AWS_", "RCLONE_"))}
-        env.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_REGION": "us-east-1",
-                    "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
-                    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "RCLONE_CONFIG": "/dev/null",
-                    "RCLONE_CONFIG_B_TYPE": "s3", "RCLONE_CONFIG_B_PROVIDER": "Other",
-                    "RCLONE_CONFIG_B_ACCESS_KEY_ID": "bench", "RCLONE_CONFIG_B_SECRET_ACCESS_KEY": "bench-secret",
-                    "RCLONE_CONFIG_B_ENDPOINT": ep, "RCLONE_CONFIG_B_REGION": "us-east-1",
-                    "RCLONE_CONFIG_B_FORCE_PATH_STYLE": "true", "XDG_CONFIG_HOME": os.path.join(work, "cfg")})
         s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="bench",
                           aws_secret_access_key="bench-secret", region_name="us-east-1")
 
