@@ -30,7 +30,7 @@ use crate::config::ProviderKind;
 use crate::error::{Error, Result};
 use crate::names::{ModelName, Sha256Hex};
 use crate::progress::Direction;
-use crate::provider::{GetRange, ProviderErrorKind, ProviderExt as _, PutMode};
+use crate::provider::{GetRange, ProviderErrorKind, PutMode};
 use crate::reference::{Reference, TagName, Target, VersionId};
 use crate::transfer::Progress;
 
@@ -347,7 +347,8 @@ async fn send_packs(
                 let t = match t {
                     Some(t) => t,
                     None => {
-                        copy_pack_through(src, dst, &src_key, &key, expected.get(&key).map_or(&[][..], |v| v)).await?
+                        let chunks = expected.get(&key).map_or(&[][..], |v| v);
+                        copy_pack_through(src, dst, &src_key, &key, meta.size, chunks).await?
                     }
                 };
                 progress.advanced(meta.size);
@@ -409,30 +410,55 @@ async fn copy_pack_through(
     dst: &Session,
     src_key: &str,
     key: &str,
+    size: u64,
     expected: &[(u64, u32, [u8; 32])],
 ) -> Result<Traffic> {
-    let bytes =
-        src.provider.get_bytes(src_key).await.map_err(|e| Error::from_provider(format!("reading {src_key}"), e))?;
-    let data = bytes.clone();
-    let checks: Vec<(u64, u32, [u8; 32])> = expected.to_vec();
-    let bad = super::blocking(move || {
-        Ok(checks.into_iter().find_map(|(offset, len, digest)| {
-            let range = offset as usize..offset as usize + len as usize;
-            let got = data.get(range).map(|c| <[u8; 32]>::from(Sha256::digest(c)));
-            (got != Some(digest)).then_some((offset, digest, got))
-        }))
-    })
-    .await?;
-    if let Some((offset, digest, got)) = bad {
+    let reading = |e| Error::from_provider(format!("reading {src_key}"), e);
+    let mut body = src.provider.get(src_key, GetRange::All).await.map_err(reading)?;
+    // Each chunk is hashed as soon as its last byte is in, while the rest of the pack arrives.
+    let mut checks: Vec<(u64, u32, [u8; 32])> = expected.to_vec();
+    checks.sort_by_key(|&(offset, len, _)| offset + u64::from(len));
+    let mut next = 0;
+    let mut buf = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
+    loop {
+        let piece = body.next().await.transpose().map_err(reading)?;
+        if let Some(piece) = &piece {
+            buf.extend_from_slice(piece);
+        }
+        while let Some(&(offset, len, digest)) = checks.get(next) {
+            let end = offset as usize + len as usize;
+            if end > buf.len() {
+                break;
+            }
+            let got: [u8; 32] = Sha256::digest(&buf[offset as usize..end]).into();
+            if got != digest {
+                return Err(Error::integrity(
+                    src_key,
+                    format!(
+                        "the chunk at offset {offset} does not match its digest; nothing was written at the destination for it"
+                    ),
+                    Some(Sha256Hex::from_digest(&digest).to_string()),
+                    Some(Sha256Hex::from_digest(&got).to_string()),
+                ));
+            }
+            next += 1;
+        }
+        if piece.is_none() {
+            break;
+        }
+    }
+    if let Some(&(offset, len, _)) = checks.get(next) {
         return Err(Error::integrity(
             src_key,
             format!(
-                "the chunk at offset {offset} does not match its digest; nothing was written at the destination for it"
+                "the pack ends at {} bytes, before the chunk at offset {offset} ({len} bytes) the version names",
+                buf.len()
             ),
-            Some(Sha256Hex::from_digest(&digest).to_string()),
-            got.map(|g| Sha256Hex::from_digest(&g).to_string()),
+            None,
+            None,
         ));
     }
+    let bytes = buf.freeze();
     let size = bytes.len() as u64;
     match dst.provider.put(key, bytes, PutMode::Create).await {
         Ok(_) => {}

@@ -565,3 +565,37 @@ fn a_destination_given_as_a_config_file_or_a_config_string() {
         assert!(bucket.join("fleet/Alpha/tags/prod.json").is_file(), "under the config's prefix");
     }
 }
+
+/// A byte changed in a pack at the source is caught on the way (exit 6): the destination gets
+/// no version and no tag naming it.
+#[test]
+fn a_damaged_pack_at_the_source_is_refused_and_nothing_is_named_at_the_destination() {
+    let (mut sb, _) = machine_with_prefix(Provider::Local, None);
+    let dir = model(&sb.src());
+    let up = sb.cmd().args(["upload", "Alpha:prod", "--from"]).arg(&dir).output().unwrap();
+    assert!(up.status.success(), "{}", stderr(&up));
+    let bucket = crate::common::local_bucket(&sb);
+    let pack = walkdir::WalkDir::new(&bucket)
+        .into_iter()
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "pack"))
+        .unwrap()
+        .into_path();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&pack, bytes).unwrap();
+    let d = dest(&mut sb, Provider::Local, None);
+    let out = sb.cmd().args(["copy", "Alpha:prod"]).args(&d.to).output().unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not match its digest"), "{}", stderr(&out));
+    let dest_dir = d.dir.clone().unwrap();
+    let named: Vec<_> = walkdir::WalkDir::new(&dest_dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file() && e.path().to_string_lossy().contains("/Alpha/"))
+        .map(|e| e.into_path())
+        .collect();
+    assert!(named.is_empty(), "no version or tag at the destination: {named:?}");
+    let got = at_dest(&sb, &d, &sb.path().join("c9"), &["download", "Alpha:prod"]);
+    assert_eq!(got.status.code(), Some(5), "{}", stderr(&got));
+}
