@@ -70,7 +70,12 @@ impl Cache {
 
     /// `.locks/<Model>.<ext>`, created if missing.
     fn open_lock(&self, model: &ModelName, ext: &str) -> Result<(PathBuf, File)> {
-        let path = self.root.join(".locks").join(format!("{model}.{ext}"));
+        self.open_lock_named(&format!("{model}.{ext}"))
+    }
+
+    /// `.locks/<name>`, created if missing.
+    fn open_lock_named(&self, name: &str) -> Result<(PathBuf, File)> {
+        let path = self.root.join(".locks").join(name);
         let file = File::options()
             .create(true)
             .truncate(false)
@@ -148,13 +153,7 @@ impl Cache {
         }
         let (path, file) = self.use_lock_file(model)?;
         file.lock_shared().map_err(|e| Error::io("cannot lock", &path, e))?;
-        let hold_path = self.hold_path(version_dir);
-        let hold = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&hold_path)
-            .map_err(|e| Error::io("cannot open lock file", &hold_path, e))?;
+        let (hold_path, hold) = self.open_lock_named(&hold_name(version_dir))?;
         // Never waits: only a prune takes it exclusively, and only under the use lock.
         hold.lock_shared().map_err(|e| Error::io("cannot lock", &hold_path, e))?;
         if !self.is_complete(version_dir) {
@@ -166,8 +165,7 @@ impl Cache {
 
     /// `.locks/<version dir name>.hold`.
     fn hold_path(&self, version_dir: &Path) -> PathBuf {
-        let name = version_dir.file_name().unwrap_or_default().to_string_lossy();
-        self.root.join(".locks").join(format!("{name}.hold"))
+        self.root.join(".locks").join(hold_name(version_dir))
     }
 
     /// For a prune, with the model's use lock held exclusively: `Ok(guard)` when nobody holds
@@ -200,6 +198,11 @@ impl Cache {
         file.lock().map_err(|e| Error::io("cannot lock", &path, e))?;
         Ok(ModelLock { model: model.clone(), _file: file })
     }
+}
+
+/// `<version dir name>.hold`.
+fn hold_name(version_dir: &Path) -> String {
+    format!("{}.hold", version_dir.file_name().unwrap_or_default().to_string_lossy())
 }
 
 /// The processes holding a `flock` on `path`, from `/proc/locks` (empty where that is not

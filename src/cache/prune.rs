@@ -3,7 +3,7 @@
 //! its model's locks, and leaves its path whole (see [`Cache::remove_version`]).
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -100,23 +100,11 @@ impl Cache {
                     kept.push((model.clone(), v.path, bytes));
                     continue;
                 }
-                match self.claim_unheld(&v.path)? {
-                    Err(holders) => {
-                        held.push(Held {
-                            model: model.clone(),
-                            path: v.path.clone(),
-                            bytes,
-                            reason: "not current",
-                            holders,
-                        });
-                        kept.push((model.clone(), v.path, bytes));
-                        continue;
-                    }
-                    Ok(_guard) if !opts.dry_run => {
-                        self.remove_version(&v.path)?;
-                        self.forget_hold(&v.path);
-                    }
-                    Ok(_) => {}
+                if let Some(holders) = self.remove_unless_held(&v.path, opts.dry_run, |p| self.remove_version(p))? {
+                    let reason = "not current";
+                    held.push(Held { model: model.clone(), path: v.path.clone(), bytes, reason, holders });
+                    kept.push((model.clone(), v.path, bytes));
+                    continue;
                 }
                 out.push(Pruned { model: model.clone(), path: v.path, bytes, reason: "not current" });
             }
@@ -132,17 +120,10 @@ impl Cache {
                         continue;
                     }
                     let bytes = tree_size(&entry.path());
-                    match self.claim_unheld(&entry.path())? {
-                        Err(holders) => {
-                            let reason = "old selection";
-                            held.push(Held { model: model.clone(), path: entry.path(), bytes, reason, holders });
-                            continue;
-                        }
-                        Ok(_guard) if !opts.dry_run => {
-                            remove_tree(&entry.path())?;
-                            self.forget_hold(&entry.path());
-                        }
-                        Ok(_) => {}
+                    if let Some(holders) = self.remove_unless_held(&entry.path(), opts.dry_run, remove_tree)? {
+                        let reason = "old selection";
+                        held.push(Held { model: model.clone(), path: entry.path(), bytes, reason, holders });
+                        continue;
                     }
                     out.push(Pruned { model: model.clone(), path: entry.path(), bytes, reason: "old selection" });
                 }
@@ -202,5 +183,24 @@ impl Cache {
         }
         drop(locks);
         Ok(PruneOutcome { removed: out, skipped, held, over_max_size })
+    }
+
+    /// Removes `path` with `remove` (nothing with `dry_run`) unless a process holds it in use;
+    /// then `Some(holders)`, and it stays.
+    fn remove_unless_held(
+        &self,
+        path: &Path,
+        dry_run: bool,
+        remove: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Option<Vec<Holder>>> {
+        let _guard = match self.claim_unheld(path)? {
+            Ok(guard) => guard,
+            Err(holders) => return Ok(Some(holders)),
+        };
+        if !dry_run {
+            remove(path)?;
+            self.forget_hold(path);
+        }
+        Ok(None)
     }
 }

@@ -304,9 +304,9 @@ async fn run_command(
         return Ok(ready.batch.exit_code());
     }
     printer.download_notes(&ready.batch);
-    let references = commands::run::valid_references(models);
+    // No errors: every reference was valid and is ready, in the order given.
     let paths: Vec<_> = ready.batch.models.iter().map(|d| (d.model.clone(), d.path.clone())).collect();
-    let (words, env) = commands::run::command_line(&references, &paths, command)?;
+    let (words, env) = commands::run::command_line(models, &paths, command)?;
     let code = commands::run::supervise(&words, &env).await?;
     drop(ready.holds);
     Ok(code)

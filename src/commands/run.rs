@@ -24,7 +24,6 @@ use crate::cache::{Cache, Hold};
 use crate::error::{Error, Result};
 use crate::manager::{DownloadOptions, Downloaded};
 use crate::names::ModelName;
-use crate::reference::Reference;
 
 /// How many times a version removed between its download and its hold is made ready again.
 const ATTEMPTS: usize = 3;
@@ -159,11 +158,6 @@ fn substitute(word: &OsStr, names: &BTreeMap<String, Option<PathBuf>>) -> Result
         i += 1;
     }
     Ok(OsString::from_vec(out))
-}
-
-/// The references as given (to match `{Alpha:prod}`): the valid ones, in order.
-pub fn valid_references(references: &[String]) -> Vec<String> {
-    references.iter().filter(|r| Reference::parse(r).is_ok()).cloned().collect()
 }
 
 /// Waits until standard input reaches its end (or fails), in a blocking thread.
