@@ -175,10 +175,7 @@ pub async fn run(ctx: &Context, references: &[String], dest: &Destination, opts:
         match source.copy_to(&dest_manager, r, opts).await {
             Ok(copied) => {
                 for v in &copied.versions {
-                    report.totals.objects += v.traffic.objects;
-                    report.totals.through_machine_bytes += v.traffic.through_machine_bytes;
-                    report.totals.server_side_bytes += v.traffic.server_side_bytes;
-                    report.totals.present_objects += v.traffic.present_objects;
+                    report.totals.add(&v.traffic);
                     report.missing_bytes += v.missing_bytes;
                 }
                 report.versions.extend(copied.versions);

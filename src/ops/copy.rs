@@ -29,6 +29,7 @@ use super::{Session, pieces};
 use crate::config::ProviderKind;
 use crate::error::{Error, Result};
 use crate::names::{ModelName, Sha256Hex};
+use crate::pack::Locations;
 use crate::progress::Direction;
 use crate::provider::{GetRange, ProviderErrorKind, PutMode};
 use crate::reference::{Reference, TagName, Target, VersionId};
@@ -59,7 +60,8 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    fn add(&mut self, other: &Traffic) {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Traffic) {
         self.objects += other.objects;
         self.through_machine_bytes += other.through_machine_bytes;
         self.server_side_bytes += other.server_side_bytes;
@@ -205,12 +207,24 @@ fn checked_in_service(src: &Session, what: &str) -> String {
     }
 }
 
+/// What the data of one version cost, and what the destination holds of it afterwards.
+struct Sent {
+    traffic: Traffic,
+    /// Data bytes the destination lacked (sent, or with `dry_run` to be sent).
+    missing_bytes: u64,
+    /// Inside the service, when that is how the data goes (`dry_run`: would go).
+    in_service: bool,
+    /// Format 2: the locations at the destination (`None` with `dry_run`).
+    locations: Option<Locations>,
+}
+
 /// Copies one version's data, then the version, then its signatures.
 async fn copy_version(src: &Session, dst: &Session, found: &Found, dry_run: bool) -> Result<CopiedVersion> {
     let model = &found.manifest.model;
     let version = &found.version;
+    let pieces_format = found.manifest.is_pieces();
     let progress = Progress::new(dst.reporter.clone(), model.as_str());
-    let (traffic, missing_bytes, checked) = if found.manifest.is_pieces() {
+    let sent = if pieces_format {
         copy_packs(src, dst, found, dry_run, &progress).await?
     } else {
         copy_archive(src, dst, found, dry_run, &progress).await?
@@ -219,26 +233,30 @@ async fn copy_version(src: &Session, dst: &Session, found: &Found, dry_run: bool
     let mut signatures = 0;
     if !dry_run {
         super::upload::put_version(dst, model, version, &found.bytes).await?;
-        if found.manifest.is_pieces() {
+        if let Some(loc) = &sent.locations {
             // A `prune --remote` at the destination may have swept a pack this version reuses
             // between the HEADs above and the version's write: the upload's commit check.
-            let loc = pieces::locations(dst, found).await?;
-            pieces::packs_survive(dst, model, version, &loc).await?;
+            pieces::packs_survive(dst, model, version, loc).await?;
         }
         for (id, bytes) in super::signatures::list(src, model, version).await? {
-            let key = dst.layout.signature_key(model, version, &id);
-            match dst.provider.put(&key, bytes, PutMode::Create).await {
-                Ok(_) => {}
-                Err(e) if e.kind == ProviderErrorKind::Precondition => {}
-                Err(e) => return Err(Error::from_provider(format!("writing {key}"), e)),
-            }
+            dst.put_named(&dst.layout.signature_key(model, version, &id), bytes, PutMode::Create).await?;
             signatures += 1;
         }
     }
-    let checked = if traffic.objects == 0 && !dry_run {
-        "nothing sent: the destination holds every piece".to_string()
+    let Sent { traffic, missing_bytes, in_service, .. } = sent;
+    // What was checked: by how the bytes went (a copy inside the service may have fallen back).
+    let (what, through) = if pieces_format {
+        ("each pack's", "every chunk checked against its digest before it was written")
     } else {
-        checked
+        ("the archive's", "the archive checked against its sha256 and size before it was completed")
+    };
+    let checked = match (dry_run, traffic.server_side_bytes > 0, traffic.through_machine_bytes > 0) {
+        (true, ..) if in_service => checked_in_service(src, what),
+        (true, ..) => through.to_string(),
+        (false, false, false) => "nothing sent: the destination holds every piece".to_string(),
+        (false, true, false) => checked_in_service(src, what),
+        (false, false, true) => through.to_string(),
+        (false, true, true) => format!("{}; the rest {through}", checked_in_service(src, what)),
     };
     let status = match (dry_run, traffic.objects) {
         (true, _) if missing_bytes > 0 => "would copy",
@@ -259,13 +277,7 @@ async fn copy_version(src: &Session, dst: &Session, found: &Found, dry_run: bool
 }
 
 /// The packs of a format 2 version the destination lacks, copied (verified), then its locations.
-async fn copy_packs(
-    src: &Session,
-    dst: &Session,
-    found: &Found,
-    dry_run: bool,
-    progress: &Progress,
-) -> Result<(Traffic, u64, String)> {
+async fn copy_packs(src: &Session, dst: &Session, found: &Found, dry_run: bool, progress: &Progress) -> Result<Sent> {
     let loc = pieces::locations(src, found).await?;
     let missing = pieces::missing_packs(dst, &loc).await?;
     // The chunks of this version in each pack: offset, length, digest.
@@ -286,35 +298,31 @@ async fn copy_packs(
     let missing_bytes: u64 = sizes.iter().map(|(_, _, m)| m.size).sum();
     let mut traffic = Traffic { present_objects: loc.packs.len() - missing.len(), ..Default::default() };
     let in_service = server_side(src, dst);
-    let checked = if in_service {
-        checked_in_service(src, "each pack's")
-    } else {
-        "every chunk checked against its digest before it was written".to_string()
-    };
     if dry_run {
-        return Ok((traffic, missing_bytes, checked));
+        return Ok(Sent { traffic, missing_bytes, in_service, locations: None });
     }
     if !missing.is_empty() {
-        let done = send_packs(src, dst, sizes, expected, in_service, progress).await?;
-        for t in &done {
+        progress.started(Direction::Upload, missing_bytes);
+        for t in &send_packs(src, dst, sizes, expected, in_service, progress).await? {
             traffic.add(t);
         }
     }
     // Locations: not covered by the version id, so a destination's own (a repack there) stay;
     // missing, they are written as the source has them.
-    let loc_key = dst.layout.locations_key(&found.manifest.model, &found.version);
-    match dst.provider.head(&loc_key).await {
-        Ok(_) => {}
-        Err(e) if e.kind == ProviderErrorKind::NotFound => {
+    let (model, count) = (&found.manifest.model, found.manifest.chunk_count());
+    let locations = match pieces::stored_locations(dst, model, &found.version, count).await? {
+        Some(there) => there,
+        None => {
+            let loc_key = dst.layout.locations_key(model, &found.version);
             let loc_bytes = Bytes::from(serde_json::to_vec(&loc).expect("locations serialise"));
             dst.provider
                 .put(&loc_key, loc_bytes, PutMode::Overwrite)
                 .await
                 .map_err(|e| Error::from_provider(format!("writing {loc_key}"), e))?;
+            loc
         }
-        Err(e) => return Err(Error::from_provider(format!("reading {loc_key}"), e)),
-    }
-    Ok((traffic, missing_bytes, checked))
+    };
+    Ok(Sent { traffic, missing_bytes, in_service, locations: Some(locations) })
 }
 
 /// Copies the packs `sizes` names (destination key, source key, source object), verified.
@@ -326,8 +334,6 @@ async fn send_packs(
     in_service: bool,
     progress: &Progress,
 ) -> Result<Vec<Traffic>> {
-    let missing_bytes: u64 = sizes.iter().map(|(_, _, m)| m.size).sum();
-    progress.started(Direction::Upload, missing_bytes);
     // Packs in flight within the memory budget (a pack is read whole before it is checked).
     let budget = crate::transfer::tuning::memory_budget(&dst.transfer);
     let largest = sizes.iter().map(|(_, _, m)| m.size).max().unwrap_or(1).max(1);
@@ -458,26 +464,15 @@ async fn copy_pack_through(
             None,
         ));
     }
-    let bytes = buf.freeze();
-    let size = bytes.len() as u64;
-    match dst.provider.put(key, bytes, PutMode::Create).await {
-        Ok(_) => {}
-        Err(e) if e.kind == ProviderErrorKind::Precondition => {}
-        Err(e) => return Err(Error::from_provider(format!("writing {key}"), e)),
-    }
+    let size = buf.len() as u64;
+    dst.put_named(key, buf.freeze(), PutMode::Create).await?;
     Ok(Traffic { objects: 1, through_machine_bytes: size, ..Default::default() })
 }
 
 /// The archive of a format 1 version, when the destination lacks it: inside the service, or
 /// streamed through this machine into a multipart upload that is completed only once the bytes
 /// match the manifest's sha256 and size.
-async fn copy_archive(
-    src: &Session,
-    dst: &Session,
-    found: &Found,
-    dry_run: bool,
-    progress: &Progress,
-) -> Result<(Traffic, u64, String)> {
+async fn copy_archive(src: &Session, dst: &Session, found: &Found, dry_run: bool, progress: &Progress) -> Result<Sent> {
     let m = &found.manifest;
     let (src_key, key) = (src.layout.archive_key(m), dst.layout.archive_key(m));
     let expected = m
@@ -486,21 +481,17 @@ async fn copy_archive(
         .ok_or_else(|| Error::integrity(&src_key, "the version names no archive digest", None, None))?;
     let in_service =
         server_side(src, dst) && (src.config.provider == ProviderKind::Gcs || m.archive_size <= 5000 << 20);
-    let checked = if in_service {
-        checked_in_service(src, "the archive's")
-    } else {
-        "the archive checked against its sha256 and size before it was completed".to_string()
-    };
+    let sent = |traffic, missing_bytes| Sent { traffic, missing_bytes, in_service, locations: None };
     match dst.provider.head(&key).await {
         Ok(meta) if meta.size == m.archive_size => {
-            return Ok((Traffic { present_objects: 1, ..Default::default() }, 0, checked));
+            return Ok(sent(Traffic { present_objects: 1, ..Default::default() }, 0));
         }
         Ok(_) => {}
         Err(e) if e.kind == ProviderErrorKind::NotFound => {}
         Err(e) => return Err(Error::from_provider(format!("reading {key}"), e)),
     }
     if dry_run {
-        return Ok((Traffic::default(), m.archive_size, checked));
+        return Ok(sent(Traffic::default(), m.archive_size));
     }
     progress.started(Direction::Upload, m.archive_size);
     if in_service {
@@ -508,10 +499,9 @@ async fn copy_archive(
             src.provider.head(&src_key).await.map_err(|e| Error::from_provider(format!("reading {src_key}"), e))?;
         if let Some(t) = copy_in_service(src, dst, &src_key, &key, &source).await? {
             progress.advanced(m.archive_size);
-            return Ok((t, m.archive_size, checked));
+            return Ok(sent(t, m.archive_size));
         }
     }
-    let checked = "the archive checked against its sha256 and size before it was completed".to_string();
     let limits = dst.provider.limits();
     let part = crate::transfer::choose_part_size(None, m.archive_size, &limits) as usize;
     let upload_id = dst
@@ -540,7 +530,7 @@ async fn copy_archive(
         .complete_multipart(&key, &upload_id, parts)
         .await
         .map_err(|e| Error::from_provider(format!("writing {key}"), e))?;
-    Ok((Traffic { objects: 1, through_machine_bytes: size, ..Default::default() }, m.archive_size, checked))
+    Ok(sent(Traffic { objects: 1, through_machine_bytes: size, ..Default::default() }, m.archive_size))
 }
 
 /// Streams `src_key` into parts of `part` bytes of the multipart upload `upload_id` (one part in

@@ -106,6 +106,16 @@ impl Session {
         }
     }
 
+    /// Writes an object whose name fixes what it holds (a version, a pack, a signature). Written
+    /// create-only, one that is there already is as good as this one: no error.
+    pub async fn put_named(&self, key: &str, bytes: bytes::Bytes, mode: crate::provider::PutMode) -> Result<()> {
+        match self.provider.put(key, bytes, mode).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind == ProviderErrorKind::Precondition => Ok(()),
+            Err(e) => Err(Error::from_provider(format!("writing {key}"), e)),
+        }
+    }
+
     /// Deletes an object; one that is already gone is no error.
     pub async fn delete_key(&self, key: &str) -> Result<()> {
         if key.is_empty() || key.ends_with('/') {

@@ -61,14 +61,25 @@ pub(crate) async fn locations_of(
     version: &VersionId,
     count: usize,
 ) -> Result<Locations> {
+    stored_locations(s, model, version, count).await?.ok_or_else(|| {
+        let key = s.layout.locations_key(model, version);
+        Error::integrity(&key, "the locations of the version are missing from the bucket", None, None)
+    })
+}
+
+/// [`locations_of`], or `None` when the bucket has no locations object for the version.
+pub(crate) async fn stored_locations(
+    s: &Session,
+    model: &ModelName,
+    version: &VersionId,
+    count: usize,
+) -> Result<Option<Locations>> {
     let key = s.layout.locations_key(model, version);
-    let Some(bytes) = s.get_small(&key).await? else {
-        return Err(Error::integrity(&key, "the locations of the version are missing from the bucket", None, None));
-    };
+    let Some(bytes) = s.get_small(&key).await? else { return Ok(None) };
     if bytes.len() > MAX_LOCATIONS_BYTES {
         return Err(Error::integrity(&key, format!("locations of {} bytes are too large", bytes.len()), None, None));
     }
-    Locations::parse(&bytes, count).map_err(|what| Error::integrity(&key, what, None, None))
+    Locations::parse(&bytes, count).map(Some).map_err(|what| Error::integrity(&key, what, None, None))
 }
 
 pub(crate) fn digest_bytes(sha: &Sha256Hex) -> [u8; 32] {
@@ -267,11 +278,7 @@ async fn send_packs(
                 if let Some(limiter) = limiter {
                     limiter.take(size).await;
                 }
-                match s.provider.put(&key, Bytes::from(body), mode).await {
-                    Ok(_) => {}
-                    Err(e) if e.kind == ProviderErrorKind::Precondition => {}
-                    Err(e) => return Err(Error::from_provider(format!("writing {key}"), e)),
-                }
+                s.put_named(&key, Bytes::from(body), mode).await?;
                 progress.advanced(size);
                 Ok(())
             }

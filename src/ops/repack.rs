@@ -202,11 +202,7 @@ async fn flush(
     }
     let id = hex::encode(crate::pack::pack_id(chunks.iter().map(|(_, digest, _)| digest)));
     let key = s.layout.pack_key(&id);
-    match s.provider.put(&key, Bytes::from(std::mem::take(current)), PutMode::Create).await {
-        Ok(_) => {}
-        Err(e) if e.kind == ProviderErrorKind::Precondition => {}
-        Err(e) => return Err(Error::from_provider(format!("writing {key}"), e)),
-    }
+    s.put_named(&key, Bytes::from(std::mem::take(current)), PutMode::Create).await?;
     out.new_packs += 1;
     for (old, _, offset) in chunks.drain(..) {
         moved.insert(old, (id.clone(), offset));

@@ -15,7 +15,7 @@ use crate::archive::{self, ArchivePlan, Compression};
 use crate::error::{Error, Result};
 use crate::manifest::{DirEntry, FORMAT_PIECES, FORMAT_VERSION, FileEntry, Manifest};
 use crate::names::{ModelName, Sha256Hex};
-use crate::provider::{ProviderErrorKind, PutMode};
+use crate::provider::PutMode;
 use crate::reference::{Reference, TagName, Target, VersionId};
 use crate::signing::oms::Bundle;
 use crate::transfer::{self, Progress};
@@ -384,12 +384,7 @@ async fn hash_tree(plan: &ArchivePlan) -> Result<Vec<(String, Sha256Hex)>> {
 /// Writes a version object, create-only: an existing one has the same bytes (its name is their
 /// digest).
 pub(crate) async fn put_version(s: &Session, model: &ModelName, version: &VersionId, bytes: &Bytes) -> Result<()> {
-    let key = s.layout.version_key(model, version);
-    match s.provider.put(&key, bytes.clone(), PutMode::Create).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind == ProviderErrorKind::Precondition => Ok(()),
-        Err(e) => Err(Error::from_provider(format!("writing {key}"), e)),
-    }
+    s.put_named(&s.layout.version_key(model, version), bytes.clone(), PutMode::Create).await
 }
 
 /// Moves each of `tags` (other than `latest`) to `version`, wherever they point now.
