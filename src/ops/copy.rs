@@ -236,7 +236,7 @@ async fn copy_version(src: &Session, dst: &Session, found: &Found, dry_run: bool
         if let Some(loc) = &sent.locations {
             // A `prune --remote` at the destination may have swept a pack this version reuses
             // between the HEADs above and the version's write: the upload's commit check.
-            pieces::packs_survive(dst, model, version, loc).await?;
+            pieces::packs_survive(dst, model, version, loc, "copy").await?;
         }
         for (id, bytes) in super::signatures::list(src, model, version).await? {
             dst.put_named(&dst.layout.signature_key(model, version, &id), bytes, PutMode::Create).await?;

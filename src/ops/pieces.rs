@@ -225,7 +225,7 @@ pub(crate) async fn store(
         .await
         .map_err(|e| Error::from_provider(format!("writing {loc_key}"), e))?;
     super::upload::put_version(s, model, &version, &bytes).await?;
-    packs_survive(s, model, &version, &loc).await?;
+    packs_survive(s, model, &version, &loc, "upload").await?;
     write_file_indexes(s, &manifest, &loc, &indexed).await;
     Ok(Stored { manifest, version, packs: planned.len(), sent, reused, tuning })
 }
@@ -309,7 +309,14 @@ async fn send_packs(
 /// up, then finding every pack, proves none will be deleted for want of this version. A pack
 /// missing then was deleted: the version is removed again and the upload fails (exit 8), and run
 /// again sends what is missing. The argument is in ARCHITECTURE.md.
-pub(crate) async fn packs_survive(s: &Session, model: &ModelName, version: &VersionId, loc: &Locations) -> Result<()> {
+/// `action` names what wrote the version in the message: `upload` or `copy`.
+pub(crate) async fn packs_survive(
+    s: &Session,
+    model: &ModelName,
+    version: &VersionId,
+    loc: &Locations,
+    action: &str,
+) -> Result<()> {
     if versions::sweep_running(s, &s.layout.pack_sweep_markers()).await? {
         versions::wait_out_sweep(
             s,
@@ -334,11 +341,11 @@ pub(crate) async fn packs_survive(s: &Session, model: &ModelName, version: &Vers
     let _ = s.provider.delete(&loc_key).await;
     Err(Error::Conflict {
         message: format!(
-            "{model}: a `prune --remote` running at the same time deleted {} pack(s) this upload reuses (first: {}); the new version was removed again",
+            "{model}: a `prune --remote` running at the same time deleted {} pack(s) this {action} reuses (first: {}); the new version was removed again",
             missing.len(),
             missing[0]
         ),
-        hint: Some(format!("run the upload of {model} again: it sends what is missing")),
+        hint: Some(format!("run the {action} of {model} again: it sends what is missing")),
     })
 }
 

@@ -599,3 +599,83 @@ fn a_damaged_pack_at_the_source_is_refused_and_nothing_is_named_at_the_destinati
     let got = at_dest(&sb, &d, &sb.path().join("c9"), &["download", "Alpha:prod"]);
     assert_eq!(got.status.code(), Some(5), "{}", stderr(&got));
 }
+
+/// A copy racing a `prune --remote` at the destination: the destination holds an unreferenced
+/// version of the same content, whose packs the copy finds there and reuses while the sweep is
+/// deleting them (a test-only pause widens the gap between its read of the roots and its
+/// deletes). The copy either commits a version whose every pack is there, or is undone with
+/// exit 8 and finishes when run again; a fresh machine at the destination always gets the model.
+fn copies_race_pack_sweeps(p: Provider, rounds: u64) {
+    let prefix = "crowecode-models/";
+    let (mut src, _) = machine_with_prefix(Provider::Local, None);
+    let (mut dst, bucket) = machine_with_prefix(p, Some(prefix));
+    for sb in [&mut src, &mut dst] {
+        sb.env("CROWECODE_SWEEP_WINDOW_MS", "2000").env("CROWECODE_TEST_PACK_SWEEP_PAUSE_MS", "600");
+        if p == Provider::S3 {
+            sb.env("AWS_ACCESS_KEY_ID", "moto-key").env("AWS_SECRET_ACCESS_KEY", "moto-secret").env("AWS_REGION", "us-east-1");
+        }
+    }
+    let mut to = match p {
+        Provider::Local => vec![format!("--to=file://{bucket}"), format!("--to-prefix={prefix}")],
+        _ => vec![format!("--to=s3://{bucket}/{prefix}"), "--to-region=us-east-1".into()],
+    };
+    if p == Provider::S3 {
+        to.push(format!("--to-endpoint={}", crate::common::require_env("CROWECODE_TEST_S3_ENDPOINT")));
+    }
+    let marker = crate::incremental::SweepMarker::new(p, &bucket, prefix, dst.path());
+    let (mut committed, mut undone) = (0, 0);
+    for round in 0..rounds {
+        let x = noise(1 << 20, 3000 + round);
+        // At the destination: latest elsewhere, and x's content in a version no tag names.
+        let dir = dst.src().join("R");
+        write_files(&dir, &[("w.bin", &noise(1 << 20, 4000 + round))]);
+        let up = dst.cmd().args(["upload", "R", "-q", "--from"]).arg(&dir).output().unwrap();
+        assert!(up.status.success(), "{}", stderr(&up));
+        write_files(&dir, &[("w.bin", &x)]);
+        let up = dst.cmd().args(["upload", "R", "-q", "--no-latest", "--from"]).arg(&dir).output().unwrap();
+        assert!(up.status.success(), "{}", stderr(&up));
+        // At the source: x as the new latest, to be copied.
+        let sdir = src.src().join("R");
+        write_files(&sdir, &[("w.bin", &x)]);
+        let up = src.cmd().args(["upload", "R", "-q", "--from"]).arg(&sdir).output().unwrap();
+        assert!(up.status.success(), "{}", stderr(&up));
+
+        let mut prune = dst.std_cmd();
+        prune.args(["prune", "--remote", "--keep", "0", "--min-age", "0s", "--yes", "-q"]);
+        let prune = prune.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        assert!(marker.wait(), "{p:?} round {round}: the pack sweep never raised its marker");
+        std::thread::sleep(Duration::from_millis(u64::from(fastrand::u32(..400))));
+        let mut copier = src.std_cmd();
+        copier.args(["copy", "R", "-q"]).args(&to);
+        let copier = copier.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let (prune, copied) = (prune.wait_with_output().unwrap(), copier.wait_with_output().unwrap());
+        assert!(prune.status.success(), "{p:?} round {round}: prune: {}", stderr(&prune));
+        match copied.status.code() {
+            Some(0) => committed += 1,
+            Some(8) => {
+                undone += 1;
+                assert!(stderr(&copied).contains("run the copy of R again"), "{p:?}: {}", stderr(&copied));
+                let again = src.cmd().args(["copy", "R", "-q"]).args(&to).output().unwrap();
+                assert!(again.status.success(), "{p:?} round {round}: run again: {}", stderr(&again));
+            }
+            other => panic!("{p:?} round {round}: copy exited {other:?}: {}", stderr(&copied)),
+        }
+        let fresh = dst.path().join(format!("fresh-{round}"));
+        let got = dst.cmd().env("CROWECODE_HOME", &fresh).args(["download", "R", "-q"]).output().unwrap();
+        assert!(got.status.success(), "{p:?} round {round}: {}", stderr(&got));
+        assert_eq!(std::fs::read(Path::new(&stdout(&got)).join("w.bin")).unwrap(), x, "{p:?} round {round}");
+    }
+    eprintln!("{p:?}: {committed} copies committed, {undone} undone and run again");
+    assert!(undone > 0, "{p:?}: no round raced the sweep's deletes; the test proves nothing");
+}
+
+#[test]
+fn copies_racing_pack_sweeps_at_a_local_destination_lose_nothing() {
+    copies_race_pack_sweeps(Provider::Local, 6);
+}
+
+#[cfg(feature = "s3")]
+#[test]
+fn copies_racing_pack_sweeps_at_a_moto_destination_lose_nothing() {
+    copies_race_pack_sweeps(Provider::S3, 4);
+}

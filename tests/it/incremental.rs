@@ -258,7 +258,7 @@ fn pack_sweeps_race_uploads(p: Provider, prefix: &str, rounds: u64) {
 }
 
 /// Watches for a pack sweep's marker (`_pieces/pruning-*.json`) in the bucket.
-struct SweepMarker {
+pub(crate) struct SweepMarker {
     p: Provider,
     prefix: String,
     bucket: String,
@@ -266,7 +266,7 @@ struct SweepMarker {
 }
 
 impl SweepMarker {
-    fn new(p: Provider, bucket: &str, prefix: &str, dir: &Path) -> Self {
+    pub(crate) fn new(p: Provider, bucket: &str, prefix: &str, dir: &Path) -> Self {
         let store = match p {
             Provider::Local => None,
             _ => {
@@ -287,7 +287,7 @@ impl SweepMarker {
     }
 
     /// Whether the marker appeared within 20 s.
-    fn wait(&self) -> bool {
+    pub(crate) fn wait(&self) -> bool {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while std::time::Instant::now() < deadline {
             let up = match (&self.store, self.p) {
