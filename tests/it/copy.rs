@@ -612,7 +612,9 @@ fn copies_race_pack_sweeps(p: Provider, rounds: u64) {
     for sb in [&mut src, &mut dst] {
         sb.env("CROWECODE_SWEEP_WINDOW_MS", "2000").env("CROWECODE_TEST_PACK_SWEEP_PAUSE_MS", "600");
         if p == Provider::S3 {
-            sb.env("AWS_ACCESS_KEY_ID", "moto-key").env("AWS_SECRET_ACCESS_KEY", "moto-secret").env("AWS_REGION", "us-east-1");
+            sb.env("AWS_ACCESS_KEY_ID", "moto-key")
+                .env("AWS_SECRET_ACCESS_KEY", "moto-secret")
+                .env("AWS_REGION", "us-east-1");
         }
     }
     let mut to = match p {
