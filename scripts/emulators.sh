@@ -189,8 +189,11 @@ start() {
   launch moto "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
   # IAM is enforced once 7 requests have been served: exactly the setup below.
   INITIAL_NO_AUTH_ACTION_COUNT=7 launch moto-iam "$VENV/bin/moto_server" -H 127.0.0.1 -p "$IAM_PORT"
+  # --no-checksum: otherwise every read that starts at an object's first byte is MD5-hashed on
+  # the server's CPU (a check of its own that no client asked for), which on a machine shared with
+  # the client charges whichever client reads objects from their start (the benchmarks use it).
   launch rclone "$VENV/bin/rclone" serve s3 --addr "127.0.0.1:$RCLONE_PORT" --auth-key "$RCLONE_KEY,$RCLONE_SECRET" \
-    --config /dev/null --cache-dir "$DIR/rclone-data/cache" "$DIR/rclone-data/root"
+    --no-checksum --config /dev/null --cache-dir "$DIR/rclone-data/cache" "$DIR/rclone-data/root"
 
   # External URL and public host must carry the port, or resumable-upload URLs lose it.
   launch fake-gcs "$fake_gcs" -scheme http -host 127.0.0.1 -port "$GCS_PORT" -backend filesystem \
