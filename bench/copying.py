@@ -96,7 +96,7 @@ def main():
         server.kill()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{4 * args.shard_mib} MiB model (4 shards of {args.shard_mib} MiB and a config) in format 2, one moto"
+    print(f"\n{4 * args.shard_mib} MiB model (4 shards of {args.shard_mib} MiB and a config) in format 3, one moto"
           f" server behind a counting proxy; medians of {args.runs} runs, the tools taking turns.")
     print(f"\n| scenario | tool | through the client | requests | wall | wall vs rclone | wall vs s5cmd |")
     print("|---|---|---:|---:|---:|---:|---:|")

@@ -144,7 +144,7 @@ def du(path):
     return int(out.split()[0])
 
 
-def format2_layout(s3):
+def chunked_layout(s3):
     """(chunks, bytes of manifest and locations) of the last version crowecode-cloud uploaded."""
     objs = [o for page in s3.get_paginator("list_objects_v2").paginate(Bucket="ours")
             for o in page.get("Contents", []) if "Bench/versions/" in o["Key"]]
@@ -259,7 +259,7 @@ def main():
             shutil.rmtree(fresh)
             os.makedirs(fresh)
             step("a fresh machine (the last version)", False)
-        layout = format2_layout(s3)
+        layout = chunked_layout(s3)
     finally:
         server.kill()
         shutil.rmtree(work, ignore_errors=True)

@@ -19,10 +19,13 @@ use crate::names::{ModelName, Sha256Hex};
 
 /// Format 1: a version is one archive.
 pub const FORMAT_VERSION: u32 = 1;
-/// Format 2: a version is its files' chunks, in packs shared by every model of the prefix.
+/// Format 2: a version is its files' chunks, in packs shared by every model of the prefix,
+/// each chunk named by its sha256.
 pub const FORMAT_PIECES: u32 = 2;
+/// Format 3: format 2 with each chunk named by its BLAKE3 digest (files keep their sha256).
+pub const FORMAT_PIECES_BLAKE3: u32 = 3;
 /// The newest manifest format this version reads.
-pub const NEWEST_FORMAT: u32 = FORMAT_PIECES;
+pub const NEWEST_FORMAT: u32 = FORMAT_PIECES_BLAKE3;
 /// The largest manifest accepted (a model with ~100k files).
 pub const MAX_MANIFEST_BYTES: usize = 64 << 20;
 
@@ -38,8 +41,9 @@ pub struct FileEntry {
     /// Offset of the file's bytes inside the archive (uncompressed archives only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
-    /// Format 2: the file's content-defined chunks in order, `[sha256, length]` each (offsets
-    /// are the running sum). Covered by the version id, so a pinned reference fixes them.
+    /// Formats 2 and 3: the file's content-defined chunks in order, `[digest, length]` each
+    /// (offsets are the running sum; the digest is the sha256 in format 2, the BLAKE3 in format
+    /// 3). Covered by the version id, so a pinned reference fixes them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<(Sha256Hex, u32)>,
 }
@@ -90,9 +94,18 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl Manifest {
-    /// Whether the version is stored as chunks in packs (format 2) rather than one archive.
+    /// Whether the version is stored as chunks in packs (formats 2 and 3) rather than one archive.
     pub fn is_pieces(&self) -> bool {
-        self.format == FORMAT_PIECES
+        self.format == FORMAT_PIECES || self.format == FORMAT_PIECES_BLAKE3
+    }
+
+    /// The digest its chunks are named by (formats 2 and 3).
+    pub fn chunk_hash(&self) -> crate::chunk::ChunkHash {
+        if self.format == FORMAT_PIECES_BLAKE3 {
+            crate::chunk::ChunkHash::Blake3
+        } else {
+            crate::chunk::ChunkHash::Sha256
+        }
     }
 
     /// How many chunks the version's files have (format 2; 0 in format 1).
@@ -144,7 +157,7 @@ impl Manifest {
 
     /// Internal consistency: safe unique paths, sizes adding up, offsets inside the archive.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.format != FORMAT_VERSION && self.format != FORMAT_PIECES {
+        if self.format != FORMAT_VERSION && !self.is_pieces() {
             return Err(format!("unsupported manifest format {}", self.format));
         }
         match self.format {
@@ -154,8 +167,8 @@ impl Manifest {
             FORMAT_VERSION if self.files.iter().any(|f| !f.chunks.is_empty()) => {
                 return Err("a format 1 manifest lists chunks".into());
             }
-            FORMAT_PIECES if self.archive_sha256.is_some() || !self.archive_key.is_empty() => {
-                return Err("a format 2 manifest names an archive".into());
+            FORMAT_PIECES | FORMAT_PIECES_BLAKE3 if self.archive_sha256.is_some() || !self.archive_key.is_empty() => {
+                return Err(format!("a format {} manifest names an archive", self.format));
             }
             _ => {}
         }

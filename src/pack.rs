@@ -1,4 +1,4 @@
-//! Packing chunks into pack objects for bucket format 2 (see ARCHITECTURE.md, "Incremental
+//! Packing chunks into pack objects for bucket formats 2 and 3 (see ARCHITECTURE.md, "Incremental
 //! versions"): which chunks an upload must send, in which packs, and how a machine reads them
 //! back in few requests.
 
@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::chunk::Piece;
+use crate::chunk::{ChunkHash, Piece};
 
 /// The largest pack: one PUT of at most this many bytes.
 pub const MAX_PACK: u64 = 64 << 20;
@@ -27,8 +27,9 @@ pub struct PlannedPack {
     pub size: u64,
 }
 
-/// The packs an upload sends: every chunk of `files` whose digest is neither in `have` (what
-/// the bucket holds already) nor earlier in this upload, in file order, cut into packs of at
+/// The packs an upload sends: every chunk of `files` whose digest (either of them: see
+/// [`Piece::known_in`]) is neither in `have` (what the bucket holds already) nor earlier in this
+/// upload, in file order, cut into packs of at
 /// most [`MAX_PACK`] bytes, no chunk split.
 pub fn plan(files: &[Vec<Piece>], have: &HashSet<[u8; 32]>, max_pack: u64) -> Vec<PlannedPack> {
     let mut seen: HashSet<[u8; 32]> = HashSet::new();
@@ -37,7 +38,7 @@ pub fn plan(files: &[Vec<Piece>], have: &HashSet<[u8; 32]>, max_pack: u64) -> Ve
     let mut size = 0u64;
     for (file, pieces) in files.iter().enumerate() {
         for (piece, p) in pieces.iter().enumerate() {
-            if have.contains(&p.sha256) || !seen.insert(p.sha256) {
+            if p.known_in(have) || !seen.insert(p.digest) {
                 continue;
             }
             if size + u64::from(p.len) > max_pack && !current.is_empty() {
@@ -55,7 +56,7 @@ pub fn plan(files: &[Vec<Piece>], have: &HashSet<[u8; 32]>, max_pack: u64) -> Ve
 }
 
 fn close(files: &[Vec<Piece>], chunks: Vec<ChunkRef>, size: u64) -> PlannedPack {
-    let id = pack_id(chunks.iter().map(|c| &files[c.file][c.piece].sha256));
+    let id = pack_id(chunks.iter().map(|c| &files[c.file][c.piece].digest));
     PlannedPack { id, chunks, size }
 }
 
@@ -100,7 +101,12 @@ pub fn runs<T>(items: Vec<T>, place: impl Fn(&T) -> (usize, u64, u64), range: u6
 /// The bytes of `pack`, read from the files it was planned from (`paths[i]` holds `files[i]`),
 /// every chunk hashed again: a file that changed since it was cut fails with `InvalidData`, so a
 /// pack never holds bytes that do not match the digests the version will name.
-pub fn assemble(pack: &PlannedPack, paths: &[std::path::PathBuf], files: &[Vec<Piece>]) -> std::io::Result<Vec<u8>> {
+pub fn assemble(
+    pack: &PlannedPack,
+    paths: &[std::path::PathBuf],
+    files: &[Vec<Piece>],
+    hash: ChunkHash,
+) -> std::io::Result<Vec<u8>> {
     use std::io::{Read as _, Seek as _};
     let mut out = Vec::with_capacity(pack.size as usize);
     let mut open: Option<(usize, std::fs::File)> = None;
@@ -114,7 +120,7 @@ pub fn assemble(pack: &PlannedPack, paths: &[std::path::PathBuf], files: &[Vec<P
         let start = out.len();
         out.resize(start + piece.len as usize, 0);
         file.read_exact(&mut out[start..])?;
-        if <[u8; 32]>::from(Sha256::digest(&out[start..])) != piece.sha256 {
+        if hash.digest(&out[start..]) != piece.digest {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("{} changed while it was being uploaded", paths[c.file].display()),
@@ -139,7 +145,7 @@ pub struct Locations {
 
 impl Locations {
     /// Where the chunks of `files` are once `packs` are stored, the other chunks being where
-    /// `have` says (a previous version's locations, by chunk digest). `None` when a chunk is in
+    /// `have` says (a previous version's locations, by chunk digest of either hash). `None` when a chunk is in
     /// neither (a plan that does not cover the files).
     pub fn build(
         files: &[Vec<Piece>],
@@ -160,18 +166,18 @@ impl Locations {
             let mut offset = 0;
             for c in &pack.chunks {
                 let piece = &files[c.file][c.piece];
-                at.insert(piece.sha256, (p, offset));
+                at.insert(piece.digest, (p, offset));
                 offset += u64::from(piece.len);
             }
         }
         let mut chunks = Vec::new();
         for piece in files.iter().flatten() {
-            let place = match at.get(&piece.sha256) {
+            let place = match at.get(&piece.digest) {
                 Some(&place) => place,
                 None => {
-                    let (pack, offset) = have.get(&piece.sha256)?;
+                    let (pack, offset) = piece.found_in(have)?;
                     let place = (intern(pack, &mut ids), *offset);
-                    at.insert(piece.sha256, place);
+                    at.insert(piece.digest, place);
                     place
                 }
             };
@@ -204,7 +210,7 @@ mod tests {
     use super::*;
 
     fn piece(n: u8, len: u32) -> Piece {
-        Piece { offset: 0, len, sha256: [n; 32] }
+        Piece { offset: 0, len, digest: [n; 32], sha256: [n ^ 0xff; 32] }
     }
 
     #[test]
@@ -218,7 +224,7 @@ mod tests {
         let have: HashSet<[u8; 32]> = [[3; 32]].into_iter().collect();
         let packs = plan(&files, &have, MAX_PACK);
         let order: Vec<Vec<u8>> =
-            packs.iter().map(|p| p.chunks.iter().map(|c| files[c.file][c.piece].sha256[0]).collect()).collect();
+            packs.iter().map(|p| p.chunks.iter().map(|c| files[c.file][c.piece].digest[0]).collect()).collect();
         assert_eq!(order, vec![vec![1, 2], vec![4, 5]], "3 is in the bucket, 2 is sent once");
         assert!(packs.iter().all(|p| p.size <= MAX_PACK));
         assert_eq!(packs[0].size, 60 * u64::from(mib));
@@ -264,12 +270,14 @@ mod tests {
         for (p, d) in paths.iter().zip(&data) {
             std::fs::write(p, d).unwrap();
         }
-        let files: Vec<Vec<Piece>> =
-            paths.iter().map(|p| crate::chunk::cut_stream(std::fs::File::open(p).unwrap()).unwrap().0).collect();
+        let files: Vec<Vec<Piece>> = paths
+            .iter()
+            .map(|p| crate::chunk::cut_stream(std::fs::File::open(p).unwrap(), ChunkHash::Blake3).unwrap().0)
+            .collect();
         let packs = plan(&files, &HashSet::new(), MAX_PACK);
         let mut whole = Vec::new();
         for p in &packs {
-            let bytes = assemble(p, &paths, &files).unwrap();
+            let bytes = assemble(p, &paths, &files, ChunkHash::Blake3).unwrap();
             assert_eq!(bytes.len() as u64, p.size);
             whole.extend(bytes);
         }
@@ -279,7 +287,10 @@ mod tests {
         changed[10] ^= 1;
         std::fs::write(&paths[1], changed).unwrap();
         let last = packs.last().unwrap();
-        assert_eq!(assemble(last, &paths, &files).unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+        assert_eq!(
+            assemble(last, &paths, &files, ChunkHash::Blake3).unwrap_err().kind(),
+            std::io::ErrorKind::InvalidData
+        );
     }
 
     #[test]
@@ -302,5 +313,23 @@ mod tests {
         assert!(Locations::parse(&serde_json::to_vec(&bad).unwrap(), 4).is_err());
         // A chunk neither planned nor known: no locations.
         assert!(Locations::build(&files, &packs, &std::collections::HashMap::new()).is_none());
+    }
+
+    #[test]
+    fn a_format_2_version_is_reused_by_the_sha256_of_each_chunk() {
+        // The new version names its chunks by BLAKE3 (`digest`); the old one, format 2, by sha256.
+        let files = vec![vec![piece(1, 10), piece(2, 20)]];
+        let old_pack = "cd".repeat(32);
+        let have: std::collections::HashMap<[u8; 32], (String, u64)> =
+            [([2 ^ 0xff; 32], (old_pack.clone(), 70))].into_iter().collect();
+        let known: HashSet<[u8; 32]> = have.keys().copied().collect();
+        let packs = plan(&files, &known, MAX_PACK);
+        assert_eq!(packs.len(), 1);
+        assert_eq!(packs[0].chunks, vec![ChunkRef { file: 0, piece: 0 }], "chunk 2 is in the bucket already");
+        let l = Locations::build(&files, &packs, &have).unwrap();
+        assert_eq!(l.packs, vec![hex::encode(packs[0].id), old_pack]);
+        assert_eq!(l.chunks, vec![(0, 0), (1, 70)]);
+        // The pack is named by the digests the version names its chunks by.
+        assert_eq!(packs[0].id, pack_id([&[1u8; 32]]));
     }
 }

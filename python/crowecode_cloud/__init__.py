@@ -384,7 +384,8 @@ class CloudManager:
         """Uploads the directory ``path`` as ``name`` (``"Alpha"`` or ``"Alpha:TAG"``); signed with
         the private key ``sign_key`` (or CROWECODE_SIGNING_KEY), and/or with the publisher's OMS
         ``signature`` file, which must match the tree. ``format`` is the bucket format of the new
-        version: 2 (the default: chunks in shared packs) or 1 (one archive, which release 0.1.0
+        version: 3 (the default: chunks in shared packs, named by BLAKE3), 2 (the same named by
+        sha256, for machines of builds that do not read 3) or 1 (one archive, which release 0.1.0
         reads)."""
         args = ["upload", name, "--from", os.fspath(path)]
         if format is not None:

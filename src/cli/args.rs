@@ -197,9 +197,10 @@ pub(super) enum Command {
         /// Archive compression: none (fastest, allows --only and resume), zstd or gzip
         #[arg(long, value_enum, default_value_t = Compression::None, hide_possible_values = true)]
         compression: Compression,
-        /// Bucket format of the new version: 1 (one archive) or 2 (content-defined chunks in
-        /// packs shared by every model: a version costs what changed)
-        #[arg(long, value_name = "N", env = "CROWECODE_UPLOAD_FORMAT", value_parser = clap::value_parser!(u32).range(1..=2))]
+        /// Bucket format of the new version: 3 (the default: content-defined chunks in packs
+        /// shared by every model, so a version costs what changed), 2 (the same with sha256 chunk
+        /// digests, for machines of earlier builds) or 1 (one archive)
+        #[arg(long, value_name = "N", env = "CROWECODE_UPLOAD_FORMAT", value_parser = clap::value_parser!(u32).range(1..=3))]
         format: Option<u32>,
         /// Upload even if the bucket already holds this exact tree
         #[arg(long)]

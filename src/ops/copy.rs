@@ -303,7 +303,8 @@ async fn copy_packs(src: &Session, dst: &Session, found: &Found, dry_run: bool, 
     }
     if !missing.is_empty() {
         progress.started(Direction::Upload, missing_bytes);
-        for t in &send_packs(src, dst, sizes, expected, in_service, progress).await? {
+        let hash = found.manifest.chunk_hash();
+        for t in &send_packs(src, dst, sizes, expected, hash, in_service, progress).await? {
             traffic.add(t);
         }
     }
@@ -331,6 +332,7 @@ async fn send_packs(
     dst: &Session,
     sizes: Vec<(String, String, crate::provider::ObjectMeta)>,
     expected: HashMap<String, Vec<(u64, u32, [u8; 32])>>,
+    hash: crate::chunk::ChunkHash,
     in_service: bool,
     progress: &Progress,
 ) -> Result<Vec<Traffic>> {
@@ -353,8 +355,8 @@ async fn send_packs(
                 let t = match t {
                     Some(t) => t,
                     None => {
-                        let chunks = expected.get(&key).map_or(&[][..], |v| v);
-                        copy_pack_through(src, dst, &src_key, &key, meta.size, chunks).await?
+                        let chunks = expected.get(&key).cloned().unwrap_or_default();
+                        copy_pack_through(src, dst, src_key, &key, meta.size, chunks, hash).await?
                     }
                 };
                 progress.advanced(meta.size);
@@ -410,19 +412,45 @@ async fn copy_in_service(
 }
 
 /// Reads a pack, checks each chunk `expected` names against its digest, writes it (create-only:
-/// the same id is the same chunks, so one written meanwhile is as good).
+/// the same id is the same chunks, so one written meanwhile is as good). The read and its checks
+/// are a task of their own, so that the packs in flight are hashed on every core.
 async fn copy_pack_through(
     src: &Session,
     dst: &Session,
-    src_key: &str,
+    src_key: String,
     key: &str,
     size: u64,
-    expected: &[(u64, u32, [u8; 32])],
+    expected: Vec<(u64, u32, [u8; 32])>,
+    hash: crate::chunk::ChunkHash,
 ) -> Result<Traffic> {
+    let read = tokio::spawn(read_pack_checked(src.provider.clone(), src_key, size, expected, hash));
+    // A copy that fails elsewhere drops this future: the read stops with it.
+    let _stop = AbortOnDrop(read.abort_handle());
+    let body = read.await.map_err(|e| Error::other(format!("a copy task failed: {e}"), None))??;
+    let size = body.len() as u64;
+    dst.put_named(key, body, PutMode::Create).await?;
+    Ok(Traffic { objects: 1, through_machine_bytes: size, ..Default::default() })
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A pack's bytes, each chunk `expected` names hashed as soon as its last byte is in, while the
+/// rest of the pack arrives.
+async fn read_pack_checked(
+    provider: Arc<dyn crate::provider::Provider>,
+    src_key: String,
+    size: u64,
+    mut checks: Vec<(u64, u32, [u8; 32])>,
+    hash: crate::chunk::ChunkHash,
+) -> Result<bytes::Bytes> {
     let reading = |e| Error::from_provider(format!("reading {src_key}"), e);
-    let mut body = src.provider.get(src_key, GetRange::All).await.map_err(reading)?;
-    // Each chunk is hashed as soon as its last byte is in, while the rest of the pack arrives.
-    let mut checks: Vec<(u64, u32, [u8; 32])> = expected.to_vec();
+    let mut body = provider.get(&src_key, GetRange::All).await.map_err(reading)?;
     checks.sort_by_key(|&(offset, len, _)| offset + u64::from(len));
     let mut next = 0;
     let mut buf = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
@@ -436,10 +464,10 @@ async fn copy_pack_through(
             if end > buf.len() {
                 break;
             }
-            let got: [u8; 32] = Sha256::digest(&buf[offset as usize..end]).into();
+            let got = hash.digest(&buf[offset as usize..end]);
             if got != digest {
                 return Err(Error::integrity(
-                    src_key,
+                    &src_key,
                     format!(
                         "the chunk at offset {offset} does not match its digest; nothing was written at the destination for it"
                     ),
@@ -455,7 +483,7 @@ async fn copy_pack_through(
     }
     if let Some(&(offset, len, _)) = checks.get(next) {
         return Err(Error::integrity(
-            src_key,
+            &src_key,
             format!(
                 "the pack ends at {} bytes, before the chunk at offset {offset} ({len} bytes) the version names",
                 buf.len()
@@ -464,9 +492,7 @@ async fn copy_pack_through(
             None,
         ));
     }
-    let size = buf.len() as u64;
-    dst.put_named(key, buf.freeze(), PutMode::Create).await?;
-    Ok(Traffic { objects: 1, through_machine_bytes: size, ..Default::default() })
+    Ok(buf.freeze())
 }
 
 /// The archive of a format 1 version, when the destination lacks it: inside the service, or

@@ -13,9 +13,9 @@ use futures::{StreamExt as _, TryStreamExt as _, stream};
 use super::versions::{self, Found};
 use super::{Session, blocking};
 use crate::archive::{ArchivePlan, Compression};
-use crate::chunk::Piece;
+use crate::chunk::{ChunkHash, Piece};
 use crate::error::{Error, Result};
-use crate::manifest::{DirEntry, FORMAT_PIECES, FileEntry, Manifest};
+use crate::manifest::{DirEntry, FileEntry, Manifest};
 use crate::names::{ModelName, Sha256Hex};
 use crate::pack::{self, Locations, PlannedPack};
 use crate::progress::Direction;
@@ -94,6 +94,8 @@ pub(crate) struct CutTree {
     plan: ArchivePlan,
     paths: Vec<PathBuf>,
     cuts: Vec<crate::chunk::Cut>,
+    /// The manifest format of the version to write (2 or 3), which fixes the chunk hash.
+    format: u32,
 }
 
 impl CutTree {
@@ -117,14 +119,20 @@ impl CutTree {
     }
 }
 
+/// The chunk hash of a format 2 or 3 version.
+fn chunk_hash_of(format: u32) -> ChunkHash {
+    if format == crate::manifest::FORMAT_PIECES { ChunkHash::Sha256 } else { ChunkHash::Blake3 }
+}
+
 /// Cuts every file of `plan` (see [`CutTree`]); a file whose size changed since the scan fails.
-pub(crate) async fn cut_tree(plan: ArchivePlan) -> Result<CutTree> {
+pub(crate) async fn cut_tree(plan: ArchivePlan, format: u32) -> Result<CutTree> {
+    let hash = chunk_hash_of(format);
     let files: Vec<&crate::archive::PlannedEntry> = plan.entries.iter().filter(|e| e.size.is_some()).collect();
     let paths: Vec<PathBuf> = files.iter().map(|e| e.source.clone()).collect();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let cut_paths = paths.clone();
     let cuts = blocking(move || {
-        crate::chunk::cut_files(&cut_paths, threads)
+        crate::chunk::cut_files(&cut_paths, threads, hash)
             .map_err(|e| Error::other(format!("cannot read the model: {e}"), None))
     })
     .await?;
@@ -134,7 +142,7 @@ pub(crate) async fn cut_tree(plan: ArchivePlan) -> Result<CutTree> {
             return Err(changed(path));
         }
     }
-    Ok(CutTree { plan, paths, cuts })
+    Ok(CutTree { plan, paths, cuts, format })
 }
 
 /// Sends the packs of the chunks of `tree` that neither `previous` (earlier versions of the
@@ -148,7 +156,7 @@ pub(crate) async fn store(
     previous: &[Found],
     force: bool,
 ) -> Result<Stored> {
-    let CutTree { plan, paths, cuts } = tree;
+    let CutTree { plan, paths, cuts, format } = tree;
     let pieces: Vec<Vec<Piece>> = cuts.iter().map(|(p, _)| p.clone()).collect();
 
     // What the bucket holds already: the chunks of the earlier versions given. With `force`,
@@ -168,16 +176,18 @@ pub(crate) async fn store(
     for (_, places) in &indexed {
         have.extend(places.iter().cloned());
     }
+    // Keyed by the digest each source names its chunks by: the sha256 of a format 2 version, the
+    // BLAKE3 of a format 3 one. A chunk is found by either of its own.
     let known: HashSet<[u8; 32]> = have.keys().copied().collect();
     let planned = pack::plan(&pieces, &known, pack_size(s));
     let sent: u64 = planned.iter().map(|p| p.size).sum();
     let total: u64 = pieces.iter().flatten().map(|p| u64::from(p.len)).sum();
-    let reused: u64 = pieces.iter().flatten().filter(|p| known.contains(&p.sha256)).map(|p| u64::from(p.len)).sum();
+    let reused: u64 = pieces.iter().flatten().filter(|p| p.known_in(&known)).map(|p| u64::from(p.len)).sum();
 
     let progress = Progress::new(s.reporter.clone(), model.as_str());
     progress.started(Direction::Upload, sent);
     let mode = if force { PutMode::Overwrite } else { PutMode::Create };
-    let sending = send_packs(s, &planned, &paths, &pieces, mode, &progress).await;
+    let sending = send_packs(s, &planned, &paths, &pieces, chunk_hash_of(format), mode, &progress).await;
     progress.finished();
     let tuning = sending?;
 
@@ -194,14 +204,14 @@ pub(crate) async fn store(
                     sha256: Sha256Hex::from_digest(sha),
                     mode: e.mode,
                     offset: None,
-                    chunks: pieces.iter().map(|p| (Sha256Hex::from_digest(&p.sha256), p.len)).collect(),
+                    chunks: pieces.iter().map(|p| (Sha256Hex::from_digest(&p.digest), p.len)).collect(),
                 });
             }
             None => dirs.push(DirEntry { path: e.path.clone(), mode: e.mode }),
         }
     }
     let manifest = Manifest {
-        format: FORMAT_PIECES,
+        format,
         model: model.clone(),
         archive_key: String::new(),
         archive_sha256: None,
@@ -252,6 +262,7 @@ async fn send_packs(
     planned: &[PlannedPack],
     paths: &[PathBuf],
     pieces: &[Vec<Piece>],
+    hash: ChunkHash,
     mode: PutMode,
     progress: &Progress,
 ) -> Result<crate::transfer::tuning::Tuning> {
@@ -268,7 +279,7 @@ async fn send_packs(
                 let key = s.layout.pack_key(&hex::encode(p.id));
                 let size = p.size;
                 let body = blocking(move || {
-                    pack::assemble(&p, &paths, &pieces).map_err(|e| match e.kind() {
+                    pack::assemble(&p, &paths, &pieces, hash).map_err(|e| match e.kind() {
                         // `assemble` says which file changed.
                         std::io::ErrorKind::InvalidData => Error::other(e.to_string(), Some(CHANGED_HINT.into())),
                         _ => Error::other(format!("cannot read the model: {e}"), None),
@@ -295,7 +306,7 @@ async fn send_packs(
         memory_source: crate::transfer::tuning::memory_source(&s.transfer),
         peak_held: None,
         why: format!(
-            "format 2: packs of up to {} MiB, {in_flight} in flight within {} MiB",
+            "in chunks: packs of up to {} MiB, {in_flight} in flight within {} MiB",
             pack_size(s) >> 20,
             budget >> 20
         ),
@@ -373,7 +384,8 @@ pub(crate) async fn missing_packs(s: &Session, loc: &Locations) -> Result<Vec<St
 #[derive(serde::Serialize, serde::Deserialize)]
 struct FileIndex {
     packs: Vec<String>,
-    /// `[chunk sha256, pack index, offset]` per chunk, in file order.
+    /// `[chunk digest, pack index, offset]` per chunk, in file order (the digest the version
+    /// that wrote it names chunks by: sha256 in format 2, BLAKE3 in format 3).
     chunks: Vec<(String, u32, u64)>,
 }
 
@@ -391,7 +403,8 @@ async fn read_file_indexes(s: &Session, cuts: &[crate::chunk::Cut]) -> Result<Ve
             let Some(bytes) = s.get_small(&key).await? else { return Ok((i, Vec::new())) };
             let Ok(index) = serde_json::from_slice::<FileIndex>(&bytes) else { return Ok((i, Vec::new())) };
             let same = index.chunks.len() == cuts[i].0.len()
-                && index.chunks.iter().zip(&cuts[i].0).all(|(c, p)| c.0 == hex::encode(p.sha256))
+                // An index names chunks as the upload that wrote it did: by sha256 or by BLAKE3.
+                && index.chunks.iter().zip(&cuts[i].0).all(|(c, p)| c.0 == hex::encode(p.digest) || c.0 == hex::encode(p.sha256))
                 && index.chunks.iter().all(|c| (c.1 as usize) < index.packs.len());
             if !same {
                 return Ok((i, Vec::new()));
@@ -407,7 +420,7 @@ async fn read_file_indexes(s: &Session, cuts: &[crate::chunk::Cut]) -> Result<Ve
                 .0
                 .iter()
                 .zip(&index.chunks)
-                .map(|(p, c)| (p.sha256, (index.packs[c.1 as usize].clone(), c.2)))
+                .map(|(p, c)| (p.digest, (index.packs[c.1 as usize].clone(), c.2)))
                 .collect();
             Ok((i, places))
         })

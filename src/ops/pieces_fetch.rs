@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::{StreamExt as _, TryStreamExt as _, stream};
-use sha2::{Digest as _, Sha256};
 
 use super::pieces::{digest_bytes, locations_of};
 use super::{Session, blocking};
@@ -167,7 +166,8 @@ pub(crate) async fn fetch(
         out.local += js.iter().map(|&j| u64::from(manifest.files[i].chunks[j].1)).sum::<u64>();
     }
     // An empty file's one chunk is empty: nothing to read (a range of no bytes is no request).
-    let empty: [u8; 32] = Sha256::digest([]).into();
+    let hash = manifest.chunk_hash();
+    let empty: [u8; 32] = hash.digest(&[]);
     for &i in open.keys() {
         for (j, (sha, len)) in manifest.files[i].chunks.iter().enumerate() {
             if *len == 0 {
@@ -242,7 +242,7 @@ pub(crate) async fn fetch(
             blocking(move || {
                 let mut buf = vec![0u8; len as usize];
                 let good = File::open(&path).and_then(|f| f.read_exact_at(&mut buf, at)).is_ok()
-                    && <[u8; 32]>::from(Sha256::digest(&buf)) == digest;
+                    && hash.digest(&buf) == digest;
                 if !good {
                     return Ok(Err((i, to, digest)));
                 }
@@ -338,7 +338,7 @@ pub(crate) async fn fetch(
         memory_budget: budget,
         memory_source: crate::transfer::tuning::memory_source(&s.transfer),
         peak_held: Some(held.peak()),
-        why: format!("format 2: ranges of up to {} MiB over packs, {in_flight} at once", range >> 20),
+        why: format!("in chunks: ranges of up to {} MiB over packs, {in_flight} at once", range >> 20),
     };
     Ok((out, tuning))
 }
@@ -385,7 +385,7 @@ async fn stream_run(
     progress: &Progress,
 ) -> Result<()> {
     let end = run.last().map_or(0, |w| w.offset + w.len);
-    let (mut idx, mut done, mut hasher, mut attempt) = (0usize, 0u64, Sha256::new(), 0);
+    let (mut idx, mut done, mut hasher, mut attempt) = (0usize, 0u64, ctx.manifest.chunk_hash().hasher(), 0);
     'read: loop {
         attempt += 1;
         let from = run[idx].offset + done;
@@ -424,7 +424,7 @@ async fn stream_run(
                     done += take as u64;
                     data = &data[take..];
                     if done == w.len {
-                        let digest: [u8; 32] = hasher.finalize_reset().into();
+                        let digest = hasher.finalize_reset();
                         if digest != w.digest {
                             return Err(Error::integrity(
                                 key,
@@ -590,7 +590,7 @@ fn chunks_in_place(
     offsets: &[Vec<u64>],
     i: usize,
 ) -> std::collections::HashSet<usize> {
-    let f = &manifest.files[i];
+    let (f, hash) = (&manifest.files[i], manifest.chunk_hash());
     let Ok(file) = File::open(staging.join(&f.path)) else { return Default::default() };
     let mut buf = Vec::new();
     f.chunks
@@ -598,8 +598,7 @@ fn chunks_in_place(
         .enumerate()
         .filter(|(j, (sha, len))| {
             buf.resize(*len as usize, 0);
-            file.read_exact_at(&mut buf, offsets[i][*j]).is_ok()
-                && <[u8; 32]>::from(Sha256::digest(&buf)) == digest_bytes(sha)
+            file.read_exact_at(&mut buf, offsets[i][*j]).is_ok() && hash.digest(&buf) == digest_bytes(sha)
         })
         .map(|(j, _)| j)
         .collect()

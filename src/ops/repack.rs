@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 
 use super::Session;
 use super::versions;
@@ -36,8 +35,8 @@ pub struct RepackReport {
     pub put_back: usize,
 }
 
-/// A chunk: its digest and length.
-type Chunk = ([u8; 32], u32);
+/// A chunk: its digest, length, and the hash of the digest (of the version that names it).
+type Chunk = ([u8; 32], u32, crate::chunk::ChunkHash);
 
 /// A committed format 2 version: its locations' key and bytes, and each chunk's digest and
 /// length in order.
@@ -74,10 +73,10 @@ pub(crate) async fn run(s: &Session, apply: bool) -> Result<RepackReport> {
             .iter()
             .flat_map(|f| f.chunks.iter().map(|(sha, len)| (super::pieces::digest_bytes(sha), *len)))
             .collect();
-        let n = versions.len();
+        let (n, hash) = (versions.len(), found.manifest.chunk_hash());
         for (&(p, offset), (digest, len)) in loc.chunks.iter().zip(&chunks) {
             let pack = &loc.packs[p as usize];
-            live.entry(pack.clone()).or_default().insert(offset, (*digest, *len));
+            live.entry(pack.clone()).or_default().insert(offset, (*digest, *len, hash));
         }
         for pack in &loc.packs {
             users.entry(pack.clone()).or_default().push(n);
@@ -90,7 +89,7 @@ pub(crate) async fn run(s: &Session, apply: bool) -> Result<RepackReport> {
         .filter(|o| o.key.starts_with(&packs_prefix))
         .filter_map(|o| {
             let id = s.layout.pack_of_key(&o.key)?;
-            let used: u64 = live.get(id)?.values().map(|(_, len)| u64::from(*len)).sum();
+            let used: u64 = live.get(id)?.values().map(|(_, len, _)| u64::from(*len)).sum();
             (used * 2 <= o.size && users.contains_key(id)).then(|| (id.to_string(), o.size))
         })
         .collect();
@@ -98,7 +97,7 @@ pub(crate) async fn run(s: &Session, apply: bool) -> Result<RepackReport> {
     out.packs = candidates.len();
     out.reclaimable_bytes = candidates.iter().map(|(_, size)| size).sum();
     out.copied_bytes =
-        candidates.iter().map(|(id, _)| live[id].values().map(|(_, len)| u64::from(*len)).sum::<u64>()).sum();
+        candidates.iter().map(|(id, _)| live[id].values().map(|(_, len, _)| u64::from(*len)).sum::<u64>()).sum();
     if !apply || candidates.is_empty() {
         return Ok(out);
     }
@@ -111,18 +110,19 @@ pub(crate) async fn run(s: &Session, apply: bool) -> Result<RepackReport> {
     for (old, _) in &candidates {
         let key = s.layout.pack_key(old);
         let chunks: Vec<(u64, Chunk)> = live[old].iter().map(|(&o, &c)| (o, c)).collect();
-        for run in crate::pack::runs(chunks, |(o, (_, len))| (0, *o, u64::from(*len)), super::pieces_fetch::RANGE) {
+        for run in crate::pack::runs(chunks, |(o, (_, len, _))| (0, *o, u64::from(*len)), super::pieces_fetch::RANGE) {
             let start = run[0].0;
-            let end = run.last().map_or(start, |(o, (_, len))| o + u64::from(*len));
+            let end = run.last().map_or(start, |(o, (_, len, _))| o + u64::from(*len));
             let body = read(s, &key, start, end).await?;
-            for (offset, (digest, len)) in run {
+            for (offset, (digest, len, hash)) in run {
                 let bytes = &body[(offset - start) as usize..(offset - start) as usize + len as usize];
-                if <[u8; 32]>::from(Sha256::digest(bytes)) != digest {
+                let got = hash.digest(bytes);
+                if got != digest {
                     return Err(Error::integrity(
                         &key,
                         format!("a chunk at offset {offset} differs from its digest; nothing was rewritten"),
                         Some(hex::encode(digest)),
-                        Some(hex::encode(Sha256::digest(bytes))),
+                        Some(hex::encode(got)),
                     ));
                 }
                 if !current.is_empty() && current.len() as u64 + u64::from(len) > max {

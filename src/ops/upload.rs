@@ -13,7 +13,7 @@ use super::versions::{self, Expect};
 use super::{Session, blocking, signatures};
 use crate::archive::{self, ArchivePlan, Compression};
 use crate::error::{Error, Result};
-use crate::manifest::{DirEntry, FORMAT_PIECES, FORMAT_VERSION, FileEntry, Manifest};
+use crate::manifest::{DirEntry, FORMAT_PIECES_BLAKE3, FORMAT_VERSION, FileEntry, Manifest};
 use crate::names::{ModelName, Sha256Hex};
 use crate::provider::PutMode;
 use crate::reference::{Reference, TagName, Target, VersionId};
@@ -21,7 +21,7 @@ use crate::signing::oms::Bundle;
 use crate::transfer::{self, Progress};
 
 /// The bucket format of a new version when none is asked for.
-pub const DEFAULT_FORMAT: u32 = FORMAT_PIECES;
+pub const DEFAULT_FORMAT: u32 = FORMAT_PIECES_BLAKE3;
 
 /// How a lost manifest commit is described (and recognised by the fallback's `--publish`).
 pub(crate) const CONFLICT: &str = "another upload of a different tree moved latest while this one ran";
@@ -177,9 +177,12 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
         0 => DEFAULT_FORMAT,
         f => f,
     };
-    // Format 2 reads the tree once: cutting it gives every file's sha256 too.
-    let (plan, tree) =
-        if format == FORMAT_PIECES { (None, Some(super::pieces::cut_tree(plan).await?)) } else { (Some(plan), None) };
+    // Formats 2 and 3 read the tree once: cutting it gives every file's sha256 too.
+    let (plan, tree) = if format == FORMAT_VERSION {
+        (Some(plan), None)
+    } else {
+        (None, Some(super::pieces::cut_tree(plan, format).await?))
+    };
     let same = match (latest.as_ref().filter(|_| !opts.force), &plan, &tree) {
         (Some(old), Some(plan), _) => unchanged(plan, &old.manifest).await?.is_some(),
         (Some(old), None, Some(tree)) => tree.same_as(&old.manifest),

@@ -118,26 +118,93 @@ fn old_download(sb: &Sandbox, model: &str) -> (std::process::Output, PathBuf) {
     (out, home)
 }
 
-/// A model uploaded in bucket format 2 (the default): release 0.1.0 refuses it with a clear
-/// message and exit 1, installing nothing; it never gets a wrong model.
+/// Models uploaded in bucket format 3 (the default) and format 2: release 0.1.0 refuses each
+/// with a clear message and exit 1, installing nothing; it never gets a wrong model.
 #[test]
-fn the_previous_release_refuses_a_format_2_model_and_installs_nothing() {
+fn the_previous_release_refuses_a_format_2_or_3_model_and_installs_nothing() {
     let sb = local_machine();
     let src = old_tree(&sb.src());
-    let out = sb.cmd().args(["upload", "New", "--from"]).arg(&src).output().unwrap();
+    for (model, format) in [("New", None), ("Mid", Some("2"))] {
+        let mut cmd = sb.cmd();
+        cmd.args(["upload", model, "--from"]).arg(&src);
+        if let Some(f) = format {
+            cmd.args(["--format", f]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let (out, home) = old_download(&sb, model);
+        assert_eq!(out.status.code(), Some(1), "release 0.1.0: {}", stderr(&out));
+        let newer = format!("manifest format {} is newer", format.unwrap_or("3"));
+        assert!(stderr(&out).contains(&newer), "{}", stderr(&out));
+        assert!(stderr(&out).contains("upgrade crowecode-cloud"), "{}", stderr(&out));
+        assert!(stdout(&out).is_empty(), "no path is printed: {}", stdout(&out));
+        assert!(!home.join(format!("cache/models/{model}")).exists(), "nothing installed");
+    }
+}
+
+/// A bucket written in format 2 (sha256 chunk digests) keeps downloading, and its next version,
+/// uploaded in format 3 (BLAKE3), sends only what changed: the upload finds the earlier chunks
+/// by their sha256. A machine holding the format 2 version fetches only the changed file.
+#[test]
+fn a_format_2_bucket_keeps_working_and_its_next_version_costs_what_changed() {
+    let sb = local_machine();
+    let src = sb.src().join("Shift");
+    let shard = crate::common::noise(6 << 20, 5);
+    write_files(&src, &[("weights.bin", &shard), ("config.json", b"{\"v\": 1}")]);
+    let out = sb.cmd().args(["--json", "upload", "Shift", "--format", "2", "--from"]).arg(&src).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let (out, home) = old_download(&sb, "New");
-    assert_eq!(out.status.code(), Some(1), "release 0.1.0: {}", stderr(&out));
-    assert!(stderr(&out).contains("manifest format 2 is newer"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("upgrade crowecode-cloud"), "{}", stderr(&out));
-    assert!(stdout(&out).is_empty(), "no path is printed: {}", stdout(&out));
-    assert!(!home.join("cache/models/New").exists(), "nothing installed");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["models"][0]["format"], 2, "{v}");
+    let old_reference = v["models"][0]["reference"].as_str().unwrap().to_string();
+    let out = sb.cmd().args(["--json", "download", "Shift"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tree(Path::new(got["models"][0]["path"].as_str().unwrap())), tree(&src));
+
+    // 1 MiB overwritten in the shard: format 3 reuses the format 2 chunks around it.
+    let mut edited = shard.clone();
+    edited[(3 << 20)..(4 << 20)].copy_from_slice(&crate::common::noise(1 << 20, 6));
+    write_files(&src, &[("weights.bin", &edited), ("config.json", b"{\"v\": 2}")]);
+    let out = sb.cmd().args(["--json", "upload", "Shift", "--from"]).arg(&src).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let up = &v["models"][0];
+    assert_eq!(up["format"], 3, "{up}");
+    let sent = up["sent"].as_u64().unwrap();
+    assert!(sent >= 1 << 20 && sent <= 5 << 20, "only the chunks around the edit: {up}");
+    // The version names its chunks by BLAKE3; its files keep their sha256.
+    let version = std::fs::read_dir(sb.bucket().join("crowecode-models/Shift/versions"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".json") && !p.to_string_lossy().ends_with(".loc.json"))
+        .map(|p| serde_json::from_slice::<serde_json::Value>(&std::fs::read(p).unwrap()).unwrap())
+        .find(|m| m["format"] == 3)
+        .expect("a format 3 version");
+    let weights = version["files"].as_array().unwrap().iter().find(|f| f["path"] == "weights.bin").unwrap();
+    assert_eq!(weights["sha256"], hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&edited)));
+    let first = &weights["chunks"][0];
+    let len = first[1].as_u64().unwrap() as usize;
+    assert_eq!(first[0], hex::encode(blake3::hash(&edited[..len]).as_bytes()), "{first}");
+
+    // The machine holding the format 2 version: the config is new, the shard changed.
+    let out = sb.cmd().args(["--json", "download", "Shift"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = &got["models"][0];
+    assert_eq!(tree(Path::new(got["path"].as_str().unwrap())), tree(&src));
+    assert!(got["transferred"].as_u64().unwrap() <= 7 << 20, "{got}");
+    // And a fresh machine gets both versions whole, each checked by its own hash.
+    let fresh = sb.path().join("fresh-home");
+    for reference in ["Shift", old_reference.as_str()] {
+        let out = sb.cmd().env("CROWECODE_HOME", &fresh).args(["--json", "download", reference]).output().unwrap();
+        assert!(out.status.success(), "{reference}: {}", stderr(&out));
+    }
 }
 
 /// A machine holding a version installed from bucket format 1 fetches only what changed of the
-/// next version in format 2: its files are found by their sha256 (and hashed before use).
+/// next version in format 3: its files are found by their sha256 (and hashed before use).
 #[test]
-fn a_format_1_install_is_reused_by_the_next_format_2_version() {
+fn a_format_1_install_is_reused_by_the_next_version_in_chunks() {
     let sb = local_machine();
     let src = sb.src().join("Mixed");
     write_files(&src, &[("weights.bin", &crate::common::noise(4 << 20, 3)), ("config.json", b"{\"v\": 1}")]);
@@ -150,7 +217,7 @@ fn a_format_1_install_is_reused_by_the_next_format_2_version() {
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let got = &v["models"][0];
-    assert_eq!(got["format"], 2, "{got}");
+    assert_eq!(got["format"], 3, "{got}");
     assert!(got["transferred"].as_u64().unwrap() < 64 << 10, "only the config: {got}");
     assert_eq!(tree(Path::new(got["path"].as_str().unwrap())), tree(&src));
 }

@@ -62,7 +62,7 @@ fn changed_file_costs_that_file(p: Provider, prefix: Option<&str>) {
     let dir = small_model(&sb.src());
     let total = 9 * MIB + 28;
     let v1 = upload(&sb, "Alpha", &dir, &[]);
-    assert_eq!(n(&v1, "format"), 2, "{p:?}: format 2 is the default: {v1}");
+    assert_eq!(n(&v1, "format"), 3, "{p:?}: format 3 is the default: {v1}");
     assert!(n(&v1, "sent") >= 9 * MIB && n(&v1, "sent") <= total, "{p:?}: {v1}");
     let node = sb.path().join("node-b");
     let got1 = first(&on(&sb, &node, &["--json", "download", "Alpha"]));
