@@ -281,7 +281,7 @@ pub(crate) async fn fetch(
     let in_flight = s.transfer.concurrency.map_or(in_flight, |c| c.clamp(1, in_flight));
     let mut chunks: Vec<Wanted> = remote.into_values().collect();
     chunks.sort_by_key(|w| (w.pack, w.offset));
-    let requests = crate::pack::runs(chunks, |w| (w.pack, w.offset, w.len), range);
+    let requests = by_turns(crate::pack::runs(chunks, |w| (w.pack, w.offset, w.len), range));
     out.fetched = requests.iter().flatten().map(|w| w.len).sum();
     out.requests = requests.len();
     let limiter = Arc::new(crate::transfer::RateLimiter::new(s.transfer.limit_rate));
@@ -341,6 +341,26 @@ pub(crate) async fn fetch(
         why: format!("in chunks: ranges of up to {} MiB over packs, {in_flight} at once", range >> 20),
     };
     Ok((out, tuning))
+}
+
+/// The ranges in an order that takes the files in turns (the first range of each file, then the
+/// second, ...), so that the ranges in flight write into different files: writes into one file
+/// wait for each other on its inode lock (4% of a download's CPU spent spinning on it, in pack
+/// order, where every range in flight went to the same shard).
+fn by_turns(runs: Vec<Vec<Wanted>>) -> Vec<Vec<Wanted>> {
+    let mut queues: std::collections::BTreeMap<usize, std::collections::VecDeque<Vec<Wanted>>> = Default::default();
+    for run in runs {
+        let file = run.first().and_then(|w| w.targets.first()).map_or(0, |t| t.0);
+        queues.entry(file).or_default().push_back(run);
+    }
+    let mut out = Vec::new();
+    while !queues.is_empty() {
+        queues.retain(|_, q| {
+            out.extend(q.pop_front());
+            !q.is_empty()
+        });
+    }
+    out
 }
 
 /// Bytes of ranges in memory, and the most there were at once.
