@@ -623,3 +623,18 @@ fn chunks_in_place(
         .map(|(j, _)| j)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_take_the_files_in_turns_and_keep_their_order_within_a_file() {
+        let run = |file: usize, offset: u64| {
+            vec![Wanted { pack: 0, offset, len: 1, digest: [0; 32], targets: vec![(file, offset)] }]
+        };
+        let runs = vec![run(0, 0), run(0, 1), run(0, 2), run(1, 3), run(1, 4), run(2, 5)];
+        let order: Vec<(usize, u64)> = by_turns(runs).iter().map(|r| r[0].targets[0]).collect();
+        assert_eq!(order, vec![(0, 0), (1, 3), (2, 5), (0, 1), (1, 4), (0, 2)]);
+    }
+}
