@@ -282,7 +282,7 @@ def main():
         n = size // (512 << 10)
         print(f"\nA 60 GB model in this layout: about {packs:,} packs of 32 MiB (the default memory budget's), so"
               f" {packs:,} PUTs to upload it (plus one small object per file and 4 for the version) and"
-              f" {2 * packs:,} ranged GETs of 16 MiB"
+              f" {packs:,} ranged GETs of 32 MiB (one a pack)"
               f" for a fresh machine; about {n:,} chunks of 512 KiB on average, whose version and locations take"
               f" {meta / chunks:.0f} bytes a chunk here ({meta / chunks * n / 1e6:.1f} MB, {meta / chunks * n / size:.3%}"
               f" of the model): what an upload reads to find what it can reuse.")

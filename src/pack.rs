@@ -250,7 +250,7 @@ mod tests {
         assert_eq!(range_requests(&chunks, 16 * m), 3);
         assert_eq!(range_requests(&chunks, 8 * m), 4);
         // 60 GiB sent whole, chunks of 512 KiB in 32 MiB packs (the default budget's), read in
-        // 16 MiB ranges.
+        // 32 MiB ranges (`pieces_fetch::RANGE`): one GET a pack. (16 MiB ranges took 3,840.)
         let pack = 32u64 << 20;
         let per_pack = (pack / (512 << 10)) as usize;
         let packs = (60u64 << 30) / pack;
@@ -258,6 +258,7 @@ mod tests {
             .flat_map(|p| (0..per_pack).map(move |i| (p, i as u64 * (512 << 10), 512 << 10)))
             .collect();
         assert_eq!(packs, 1920, "PUTs to send it");
+        assert_eq!(range_requests(&all, crate::ops::pieces_fetch::RANGE), 1920);
         assert_eq!(range_requests(&all, 16 << 20), 3840);
     }
 

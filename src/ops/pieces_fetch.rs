@@ -27,7 +27,7 @@ use crate::transfer::Progress;
 use crate::transfer::tuning::Tuning;
 
 /// The largest ranged read of a pack: runs of consecutive chunks are read together up to this.
-pub const RANGE: u64 = 16 << 20;
+pub const RANGE: u64 = 32 << 20;
 /// Ranged reads in flight at most (what format 1's downloads reach on a long link).
 const MAX_RANGES: usize = 16;
 
@@ -273,11 +273,17 @@ pub(crate) async fn fetch(
 
     // The rest from the packs: runs of consecutive chunks of a pack in one ranged read.
     let budget = crate::transfer::tuning::memory_budget(&s.transfer);
-    // A range is written as it arrives, but a store may hand it over in frames as large as the
-    // range (a directory does): so as many are in flight as the budget holds whole, at most 16.
-    // On a link that carries a slice per connection, a larger --max-memory fills more of it.
+    // Each range is hashed and written frame by frame as it arrives, so a range in flight holds
+    // one frame at a time. Over the network that is a slice of the HTTP client's buffer (well
+    // under a MiB), and the ranges in flight are what the link needs: one per 16 MiB of the
+    // budget, at most 16 (on a link that carries a slice per connection, a larger --max-memory
+    // fills more of it). A store that caps its reads in flight (a directory) may hand a range
+    // over in frames as large as the range: as many as the budget holds whole.
     let range = (budget / 2).clamp(crate::chunk::MAX as u64, RANGE);
-    let in_flight = ((budget / range) as usize).clamp(1, MAX_RANGES);
+    let in_flight = match s.provider.limits().max_reads_in_flight {
+        Some(cap) => ((budget / range) as usize).clamp(1, cap),
+        None => ((budget / (16 << 20)) as usize).clamp(1, MAX_RANGES),
+    };
     let in_flight = s.transfer.concurrency.map_or(in_flight, |c| c.clamp(1, in_flight));
     let mut chunks: Vec<Wanted> = remote.into_values().collect();
     chunks.sort_by_key(|w| (w.pack, w.offset));
