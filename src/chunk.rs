@@ -92,6 +92,12 @@ pub enum ChunkHash {
 }
 
 impl ChunkHash {
+    /// The hash of a version in chunks of manifest format `format`: sha256 in format 2, BLAKE3
+    /// from format 3 on.
+    pub fn of_format(format: u32) -> Self {
+        if format == crate::manifest::FORMAT_PIECES { Self::Sha256 } else { Self::Blake3 }
+    }
+
     /// The digest of `data`.
     pub fn digest(self, data: &[u8]) -> [u8; 32] {
         match self {
@@ -105,14 +111,6 @@ impl ChunkHash {
         match self {
             Self::Sha256 => ChunkHasher::Sha256(Sha256::new()),
             Self::Blake3 => ChunkHasher::Blake3(Box::new(blake3::Hasher::new())),
-        }
-    }
-
-    /// Its name in messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Sha256 => "sha256",
-            Self::Blake3 => "BLAKE3",
         }
     }
 }
@@ -348,9 +346,9 @@ pub(crate) mod tests {
             for part in data.chunks(100_001) {
                 h.update(part);
             }
-            assert_eq!(h.finalize_reset(), hash.digest(&data), "{}", hash.name());
+            assert_eq!(h.finalize_reset(), hash.digest(&data), "{hash:?}");
             h.update(b"abc");
-            assert_eq!(h.finalize_reset(), hash.digest(b"abc"), "{} after a reset", hash.name());
+            assert_eq!(h.finalize_reset(), hash.digest(b"abc"), "{hash:?} after a reset");
         }
     }
 

@@ -101,11 +101,7 @@ impl Manifest {
 
     /// The digest its chunks are named by (formats 2 and 3).
     pub fn chunk_hash(&self) -> crate::chunk::ChunkHash {
-        if self.format == FORMAT_PIECES_BLAKE3 {
-            crate::chunk::ChunkHash::Blake3
-        } else {
-            crate::chunk::ChunkHash::Sha256
-        }
+        crate::chunk::ChunkHash::of_format(self.format)
     }
 
     /// How many chunks the version's files have (format 2; 0 in format 1).

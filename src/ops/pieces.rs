@@ -119,14 +119,9 @@ impl CutTree {
     }
 }
 
-/// The chunk hash of a format 2 or 3 version.
-fn chunk_hash_of(format: u32) -> ChunkHash {
-    if format == crate::manifest::FORMAT_PIECES { ChunkHash::Sha256 } else { ChunkHash::Blake3 }
-}
-
 /// Cuts every file of `plan` (see [`CutTree`]); a file whose size changed since the scan fails.
 pub(crate) async fn cut_tree(plan: ArchivePlan, format: u32) -> Result<CutTree> {
-    let hash = chunk_hash_of(format);
+    let hash = ChunkHash::of_format(format);
     let files: Vec<&crate::archive::PlannedEntry> = plan.entries.iter().filter(|e| e.size.is_some()).collect();
     let paths: Vec<PathBuf> = files.iter().map(|e| e.source.clone()).collect();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -187,7 +182,7 @@ pub(crate) async fn store(
     let progress = Progress::new(s.reporter.clone(), model.as_str());
     progress.started(Direction::Upload, sent);
     let mode = if force { PutMode::Overwrite } else { PutMode::Create };
-    let sending = send_packs(s, &planned, &paths, &pieces, chunk_hash_of(format), mode, &progress).await;
+    let sending = send_packs(s, &planned, &paths, &pieces, ChunkHash::of_format(format), mode, &progress).await;
     progress.finished();
     let tuning = sending?;
 

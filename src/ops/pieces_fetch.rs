@@ -439,33 +439,30 @@ async fn stream_run(
             // Hashed and written right here: the task is one range of several on as many
             // workers, and a frame takes well under a millisecond. (`block_in_place` for each
             // frame handed the worker's other tasks to another thread every time: 20% slower.)
-            (|| {
-                while !data.is_empty() {
-                    let Some(w) = run.get(idx) else {
-                        return Err(Error::integrity(key, "the pack answered more bytes than asked", None, None));
-                    };
-                    let take = data.len().min((w.len - done) as usize);
-                    hasher.update(&data[..take]);
-                    ctx.put(&data[..take], &w.targets, done)?;
-                    done += take as u64;
-                    data = &data[take..];
-                    if done == w.len {
-                        let digest = hasher.finalize_reset();
-                        if digest != w.digest {
-                            return Err(Error::integrity(
-                                key,
-                                format!("a chunk at offset {} differs from its digest in the version", w.offset),
-                                Some(hex::encode(w.digest)),
-                                Some(hex::encode(digest)),
-                            ));
-                        }
-                        ctx.chunk_done(&w.targets)?;
-                        progress.advanced(w.len);
-                        (idx, done) = (idx + 1, 0);
+            while !data.is_empty() {
+                let Some(w) = run.get(idx) else {
+                    return Err(Error::integrity(key, "the pack answered more bytes than asked", None, None));
+                };
+                let take = data.len().min((w.len - done) as usize);
+                hasher.update(&data[..take]);
+                ctx.put(&data[..take], &w.targets, done)?;
+                done += take as u64;
+                data = &data[take..];
+                if done == w.len {
+                    let digest = hasher.finalize_reset();
+                    if digest != w.digest {
+                        return Err(Error::integrity(
+                            key,
+                            format!("a chunk at offset {} differs from its digest in the version", w.offset),
+                            Some(hex::encode(w.digest)),
+                            Some(hex::encode(digest)),
+                        ));
                     }
+                    ctx.chunk_done(&w.targets)?;
+                    progress.advanced(w.len);
+                    (idx, done) = (idx + 1, 0);
                 }
-                Ok(())
-            })()?;
+            }
         }
         if idx < run.len() {
             if attempt < 4 {
