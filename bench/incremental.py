@@ -280,12 +280,35 @@ def main():
         size = 60 * 10**9
         packs = -(-size // (32 << 20))
         n = size // (512 << 10)
+        gets = tail_reads(packs, 32 << 20, 512 << 10, 16)
         print(f"\nA 60 GB model in this layout: about {packs:,} packs of 32 MiB (the default memory budget's), so"
               f" {packs:,} PUTs to upload it (plus one small object per file and 4 for the version) and"
-              f" {packs:,} ranged GETs of 32 MiB (one a pack)"
+              f" {gets:,} ranged GETs (one of 32 MiB a pack, and smaller ones at the end, 16 in flight)"
               f" for a fresh machine; about {n:,} chunks of 512 KiB on average, whose version and locations take"
               f" {meta / chunks:.0f} bytes a chunk here ({meta / chunks * n / 1e6:.1f} MB, {meta / chunks * n / size:.3%}"
               f" of the model): what an upload reads to find what it can reuse.")
+
+
+def tail_reads(packs, pack, chunk, in_flight, tail=1 << 20):
+    """The ranged reads of a fresh download of `packs` packs of `pack` bytes in chunks of `chunk`:
+    one a pack, but towards the end each read takes at most the bytes left / reads in flight, down
+    to `tail`, and a rest under `tail` goes with the read (src/pack.rs, next_read)."""
+    runs = [[chunk] * (pack // chunk) for _ in range(packs)]
+    left, reads = sum(map(sum, runs)), 0
+    while runs:
+        run = runs.pop(0)
+        target = max(left // in_flight, tail)
+        if sum(run) > target + tail:
+            taken, n = 0, 0
+            while n < len(run) and (n == 0 or taken < target):
+                taken += run[n]
+                n += 1
+            if n < len(run):
+                runs.insert(0, run[n:])
+                run = run[:n]
+        left -= sum(run)
+        reads += 1
+    return reads
 
 
 if __name__ == "__main__":

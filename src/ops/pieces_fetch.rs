@@ -30,6 +30,10 @@ use crate::transfer::tuning::Tuning;
 pub const RANGE: u64 = 32 << 20;
 /// Ranged reads in flight at most (what format 1's downloads reach on a long link).
 const MAX_RANGES: usize = 16;
+/// Over the network, one ranged read is in flight per this much of the memory budget (16 at the
+/// default budget). A read holds one frame of the HTTP client's buffer at a time, well under a
+/// MiB: the share is for the client's buffers and the rest of the program.
+const NETWORK_SHARE: u64 = 10 << 20;
 
 /// What making a format 2 version cost.
 #[derive(Clone, Debug, Default)]
@@ -275,21 +279,21 @@ pub(crate) async fn fetch(
     let budget = crate::transfer::tuning::memory_budget(&s.transfer);
     // Each range is hashed and written frame by frame as it arrives, so a range in flight holds
     // one frame at a time. Over the network that is a slice of the HTTP client's buffer (well
-    // under a MiB), and the ranges in flight are what the link needs: one per 16 MiB of the
-    // budget, at most 16 (on a link that carries a slice per connection, a larger --max-memory
-    // fills more of it). A store that caps its reads in flight (a directory) may hand a range
+    // under a MiB), and the ranges in flight are what the link needs: one per NETWORK_SHARE of
+    // the budget, at most MAX_RANGES. A store that caps its reads in flight (a directory) may hand a range
     // over in frames as large as the range: as many as the budget holds whole.
     let range = (budget / 2).clamp(crate::chunk::MAX as u64, RANGE);
     let in_flight = match s.provider.limits().max_reads_in_flight {
         Some(cap) => ((budget / range) as usize).clamp(1, cap),
-        None => ((budget / (16 << 20)) as usize).clamp(1, MAX_RANGES),
+        None => ((budget / NETWORK_SHARE) as usize).clamp(1, MAX_RANGES),
     };
     let in_flight = s.transfer.concurrency.map_or(in_flight, |c| c.clamp(1, in_flight));
     let mut chunks: Vec<Wanted> = remote.into_values().collect();
     chunks.sort_by_key(|w| (w.pack, w.offset));
-    let requests = by_turns(crate::pack::runs(chunks, |w| (w.pack, w.offset, w.len), range));
-    out.fetched = requests.iter().flatten().map(|w| w.len).sum();
-    out.requests = requests.len();
+    let mut queue: std::collections::VecDeque<Vec<Wanted>> =
+        by_turns(crate::pack::runs(chunks, |w| (w.pack, w.offset, w.len), range)).into();
+    out.fetched = queue.iter().flatten().map(|w| w.len).sum();
+    let mut left = out.fetched;
     let limiter = Arc::new(crate::transfer::RateLimiter::new(s.transfer.limit_rate));
     let held = Arc::new(Held::default());
     let progress = Progress::new(s.reporter.clone(), label);
@@ -297,11 +301,12 @@ pub(crate) async fn fetch(
     // Each range is a task of its own, so that the ranges in flight are received, hashed and
     // written on every core at once (polled together in one task, they would take turns on one).
     let mut tasks = tokio::task::JoinSet::new();
-    let mut requests = requests.into_iter();
     let mut result = Ok(());
     loop {
         while tasks.len() < in_flight {
-            let Some(run) = requests.next() else { break };
+            // Towards the end, the runs are cut finer, so that the connections finish together.
+            let Some(run) = crate::pack::next_read(&mut queue, &mut left, in_flight, |w| w.len) else { break };
+            out.requests += 1;
             let key = s.layout.pack_key(&loc.packs[run[0].pack]);
             let (provider, ctx, held, limiter, progress) =
                 (s.provider.clone(), ctx.clone(), held.clone(), limiter.clone(), progress.clone());
