@@ -490,10 +490,12 @@ async fn dispatch(command: &Command, ctx: &Context, printer: &Printer) -> crate:
             } else {
                 1
             });
-            if format == 2 && *compression != crate::archive::Compression::None {
+            if format >= 2 && *compression != crate::archive::Compression::None {
                 return Err(Error::usage(
                     format!("--compression {} applies to format 1 archives only", compression.as_str()),
-                    "drop --compression with --format 2 (chunks are stored as they are: weights barely compress)",
+                    format!(
+                        "drop --compression with --format {format} (chunks are stored as they are: weights barely compress)"
+                    ),
                 ));
             }
             let opts = UploadOptions {

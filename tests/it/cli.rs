@@ -231,6 +231,27 @@ fn compressed_archives_round_trip() {
     }
 }
 
+/// Compression is of archives (format 1): asked of a format in chunks, it is a usage error that
+/// says what to drop, for 2 and 3 alike, and nothing is written.
+#[test]
+fn compression_with_a_format_in_chunks_is_refused() {
+    let sb = Sandbox::new();
+    let model = make_model(&sb.src(), "Zed", 1);
+    sb.local().args(["setup", "--create-bucket", "--no-write"]).assert().success();
+    for format in ["2", "3"] {
+        let out = sb
+            .local()
+            .args(["upload", "Zed", "--format", format, "--compression", "zstd", "--from"])
+            .arg(&model)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--format {format}: {}", stderr(&out));
+        assert!(stderr(&out).contains("applies to format 1 archives only"), "{}", stderr(&out));
+        assert!(stderr(&out).contains(&format!("drop --compression with --format {format}")), "{}", stderr(&out));
+        assert!(!sb.bucket().join("models/Zed").exists(), "nothing written");
+    }
+}
+
 #[test]
 fn small_parts_make_many_parts_and_still_round_trip() {
     let mut sb = Sandbox::new();

@@ -36,8 +36,9 @@ fn twins_keep_apart(p: Provider, prefix: Option<&str>) {
     let v1 = stdout(&signed);
     let said = stderr(&signed);
     assert!(said.contains(&format!("as version {}", short(&v1))), "{p:?}: {said}");
-    // Format 2 prints no other digest; format 1 names the archive's for what it is.
-    assert!(said.contains("new pack") || said.contains("archive sha256 "), "{said}");
+    // The default format (3, chunks) says what it sent in packs and prints no other digest
+    // (format 1 names its archive's).
+    assert!(said.contains("new pack") && !said.contains("archive sha256 "), "{p:?}: {said}");
     let mut c = sb.cmd();
     let twin = c.args(["upload", "A", "--force", "--no-latest", "-q", "--from"]).arg(&dir).output().unwrap();
     let v2 = stdout(&twin);
@@ -57,6 +58,8 @@ fn twins_keep_apart(p: Provider, prefix: Option<&str>) {
     assert_eq!(base(&twin_dir), format!("A@{}", short(&v2)), "{p:?}");
     let label = format!("A@{}: downloaded and verified", short(&v2));
     assert!(stderr(&twin_got).lines().any(|l| l.starts_with(&label)), "labelled by reference: {}", stderr(&twin_got));
+    // Of chunks: what came from the bucket, in how many requests, and what this machine had.
+    assert!(stderr(&twin_got).contains("were on this machine already"), "{p:?}: {}", stderr(&twin_got));
 
     // A storage outage: both serve from the cache, each as itself.
     let mut off = sb.cmd();

@@ -24,7 +24,7 @@ impl Printer {
                 UploadStatus::UpToDate => {
                     self.note(&format!("{}: up to date (version {}), nothing uploaded", u.model, u.version.short()))
                 }
-                UploadStatus::Uploaded if u.format == 2 => self.note(&format!(
+                UploadStatus::Uploaded if u.format >= 2 => self.note(&format!(
                     "{}: uploaded {}, sent {} in {} new pack{} in {} ({}), {} were in the bucket already, as version {}",
                     u.model,
                     files(u.files),
@@ -101,7 +101,7 @@ impl Printer {
                     self.note(&format!("{who}: already in the cache"))
                 }
                 DownloadStatus::Cached => self.note(&format!("{who}: already in the cache ({which})")),
-                DownloadStatus::Downloaded if d.format == 2 => self.note(&format!(
+                DownloadStatus::Downloaded if d.format >= 2 => self.note(&format!(
                     "{who}: downloaded and verified {}, {} fetched in {} request{} in {} ({}), {} were on this machine already, {which}",
                     files(d.files),
                     fmt_bytes(d.transferred),
