@@ -146,37 +146,56 @@ impl ChunkHasher {
 }
 
 /// One chunk of a file: where it starts, how long it is, its digest in the hash of the version
-/// being written, and its sha256 (what format 2 versions name it by, for reuse).
+/// being written, and, when it was asked for, its sha256 (what format 2 versions name it by, for
+/// reuse across the formats; in format 2 the digest is the sha256).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Piece {
     pub offset: u64,
     pub len: u32,
     pub digest: [u8; 32],
-    pub sha256: [u8; 32],
+    pub sha256: Option<[u8; 32]>,
 }
 
 impl Piece {
     /// Where `places` (by chunk digest, of either hash) has this chunk.
     pub fn found_in<'a, T>(&self, places: &'a std::collections::HashMap<[u8; 32], T>) -> Option<&'a T> {
-        places.get(&self.digest).or_else(|| places.get(&self.sha256))
+        places.get(&self.digest).or_else(|| self.sha256.and_then(|sha| places.get(&sha)))
     }
 
     /// Whether `known` (chunk digests of either hash) holds this chunk.
     pub fn known_in(&self, known: &std::collections::HashSet<[u8; 32]>) -> bool {
-        known.contains(&self.digest) || known.contains(&self.sha256)
+        known.contains(&self.digest) || self.sha256.is_some_and(|sha| known.contains(&sha))
     }
+}
+
+/// The sha256 of each of `pieces` (chunks of the file at `path`, in order), read again from the
+/// file: what reuse of a format 2 version's chunks needs when the cut did not compute them.
+pub fn chunk_sha256s(path: &std::path::Path, pieces: &[Piece]) -> std::io::Result<Vec<[u8; 32]>> {
+    use std::os::unix::fs::FileExt as _;
+    let file = std::fs::File::open(path)?;
+    let mut buf = Vec::new();
+    pieces
+        .iter()
+        .map(|p| {
+            buf.resize(p.len as usize, 0);
+            file.read_exact_at(&mut buf, p.offset)?;
+            Ok(Sha256::digest(&buf).into())
+        })
+        .collect()
 }
 
 /// A file cut into chunks, and the sha256 of the whole file.
 pub type Cut = (Vec<Piece>, [u8; 32]);
 
-/// Cuts what `reader` yields into chunks, each named by `hash` and by its sha256; returns them
-/// and the sha256 of all the bytes.
-pub fn cut_stream(mut reader: impl Read, hash: ChunkHash) -> std::io::Result<Cut> {
+/// Cuts what `reader` yields into chunks, each named by `hash` (and by its sha256 too with
+/// `chunk_sha256`: a pass of sha256 over the bytes more, worth it only when format 2 chunks may
+/// be reused); returns them and the sha256 of all the bytes.
+pub fn cut_stream(mut reader: impl Read, hash: ChunkHash, chunk_sha256: bool) -> std::io::Result<Cut> {
     let mut buf = vec![0u8; 4 << 20];
     let (mut whole, mut piece) = (Sha256::new(), Sha256::new());
     // In format 2 the digest is the sha256: one pass, not two.
     let mut named = (hash != ChunkHash::Sha256).then(|| hash.hasher());
+    let chunk_sha256 = chunk_sha256 || named.is_none();
     let (mut chunker, mut pieces) = (Chunker::new(), Vec::new());
     let (mut offset, mut start) = (0u64, 0u64);
     loop {
@@ -190,36 +209,48 @@ pub fn cut_stream(mut reader: impl Read, hash: ChunkHash) -> std::io::Result<Cut
         whole.update(data);
         let mut at = 0;
         while let Some(end) = chunker.cut(&data[at..]) {
-            piece.update(&data[at..at + end]);
+            if chunk_sha256 {
+                piece.update(&data[at..at + end]);
+            }
             if let Some(h) = &mut named {
                 h.update(&data[at..at + end]);
             }
             offset += end as u64;
-            pieces.push(close(start, offset, &mut piece, &mut named));
+            pieces.push(close(start, offset, chunk_sha256.then_some(&mut piece), &mut named));
             start = offset;
             at += end;
         }
-        piece.update(&data[at..]);
+        if chunk_sha256 {
+            piece.update(&data[at..]);
+        }
         if let Some(h) = &mut named {
             h.update(&data[at..]);
         }
         offset += (n - at) as u64;
     }
     if offset > start || pieces.is_empty() {
-        pieces.push(close(start, offset, &mut piece, &mut named));
+        pieces.push(close(start, offset, chunk_sha256.then_some(&mut piece), &mut named));
     }
     Ok((pieces, whole.finalize().into()))
 }
 
-fn close(start: u64, end: u64, sha: &mut Sha256, named: &mut Option<ChunkHasher>) -> Piece {
-    let sha256: [u8; 32] = sha.finalize_reset().into();
-    let digest = named.as_mut().map_or(sha256, ChunkHasher::finalize_reset);
+fn close(start: u64, end: u64, sha: Option<&mut Sha256>, named: &mut Option<ChunkHasher>) -> Piece {
+    let sha256: Option<[u8; 32]> = sha.map(|h| h.finalize_reset().into());
+    let digest = match named.as_mut() {
+        Some(h) => h.finalize_reset(),
+        None => sha256.expect("format 2 chunks are named by their sha256"),
+    };
     Piece { offset: start, len: (end - start) as u32, digest, sha256 }
 }
 
 /// [`cut_stream`] of each file, on up to `threads` cores at once (a model's shards hash in
 /// parallel; one file is read by one thread, front to back). Results are in the order of `paths`.
-pub fn cut_files(paths: &[std::path::PathBuf], threads: usize, hash: ChunkHash) -> std::io::Result<Vec<Cut>> {
+pub fn cut_files(
+    paths: &[std::path::PathBuf],
+    threads: usize,
+    hash: ChunkHash,
+    chunk_sha256: bool,
+) -> std::io::Result<Vec<Cut>> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<std::sync::Mutex<Option<std::io::Result<Cut>>>> =
         paths.iter().map(|_| std::sync::Mutex::new(None)).collect();
@@ -229,7 +260,8 @@ pub fn cut_files(paths: &[std::path::PathBuf], threads: usize, hash: ChunkHash) 
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(path) = paths.get(i) else { break };
-                    let cut = std::fs::File::open(path).and_then(|f| cut_stream(std::io::BufReader::new(f), hash));
+                    let cut = std::fs::File::open(path)
+                        .and_then(|f| cut_stream(std::io::BufReader::new(f), hash, chunk_sha256));
                     *results[i].lock().expect("result slot") = Some(cut);
                 }
             });
@@ -256,14 +288,14 @@ pub(crate) mod tests {
     }
 
     fn cut(data: &[u8]) -> Vec<Piece> {
-        cut_stream(data, ChunkHash::Blake3).unwrap().0
+        cut_stream(data, ChunkHash::Blake3, false).unwrap().0
     }
 
     /// Bytes of `new`'s chunks that `old` does not have: what an upload of `new` sends, and what
     /// a machine holding `old` fetches.
     fn new_bytes(old: &[Piece], new: &[Piece]) -> u64 {
-        let have: std::collections::HashSet<[u8; 32]> = old.iter().map(|p| p.sha256).collect();
-        new.iter().filter(|p| !have.contains(&p.sha256)).map(|p| u64::from(p.len)).sum()
+        let have: std::collections::HashSet<[u8; 32]> = old.iter().map(|p| p.digest).collect();
+        new.iter().filter(|p| !have.contains(&p.digest)).map(|p| u64::from(p.len)).sum()
     }
 
     #[test]
@@ -316,17 +348,26 @@ pub(crate) mod tests {
                 Ok(n)
             }
         }
-        let (dribbled, digest) = cut_stream(Dribble(&data, 1), ChunkHash::Blake3).unwrap();
-        assert_eq!(dribbled, whole);
+        let (dribbled, digest) = cut_stream(Dribble(&data, 1), ChunkHash::Blake3, true).unwrap();
+        assert_eq!(
+            dribbled.iter().map(|p| (p.offset, p.len, p.digest)).collect::<Vec<_>>(),
+            whole.iter().map(|p| (p.offset, p.len, p.digest)).collect::<Vec<_>>()
+        );
         assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&data)));
-        // Each chunk carries both digests of its bytes; in format 2 they are one.
-        for p in &whole {
+        // Each chunk carries both digests of its bytes when asked; in format 2 they are one.
+        let path = std::env::temp_dir().join(format!("crowecode-chunk-test-{}", std::process::id()));
+        std::fs::write(&path, &data).unwrap();
+        let reread = chunk_sha256s(&path, &whole).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        for (i, p) in dribbled.iter().enumerate() {
             let bytes = &data[p.offset as usize..][..p.len as usize];
             assert_eq!(p.digest, <[u8; 32]>::from(blake3::hash(bytes)));
-            assert_eq!(p.sha256, <[u8; 32]>::from(Sha256::digest(bytes)));
+            assert_eq!(p.sha256, Some(<[u8; 32]>::from(Sha256::digest(bytes))));
+            assert_eq!(Some(reread[i]), p.sha256, "read again from the file, the same");
         }
-        let sha_named = cut_stream(&data[..], ChunkHash::Sha256).unwrap().0;
-        assert!(sha_named.iter().zip(&whole).all(|(a, b)| a.digest == a.sha256 && a.sha256 == b.sha256));
+        assert!(whole.iter().all(|p| p.sha256.is_none()), "not computed unless asked");
+        let sha_named = cut_stream(&data[..], ChunkHash::Sha256, false).unwrap().0;
+        assert!(sha_named.iter().zip(&dribbled).all(|(a, b)| Some(a.digest) == a.sha256 && a.sha256 == b.sha256));
     }
 
     #[test]
@@ -394,10 +435,10 @@ pub(crate) mod tests {
                 path
             })
             .collect();
-        let parallel = cut_files(&paths, 3, ChunkHash::Blake3).unwrap();
+        let parallel = cut_files(&paths, 3, ChunkHash::Blake3, true).unwrap();
         for (path, got) in paths.iter().zip(&parallel) {
-            assert_eq!(got, &cut_stream(std::fs::File::open(path).unwrap(), ChunkHash::Blake3).unwrap());
+            assert_eq!(got, &cut_stream(std::fs::File::open(path).unwrap(), ChunkHash::Blake3, true).unwrap());
         }
-        assert!(cut_files(&[dir.path().join("missing")], 2, ChunkHash::Blake3).is_err());
+        assert!(cut_files(&[dir.path().join("missing")], 2, ChunkHash::Blake3, false).is_err());
     }
 }

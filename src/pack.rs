@@ -29,30 +29,55 @@ pub struct PlannedPack {
 
 /// The packs an upload sends: every chunk of `files` whose digest (either of them: see
 /// [`Piece::known_in`]) is neither in `have` (what the bucket holds already) nor earlier in this
-/// upload, in file order, cut into packs of at
-/// most [`MAX_PACK`] bytes, no chunk split.
-pub fn plan(files: &[Vec<Piece>], have: &HashSet<[u8; 32]>, max_pack: u64) -> Vec<PlannedPack> {
+/// upload, in file order, cut into [`pack_count`] packs of about equal size (at most `max_pack`
+/// bytes, no chunk split), so that with `in_flight` sent at once the last ones go up together
+/// instead of one connection carrying the last pack alone.
+pub fn plan(files: &[Vec<Piece>], have: &HashSet<[u8; 32]>, max_pack: u64, in_flight: usize) -> Vec<PlannedPack> {
     let mut seen: HashSet<[u8; 32]> = HashSet::new();
-    let mut packs = Vec::new();
-    let mut current: Vec<ChunkRef> = Vec::new();
-    let mut size = 0u64;
+    let mut new: Vec<ChunkRef> = Vec::new();
     for (file, pieces) in files.iter().enumerate() {
         for (piece, p) in pieces.iter().enumerate() {
             if p.known_in(have) || !seen.insert(p.digest) {
                 continue;
             }
-            if size + u64::from(p.len) > max_pack && !current.is_empty() {
-                packs.push(close(files, std::mem::take(&mut current), size));
-                size = 0;
-            }
-            current.push(ChunkRef { file, piece });
-            size += u64::from(p.len);
+            new.push(ChunkRef { file, piece });
         }
+    }
+    let len = |c: &ChunkRef| u64::from(files[c.file][c.piece].len);
+    let total: u64 = new.iter().map(len).sum();
+    let count = pack_count(total, max_pack, in_flight) as u128;
+    let mut packs = Vec::new();
+    let mut current: Vec<ChunkRef> = Vec::new();
+    let (mut done, mut size) = (0u64, 0u64);
+    for c in new {
+        // Pack k ends where the k-th of `count` equal shares of the bytes ends.
+        let end = ((packs.len() as u128 + 1) * u128::from(total) / count) as u64;
+        if !current.is_empty() && (done + size + len(&c) > end || size + len(&c) > max_pack) {
+            packs.push(close(files, std::mem::take(&mut current), size));
+            done += size;
+            size = 0;
+        }
+        size += len(&c);
+        current.push(c);
     }
     if !current.is_empty() {
         packs.push(close(files, current, size));
     }
     packs
+}
+
+/// The smallest pack [`pack_count`] cuts an upload into to fill the packs in flight: an upload of
+/// a few MiB (a changed file) stays one object.
+pub const MIN_SHARE: u64 = 8 << 20;
+
+/// How many packs an upload of `total` new bytes makes with `in_flight` packs sent at once: as
+/// few as packs of `max_pack` allow, rounded up to a multiple of `in_flight` (so that each round
+/// of packs in flight is full and the last ends with the others), but none under
+/// [`MIN_SHARE`]. At most `in_flight - 1` more than full packs would take.
+pub fn pack_count(total: u64, max_pack: u64, in_flight: usize) -> u64 {
+    let full = total.div_ceil(max_pack.max(1));
+    let rounds = full.div_ceil(in_flight.max(1) as u64) * in_flight.max(1) as u64;
+    rounds.min(total / MIN_SHARE).max(full).max(1)
 }
 
 fn close(files: &[Vec<Piece>], chunks: Vec<ChunkRef>, size: u64) -> PlannedPack {
@@ -143,34 +168,63 @@ pub fn read_requests(chunks: &[(usize, u64, u64)], range: u64, in_flight: usize)
     std::iter::from_fn(|| next_read(&mut queue, &mut left, in_flight, |c| c.2)).count()
 }
 
-/// The bytes of `pack`, read from the files it was planned from (`paths[i]` holds `files[i]`),
-/// every chunk hashed again: a file that changed since it was cut fails with `InvalidData`, so a
-/// pack never holds bytes that do not match the digests the version will name.
-pub fn assemble(
+/// How many bytes of a pack [`read_piece`] reads at once: consecutive chunks of one file, read
+/// together.
+pub const READ_PIECE: u64 = 1 << 20;
+
+/// The pieces `pack` is read in: runs of its chunks (indexes into `pack.chunks`) that lie back to
+/// back in one file, of about [`READ_PIECE`] bytes (at least one chunk each).
+pub fn pieces(pack: &PlannedPack, files: &[Vec<Piece>]) -> Vec<std::ops::Range<usize>> {
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    let (mut size, mut end_at) = (0u64, None::<(usize, u64)>);
+    for (i, c) in pack.chunks.iter().enumerate() {
+        let p = &files[c.file][c.piece];
+        let follows = end_at == Some((c.file, p.offset));
+        match out.last_mut() {
+            Some(last) if follows && size + u64::from(p.len) <= READ_PIECE => {
+                last.end = i + 1;
+                size += u64::from(p.len);
+            }
+            _ => {
+                out.push(i..i + 1);
+                size = u64::from(p.len);
+            }
+        }
+        end_at = Some((c.file, p.offset + u64::from(p.len)));
+    }
+    out
+}
+
+/// The bytes of the chunks `range` of `pack` (one of [`pieces`]), read from the file they were
+/// cut from (`paths[i]` holds `files[i]`), each chunk hashed again: a file that changed since it
+/// was cut fails with `InvalidData`, which says which, so a pack never holds bytes that do not
+/// match the digests the version will name.
+pub fn read_piece(
     pack: &PlannedPack,
+    range: std::ops::Range<usize>,
     paths: &[std::path::PathBuf],
     files: &[Vec<Piece>],
     hash: ChunkHash,
 ) -> std::io::Result<Vec<u8>> {
-    use std::io::{Read as _, Seek as _};
-    let mut out = Vec::with_capacity(pack.size as usize);
-    let mut open: Option<(usize, std::fs::File)> = None;
-    for c in &pack.chunks {
+    use std::os::unix::fs::FileExt as _;
+    let chunks = &pack.chunks[range];
+    let Some(first) = chunks.first() else { return Ok(Vec::new()) };
+    let start = files[first.file][first.piece].offset;
+    let len: u64 = chunks.iter().map(|c| u64::from(files[c.file][c.piece].len)).sum();
+    let mut out = vec![0u8; len as usize];
+    std::fs::File::open(&paths[first.file])?.read_exact_at(&mut out, start)?;
+    let mut at = 0usize;
+    for c in chunks {
         let piece = &files[c.file][c.piece];
-        let file = match &mut open {
-            Some((i, f)) if *i == c.file => f,
-            _ => &mut open.insert((c.file, std::fs::File::open(&paths[c.file])?)).1,
-        };
-        file.seek(std::io::SeekFrom::Start(piece.offset))?;
-        let start = out.len();
-        out.resize(start + piece.len as usize, 0);
-        file.read_exact(&mut out[start..])?;
-        if hash.digest(&out[start..]) != piece.digest {
+        debug_assert!(c.file == first.file && piece.offset == start + at as u64, "a piece is one run of one file");
+        let bytes = &out[at..at + piece.len as usize];
+        if hash.digest(bytes) != piece.digest {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("{} changed while it was being uploaded", paths[c.file].display()),
             ));
         }
+        at += piece.len as usize;
     }
     Ok(out)
 }
@@ -255,7 +309,7 @@ mod tests {
     use super::*;
 
     fn piece(n: u8, len: u32) -> Piece {
-        Piece { offset: 0, len, digest: [n; 32], sha256: [n ^ 0xff; 32] }
+        Piece { offset: 0, len, digest: [n; 32], sha256: Some([n ^ 0xff; 32]) }
     }
 
     #[test]
@@ -267,23 +321,58 @@ mod tests {
             vec![piece(5, 1)],
         ];
         let have: HashSet<[u8; 32]> = [[3; 32]].into_iter().collect();
-        let packs = plan(&files, &have, MAX_PACK);
+        let packs = plan(&files, &have, MAX_PACK, 1);
         let order: Vec<Vec<u8>> =
             packs.iter().map(|p| p.chunks.iter().map(|c| files[c.file][c.piece].digest[0]).collect()).collect();
-        assert_eq!(order, vec![vec![1, 2], vec![4, 5]], "3 is in the bucket, 2 is sent once");
+        // 65 MiB in two packs of about half each.
+        assert_eq!(order, vec![vec![1], vec![2, 4, 5]], "3 is in the bucket, 2 is sent once");
         assert!(packs.iter().all(|p| p.size <= MAX_PACK));
-        assert_eq!(packs[0].size, 60 * u64::from(mib));
+        assert_eq!(packs[0].size, 30 * u64::from(mib));
         // The id is the digest of the chunk digests: the same chunks, the same pack.
-        assert_eq!(plan(&files, &have, MAX_PACK), packs);
+        assert_eq!(plan(&files, &have, MAX_PACK, 1), packs);
         assert_ne!(packs[0].id, packs[1].id);
-        assert!(plan(&files[..1], &[[1; 32], [2; 32], [3; 32]].into_iter().collect(), MAX_PACK).is_empty());
+        assert!(plan(&files[..1], &[[1; 32], [2; 32], [3; 32]].into_iter().collect(), MAX_PACK, 1).is_empty());
     }
 
     #[test]
-    fn a_chunk_larger_than_what_is_left_starts_a_new_pack() {
+    fn an_upload_cuts_its_packs_in_equal_shares_so_that_the_last_ones_go_up_together() {
+        let m = 1u32 << 20;
+        // 66 MiB in 512 KiB chunks, 16 packs in flight, packs of at most 32 MiB: not two full
+        // packs and a third of 2 MiB sent after them, but 8 of about 8 MiB (the smallest share).
+        let files = vec![(0..132).map(|i| Piece { offset: 0, len: m / 2, digest: [i; 32], sha256: None }).collect()];
+        let packs = plan(&files, &HashSet::new(), 32 << 20, 16);
+        let sizes: Vec<u64> = packs.iter().map(|p| p.size).collect();
+        assert_eq!(sizes.iter().sum::<u64>(), 66 << 20);
+        assert_eq!(packs.len(), 8, "{sizes:?}");
+        assert!(sizes.iter().all(|&s| (8 << 20..=9 << 20).contains(&s)), "{sizes:?}");
+        // Every chunk once, in order.
+        let order: Vec<u8> = packs.iter().flat_map(|p| p.chunks.iter().map(|c| files[0][c.piece].digest[0])).collect();
+        assert_eq!(order, (0..132).collect::<Vec<u8>>());
+        // One at a time: full packs.
+        let one = plan(&files, &HashSet::new(), 32 << 20, 1);
+        assert_eq!(one.iter().map(|p| p.size >> 20).collect::<Vec<_>>(), [22, 22, 22]);
+        // The count: full rounds of packs in flight, none under 1 MiB, never over the largest.
+        assert_eq!(pack_count(1 << 30, 32 << 20, 16), 32);
+        assert_eq!(pack_count((1 << 30) + 1, 32 << 20, 16), 48);
+        assert_eq!(pack_count(60_000_000_000, 32 << 20, 16), 1792, "a 60 GB model: under 2,000 PUTs");
+        assert_eq!(pack_count(5 << 20, 32 << 20, 16), 1, "a changed file of a few MiB: one pack");
+        assert_eq!(pack_count(64 << 20, 32 << 20, 16), 8);
+        assert_eq!(pack_count(1000, 32 << 20, 16), 1);
+        assert_eq!(pack_count(0, 32 << 20, 16), 1);
+        assert_eq!(pack_count(100 << 20, 32 << 20, 1), 4);
+    }
+
+    #[test]
+    fn a_chunk_that_would_pass_the_share_or_the_largest_pack_starts_a_new_pack() {
+        // 80 MiB: two packs of 40, not 64 and 16.
         let files = vec![(0..40).map(|i| piece(i, 2 << 20)).collect::<Vec<_>>()];
-        let packs = plan(&files, &HashSet::new(), MAX_PACK);
-        assert_eq!(packs.iter().map(|p| p.chunks.len()).collect::<Vec<_>>(), [32, 8]);
+        let packs = plan(&files, &HashSet::new(), MAX_PACK, 1);
+        assert_eq!(packs.iter().map(|p| p.chunks.len()).collect::<Vec<_>>(), [20, 20]);
+        // Chunks of 3 MiB into packs of at most 8: never over, a chunk never split.
+        let files = vec![(0..5).map(|i| piece(i, 3 << 20)).collect::<Vec<_>>()];
+        let packs = plan(&files, &HashSet::new(), 8 << 20, 1);
+        assert!(packs.iter().all(|p| p.size <= 8 << 20), "{:?}", packs.iter().map(|p| p.size).collect::<Vec<_>>());
+        assert_eq!(packs.iter().map(|p| p.chunks.len()).sum::<usize>(), 5);
     }
 
     #[test]
@@ -338,7 +427,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pack_is_assembled_from_its_files_and_a_changed_file_is_refused() {
+    fn a_pack_is_read_from_its_files_in_pieces_and_a_changed_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let paths: Vec<std::path::PathBuf> = (0..2).map(|i| dir.path().join(format!("f{i}"))).collect();
         // Noise, so that no two chunks are alike.
@@ -348,12 +437,27 @@ mod tests {
         }
         let files: Vec<Vec<Piece>> = paths
             .iter()
-            .map(|p| crate::chunk::cut_stream(std::fs::File::open(p).unwrap(), ChunkHash::Blake3).unwrap().0)
+            .map(|p| crate::chunk::cut_stream(std::fs::File::open(p).unwrap(), ChunkHash::Blake3, false).unwrap().0)
             .collect();
-        let packs = plan(&files, &HashSet::new(), MAX_PACK);
+        let packs = plan(&files, &HashSet::new(), MAX_PACK, 1);
         let mut whole = Vec::new();
         for p in &packs {
-            let bytes = assemble(p, &paths, &files, ChunkHash::Blake3).unwrap();
+            let mut bytes = Vec::new();
+            let pieces = pieces(p, &files);
+            for r in &pieces {
+                let piece = read_piece(p, r.clone(), &paths, &files, ChunkHash::Blake3).unwrap();
+                // About READ_PIECE each, never more but for a single larger chunk; one file each.
+                assert!(
+                    piece.len() as u64 <= READ_PIECE || r.len() == 1,
+                    "{} bytes in {} chunks",
+                    piece.len(),
+                    r.len()
+                );
+                assert!(p.chunks[r.clone()].iter().all(|c| c.file == p.chunks[r.start].file));
+                bytes.extend(piece);
+            }
+            assert_eq!(pieces.iter().map(|r| r.len()).sum::<usize>(), p.chunks.len());
+            assert!(pieces.len() >= 6, "6 MiB in pieces of about 1 MiB: {}", pieces.len());
             assert_eq!(bytes.len() as u64, p.size);
             whole.extend(bytes);
         }
@@ -363,10 +467,10 @@ mod tests {
         changed[10] ^= 1;
         std::fs::write(&paths[1], changed).unwrap();
         let last = packs.last().unwrap();
-        assert_eq!(
-            assemble(last, &paths, &files, ChunkHash::Blake3).unwrap_err().kind(),
-            std::io::ErrorKind::InvalidData
-        );
+        let first_of_file_1 = pieces(last, &files).into_iter().find(|r| last.chunks[r.start].file == 1).unwrap();
+        let err = read_piece(last, first_of_file_1, &paths, &files, ChunkHash::Blake3).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("f1 changed while it was being uploaded"), "{err}");
     }
 
     #[test]
@@ -375,7 +479,7 @@ mod tests {
         let old_pack = "ab".repeat(32);
         let have: std::collections::HashMap<[u8; 32], (String, u64)> =
             [([3; 32], (old_pack.clone(), 500))].into_iter().collect();
-        let packs = plan(&files, &[[3; 32]].into_iter().collect(), MAX_PACK);
+        let packs = plan(&files, &[[3; 32]].into_iter().collect(), MAX_PACK, 1);
         let l = Locations::build(&files, &packs, &have).unwrap();
         let new_pack = hex::encode(packs[0].id);
         assert_eq!(l.packs, vec![new_pack, old_pack]);
@@ -399,7 +503,7 @@ mod tests {
         let have: std::collections::HashMap<[u8; 32], (String, u64)> =
             [([2 ^ 0xff; 32], (old_pack.clone(), 70))].into_iter().collect();
         let known: HashSet<[u8; 32]> = have.keys().copied().collect();
-        let packs = plan(&files, &known, MAX_PACK);
+        let packs = plan(&files, &known, MAX_PACK, 1);
         assert_eq!(packs.len(), 1);
         assert_eq!(packs[0].chunks, vec![ChunkRef { file: 0, piece: 0 }], "chunk 2 is in the bucket already");
         let l = Locations::build(&files, &packs, &have).unwrap();

@@ -116,6 +116,20 @@ impl Session {
         }
     }
 
+    /// [`Session::put_named`] with a body read as it is sent ([`crate::provider::Provider::put_stream`]).
+    pub async fn put_stream_named(
+        &self,
+        key: &str,
+        body: crate::provider::StreamBody,
+        mode: crate::provider::PutMode,
+    ) -> Result<()> {
+        match self.provider.put_stream(key, body, mode).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind == ProviderErrorKind::Precondition => Ok(()),
+            Err(e) => Err(Error::from_provider(format!("writing {key}"), e)),
+        }
+    }
+
     /// Deletes an object; one that is already gone is no error.
     pub async fn delete_key(&self, key: &str) -> Result<()> {
         if key.is_empty() || key.ends_with('/') {

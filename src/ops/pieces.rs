@@ -120,14 +120,17 @@ impl CutTree {
 }
 
 /// Cuts every file of `plan` (see [`CutTree`]); a file whose size changed since the scan fails.
-pub(crate) async fn cut_tree(plan: ArchivePlan, format: u32) -> Result<CutTree> {
+/// `chunk_sha256`: name each chunk by its sha256 too, for reuse of a format 2 version's chunks
+/// (what the model's latest version is says whether that is likely; [`store`] fills them in
+/// later when another source needs them).
+pub(crate) async fn cut_tree(plan: ArchivePlan, format: u32, chunk_sha256: bool) -> Result<CutTree> {
     let hash = ChunkHash::of_format(format);
     let files: Vec<&crate::archive::PlannedEntry> = plan.entries.iter().filter(|e| e.size.is_some()).collect();
     let paths: Vec<PathBuf> = files.iter().map(|e| e.source.clone()).collect();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let cut_paths = paths.clone();
     let cuts = blocking(move || {
-        crate::chunk::cut_files(&cut_paths, threads, hash)
+        crate::chunk::cut_files(&cut_paths, threads, hash, chunk_sha256)
             .map_err(|e| Error::other(format!("cannot read the model: {e}"), None))
     })
     .await?;
@@ -151,7 +154,11 @@ pub(crate) async fn store(
     previous: &[Found],
     force: bool,
 ) -> Result<Stored> {
-    let CutTree { plan, paths, cuts, format } = tree;
+    let CutTree { plan, paths, mut cuts, format } = tree;
+    // A format 2 version names its chunks by sha256: reusing them needs those of this tree.
+    if previous.iter().any(|f| f.manifest.format == 2 && !force) {
+        fill_chunk_sha256s(&paths, &mut cuts).await?;
+    }
     let pieces: Vec<Vec<Piece>> = cuts.iter().map(|(p, _)| p.clone()).collect();
 
     // What the bucket holds already: the chunks of the earlier versions given. With `force`,
@@ -166,15 +173,18 @@ pub(crate) async fn store(
         }
     }
     // Files another model (or an earlier version no tag names) holds: one GET per file.
-    let indexed =
-        if force { (0..cuts.len()).map(|i| (i, Vec::new())).collect() } else { read_file_indexes(s, &cuts).await? };
+    let indexed = if force {
+        (0..cuts.len()).map(|i| (i, Vec::new())).collect()
+    } else {
+        read_file_indexes(s, &cuts, &paths).await?
+    };
     for (_, places) in &indexed {
         have.extend(places.iter().cloned());
     }
     // Keyed by the digest each source names its chunks by: the sha256 of a format 2 version, the
     // BLAKE3 of a format 3 one. A chunk is found by either of its own.
     let known: HashSet<[u8; 32]> = have.keys().copied().collect();
-    let planned = pack::plan(&pieces, &known, pack_size(s));
+    let planned = pack::plan(&pieces, &known, pack_size(s), packs_in_flight(s));
     let sent: u64 = planned.iter().map(|p| p.size).sum();
     let total: u64 = pieces.iter().flatten().map(|p| u64::from(p.len)).sum();
     let reused: u64 = pieces.iter().flatten().filter(|p| p.known_in(&known)).map(|p| u64::from(p.len)).sum();
@@ -235,12 +245,36 @@ pub(crate) async fn store(
     Ok(Stored { manifest, version, packs: planned.len(), sent, reused, tuning })
 }
 
-/// The largest pack an upload makes: a fifth of the memory budget, so that five are in flight
-/// (one connection carries only a slice of a long link), within 2 MiB (a chunk is never split)
-/// and [`pack::MAX_PACK`]. At the default budget, 32 MiB: a 60 GB model goes up in about 1,800
-/// PUTs.
+/// The largest pack an upload makes: a fifth of the memory budget, within 2 MiB (a chunk is never
+/// split) and [`pack::MAX_PACK`]. At the default budget, 32 MiB: a 60 GB model goes up in about
+/// 1,800 PUTs. (A pack is read as it is sent, so its size does not bound the packs in flight.)
 pub(crate) fn pack_size(s: &Session) -> u64 {
     (crate::transfer::tuning::memory_budget(&s.transfer) / 5).clamp(crate::chunk::MAX as u64, pack::MAX_PACK)
+}
+
+/// Gives every chunk of `cuts` its sha256, where the cut did not (each file read again, on
+/// several cores).
+async fn fill_chunk_sha256s(paths: &[PathBuf], cuts: &mut [crate::chunk::Cut]) -> Result<()> {
+    let todo: Vec<usize> = (0..cuts.len()).filter(|&i| cuts[i].0.iter().any(|p| p.sha256.is_none())).collect();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let filled: Vec<(usize, Vec<[u8; 32]>)> = stream::iter(todo)
+        .map(|i| {
+            let (path, pieces) = (paths[i].clone(), cuts[i].0.clone());
+            blocking(move || {
+                crate::chunk::chunk_sha256s(&path, &pieces)
+                    .map(|shas| (i, shas))
+                    .map_err(|e| Error::other(format!("cannot read the model: {e}"), None))
+            })
+        })
+        .buffer_unordered(threads)
+        .try_collect()
+        .await?;
+    for (i, shas) in filled {
+        for (p, sha) in cuts[i].0.iter_mut().zip(shas) {
+            p.sha256 = Some(sha);
+        }
+    }
+    Ok(())
 }
 
 /// What to do when a file changed while it was being uploaded.
@@ -250,8 +284,19 @@ fn changed(path: &std::path::Path) -> Error {
     Error::other(format!("{} changed while it was being uploaded", path.display()), Some(CHANGED_HINT.into()))
 }
 
+/// Packs in flight at most (what format 1's uploads reach on a long link, and its downloads).
+const MAX_PACKS_IN_FLIGHT: usize = 16;
+/// One pack is in flight per this much of the memory budget (16 at the default budget). A pack
+/// is read from its files as it is sent, so it holds a piece of about [`pack::READ_PIECE`] and
+/// what the HTTP client buffers, not the pack: the share is for those and the rest of the program.
+const PACK_SHARE: u64 = 10 << 20;
+
 /// Sends the planned packs, create-only (a pack of that id already there holds the same
-/// chunks), as many at once as the memory budget holds (each is in memory while it is sent).
+/// chunks), each read from the files as it is sent, so that as many go up at once as the link
+/// needs, whatever their size: one per [`PACK_SHARE`] of the memory budget, at most
+/// [`MAX_PACKS_IN_FLIGHT`] (a directory gets a few). Every chunk is hashed again just before its
+/// bytes go out: a file that changed since it was cut stops its pack's request before the pack is
+/// whole, so no object is made of it, and fails the upload.
 async fn send_packs(
     s: &Session,
     planned: &[PlannedPack],
@@ -262,29 +307,24 @@ async fn send_packs(
     progress: &Progress,
 ) -> Result<crate::transfer::tuning::Tuning> {
     let budget = crate::transfer::tuning::memory_budget(&s.transfer);
-    let in_flight = s.transfer.concurrency.unwrap_or(usize::MAX).min((budget / pack_size(s)).max(1) as usize).max(1);
-    let limiter = crate::transfer::RateLimiter::new(s.transfer.limit_rate);
-    let limiter = &limiter;
+    let in_flight = packs_in_flight(s);
+    let limiter = std::sync::Arc::new(crate::transfer::RateLimiter::new(s.transfer.limit_rate));
     let paths = std::sync::Arc::new(paths.to_vec());
     let pieces = std::sync::Arc::new(pieces.to_vec());
     stream::iter(planned.iter().cloned())
         .map(|p| {
-            let (paths, pieces, mode) = (paths.clone(), pieces.clone(), mode.clone());
+            let (paths, pieces, limiter, mode) = (paths.clone(), pieces.clone(), limiter.clone(), mode.clone());
             async move {
                 let key = s.layout.pack_key(&hex::encode(p.id));
                 let size = p.size;
-                let body = blocking(move || {
-                    pack::assemble(&p, &paths, &pieces, hash).map_err(|e| match e.kind() {
-                        // `assemble` says which file changed.
-                        std::io::ErrorKind::InvalidData => Error::other(e.to_string(), Some(CHANGED_HINT.into())),
-                        _ => Error::other(format!("cannot read the model: {e}"), None),
-                    })
-                })
-                .await?;
-                if let Some(limiter) = limiter {
-                    limiter.take(size).await;
+                let spoiled = std::sync::Arc::new(std::sync::OnceLock::new());
+                let body = pack_body(std::sync::Arc::new(p), paths, pieces, hash, limiter, spoiled);
+                let sent = s.put_stream_named(&key, body.clone(), mode).await;
+                if let Some(why) = body.spoiled() {
+                    let hint = why.contains(CHANGED).then(|| CHANGED_HINT.to_string());
+                    return Err(Error::other(why.to_string(), hint));
                 }
-                s.put_named(&key, Bytes::from(body), mode).await?;
+                sent?;
                 progress.advanced(size);
                 Ok(())
             }
@@ -301,10 +341,75 @@ async fn send_packs(
         memory_source: crate::transfer::tuning::memory_source(&s.transfer),
         peak_held: None,
         why: format!(
-            "in chunks: packs of up to {} MiB, {in_flight} in flight within {} MiB",
-            pack_size(s) >> 20,
-            budget >> 20
+            "in chunks: packs of up to {} MiB, read as they are sent, {in_flight} in flight",
+            pack_size(s) >> 20
         ),
+    })
+}
+
+/// Packs in flight for an upload ([`send_packs`]): `--concurrency`, within the budget's share.
+pub(crate) fn packs_in_flight(s: &Session) -> usize {
+    let budget = crate::transfer::tuning::memory_budget(&s.transfer);
+    let most = match s.provider.limits().max_reads_in_flight {
+        Some(cap) => cap,
+        None => MAX_PACKS_IN_FLIGHT,
+    };
+    let fits = ((budget / PACK_SHARE) as usize).clamp(1, most);
+    s.transfer.concurrency.map_or(fits, |c| c.clamp(1, fits))
+}
+
+/// What [`pack::read_piece`] says of a file that changed.
+const CHANGED: &str = "changed while it was being uploaded";
+
+/// The body of one pack: its pieces read from the files in turn as the request sends them, each
+/// checked by [`pack::read_piece`] and paced by `--limit-rate` when it goes on the wire. A piece
+/// that cannot be read as planned spoils the body (with the reason) and ends the stream with an
+/// error, before its bytes are handed on.
+fn pack_body(
+    pack: std::sync::Arc<PlannedPack>,
+    paths: std::sync::Arc<Vec<PathBuf>>,
+    pieces: std::sync::Arc<Vec<Vec<Piece>>>,
+    hash: ChunkHash,
+    limiter: std::sync::Arc<Option<crate::transfer::RateLimiter>>,
+    spoiled: std::sync::Arc<std::sync::OnceLock<String>>,
+) -> crate::provider::StreamBody {
+    use crate::provider::{ProviderError, ProviderErrorKind};
+    let ranges = std::sync::Arc::new(pack::pieces(&pack, &pieces));
+    let size = pack.size;
+    let spoils = spoiled.clone();
+    crate::provider::StreamBody::new(size, spoiled, move |paced| {
+        let (pack, paths, pieces, limiter, spoiled) =
+            (pack.clone(), paths.clone(), pieces.clone(), limiter.clone(), spoils.clone());
+        let ranges = ranges.clone();
+        Box::pin(stream::iter(0..ranges.len()).then(move |i| {
+            let (pack, paths, pieces, limiter, spoiled, range) =
+                (pack.clone(), paths.clone(), pieces.clone(), limiter.clone(), spoiled.clone(), ranges[i].clone());
+            async move {
+                if let Some(why) = spoiled.get() {
+                    return Err(ProviderError::new(ProviderErrorKind::Other, why.clone()));
+                }
+                let read = tokio::task::spawn_blocking(move || pack::read_piece(&pack, range, &paths, &pieces, hash))
+                    .await
+                    .map_err(|e| std::io::Error::other(format!("a read task failed: {e}")))
+                    .and_then(|r| r);
+                let bytes = match read {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        let why = match e.kind() {
+                            // `read_piece` says which file changed.
+                            std::io::ErrorKind::InvalidData => e.to_string(),
+                            _ => format!("cannot read the model: {e}"),
+                        };
+                        let _ = spoiled.set(why.clone());
+                        return Err(ProviderError::new(ProviderErrorKind::Other, why));
+                    }
+                };
+                if let (true, Some(limiter)) = (paced, limiter.as_ref()) {
+                    limiter.take(bytes.len() as u64).await;
+                }
+                Ok(Bytes::from(bytes))
+            }
+        })) as crate::provider::ByteStream
     })
 }
 
@@ -389,7 +494,7 @@ type Places = Vec<([u8; 32], (String, u64))>;
 /// For each file: the chunk places its index gives, when the index matches the file's chunks and
 /// every pack it names is there. Files with no usable index are returned with no places (their
 /// index is written after the commit).
-async fn read_file_indexes(s: &Session, cuts: &[crate::chunk::Cut]) -> Result<Vec<(usize, Places)>> {
+async fn read_file_indexes(s: &Session, cuts: &[crate::chunk::Cut], paths: &[PathBuf]) -> Result<Vec<(usize, Places)>> {
     // Every file is looked up (one small GET each), so that a file this model already had
     // gets its index too when it has none yet.
     stream::iter(0..cuts.len())
@@ -397,11 +502,27 @@ async fn read_file_indexes(s: &Session, cuts: &[crate::chunk::Cut]) -> Result<Ve
             let key = s.layout.file_index_key(&hex::encode(cuts[i].1));
             let Some(bytes) = s.get_small(&key).await? else { return Ok((i, Vec::new())) };
             let Ok(index) = serde_json::from_slice::<FileIndex>(&bytes) else { return Ok((i, Vec::new())) };
-            let same = index.chunks.len() == cuts[i].0.len()
-                // An index names chunks as the upload that wrote it did: by sha256 or by BLAKE3.
-                && index.chunks.iter().zip(&cuts[i].0).all(|(c, p)| c.0 == hex::encode(p.digest) || c.0 == hex::encode(p.sha256))
-                && index.chunks.iter().all(|c| (c.1 as usize) < index.packs.len());
-            if !same {
+            let pieces = &cuts[i].0;
+            let fits =
+                index.chunks.len() == pieces.len() && index.chunks.iter().all(|c| (c.1 as usize) < index.packs.len());
+            // An index names chunks as the upload that wrote it did: by BLAKE3 or by sha256 (a
+            // format 2 upload's, whose chunk sha256s the cut may not have computed: read again).
+            let by_digest = fits && index.chunks.iter().zip(pieces).all(|(c, p)| c.0 == hex::encode(p.digest));
+            let by_sha256 = fits && !by_digest && {
+                let shas = match pieces.iter().map(|p| p.sha256).collect::<Option<Vec<_>>>() {
+                    Some(shas) => shas,
+                    None => {
+                        let (path, pieces) = (paths[i].clone(), pieces.clone());
+                        blocking(move || {
+                            crate::chunk::chunk_sha256s(&path, &pieces)
+                                .map_err(|e| Error::other(format!("cannot read the model: {e}"), None))
+                        })
+                        .await?
+                    }
+                };
+                index.chunks.iter().zip(&shas).all(|(c, sha)| c.0 == hex::encode(sha))
+            };
+            if !by_digest && !by_sha256 {
                 return Ok((i, Vec::new()));
             }
             for pack in &index.packs {

@@ -181,7 +181,9 @@ pub(crate) async fn run(s: &Session, name: &str, dir: &Path, opts: &UploadOption
     let (plan, tree) = if format == FORMAT_VERSION {
         (Some(plan), None)
     } else {
-        (None, Some(super::pieces::cut_tree(plan, format).await?))
+        // Chunk sha256s too when the latest version is in format 2: its chunks are named so.
+        let from_format_2 = latest.as_ref().is_some_and(|l| l.manifest.format == 2) && !opts.force;
+        (None, Some(super::pieces::cut_tree(plan, format, from_format_2).await?))
     };
     let same = match (latest.as_ref().filter(|_| !opts.force), &plan, &tree) {
         (Some(old), Some(plan), _) => unchanged(plan, &old.manifest).await?.is_some(),

@@ -457,6 +457,10 @@ impl Provider for DataPlane {
         self.direct.put(key, data, mode).await
     }
 
+    async fn put_stream(&self, key: &str, body: super::StreamBody, mode: PutMode) -> PResult<Option<String>> {
+        self.direct.put_stream(key, body, mode).await
+    }
+
     async fn create_multipart(&self, key: &str, part_size: u64) -> PResult<String> {
         self.direct.create_multipart(key, part_size).await
     }

@@ -348,6 +348,29 @@ impl Provider for GcsProvider {
         Ok(Some(o.generation.to_string()))
     }
 
+    async fn put_stream(&self, key: &str, body: super::StreamBody, mode: PutMode) -> PResult<Option<String>> {
+        let req = self.upload_request(&mode)?;
+        let object = Object {
+            name: key.to_string(),
+            content_type: Some("application/octet-stream".into()),
+            ..Default::default()
+        };
+        // The media part is sent as it is read (chunked): a body that fails midway never sends
+        // the closing boundary, so no object is made of part of it.
+        let o = self
+            .client
+            .upload_streamed_object(&req, body.open(), &UploadType::Multipart(Box::new(object)))
+            .await
+            .map_err(|e| bucket_level(map_err("objects.insert", key, e)))?;
+        if u64::try_from(o.size).ok() != Some(body.len()) {
+            return Err(ProviderError::new(
+                ProviderErrorKind::Other,
+                format!("objects.insert {key}: {} bytes stored of a body of {}", o.size, body.len()),
+            ));
+        }
+        Ok(Some(o.generation.to_string()))
+    }
+
     async fn create_multipart(&self, key: &str, part_size: u64) -> PResult<String> {
         if !part_size.is_multiple_of(CHUNK_ALIGN) {
             return Err(ProviderError::new(

@@ -294,6 +294,43 @@ impl Provider for LocalProvider {
         .await
     }
 
+    async fn put_stream(&self, key: &str, body: super::StreamBody, mode: PutMode) -> PResult<Option<String>> {
+        use futures::StreamExt as _;
+        let (this, name) = (self.clone(), key.to_string());
+        let (tmp, file) = blocking(move || {
+            this.ensure_root()?;
+            this.object_path(&name)?;
+            let tmp = this.tmp_path()?;
+            let file = File::create(&tmp).map_err(|e| io_err(e, &tmp))?;
+            Ok((tmp, std::sync::Arc::new(file)))
+        })
+        .await?;
+        // Written as the items come; published only once every byte is there.
+        let written = async {
+            let mut stream = body.open();
+            let mut at = 0u64;
+            while let Some(item) = stream.next().await {
+                let item = item?;
+                let (file, path, len) = (file.clone(), tmp.clone(), item.len() as u64);
+                blocking(move || file.write_all_at(&item, at).map_err(|e| io_err(e, &path))).await?;
+                at += len;
+            }
+            body.check_len(at)
+        }
+        .await;
+        drop(file);
+        let this = self.clone();
+        let key = key.to_string();
+        blocking(move || match written {
+            Ok(()) => this.publish(&tmp, &key, &mode),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        })
+        .await
+    }
+
     async fn create_multipart(&self, key: &str, part_size: u64) -> PResult<String> {
         let this = self.clone();
         let key = key.to_string();

@@ -193,6 +193,15 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// Writes a small object in one request; returns its new ETag when the backend gives one.
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> PResult<Option<String>>;
 
+    /// Writes an object in one request whose body is read as it is sent, so that what it holds in
+    /// memory is an item of the body's stream, not the object. The object exists only once the
+    /// request got every byte: a stream that fails midway fails the request, and nothing is
+    /// written. The default gathers the body in memory and calls [`Provider::put`].
+    async fn put_stream(&self, key: &str, body: StreamBody, mode: PutMode) -> PResult<Option<String>> {
+        let data = body.gather().await?;
+        self.put(key, data, mode).await
+    }
+
     /// Starts a multipart upload whose parts are all `part_size` bytes except the last, which
     /// may be shorter (the engine always cuts parts that way); returns its id.
     async fn create_multipart(&self, key: &str, part_size: u64) -> PResult<String>;
@@ -230,6 +239,80 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// reads. `None` when this backend or its credential cannot make one (reads then go direct).
     async fn data_url(&self, _key: &str, _valid_for: std::time::Duration) -> PResult<Option<DataUrl>> {
         Ok(None)
+    }
+}
+
+/// The body of [`Provider::put_stream`]: its exact length, and how to read it from its start
+/// (once per attempt: a retry reads it again). Its source may mark it spoiled (a file that
+/// changed since its digests were taken): a request that failed then is not retried, and the
+/// reason is [`StreamBody::spoiled`].
+#[derive(Clone)]
+pub struct StreamBody {
+    len: u64,
+    open: Arc<dyn Fn(bool) -> ByteStream + Send + Sync>,
+    spoiled: Arc<std::sync::OnceLock<String>>,
+}
+
+impl StreamBody {
+    /// A body of `len` bytes read by `open`, which sets `spoiled` before it fails a stream for
+    /// good. `open(true)` reads bytes that go on the wire (paced by a rate limit, if any);
+    /// `open(false)` bytes only hashed.
+    pub fn new(
+        len: u64,
+        spoiled: Arc<std::sync::OnceLock<String>>,
+        open: impl Fn(bool) -> ByteStream + Send + Sync + 'static,
+    ) -> Self {
+        Self { len, open: Arc::new(open), spoiled }
+    }
+
+    /// The body's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the body has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The body from its first byte, to send.
+    pub fn open(&self) -> ByteStream {
+        (self.open)(true)
+    }
+
+    /// The body from its first byte, to hash (not sent: not paced).
+    pub fn read(&self) -> ByteStream {
+        (self.open)(false)
+    }
+
+    /// Why the body cannot be read as it was meant to be, once its source said so.
+    pub fn spoiled(&self) -> Option<&str> {
+        self.spoiled.get().map(String::as_str)
+    }
+
+    /// The whole body in memory, checked against its length.
+    pub async fn gather(&self) -> PResult<Bytes> {
+        let mut stream = self.open();
+        let mut buf = BytesMut::with_capacity(self.len as usize);
+        while let Some(item) = stream.next().await {
+            buf.extend_from_slice(&item?);
+        }
+        self.check_len(buf.len() as u64)?;
+        Ok(buf.freeze())
+    }
+
+    /// An error unless `n`, the bytes a stream of the body gave, is its length.
+    pub fn check_len(&self, n: u64) -> PResult<()> {
+        if n == self.len {
+            return Ok(());
+        }
+        Err(ProviderError::new(ProviderErrorKind::Other, format!("a body of {} bytes gave {n}", self.len)))
+    }
+}
+
+impl fmt::Debug for StreamBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamBody").field("len", &self.len).finish_non_exhaustive()
     }
 }
 

@@ -284,6 +284,20 @@ impl Provider for Retrying {
         self.call("PUT", || self.inner.put(key, data.clone(), mode.clone())).await
     }
 
+    async fn put_stream(&self, key: &str, body: super::StreamBody, mode: PutMode) -> PResult<Option<String>> {
+        self.call("PUT", || async {
+            match self.inner.put_stream(key, body.clone(), mode.clone()).await {
+                // A body its source spoiled reads no better a second time.
+                Err(mut e) if body.spoiled().is_some() => {
+                    e.temporary = false;
+                    Err(e)
+                }
+                other => other,
+            }
+        })
+        .await
+    }
+
     async fn create_multipart(&self, key: &str, part_size: u64) -> PResult<String> {
         self.call("CreateMultipartUpload", || self.inner.create_multipart(key, part_size)).await
     }

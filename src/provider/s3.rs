@@ -29,6 +29,74 @@ use super::{
 use crate::config::CloudConfig;
 use crate::error::{Error, Result};
 
+/// A streamed request body of a known length, for the SDK.
+struct SizedBody {
+    /// In a mutex only to be `Sync`, as the SDK's bodies are; polled through `get_mut`.
+    stream: std::sync::Mutex<ByteStream>,
+    left: u64,
+}
+
+impl http_body::Body for SizedBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let stream = self.stream.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match stream.as_mut().poll_next(cx) {
+            std::task::Poll::Ready(Some(Ok(bytes))) => {
+                self.left = self.left.saturating_sub(bytes.len() as u64);
+                std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes))))
+            }
+            std::task::Poll::Ready(Some(Err(e))) => std::task::Poll::Ready(Some(Err(Box::new(e)))),
+            std::task::Poll::Ready(None) => std::task::Poll::Ready(None),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
+}
+
+/// The sha256 of a streamed body, for a signed payload.
+async fn stream_sha256(body: &super::StreamBody) -> PResult<String> {
+    use futures::StreamExt as _;
+    use sha2::Digest as _;
+    let mut stream = body.read();
+    let (mut h, mut n) = (sha2::Sha256::new(), 0u64);
+    while let Some(item) = stream.next().await {
+        let item = item?;
+        n += item.len() as u64;
+        h.update(&item);
+    }
+    body.check_len(n)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Signs a request with a payload digest computed beforehand (a streamed body is otherwise sent
+/// as `UNSIGNED-PAYLOAD`).
+#[derive(Debug)]
+struct PrecomputedPayload(String);
+
+impl aws_sdk_s3::config::Intercept for PrecomputedPayload {
+    fn name(&self) -> &'static str {
+        "PrecomputedPayload"
+    }
+
+    fn modify_before_signing(
+        &self,
+        _context: &mut aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextMut<'_>,
+        _components: &aws_sdk_s3::config::RuntimeComponents,
+        cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> std::result::Result<(), aws_sdk_s3::error::BoxError> {
+        cfg.interceptor_state().store_put(aws_runtime::auth::PayloadSigningOverride::Precomputed(self.0.clone()));
+        Ok(())
+    }
+}
+
 /// An S3 bucket.
 pub struct S3Provider {
     client: Client,
@@ -369,6 +437,39 @@ impl Provider for S3Provider {
             PutMode::IfMatch(etag) => req.if_match(etag),
         };
         let out = req.send().await.map_err(|e| map_err("PutObject", key, e))?;
+        require_etag("PutObject", key, out.e_tag()).map(Some)
+    }
+
+    async fn put_stream(&self, key: &str, body: super::StreamBody, mode: PutMode) -> PResult<Option<String>> {
+        // Over plain HTTP the payload is signed, as a part's is: its sha256 comes from a first read
+        // of the body (hashing only, no copy held), before the second read sends it. Over TLS the
+        // transport protects it, and on AWS the SDK's CRC32 trailer lets S3 check it.
+        let payload_sha256 = match self.sign_payload {
+            true => Some(stream_sha256(&body).await?),
+            false => None,
+        };
+        let sdk_body =
+            SdkStream::from_body_1_x(SizedBody { stream: std::sync::Mutex::new(body.open()), left: body.len() });
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/octet-stream")
+            .content_length(body.len() as i64)
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.kms_key_id.clone())
+            .body(sdk_body);
+        req = match mode {
+            PutMode::Overwrite => req,
+            PutMode::Create => req.if_none_match("*"),
+            PutMode::IfMatch(etag) => req.if_match(etag),
+        };
+        let sent = match payload_sha256 {
+            Some(sha) => req.customize().interceptor(PrecomputedPayload(sha)).send().await,
+            None => req.send().await,
+        };
+        let out = sent.map_err(|e| map_err("PutObject", key, e))?;
         require_etag("PutObject", key, out.e_tag()).map(Some)
     }
 

@@ -38,6 +38,31 @@ struct Expect {
     many_keys: bool,
 }
 
+/// A streamed body of `data` in pieces of 256 KiB, and how many times it was opened to be sent.
+/// With `fail_at`, a stream opened to be sent (not one read to hash it) spoils the body and fails
+/// once that many bytes went out.
+fn streamed(data: Vec<u8>, fail_at: Option<usize>) -> (provider::StreamBody, Arc<std::sync::atomic::AtomicUsize>) {
+    let opens = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let spoiled = Arc::new(std::sync::OnceLock::new());
+    let (data, counted, spoils) = (Bytes::from(data), opens.clone(), spoiled.clone());
+    let len = data.len() as u64;
+    let body = provider::StreamBody::new(len, spoiled, move |sent| {
+        if sent {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        let (data, spoils) = (data.clone(), spoils.clone());
+        let fail_at = fail_at.filter(|_| sent);
+        Box::pin(stream::iter((0..data.len()).step_by(256 << 10)).map(move |at| {
+            if fail_at.is_some_and(|f| at >= f) {
+                let _ = spoils.set("the source changed".to_string());
+                return Err(provider::ProviderError::new(ProviderErrorKind::Other, "the source changed"));
+            }
+            Ok(data.slice(at..(at + (256 << 10)).min(data.len())))
+        })) as provider::ByteStream
+    });
+    (body, opens)
+}
+
 async fn suite(p: Arc<dyn Provider>, expect: Expect) {
     let p = p.as_ref();
     // The bucket answers.
@@ -75,6 +100,25 @@ async fn suite(p: Arc<dyn Provider>, expect: Expect) {
         p.put("t/obj.bin", Bytes::from_static(b"new"), PutMode::IfMatch(etag)).await.unwrap();
         assert_eq!(p.get_bytes("t/obj.bin").await.unwrap(), Bytes::from_static(b"new"));
     }
+
+    // A body read as it is sent: stored whole (over 4 MiB, where Azure's crate would cut blocks),
+    // create-only as `put` is. One that fails midway, once bytes went out, stores nothing (the
+    // request never got its last byte) and, its source having said so, is not tried again.
+    let big = noise((5 << 20) + 123, 7);
+    let (body, opens) = streamed(big.clone(), None);
+    p.put_stream("t/streamed.bin", body.clone(), PutMode::Create).await.unwrap();
+    assert_eq!(read(p, "t/streamed.bin", GetRange::All).await, big);
+    if expect.conditional {
+        let err = p.put_stream("t/streamed.bin", body, PutMode::Create).await.unwrap_err();
+        assert_eq!(err.kind, ProviderErrorKind::Precondition, "{err}");
+    }
+    assert!(opens.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    let (spoiled, opens) = streamed(big.clone(), Some(3 << 20));
+    let err = p.put_stream("t/spoiled.bin", spoiled.clone(), PutMode::Overwrite).await.unwrap_err();
+    assert_eq!(spoiled.spoiled(), Some("the source changed"), "{err}");
+    assert_eq!(opens.load(std::sync::atomic::Ordering::SeqCst), 1, "not retried: {err}");
+    assert_eq!(p.head("t/spoiled.bin").await.unwrap_err().kind, ProviderErrorKind::NotFound, "nothing stored");
+    p.delete("t/streamed.bin").await.unwrap();
 
     // Multipart: parts uploaded out of order where the backend allows it, completed in order,
     // read back whole.

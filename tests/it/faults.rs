@@ -210,7 +210,8 @@ fn format_2_downloads_resume_after_resets_and_stalls() {
     let mut sb = sandbox();
     sb.env("CROWECODE_UPLOAD_FORMAT", "2");
     let (bucket, model) = seeded(&sb, &endpoint);
-    let proxy = Proxy::start(&endpoint, Fault::ResetAfter(3 << 20), 4, true);
+    // After 1 MiB of a connection: the end of a download is read in reads of 1 MiB and more.
+    let proxy = Proxy::start(&endpoint, Fault::ResetAfter(1 << 20), 4, true);
     download_through(&proxy, &sb, &bucket, &model);
     assert_eq!(proxy.injected(), 4, "every planned reset happened");
     let sb = {

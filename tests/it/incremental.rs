@@ -400,6 +400,51 @@ fn memory_is_bounded_in_format_2_on_moto() {
     memory_bounded(Provider::S3);
 }
 
+/// The most memory (peak RSS, bytes) any child of this test process used so far.
+fn children_peak_rss() -> u64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given.
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) }, 0);
+    usage.ru_maxrss as u64 * 1024
+}
+
+/// An upload in chunks reads each pack from the files as it is sent: the packs in flight are
+/// not in memory. Gathered, 16 packs of 8 MiB (moto) or 4 of 32 MiB (a directory) would be
+/// 128 MiB; read as they are sent, a piece of about 1 MiB each.
+fn upload_memory_bounded(p: Provider, mib: usize, limit: u64) {
+    let (sb, _) = machine_with_prefix(p, Some("team/models/"));
+    let dir = sb.src().join("Big");
+    write_files(&dir, &[("c.json", b"{}")]);
+    // Written 4 MiB at a time: a child's peak counts the peak of this process when it forked.
+    let mut file = std::fs::File::create(dir.join("a.bin")).unwrap();
+    for i in 0..mib / 4 {
+        std::io::Write::write_all(&mut file, &noise(4 << 20, 41 + i as u64)).unwrap();
+    }
+    drop(file);
+    let up = upload(&sb, "Big", &dir, &[]);
+    // The largest child so far: the upload (the setup before it holds no data).
+    let peak = children_peak_rss();
+    assert!(peak > 8 * MIB, "{p:?}: {peak} bytes: no usage measured");
+    let packs = n(&up, "parts");
+    assert!(packs >= 4, "{p:?}: {packs} packs: {up}");
+    assert_eq!(up["tuning"]["reached"], if p == Provider::Local { 4 } else { 16 }, "{p:?}: {up}");
+    assert!(peak < limit, "{p:?}: an upload of {mib} MiB peaked at {} MiB (limit {} MiB)", peak >> 20, limit >> 20);
+    let fresh = sb.path().join("fresh");
+    let got = first(&on(&sb, &fresh, &["--json", "download", "Big"]));
+    assert_eq!(tree(Path::new(got["path"].as_str().unwrap())), tree(&dir), "{p:?}");
+}
+
+#[test]
+fn an_upload_holds_no_pack_whole_on_the_local_provider() {
+    upload_memory_bounded(Provider::Local, 256, 64 * MIB);
+}
+
+#[cfg(feature = "s3")]
+#[test]
+fn an_upload_holds_no_pack_whole_on_moto() {
+    upload_memory_bounded(Provider::S3, 128, 80 * MIB);
+}
+
 /// A download killed (SIGKILL: no cleanup) midway resumes per piece: the next run checks the
 /// chunks the killed one wrote, in place, and fetches only the others.
 fn killed_download_resumes(p: Provider) {

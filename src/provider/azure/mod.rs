@@ -47,6 +47,76 @@ use crate::error::{Error, Result};
 /// download is always a single streamed GET.
 const ONE_PARTITION: usize = 1 << 45;
 
+/// The largest blob one Put Blob writes (5000 MiB). Below it a write is one request: the crate
+/// would otherwise cut anything over 4 MiB into blocks staged one after another, and commit them
+/// in one more request (a 32 MiB pack cost nine).
+const PUT_BLOB_MAX: u64 = 5000 << 20;
+
+/// A [`super::StreamBody`] as the crate's seekable stream: read as the request is sent, read
+/// again from its start on a reset. A clone starts from the start too.
+struct BodyReader {
+    body: super::StreamBody,
+    stream: std::sync::Mutex<Option<super::ByteStream>>,
+    pending: Bytes,
+}
+
+impl BodyReader {
+    fn new(body: super::StreamBody) -> Self {
+        Self { body, stream: std::sync::Mutex::new(None), pending: Bytes::new() }
+    }
+}
+
+impl Clone for BodyReader {
+    fn clone(&self) -> Self {
+        Self::new(self.body.clone())
+    }
+}
+
+impl fmt::Debug for BodyReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BodyReader").field("len", &self.body.len()).finish_non_exhaustive()
+    }
+}
+
+impl futures::io::AsyncRead for BodyReader {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            if !this.pending.is_empty() {
+                let n = buf.len().min(this.pending.len());
+                buf[..n].copy_from_slice(&this.pending.split_to(n));
+                return Poll::Ready(Ok(n));
+            }
+            let body = &this.body;
+            let slot = this.stream.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let stream = slot.get_or_insert_with(|| body.open());
+            match stream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) => this.pending = bytes,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(std::io::Error::other(e))),
+                Poll::Ready(None) => return Poll::Ready(Ok(0)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl azure_core::stream::SeekableStream for BodyReader {
+    async fn reset(&mut self) -> azure_core::Result<()> {
+        *self = Self::new(self.body.clone());
+        Ok(())
+    }
+
+    fn len(&self) -> Option<u64> {
+        Some(self.body.len())
+    }
+}
+
 /// An Azure Blob container.
 pub struct AzureProvider {
     container: BlobContainerClient,
@@ -399,9 +469,37 @@ impl Provider for AzureProvider {
             encryption_scope: self.encryption_scope.clone(),
             blob_content_type: Some("application/octet-stream".into()),
             parallel: NonZero::new(1),
+            partition_size: NonZero::new(PUT_BLOB_MAX),
             ..Default::default()
         };
         let content: RequestContent<Bytes, NoFormat> = Body::Bytes(data).into();
+        let rsp = self
+            .blob(key)
+            .block_blob_client()
+            .upload(content, Some(options))
+            .await
+            .map_err(|e| map_err("put", key, e))?;
+        Ok(rsp.etag.map(|e| e.to_string()))
+    }
+
+    async fn put_stream(&self, key: &str, body: super::StreamBody, mode: PutMode) -> PResult<Option<String>> {
+        let (if_none_match, if_match) = match mode {
+            PutMode::Overwrite => (None, None),
+            PutMode::Create => (Some(Etag::from("*")), None),
+            PutMode::IfMatch(etag) => (None, Some(Etag::from(etag))),
+        };
+        let options = BlockBlobClientUploadOptions {
+            if_none_match,
+            if_match,
+            encryption_scope: self.encryption_scope.clone(),
+            blob_content_type: Some("application/octet-stream".into()),
+            parallel: NonZero::new(1),
+            partition_size: NonZero::new(PUT_BLOB_MAX),
+            ..Default::default()
+        };
+        // One Put Blob whose body is read as it is sent (with its Content-Length): a body that
+        // fails midway never gets its last bytes to the service, which then stores nothing.
+        let content: RequestContent<Bytes, NoFormat> = Body::SeekableStream(Box::new(BodyReader::new(body))).into();
         let rsp = self
             .blob(key)
             .block_blob_client()
