@@ -201,6 +201,47 @@ fn a_format_2_bucket_keeps_working_and_its_next_version_costs_what_changed() {
     }
 }
 
+/// The chunk sha256s that reuse of format 2 chunks needs are computed only when a format 2
+/// source is there: a second model of the same files, uploaded in format 3 after a format 2
+/// upload of the first, finds them through the file index and sends nothing; a tag still on a
+/// format 2 version, once the latest is in format 3, lends its chunks to the next version.
+#[test]
+fn format_2_chunks_are_found_by_sha256_through_the_file_index_and_a_tag() {
+    let sb = local_machine();
+    let up = |model: &str, dir: &Path, extra: &[&str]| {
+        let out = sb.cmd().args(["--json", "upload", model, "--from"]).arg(dir).args(extra).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["models"][0].clone()
+    };
+    let shard = crate::common::noise(6 << 20, 15);
+    let src = sb.src().join("One");
+    write_files(&src, &[("weights.bin", &shard), ("config.json", b"{}")]);
+    assert_eq!(up("One", &src, &["--format", "2", "--tag", "keep"])["format"], 2);
+    // Another name, the same files, the default format: every chunk is in the bucket already.
+    let two = up("Two", &src, &[]);
+    assert_eq!((two["format"].as_u64(), two["sent"].as_u64()), (Some(3), Some(0)), "{two}");
+
+    // One: a format 3 version of other bytes becomes the latest; `keep` stays on format 2.
+    let other = sb.src().join("Other");
+    write_files(&other, &[("weights.bin", &crate::common::noise(2 << 20, 16))]);
+    assert_eq!(up("One", &other, &[])["format"], 3);
+    // Then the first shard with 1 MiB changed: its other chunks come from `keep`'s, by sha256.
+    let mut edited = shard.clone();
+    edited[(2 << 20)..(3 << 20)].copy_from_slice(&crate::common::noise(1 << 20, 17));
+    write_files(&src, &[("weights.bin", &edited)]);
+    let three = up("One", &src, &[]);
+    let sent = three["sent"].as_u64().unwrap();
+    assert!((1 << 20..=5 << 20).contains(&sent), "only the chunks around the edit: {three}");
+    let fresh = sb.path().join("fresh-home");
+    for (reference, bytes) in [("One", &edited), ("Two", &shard)] {
+        let out = sb.cmd().env("CROWECODE_HOME", &fresh).args(["download", reference]).output().unwrap();
+        assert!(out.status.success(), "{reference}: {}", stderr(&out));
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(std::fs::read(Path::new(&path).join("weights.bin")).unwrap() == *bytes, "{reference}");
+    }
+}
+
 /// A machine holding a version installed from bucket format 1 fetches only what changed of the
 /// next version in format 3: its files are found by their sha256 (and hashed before use).
 #[test]
