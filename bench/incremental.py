@@ -278,12 +278,15 @@ def main():
     if layout:
         chunks, meta = layout
         size = 60 * 10**9
+        # As many as full packs of 32 MiB need, rounded up to a round of 16 in flight (src/pack.rs, pack_count).
         packs = -(-size // (32 << 20))
+        packs = -(-packs // 16) * 16
         n = size // (512 << 10)
-        gets = tail_reads(packs, 32 << 20, 512 << 10, 16)
-        print(f"\nA 60 GB model in this layout: about {packs:,} packs of 32 MiB (the default memory budget's), so"
-              f" {packs:,} PUTs to upload it (plus one small object per file and 4 for the version) and"
-              f" {gets:,} ranged GETs (one of 32 MiB a pack, and smaller ones at the end, 16 in flight)"
+        gets = tail_reads(packs, size // packs, 512 << 10, 16)
+        print(f"\nA 60 GB model in this layout: about {packs:,} packs of at most 32 MiB (the default memory"
+              f" budget's, in equal shares for 16 in flight), so {packs:,} PUTs to upload it (plus one small"
+              f" object per file and 4 for the version) and {gets:,} ranged GETs (one a pack, and smaller ones"
+              f" at the end, 16 in flight)"
               f" for a fresh machine; about {n:,} chunks of 512 KiB on average, whose version and locations take"
               f" {meta / chunks:.0f} bytes a chunk here ({meta / chunks * n / 1e6:.1f} MB, {meta / chunks * n / size:.3%}"
               f" of the model): what an upload reads to find what it can reuse.")
