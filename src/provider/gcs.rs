@@ -113,6 +113,21 @@ impl GcsProvider {
         })
     }
 
+    /// One object written in a multipart (metadata + media) insert: preconditions hold for it
+    /// everywhere, also on emulators that ignore them on plain media uploads.
+    async fn insert(&self, key: &str, data: impl Into<reqwest::Body>, mode: &PutMode) -> PResult<Object> {
+        let req = self.upload_request(mode)?;
+        let object = Object {
+            name: key.to_string(),
+            content_type: Some("application/octet-stream".into()),
+            ..Default::default()
+        };
+        self.client
+            .upload_object(&req, data, &UploadType::Multipart(Box::new(object)))
+            .await
+            .map_err(|e| bucket_level(map_err("objects.insert", key, e)))
+    }
+
     fn upload_request(&self, mode: &PutMode) -> PResult<UploadObjectRequest> {
         let if_generation_match = match mode {
             PutMode::Overwrite => None,
@@ -332,36 +347,14 @@ impl Provider for GcsProvider {
     }
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> PResult<Option<String>> {
-        let req = self.upload_request(&mode)?;
-        // A multipart (metadata + media) insert: preconditions hold for it everywhere, also on
-        // emulators that ignore them on plain media uploads.
-        let object = Object {
-            name: key.to_string(),
-            content_type: Some("application/octet-stream".into()),
-            ..Default::default()
-        };
-        let o = self
-            .client
-            .upload_object(&req, data, &UploadType::Multipart(Box::new(object)))
-            .await
-            .map_err(|e| bucket_level(map_err("objects.insert", key, e)))?;
+        let o = self.insert(key, data, &mode).await?;
         Ok(Some(o.generation.to_string()))
     }
 
     async fn put_stream(&self, key: &str, body: super::StreamBody, mode: PutMode) -> PResult<Option<String>> {
-        let req = self.upload_request(&mode)?;
-        let object = Object {
-            name: key.to_string(),
-            content_type: Some("application/octet-stream".into()),
-            ..Default::default()
-        };
         // The media part is sent as it is read (chunked): a body that fails midway never sends
         // the closing boundary, so no object is made of part of it.
-        let o = self
-            .client
-            .upload_streamed_object(&req, body.open(), &UploadType::Multipart(Box::new(object)))
-            .await
-            .map_err(|e| bucket_level(map_err("objects.insert", key, e)))?;
+        let o = self.insert(key, reqwest::Body::wrap_stream(body.open()), &mode).await?;
         if u64::try_from(o.size).ok() != Some(body.len()) {
             return Err(ProviderError::new(
                 ProviderErrorKind::Other,

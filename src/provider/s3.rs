@@ -119,6 +119,29 @@ impl fmt::Debug for S3Provider {
 }
 
 impl S3Provider {
+    /// A `PutObject` of `body` under `mode` (`If-None-Match: *` for create-only, `If-Match`).
+    fn put_request(
+        &self,
+        key: &str,
+        body: SdkStream,
+        mode: PutMode,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        let req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/octet-stream")
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.kms_key_id.clone())
+            .body(body);
+        match mode {
+            PutMode::Overwrite => req,
+            PutMode::Create => req.if_none_match("*"),
+            PutMode::IfMatch(etag) => req.if_match(etag),
+        }
+    }
+
     /// Builds a client for the bucket `cfg` names.
     pub async fn new(cfg: &CloudConfig) -> Result<Self> {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
@@ -422,22 +445,8 @@ impl Provider for S3Provider {
     }
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> PResult<Option<String>> {
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type("application/octet-stream")
-            .set_server_side_encryption(self.sse.clone())
-            .set_ssekms_key_id(self.kms_key_id.clone())
-            .body(SdkStream::from(data));
-        req = match mode {
-            PutMode::Overwrite => req,
-            PutMode::Create => req.if_none_match("*"),
-            PutMode::IfMatch(etag) => req.if_match(etag),
-        };
-        let out = req.send().await.map_err(|e| map_err("PutObject", key, e))?;
-        require_etag("PutObject", key, out.e_tag()).map(Some)
+        let out = self.put_request(key, SdkStream::from(data), mode).send().await;
+        require_etag("PutObject", key, out.map_err(|e| map_err("PutObject", key, e))?.e_tag()).map(Some)
     }
 
     async fn put_stream(&self, key: &str, body: super::StreamBody, mode: PutMode) -> PResult<Option<String>> {
@@ -450,21 +459,7 @@ impl Provider for S3Provider {
         };
         let sdk_body =
             SdkStream::from_body_1_x(SizedBody { stream: std::sync::Mutex::new(body.open()), left: body.len() });
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type("application/octet-stream")
-            .content_length(body.len() as i64)
-            .set_server_side_encryption(self.sse.clone())
-            .set_ssekms_key_id(self.kms_key_id.clone())
-            .body(sdk_body);
-        req = match mode {
-            PutMode::Overwrite => req,
-            PutMode::Create => req.if_none_match("*"),
-            PutMode::IfMatch(etag) => req.if_match(etag),
-        };
+        let req = self.put_request(key, sdk_body, mode).content_length(body.len() as i64);
         let sent = match payload_sha256 {
             Some(sha) => req.customize().interceptor(PrecomputedPayload(sha)).send().await,
             None => req.send().await,

@@ -172,6 +172,32 @@ fn access(message: impl Into<String>, hint: &str) -> Error {
 const CRED_HINT: &str = "set AZURE_STORAGE_CONNECTION_STRING (portal: Storage account > Access keys), or AZURE_STORAGE_KEY with `account` in the config, or AZURE_STORAGE_SAS_TOKEN; on AKS use workload identity";
 
 impl AzureProvider {
+    /// One Put Blob of `content` under `mode` (`If-None-Match: *` for create-only, `If-Match`).
+    async fn put_blob(&self, key: &str, content: Body, mode: PutMode) -> PResult<Option<String>> {
+        let (if_none_match, if_match) = match mode {
+            PutMode::Overwrite => (None, None),
+            PutMode::Create => (Some(Etag::from("*")), None),
+            PutMode::IfMatch(etag) => (None, Some(Etag::from(etag))),
+        };
+        let options = BlockBlobClientUploadOptions {
+            if_none_match,
+            if_match,
+            encryption_scope: self.encryption_scope.clone(),
+            blob_content_type: Some("application/octet-stream".into()),
+            parallel: NonZero::new(1),
+            partition_size: NonZero::new(PUT_BLOB_MAX),
+            ..Default::default()
+        };
+        let content: RequestContent<Bytes, NoFormat> = content.into();
+        let rsp = self
+            .blob(key)
+            .block_blob_client()
+            .upload(content, Some(options))
+            .await
+            .map_err(|e| map_err("put", key, e))?;
+        Ok(rsp.etag.map(|e| e.to_string()))
+    }
+
     /// Builds a client for the container `cfg` names, with credentials from the environment.
     pub async fn new(cfg: &CloudConfig) -> Result<Self> {
         Self::with_env(cfg, &|name| std::env::var(name).ok())
@@ -458,55 +484,13 @@ impl Provider for AzureProvider {
     }
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> PResult<Option<String>> {
-        let (if_none_match, if_match) = match mode {
-            PutMode::Overwrite => (None, None),
-            PutMode::Create => (Some(Etag::from("*")), None),
-            PutMode::IfMatch(etag) => (None, Some(Etag::from(etag))),
-        };
-        let options = BlockBlobClientUploadOptions {
-            if_none_match,
-            if_match,
-            encryption_scope: self.encryption_scope.clone(),
-            blob_content_type: Some("application/octet-stream".into()),
-            parallel: NonZero::new(1),
-            partition_size: NonZero::new(PUT_BLOB_MAX),
-            ..Default::default()
-        };
-        let content: RequestContent<Bytes, NoFormat> = Body::Bytes(data).into();
-        let rsp = self
-            .blob(key)
-            .block_blob_client()
-            .upload(content, Some(options))
-            .await
-            .map_err(|e| map_err("put", key, e))?;
-        Ok(rsp.etag.map(|e| e.to_string()))
+        self.put_blob(key, Body::Bytes(data), mode).await
     }
 
     async fn put_stream(&self, key: &str, body: super::StreamBody, mode: PutMode) -> PResult<Option<String>> {
-        let (if_none_match, if_match) = match mode {
-            PutMode::Overwrite => (None, None),
-            PutMode::Create => (Some(Etag::from("*")), None),
-            PutMode::IfMatch(etag) => (None, Some(Etag::from(etag))),
-        };
-        let options = BlockBlobClientUploadOptions {
-            if_none_match,
-            if_match,
-            encryption_scope: self.encryption_scope.clone(),
-            blob_content_type: Some("application/octet-stream".into()),
-            parallel: NonZero::new(1),
-            partition_size: NonZero::new(PUT_BLOB_MAX),
-            ..Default::default()
-        };
-        // One Put Blob whose body is read as it is sent (with its Content-Length): a body that
-        // fails midway never gets its last bytes to the service, which then stores nothing.
-        let content: RequestContent<Bytes, NoFormat> = Body::SeekableStream(Box::new(BodyReader::new(body))).into();
-        let rsp = self
-            .blob(key)
-            .block_blob_client()
-            .upload(content, Some(options))
-            .await
-            .map_err(|e| map_err("put", key, e))?;
-        Ok(rsp.etag.map(|e| e.to_string()))
+        // Read as it is sent (with its Content-Length): a body that fails midway never gets its
+        // last bytes to the service, which then stores nothing.
+        self.put_blob(key, Body::SeekableStream(Box::new(BodyReader::new(body))), mode).await
     }
 
     async fn copy_within_service(&self, source: &super::CopySource, key: &str) -> PResult<bool> {
