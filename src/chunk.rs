@@ -68,16 +68,27 @@ impl Chunker {
             self.len += skip;
             i = skip;
         }
-        while i < data.len() {
-            self.hash = (self.hash << 1).wrapping_add(GEAR[data[i] as usize]);
-            self.len += 1;
-            i += 1;
-            let shift = if self.len < AVG { HARD_SHIFT } else { EASY_SHIFT };
-            if self.hash >> shift == 0 || self.len >= MAX {
-                *self = Self::default();
-                return Some(i);
-            }
+        // Two tight loops rather than one that tests the chunk's length at every byte: the
+        // harder condition while the chunk (counting the byte just hashed) is under AVG, the
+        // easier one up to MAX, which always cuts. The cuts are those of the one-loop form
+        // (`cut_reference` in the tests).
+        let mut hash = self.hash;
+        let hard = (AVG - 1).saturating_sub(self.len).min(data.len() - i);
+        if let Some(at) = gear_scan(&mut hash, &data[i..i + hard], HARD_SHIFT) {
+            *self = Self::default();
+            return Some(i + at);
         }
+        i += hard;
+        self.len += hard;
+        let easy = (MAX - self.len).min(data.len() - i);
+        let found = gear_scan(&mut hash, &data[i..i + easy], EASY_SHIFT);
+        i += found.unwrap_or(easy);
+        self.len += found.unwrap_or(easy);
+        if found.is_some() || self.len >= MAX {
+            *self = Self::default();
+            return Some(i);
+        }
+        self.hash = hash;
         None
     }
 }
@@ -182,6 +193,22 @@ pub fn chunk_sha256s(path: &std::path::Path, pieces: &[Piece]) -> std::io::Resul
             Ok(Sha256::digest(&buf).into())
         })
         .collect()
+}
+
+/// Rolls `hash` over `data`; the count of bytes up to and including the first one after which
+/// its top `64 - shift` bits are zero, if any.
+#[inline]
+fn gear_scan(hash: &mut u64, data: &[u8], shift: u32) -> Option<usize> {
+    let mut h = *hash;
+    for (k, &b) in data.iter().enumerate() {
+        h = (h << 1).wrapping_add(GEAR[b as usize]);
+        if h >> shift == 0 {
+            *hash = h;
+            return Some(k + 1);
+        }
+    }
+    *hash = h;
+    None
 }
 
 /// A file cut into chunks, and the sha256 of the whole file.
@@ -313,6 +340,47 @@ pub(crate) mod tests {
             "8bca95dff8c4bc46bcdb690beab26e6b22357cdea7ce1f2ce590320cc94d903d",
             "cut points"
         );
+    }
+
+    /// The chunker as first written, a byte at a time: what `Chunker::cut` must agree with.
+    fn cut_reference(data: &[u8]) -> Vec<usize> {
+        let (mut hash, mut len, mut out) = (0u64, 0usize, Vec::new());
+        for (i, &b) in data.iter().enumerate() {
+            len += 1;
+            if len <= MIN {
+                continue;
+            }
+            hash = (hash << 1).wrapping_add(GEAR[b as usize]);
+            let shift = if len < AVG { HARD_SHIFT } else { EASY_SHIFT };
+            if hash >> shift == 0 || len >= MAX {
+                out.push(i + 1);
+                (hash, len) = (0, 0);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_two_loop_chunker_cuts_where_the_one_loop_form_does() {
+        // Noise (cuts by the hash), zeros (a long run with no cut: MAX), and both, fed whole
+        // and in odd pieces.
+        let mut data = noise(40 << 20, 9);
+        data[(3 << 20)..(8 << 20)].fill(0);
+        let want = cut_reference(&data);
+        assert!(want.windows(2).any(|w| w[1] - w[0] == MAX), "a MAX cut is covered");
+        assert!(want.windows(2).any(|w| w[1] - w[0] < AVG), "a hard-condition cut is covered");
+        for piece in [data.len(), 1 << 20, 65_537, 4093] {
+            let (mut c, mut got, mut base) = (Chunker::new(), Vec::new(), 0);
+            for part in data.chunks(piece) {
+                let mut at = 0;
+                while let Some(end) = c.cut(&part[at..]) {
+                    at += end;
+                    got.push(base + at);
+                }
+                base += part.len();
+            }
+            assert_eq!(got, want, "fed in pieces of {piece}");
+        }
     }
 
     #[test]
